@@ -1,0 +1,1 @@
+"""The GUI-free core of glue-mvmcut: geometry, names, archive access, cutting and combining."""

@@ -1,0 +1,29 @@
+"""Configuration items, read from ``glue_mvmcut.cfg`` in the astropy configuration directory."""
+
+from astropy import config as _config
+
+__all__ = ["Conf", "conf"]
+
+
+class Conf(_config.ConfigNamespace):
+    """Configuration of glue-mvmcut.
+
+    Items live at the top of ``glue_mvmcut.cfg``; change them for one block of code with
+    ``conf.set_temp(name, value)``. The MAST server itself is astroquery's ``[mast] server``
+    item, so one setting points astroquery and glue-mvmcut at the same archive.
+    """
+
+    timeout = _config.ConfigItem(
+        30.0,
+        "Seconds to wait for the archive to accept a connection or to send the next bytes.",
+        module="glue_mvmcut",
+    )
+    cache_dir = _config.ConfigItem(
+        "",
+        "Directory for whole-file downloads. Empty means <astropy cache dir>/glue_mvmcut; "
+        "the environment variable MVMCUT_CACHE_DIR overrides both.",
+        module="glue_mvmcut",
+    )
+
+
+conf = Conf()

@@ -1,0 +1,128 @@
+"""Turning what users type into checked sky positions and box sizes."""
+
+import math
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord
+
+from .errors import InvalidCoordinateError, InvalidSizeError
+
+__all__ = ["parse_coord", "parse_size", "box_radius", "MAX_BOX_SIZE", "MAX_BOX_PIXELS"]
+
+#: Largest box side accepted: a 1 degree cutout at 0.04"/px is already 90000 x 90000 px (32 GB).
+MAX_BOX_SIZE = 1 * u.deg
+#: Largest box side accepted when the size is given in pixels.
+MAX_BOX_PIXELS = 90000
+
+
+def _ra_in_hours(text: str) -> bool:
+    # "05:39:41.2" and "5h39m41.2s" are hours of RA; "84.92", "84d55m15s" are degrees.
+    return ":" in text or "h" in text.lower()
+
+
+def parse_coord(coord, dec=None) -> SkyCoord:
+    """Return an ICRS `~astropy.coordinates.SkyCoord` for a position given in any usual form.
+
+    Parameters
+    ----------
+    coord : `~astropy.coordinates.SkyCoord`, str, float or (ra, dec) pair
+        A SkyCoord; a string ``"84.9208 -69.1467"`` (degrees) or ``"05:39:41 -69:08:48"``
+        (RA in hours when sexagesimal); a pair of numbers in degrees or of strings; or the RA alone
+        when ``dec`` is given.
+    dec : float or str, optional
+        Declination, when ``coord`` is the RA alone.
+
+    Returns
+    -------
+    `~astropy.coordinates.SkyCoord`
+        A scalar position in ICRS.
+
+    Raises
+    ------
+    InvalidCoordinateError
+        If the position cannot be parsed, is not finite or lies off the sky (``|dec| > 90``).
+    """
+    given = coord if dec is None else (coord, dec)
+    try:
+        if isinstance(coord, SkyCoord):
+            if not coord.isscalar:
+                raise InvalidCoordinateError(f"Expected one sky position, got {len(coord)}.")
+            result = coord.icrs
+        else:
+            if dec is not None:
+                ra_part, dec_part = coord, dec
+            elif isinstance(coord, str):
+                parts = coord.replace(",", " ").split()
+                if len(parts) != 2:
+                    raise InvalidCoordinateError(
+                        f"Cannot read a sky position from {coord!r}: expected 'RA Dec'."
+                    )
+                ra_part, dec_part = parts
+            else:
+                ra_part, dec_part = coord
+            if isinstance(ra_part, str) and _ra_in_hours(ra_part):
+                unit = (u.hourangle, u.deg)
+            else:
+                unit = (u.deg, u.deg)
+            result = SkyCoord(ra_part, dec_part, unit=unit, frame="icrs")
+    except InvalidCoordinateError:
+        raise
+    except (ValueError, TypeError, u.UnitsError) as exc:
+        raise InvalidCoordinateError(f"Not a valid sky position: {given!r} ({exc}).") from exc
+    if not (np.isfinite(result.ra.deg) and np.isfinite(result.dec.deg)):
+        raise InvalidCoordinateError(f"Not a valid sky position: {given!r} is not finite.")
+    return result
+
+
+def parse_size(size, *, allow_pixels: bool = False) -> u.Quantity:
+    """Return a box size as a ``(ny, nx)`` Quantity.
+
+    Parameters
+    ----------
+    size : float, (ny, nx) pair, or `~astropy.units.Quantity`
+        Plain numbers are arcseconds. A scalar gives a square box. Quantities may be angular,
+        or in pixels (``u.pix``) when ``allow_pixels`` is true.
+    allow_pixels : bool, optional
+        Accept sizes in pixels.
+
+    Returns
+    -------
+    `~astropy.units.Quantity`
+        Two elements, ``(ny, nx)``, in arcsec (or in pixels when given in pixels).
+
+    Raises
+    ------
+    InvalidSizeError
+        If the size is not a number, has a wrong unit, is not positive and finite, has more than
+        two elements or exceeds 1 degree (90000 pixels).
+    """
+    try:
+        quantity = size if isinstance(size, u.Quantity) else u.Quantity(size, u.arcsec)
+    except (TypeError, ValueError) as exc:
+        raise InvalidSizeError(f"Not a valid cutout size: {size!r}.") from exc
+    quantity = np.atleast_1d(quantity)
+    if quantity.ndim != 1 or quantity.size not in (1, 2):
+        raise InvalidSizeError(f"A cutout size has one or two values (ny, nx), got {size!r}.")
+    if quantity.size == 1:
+        quantity = np.repeat(quantity, 2)
+    if quantity.unit.physical_type == "angle":
+        quantity = quantity.to(u.arcsec)
+        limit = MAX_BOX_SIZE.to(u.arcsec)
+    elif allow_pixels and quantity.unit == u.pix:
+        limit = MAX_BOX_PIXELS * u.pix
+    else:
+        wanted = "an angle or pixels" if allow_pixels else "an angle"
+        raise InvalidSizeError(f"A cutout size must be {wanted}, got {size!r}.")
+    values = quantity.value
+    if not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise InvalidSizeError(f"A cutout size must be positive and finite, got {size!r}.")
+    if np.any(quantity > limit):
+        raise InvalidSizeError(f"A cutout size of {size!r} exceeds the largest box, {limit}.")
+    return quantity
+
+
+def box_radius(size: u.Quantity) -> u.Quantity:
+    """Half the diagonal of a ``(ny, nx)`` angular box: the radius of the circle around it."""
+    ny, nx = size.to_value(u.arcsec)
+    return math.hypot(ny, nx) / 2 * u.arcsec
