@@ -12,6 +12,7 @@ Coordinates in names are truncated (not rounded) to 4 decimals of a degree, as t
 itself, so integral values, RA near 360 and Dec just below 0 come out right.
 """
 
+import math
 import re
 from dataclasses import dataclass, fields
 from decimal import ROUND_DOWN, Decimal
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 _WORD = r"[a-z0-9]+"
-_FILTER = r"[a-z0-9]+(?:-[a-z0-9]+)*"
+# Filter tokens are single words (f814w): a dash would make ``<filter>-<ipppssoo>`` ambiguous.
+_FILTER = _WORD
 _EXPOSURE = r"[a-z0-9]{8,9}"
 _SKYCELL = r"p\d{4}x\d{2}y\d{2}"
 _COORD = r"ra\d{1,3}d\d{4}-dec[ns]\d{1,2}d\d{4}"
@@ -67,7 +69,8 @@ def coord_token(ra: float, dec: float) -> str:
         ra = 0.0
     ra_whole, ra_frac = _truncate(ra)
     dec_whole, dec_frac = _truncate(abs(dec))
-    hemisphere = "s" if dec < 0 else "n"
+    # The sign bit decides, so that "decs0d0000" (parsed as -0.0) formats back to itself.
+    hemisphere = "s" if math.copysign(1.0, dec) < 0 else "n"
     return f"ra{ra_whole}d{ra_frac:04d}-dec{hemisphere}{dec_whole}d{dec_frac:04d}"
 
 

@@ -191,7 +191,7 @@ def _cell_centres() -> tuple[SkyCoord, np.ndarray]:
             ra.append(k * 360.0 / ring.nband)
             dec.append(ring.dec)
             index.append(ring.first_cell + k)
-    return SkyCoord(ra, dec, unit="deg"), np.array(index)
+    return SkyCoord(np.array(ra), np.array(dec), unit="deg"), np.array(index)
 
 
 def _cells_near(coord: SkyCoord, margin_deg: float) -> list[ProjectionCell]:
@@ -286,7 +286,8 @@ class SkyCell:
 def _box_corners(coord: SkyCoord, size: u.Quantity) -> SkyCoord:
     """Corners of a box centred on ``coord``, edges along local north and east (great circles)."""
     ny, nx = size.to_value(u.arcsec)
-    local = _tan_wcs((coord.ra.deg, coord.dec.deg), (0.0, 0.0), 1 / 3600.0, None)
+    # 1"/px grid with the target at 0-based pixel (0, 0), i.e. FITS CRPIX (1, 1).
+    local = _tan_wcs((coord.ra.deg, coord.dec.deg), (1.0, 1.0), 1 / 3600.0, None)
     xs = np.array([-nx, nx, nx, -nx]) / 2
     ys = np.array([-ny, -ny, ny, ny]) / 2
     return local.pixel_to_world(xs, ys)

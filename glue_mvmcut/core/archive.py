@@ -1,0 +1,239 @@
+"""MAST through ``astroquery.mast``: which MVM layers overlap a box on the sky.
+
+This is the only module that imports astroquery. The server is astroquery's own ``[mast] server``
+configuration item (``astroquery.cfg`` in the astropy config directory, or
+``astroquery.mast.conf.set_temp``), read at every call, so one setting points every request this
+package makes — queries and downloads — at MAST or at a stand-in.
+"""
+
+import logging
+import math
+import warnings
+from contextlib import contextmanager
+from urllib.parse import quote
+
+import numpy as np
+import requests
+from astropy.table import Table, vstack
+from astroquery.exceptions import NoResultsWarning, RemoteServiceError
+from astroquery.mast import ObservationsClass
+from astroquery.mast import conf as mast_conf
+
+from .config import conf
+from .coords import box_radius, parse_coord, parse_size
+from .errors import ArchiveError, InvalidNameError, NoMVMDataWarning
+from .products import LayerName
+from .skycells import skycells_covering
+
+__all__ = ["LAYER_COLUMNS", "server_url", "using_server", "file_url", "observations", "query_layers"]
+
+log = logging.getLogger(__name__)
+
+#: Columns of the table `query_layers` returns, in order.
+LAYER_COLUMNS = (
+    "productFilename", "dataURI", "obs_id", "obsid", "size", "skycell", "instrument", "detector",
+    "filter", "scale", "level", "s_ra", "s_dec", "s_region",
+)
+_PORTAL_PATHS = {
+    "MAST_REQUEST_URL": "/api/v0/invoke",
+    "COLUMNS_CONFIG_URL": "/portal/Mashup/Mashup.asmx/columnsconfig",
+    "MAST_DOWNLOAD_URL": "/api/v0.1/Download/file",
+    "MAST_BUNDLE_URL": "/api/v0.1/Download/bundle",
+}
+_INSTRUMENTS = ("ACS", "WFC3")
+
+
+def server_url() -> str:
+    """The MAST server astroquery is configured to use now (``[mast] server``), without a trailing /."""
+    return str(mast_conf.server).rstrip("/")
+
+
+@contextmanager
+def using_server(url: str):
+    """Point astroquery, and so glue-mvmcut, at ``url`` for the duration of a ``with`` block."""
+    with mast_conf.set_temp("server", url):
+        yield
+
+
+def file_url(data_uri: str) -> str:
+    """Download URL of a product ``dataURI`` (``mast:HST/product/<file>``) on the current server."""
+    return f"{server_url()}{_PORTAL_PATHS['MAST_DOWNLOAD_URL']}?uri={quote(data_uri, safe=':/')}"
+
+
+class _TimeoutAdapter(requests.adapters.HTTPAdapter):
+    """Gives every request a (connect, read) timeout.
+
+    astroquery 0.4.11 passes ``timeout=None`` to requests for portal queries and downloads, so a
+    server that stops answering hangs the caller forever; its ``conf.timeout`` only bounds the
+    total time spent polling ``EXECUTING`` replies.
+    """
+
+    def __init__(self, timeout: float):
+        super().__init__()
+        self.timeout = timeout
+
+    def send(self, request, **kwargs):
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().send(request, **kwargs)
+
+
+def observations(timeout: float | None = None) -> ObservationsClass:
+    """A fresh astroquery ``ObservationsClass`` aimed at the configured server, with timeouts.
+
+    astroquery computes its portal URLs once, from ``conf.server`` at import; this instance gets
+    them from the value in force now, so ``using_server`` and a config file written after import
+    both take effect. Its column-config cache is per instance, so a change of server never reuses
+    another server's columns. A fresh instance per call also keeps threads apart (astroquery keeps
+    per-query state on the instance).
+
+    Parameters
+    ----------
+    timeout : float, optional
+        Seconds for connecting and for each read; default ``glue_mvmcut.conf.timeout``.
+    """
+    client = ObservationsClass()
+    portal = client._portal_api_connection
+    base = server_url()
+    for attribute, path in _PORTAL_PATHS.items():
+        setattr(portal, attribute, base + path)
+    portal._column_configs = {}
+    adapter = _TimeoutAdapter(float(conf.timeout if timeout is None else timeout))
+    client._session.mount("http://", adapter)
+    client._session.mount("https://", adapter)
+    return client
+
+
+@contextmanager
+def _archive_errors(what: str):
+    """Turn transport and protocol failures into `ArchiveError` naming the server."""
+    try:
+        yield
+    except requests.exceptions.Timeout as exc:
+        raise ArchiveError(
+            f"{what}: MAST at {server_url()} did not answer within {conf.timeout} s. "
+            "Try again later, or raise glue_mvmcut.conf.timeout."
+        ) from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise ArchiveError(
+            f"{what}: cannot reach MAST at {server_url()} ({exc.__class__.__name__}). "
+            "Check the network and the [mast] server setting in astroquery.cfg."
+        ) from exc
+    except requests.exceptions.HTTPError as exc:
+        raise ArchiveError(f"{what}: MAST at {server_url()} answered {exc}.") from exc
+    except (RemoteServiceError, TimeoutError) as exc:
+        raise ArchiveError(f"{what}: MAST at {server_url()} reported an error: {exc}") from exc
+    except (ValueError, KeyError) as exc:  # a body that is not the JSON astroquery expects
+        raise ArchiveError(f"{what}: MAST at {server_url()} sent an unreadable reply ({exc}).") from exc
+
+
+def _empty_layer_table() -> Table:
+    types = {"size": np.int64, "s_ra": float, "s_dec": float}
+    return Table(names=LAYER_COLUMNS, dtype=[types.get(name, str) for name in LAYER_COLUMNS])
+
+
+def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Table:
+    """Every MVM layer file whose skycell overlaps a box on the sky.
+
+    Queries MAST like the seed (``project="HAP"``, ``obs_collection="HST"``, image products, one
+    wildcard query per instrument) with a cone circumscribing the box, keeps only skycell
+    drizzled FITS layers (DRZ/DRC) and then decides overlap geometrically: a layer is kept when
+    its skycell's footprint (`~glue_mvmcut.core.skycells.skycells_covering`) overlaps the box, at
+    any declination and across RA = 0.
+
+    Parameters
+    ----------
+    coord : `~astropy.coordinates.SkyCoord` or anything `~glue_mvmcut.core.coords.parse_coord` reads
+        Centre of the box.
+    size : float, (ny, nx) pair or angular `~astropy.units.Quantity`
+        Box size; plain numbers are arcseconds.
+    instruments : sequence of str, optional
+        Instrument names (``"ACS"``, ``"WFC3"``), case-insensitive.
+    filters : sequence of str, optional
+        Keep only these filters (e.g. ``["F814W", "f658n"]``).
+
+    Returns
+    -------
+    `~astropy.table.Table`
+        One row per layer file, columns `LAYER_COLUMNS`, sorted by file name. Empty (with a
+        `~glue_mvmcut.core.errors.NoMVMDataWarning`) when nothing covers the box.
+
+    Raises
+    ------
+    ArchiveError
+        When MAST cannot be reached, times out or answers something unusable.
+    """
+    coord = parse_coord(coord)
+    size = parse_size(size)
+    radius = math.ceil(box_radius(size).value)
+    wanted_filters = {f.lower() for f in filters} if filters else None
+    criteria = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
+    if wanted_filters:
+        criteria["filters"] = sorted(f.upper() for f in wanted_filters)
+    client = observations()
+    found = []
+    with _archive_errors("MVM query"), warnings.catch_warnings():
+        # An empty answer is not an error here; NoMVMDataWarning below says so once.
+        warnings.simplefilter("ignore", NoResultsWarning)
+        for instrument in instruments:
+            table = client.query_criteria(
+                coordinates=coord, radius=f"{radius} arcsec",
+                instrument_name=f"{instrument.upper()}*", **criteria,
+            )
+            if len(table):
+                found.append(table)
+        observations_table = vstack(found) if found else None
+        products = None
+        if observations_table is not None:
+            observations_table = observations_table[
+                [str(o).startswith("hst_skycell") for o in observations_table["obs_id"]]
+            ]
+        if observations_table is not None and len(observations_table):
+            products = client.filter_products(
+                client.get_product_list(observations_table),
+                productSubGroupDescription=["DRZ", "DRC"], extension="fits",
+            )
+    table = _layer_rows(products, observations_table, coord, size, wanted_filters)
+    if not len(table):
+        warnings.warn(
+            f"No MVM layer covers a {size[1].value:g}\" x {size[0].value:g}\" box at "
+            f"{coord.to_string('decimal', precision=6)}.",
+            NoMVMDataWarning, stacklevel=2,
+        )
+    return table
+
+
+def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Table:
+    table = _empty_layer_table()
+    if products is None or not len(products):
+        return table
+    by_obsid = {str(row["obsid"]): row for row in observations_table}
+    covering = {cell.name for cell in skycells_covering(coord, size)}
+    seen = set()
+    for product in products:
+        filename = str(product["productFilename"])
+        if filename in seen or not filename.startswith("hst_skycell"):
+            continue
+        try:
+            layer = LayerName.parse(filename)
+        except InvalidNameError:
+            log.warning("Skipping %s: not an MVM layer name.", filename)
+            continue
+        if layer.skycell.name not in covering:
+            continue
+        if wanted_filters and layer.filter not in wanted_filters:
+            continue
+        obs = by_obsid.get(str(product["parent_obsid"])) or by_obsid.get(str(product["obsID"]))
+        seen.add(filename)
+        table.add_row({
+            "productFilename": filename, "dataURI": str(product["dataURI"]), "obs_id": layer.obs_id,
+            "obsid": str(product["obsID"]), "size": int(product["size"]),
+            "skycell": layer.skycell.name, "instrument": layer.instrument, "detector": layer.detector,
+            "filter": layer.filter, "scale": layer.scale,
+            "level": "exposure" if layer.exposure else "filter",
+            "s_ra": float(obs["s_ra"]) if obs is not None else np.nan,
+            "s_dec": float(obs["s_dec"]) if obs is not None else np.nan,
+            "s_region": str(obs["s_region"]) if obs is not None else "",
+        })
+    table.sort("productFilename")
+    return table

@@ -1,0 +1,622 @@
+"""A stand-in MAST server on 127.0.0.1 that the real astroquery client talks to unchanged.
+
+It answers what ``astroquery.mast.Observations`` sends (DESIGN.md §3):
+
+- ``POST /portal/Mashup/Mashup.asmx/columnsconfig`` (``colConfigId=Mast.Caom.Cone``),
+- ``POST /api/v0/invoke`` with ``Mast.Caom.Filtered.Position`` / ``Mast.Caom.Filtered``
+  (filters with wildcards, ``COUNT_BIG(*)``, a real cone-versus-footprint test) and
+  ``Mast.Caom.Products`` (with previews, trailers and single-visit products as decoys),
+- ``HEAD``/``GET /api/v0.1/Download/file?uri=mast:HST/product/<file>`` with ``Range`` (206).
+
+It counts requests and bytes, and injects faults on demand (`Faults`). Use it as a context
+manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR --port N``.
+"""
+
+import argparse
+import email.utils
+import json
+import math
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+from .synth import Archive
+
+__all__ = ["MastServer", "Faults", "RequestRecord"]
+
+INVOKE_PATH = "/api/v0/invoke"
+COLUMNS_CONFIG_PATH = "/portal/Mashup/Mashup.asmx/columnsconfig"
+DOWNLOAD_PATH = "/api/v0.1/Download/file"
+URI_PREFIX = "mast:HST/product/"
+_CHUNK = 1 << 20
+
+# CAOM observation columns: name -> (type, separator). Every column a filter may name is here.
+_OBS_COLUMNS = {
+    "intentType": ("string", None),
+    "obs_collection": ("string", ";"),
+    "provenance_name": ("string", None),
+    "instrument_name": ("string", None),
+    "project": ("string", ";"),
+    "filters": ("string", ";"),
+    "wavelength_region": ("string", ";"),
+    "target_name": ("string", None),
+    "target_classification": ("string", ";"),
+    "obs_id": ("string", None),
+    "s_ra": ("float", None),
+    "s_dec": ("float", None),
+    "dataproduct_type": ("string", None),
+    "proposal_pi": ("string", None),
+    "calib_level": ("int", None),
+    "t_min": ("float", None),
+    "t_max": ("float", None),
+    "t_exptime": ("float", None),
+    "em_min": ("float", None),
+    "em_max": ("float", None),
+    "obs_title": ("string", None),
+    "t_obs_release": ("float", None),
+    "proposal_id": ("string", None),
+    "proposal_type": ("string", None),
+    "sequence_number": ("int", None),
+    "s_region": ("string", None),
+    "jpegURL": ("string", None),
+    "dataURL": ("string", None),
+    "dataRights": ("string", None),
+    "mtFlag": ("boolean", None),
+    "srcDen": ("float", None),
+    "obsid": ("string", None),
+    "objID": ("string", None),
+}
+_PRODUCT_COLUMNS = {
+    "obsID": "string", "obs_collection": "string", "dataproduct_type": "string", "obs_id": "string",
+    "description": "string", "type": "string", "dataURI": "string", "productType": "string",
+    "productGroupDescription": "string", "productSubGroupDescription": "string",
+    "productDocumentationURL": "string", "project": "string", "prvversion": "string",
+    "proposal_id": "string", "productFilename": "string", "size": "int", "parent_obsid": "string",
+    "dataRights": "string", "calib_level": "int", "filters": "string",
+}
+_VOT_TYPES = {"string": "char", "float": "double", "int": "int", "boolean": "boolean"}
+
+
+def columns_config() -> dict:
+    """The ``Mast.Caom.Cone`` columns config: what astroquery needs to build filters."""
+    config = {"_selected_": {"text": "selected", "add": True, "type": "boolean", "hidden": True}}
+    for name, (kind, separator) in _OBS_COLUMNS.items():
+        entry = {"text": name, "vot.datatype": _VOT_TYPES[kind], "vot.ID": name, "vot.name": name}
+        if separator:
+            entry["separator"] = separator
+        config[name] = entry
+    return config
+
+
+@dataclass
+class RequestRecord:
+    """One request the server answered."""
+
+    method: str
+    path: str
+    service: str | None
+    range: str | None
+    status: int
+    bytes_sent: int
+
+
+class Faults:
+    """Fault switches. Each counted fault applies to the next ``count`` matching requests.
+
+    ``scope`` is ``"download"`` (HEAD/GET of files), ``"query"`` (invoke and columnsconfig)
+    or ``"any"``.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Switch every fault off."""
+        with self._lock:
+            self._pending: list[dict] = []
+            self.latency = 0.0
+            self.range_supported = True
+            self.executing = 0
+
+    def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
+        """Answer the next ``count`` requests with HTTP ``status``."""
+        self._add("fail", count, scope, status=status)
+
+    def drop(self, after_bytes: int, count: int = 1) -> None:
+        """Close the connection after ``after_bytes`` of body on the next ``count`` file GETs."""
+        self._add("drop", count, "download", after_bytes=after_bytes)
+
+    def stall(self, seconds: float, count: int = 1, scope: str = "any", after_bytes: int = 0) -> None:
+        """Go silent for ``seconds`` (after the headers and ``after_bytes`` of body for file GETs)."""
+        self._add("stall", count, scope, seconds=seconds, after_bytes=after_bytes)
+
+    def _add(self, kind, count, scope, **params):
+        if scope not in ("any", "download", "query"):
+            raise ValueError(f"Unknown fault scope {scope!r}")
+        with self._lock:
+            self._pending.append({"kind": kind, "count": count, "scope": scope, **params})
+
+    def take(self, scope: str, method: str) -> list[dict]:
+        """Consume the faults that apply to one request of ``scope``."""
+        taken = []
+        with self._lock:
+            for fault in self._pending:
+                if fault["count"] <= 0 or fault["scope"] not in ("any", scope):
+                    continue
+                if fault["kind"] == "drop" and method != "GET":
+                    continue
+                fault["count"] -= 1
+                taken.append(fault)
+            self._pending = [f for f in self._pending if f["count"] > 0]
+        return taken
+
+    def take_executing(self) -> bool:
+        """True (and one fewer left) while ``EXECUTING`` replies are still owed."""
+        with self._lock:
+            if self.executing > 0:
+                self.executing -= 1
+                return True
+            return False
+
+
+class _Catalogue:
+    """The observations and products the server knows, built from an archive manifest."""
+
+    def __init__(self, archive: Archive):
+        self.archive = archive
+        self.observations = []
+        self.products: dict[str, list[dict]] = {}
+        self.files: dict[str, Path] = {}
+        for rec in archive.layers:
+            self.files[rec.filename] = archive.directory / rec.filename
+            obs = self._observation(
+                obs_id=rec.obs_id, obsid=rec.obsid, project="HAP",
+                instrument=f"{rec.instrument.upper()}/{rec.detector.upper()}", filt=rec.filter.upper(),
+                s_ra=rec.s_ra, s_dec=rec.s_dec, s_region=rec.s_region, exptime=rec.weight,
+            )
+            obs["dataURL"] = URI_PREFIX + rec.filename
+            self.observations.append(obs)
+            preview = rec.filename.replace(".fits", ".jpg")
+            subgroup = rec.kind.upper()
+            self.products[rec.obsid] = [
+                self._product(obs, rec.filename, subgroup, "SCIENCE", rec.size),
+                self._product(obs, preview, subgroup, "PREVIEW", 51234),
+                self._product(obs, rec.obs_id + "_trl.txt", "TRL", "AUXILIARY", 4321),
+            ]
+        for decoy in archive.decoys:
+            obs = self._observation(
+                obs_id=decoy["obs_id"], obsid=decoy["obsid"], project=decoy["project"],
+                instrument=decoy["instrument"], filt=decoy["filter"], s_ra=decoy["s_ra"],
+                s_dec=decoy["s_dec"], s_region=decoy["s_region"], exptime=1000.0,
+            )
+            self.observations.append(obs)
+            self.products[decoy["obsid"]] = [
+                self._product(obs, name, name.rsplit("_", 1)[-1].split(".")[0].upper(),
+                              "SCIENCE" if name.endswith(".fits") else "AUXILIARY", 1234567)
+                for name in decoy["products"]
+            ]
+        # Real MAST lists a visit's single-visit products under the skycell layers built from it.
+        svm = next((d for d in archive.decoys if d["project"] == "HAP"), None)
+        if svm is not None:
+            for rec in archive.layers:
+                self.products[rec.obsid].append(self.products[svm["obsid"]][0])
+        self._regions = {obs["obsid"]: _parse_region(obs["s_region"]) for obs in self.observations}
+
+    @staticmethod
+    def _observation(*, obs_id, obsid, project, instrument, filt, s_ra, s_dec, s_region, exptime):
+        return {
+            "intentType": "science", "obs_collection": "HST",
+            "provenance_name": "HAP-MVM" if obs_id.startswith("hst_skycell") else "CALACS",
+            "instrument_name": instrument, "project": project, "filters": filt,
+            "wavelength_region": "IR" if "/IR" in instrument else "OPTICAL",
+            "target_name": "ANY", "target_classification": "", "obs_id": obs_id,
+            "s_ra": s_ra, "s_dec": s_dec, "dataproduct_type": "image", "proposal_pi": "",
+            "calib_level": 3, "t_min": 56000.0, "t_max": 59000.0, "t_exptime": exptime,
+            "em_min": 700.0, "em_max": 900.0, "obs_title": "", "t_obs_release": 59001.0,
+            "proposal_id": "", "proposal_type": "", "sequence_number": None, "s_region": s_region,
+            "jpegURL": None, "dataURL": None, "dataRights": "PUBLIC", "mtFlag": False,
+            "srcDen": None, "obsid": obsid, "objID": str(int(obsid) + 10**9),
+        }
+
+    @staticmethod
+    def _product(obs, filename, subgroup, product_type, size):
+        return {
+            "obsID": obs["obsid"], "obs_collection": "HST", "dataproduct_type": "image",
+            "obs_id": filename.rsplit("_", 1)[0], "description": f"{subgroup} {product_type.lower()}",
+            "type": "D", "dataURI": URI_PREFIX + filename, "productType": product_type,
+            "productGroupDescription": "Minimum Recommended Products" if product_type == "SCIENCE" else "",
+            "productSubGroupDescription": subgroup, "productDocumentationURL": "",
+            "project": obs["project"], "prvversion": "1.0", "proposal_id": "",
+            "productFilename": filename, "size": size, "parent_obsid": obs["obsid"],
+            "dataRights": "PUBLIC", "calib_level": 3, "filters": obs["filters"],
+        }
+
+    def query(self, filters: list[dict], position: str | None) -> list[dict]:
+        rows = [obs for obs in self.observations if all(_matches(obs, f) for f in filters)]
+        if position:
+            ra, dec, radius = (float(v) for v in position.split(","))
+            rows = [
+                dict(obs, distance=_separation_deg(ra, dec, obs["s_ra"], obs["s_dec"]) * 3600.0)
+                for obs in rows
+                if _cone_hits_polygon(ra, dec, radius, self._regions[obs["obsid"]])
+            ]
+        return rows
+
+
+def _parse_region(region: str) -> np.ndarray:
+    numbers = [float(v) for v in re.findall(r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", region)]
+    return np.array(numbers).reshape(-1, 2)
+
+
+def _unit_vectors(ra, dec) -> np.ndarray:
+    ra, dec = np.radians(ra), np.radians(dec)
+    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
+
+
+def _separation_deg(ra1, dec1, ra2, dec2) -> float:
+    dot = float(np.clip(_unit_vectors(ra1, dec1) @ _unit_vectors(ra2, dec2), -1, 1))
+    return math.degrees(math.acos(dot))
+
+
+def _cone_hits_polygon(ra: float, dec: float, radius: float, polygon: np.ndarray) -> bool:
+    """Does the cone (degrees) touch the spherical polygon (great-circle edges)?
+
+    Works in the gnomonic plane at the cone centre, where great circles are straight lines and
+    the distance from the origin is tan(angle): the cone touches the polygon if the origin is
+    inside it or an edge comes within tan(radius).
+    """
+    centre = _unit_vectors(ra, dec)
+    east = np.array([-math.sin(math.radians(ra)), math.cos(math.radians(ra)), 0.0])
+    north = np.cross(centre, east)
+    vectors = _unit_vectors(polygon[:, 0], polygon[:, 1])
+    depth = vectors @ centre
+    if np.any(depth <= 0.0):  # a vertex in the far hemisphere: not near this cone
+        return False
+    plane = np.column_stack([vectors @ east, vectors @ north]) / depth[:, None]
+    # Inside test: the origin is on the same side of every edge.
+    edges = np.roll(plane, -1, axis=0) - plane
+    cross = edges[:, 0] * -plane[:, 1] - edges[:, 1] * -plane[:, 0]
+    if np.all(cross >= 0) or np.all(cross <= 0):
+        return True
+    limit = math.tan(math.radians(radius))
+    for start, edge in zip(plane, edges):
+        t = np.clip(-(start @ edge) / (edge @ edge), 0.0, 1.0)
+        if np.hypot(*(start + t * edge)) <= limit:
+            return True
+    return False
+
+
+def _like(pattern: str, value: str) -> bool:
+    regex = ".*".join(re.escape(part) for part in pattern.split("%"))
+    return re.fullmatch(regex, value, flags=re.IGNORECASE) is not None
+
+
+def _matches(obs: dict, flt: dict) -> bool:
+    name = flt["paramName"]
+    if name not in _OBS_COLUMNS:
+        return False
+    value = obs.get(name)
+    values = flt.get("values", [])
+    if values and isinstance(values[0], dict):  # continuous: [{"min": a, "max": b}]
+        return value is not None and float(values[0]["min"]) <= float(value) <= float(values[0]["max"])
+    separator = _OBS_COLUMNS[name][1]
+    parts = str(value).split(separator) if separator else [str(value)]
+    wanted = {str(v).lower() for v in values}
+    hit = any(part.lower() in wanted for part in parts)
+    if flt.get("freeText"):
+        hit = hit or any(_like(flt["freeText"], part) for part in parts)
+    return hit
+
+
+def _table_reply(fields: dict, rows: list[dict], page: int, pagesize: int, status: str = "COMPLETE"):
+    total = len(rows)
+    pages = max(1, math.ceil(total / pagesize))
+    chunk = rows[(page - 1) * pagesize: page * pagesize]
+    return {
+        "status": status, "msg": "",
+        "fields": [{"name": n, "type": t} for n, t in fields.items()],
+        "data": [{n: r.get(n) for n in fields} for r in chunk],
+        "paging": {"page": page, "pageSize": pagesize, "pagesFiltered": pages,
+                   "rows": len(chunk), "rowsFiltered": total, "rowsTotal": total},
+    }
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: "_HTTPServer"
+
+    def log_message(self, format, *args):  # quiet: the server keeps its own records
+        pass
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _record(self, service, status, sent, byte_range=None):
+        self.server.owner._record(
+            RequestRecord(self.command, urlsplit(self.path).path, service, byte_range, status, sent)
+        )
+
+    def _send_bytes(self, status, body: bytes, content_type="application/json", service=None):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self._record(service, status, len(body) if self.command != "HEAD" else 0)
+
+    def _send_json(self, obj, service=None):
+        self._send_bytes(200, json.dumps(obj).encode(), service=service)
+
+    def _apply_faults(self, scope) -> tuple[bool, dict | None]:
+        """Apply latency, failures and pre-body stalls.
+
+        Returns whether the request was already answered (an injected failure) and the fault to
+        apply while sending a file body (a drop or a mid-body stall), if any.
+        """
+        owner = self.server.owner
+        if owner.faults.latency:
+            time.sleep(owner.faults.latency)
+        mid_body = None
+        for fault in owner.faults.take(scope, self.command):
+            if fault["kind"] == "fail":
+                self.close_connection = True
+                self._send_bytes(fault["status"], b'{"status": "ERROR", "msg": "injected failure"}')
+                return True, None
+            if fault["kind"] == "stall" and (scope != "download" or self.command != "GET"):
+                time.sleep(fault["seconds"])
+            else:
+                mid_body = fault
+        return False, mid_body
+
+    def _read_form(self) -> dict:
+        length = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(length).decode() if length else ""
+        return {k: v[0] for k, v in parse_qs(body).items()}
+
+    # -- verbs ----------------------------------------------------------------------------------
+    def do_POST(self):
+        path = urlsplit(self.path).path
+        form = self._read_form()
+        if path not in (INVOKE_PATH, COLUMNS_CONFIG_PATH):
+            self._send_bytes(404, b'{"status": "ERROR", "msg": "no such service"}')
+            return
+        answered, _ = self._apply_faults("query")
+        if answered:
+            return
+        if path == COLUMNS_CONFIG_PATH:
+            if form.get("colConfigId") != "Mast.Caom.Cone":
+                self._send_json({}, service="columnsconfig")
+                return
+            self._send_json(columns_config(), service="columnsconfig")
+            return
+        self._invoke(form)
+
+    def _invoke(self, form):
+        try:
+            request = json.loads(form["request"])
+            service = request["service"]
+            params = request.get("params", {})
+        except (KeyError, ValueError):
+            self._send_json({"status": "ERROR", "msg": "malformed request", "data": [], "fields": []})
+            return
+        catalogue = self.server.owner.catalogue
+        page, pagesize = int(request.get("page", 1)), int(request.get("pagesize", 50000))
+        if self.server.owner.faults.take_executing():
+            self._send_json({"status": "EXECUTING", "msg": "", "data": [], "fields": []}, service=service)
+            return
+        if service in ("Mast.Caom.Filtered.Position", "Mast.Caom.Filtered"):
+            rows = catalogue.query(params.get("filters", []), params.get("position"))
+            if params.get("columns") == "COUNT_BIG(*)":
+                reply = _table_reply({"Column1": "string"}, [{"Column1": len(rows)}], 1, 1)
+            else:
+                fields = {name: kind for name, (kind, _) in _OBS_COLUMNS.items()}
+                if params.get("position"):
+                    fields["distance"] = "float"
+                reply = _table_reply(fields, rows, page, pagesize)
+        elif service == "Mast.Caom.Products":
+            wanted = [v.strip() for v in str(params.get("obsid", "")).split(",") if v.strip()]
+            rows = [p for obsid in wanted for p in catalogue.products.get(obsid, [])]
+            reply = _table_reply(_PRODUCT_COLUMNS, rows, page, pagesize)
+        else:
+            reply = {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
+        self._send_json(reply, service=service)
+
+    def do_HEAD(self):
+        self._download()
+
+    def do_GET(self):
+        self._download()
+
+    def _download(self):
+        parts = urlsplit(self.path)
+        if parts.path != DOWNLOAD_PATH:
+            self._send_bytes(404, b'{"status": "ERROR", "msg": "not found"}')
+            return
+        answered, mid_body = self._apply_faults("download")
+        if answered:
+            return
+        uri = unquote(parse_qs(parts.query).get("uri", [""])[0])
+        name = uri[len(URI_PREFIX):] if uri.startswith(URI_PREFIX) else None
+        path = self.server.owner.catalogue.files.get(name)
+        if path is None:
+            self._send_bytes(404, json.dumps({"status": "ERROR", "msg": f"{uri} not found"}).encode())
+            return
+        size = path.stat().st_size
+        start, end, status = 0, size - 1, 200
+        byte_range = self.headers.get("Range")
+        if byte_range and self.server.owner.faults.range_supported:
+            span = _parse_range(byte_range, size)
+            if span is None:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._record("download", 416, 0, byte_range)
+                return
+            start, end, status = span[0], span[1], 206
+        length = end - start + 1
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+        self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
+        if self.server.owner.faults.range_supported:
+            self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        sent = 0
+        if self.command == "GET":
+            sent = self._stream(path, start, length, mid_body)
+        self._record("download", status, sent, byte_range)
+
+    def _stream(self, path: Path, start: int, length: int, fault: dict | None) -> int:
+        sent = 0
+        limit = fault["after_bytes"] if fault else None
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            while sent < length:
+                want = min(_CHUNK, length - sent)
+                if limit is not None:
+                    want = min(want, max(0, limit - sent))
+                if want == 0:
+                    break
+                block = fh.read(want)
+                self.wfile.write(block)
+                sent += len(block)
+        if fault and fault["kind"] == "stall":
+            self.wfile.flush()
+            time.sleep(fault["seconds"])
+            with open(path, "rb") as fh:
+                fh.seek(start + sent)
+                while sent < length:
+                    block = fh.read(min(_CHUNK, length - sent))
+                    self.wfile.write(block)
+                    sent += len(block)
+        elif fault and fault["kind"] == "drop":
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+        return sent
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """First span of a ``bytes=`` Range header as (start, end) inclusive, or None if unsatisfiable."""
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)(?:,.*)?", header.strip())
+    if match is None or match.groups() == ("", ""):
+        return None
+    first, last = match.groups()
+    if first == "":
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start = int(first)
+        end = min(size - 1, int(last)) if last else size - 1
+    if start >= size or start > end:
+        return None
+    return start, end
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    owner: "MastServer"
+
+
+class MastServer:
+    """The stand-in MAST server for one synthetic archive.
+
+    Parameters
+    ----------
+    archive : `~glue_mvmcut.testing.synth.Archive` or path
+        The archive to serve (a directory with ``manifest.json``).
+    port : int, optional
+        Port on 127.0.0.1; 0 picks a free one.
+
+    Examples
+    --------
+    >>> with MastServer(archive_dir) as server:  # doctest: +SKIP
+    ...     server.url
+    'http://127.0.0.1:40123'
+    """
+
+    def __init__(self, archive, port: int = 0):
+        self.archive = archive if isinstance(archive, Archive) else Archive.load(archive)
+        self.catalogue = _Catalogue(self.archive)
+        self.faults = Faults()
+        self.records: list[RequestRecord] = []
+        self._records_lock = threading.Lock()
+        self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
+        self._httpd.owner = self
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:40123`` (what ``[mast] server`` should be)."""
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._records_lock:
+            self.records.append(record)
+
+    @property
+    def bytes_sent(self) -> int:
+        """Body bytes sent for file downloads since the last `reset_stats`."""
+        with self._records_lock:
+            return sum(r.bytes_sent for r in self.records if r.service == "download")
+
+    def requests(self, service: str | None = None) -> list[RequestRecord]:
+        """Records of requests answered, optionally only those of one service."""
+        with self._records_lock:
+            return [r for r in self.records if service is None or r.service == service]
+
+    def reset_stats(self) -> None:
+        """Forget the request records."""
+        with self._records_lock:
+            self.records.clear()
+
+    def start(self) -> "MastServer":
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mast-stand-in", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> "MastServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main(argv=None) -> None:
+    """Command line: ``python -m glue_mvmcut.testing.server ARCHIVE_DIR [--port N]``."""
+    parser = argparse.ArgumentParser(description="Serve a synthetic MVM archive as a stand-in MAST.")
+    parser.add_argument("archive_dir", help="directory written by python -m glue_mvmcut.testing.synth")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    args = parser.parse_args(argv)
+    server = MastServer(args.archive_dir, port=args.port)
+    print(server.url, flush=True)
+    try:
+        server._httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server._httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()

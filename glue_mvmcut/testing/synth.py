@@ -1,0 +1,398 @@
+"""A synthetic MVM archive whose every pixel value is known analytically.
+
+Layers have real skycell names and WCS (from `glue_mvmcut.core.skycells`), are trimmed to the
+subarray that covers the observed disc (the same subarray for every layer of a skycell, CRPIX
+shifted like real files), and hold::
+
+    SCI = gain * sky(ra, dec) + offset(skycell)   where observed, else 0.0
+    WHT = weight(skycell, layer)                  where observed, else 0.0
+
+``sky`` is a smooth background plus compact-support sources ("stars" and "galaxies"), so a value
+can be recomputed exactly for any position: tests assert pixels, not impressions. Layers of any
+size are written in row chunks, never held in memory whole.
+
+``python -m glue_mvmcut.testing.synth OUTDIR [--field lmc]`` writes an archive and its
+``manifest.json``.
+"""
+
+import argparse
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+from astropy.wcs import WCS
+
+from ..core.products import LayerName
+from ..core.skycells import SCALES, SKYCELL_SIDE, SkyCell, skycells_covering
+
+__all__ = ["LayerSpec", "Field", "FIELDS", "LayerRecord", "Archive", "build_archive", "sky"]
+
+MANIFEST = "manifest.json"
+_ROWS_PER_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One band of a synthetic field: which layers every skycell of the field gets.
+
+    ``coverage`` is the observed radius as a fraction of the field radius; ``gain`` scales the
+    sky; ``weight`` is the WHT of the first skycell (later skycells get more, see `Archive`).
+    """
+
+    instrument: str
+    detector: str
+    filter: str
+    scale: str = "fine"
+    exposure: str | None = None
+    gain: float = 1.0
+    weight: float = 1000.0
+    coverage: float = 1.0
+
+
+@dataclass(frozen=True)
+class Field:
+    """A synthetic field: an observed disc on the sky and the bands observed there.
+
+    ``gap`` = (skycell name, east offset min, east offset max), arcsec: a strip where that skycell
+    has no data (WHT 0), like a chip gap, so combining must not average its zeros in.
+    """
+
+    name: str
+    ra: float
+    dec: float
+    radius: float
+    layers: tuple[LayerSpec, ...]
+    seed: int = 1
+    n_stars: int = 60
+    n_galaxies: int = 5
+    gap: tuple[str, float, float] | None = None
+    proposal: str = "15629"
+
+
+_ACS_WFC3 = (
+    LayerSpec("acs", "wfc", "f658n", gain=0.3, weight=2000.0),
+    LayerSpec("acs", "wfc", "f814w", gain=1.0, weight=1000.0),
+    LayerSpec("acs", "wfc", "f814w", exposure="jbp505jg", gain=1.0, weight=500.0, coverage=0.6),
+    LayerSpec("wfc3", "ir", "f160w", gain=2.0, weight=800.0, coverage=0.8),
+    LayerSpec("wfc3", "ir", "f160w", scale="coarse", gain=2.0, weight=800.0, coverage=0.8),
+)
+
+#: Named fields. ``lmc`` is the seed's example: four skycells of p0081 meet at its centre.
+FIELDS = {
+    "lmc": Field(
+        "lmc", 84.9208, -69.1467, radius=24.0, layers=_ACS_WFC3, gap=("p0081x15y14", -2.5, -0.5)
+    ),
+}
+
+
+@dataclass(frozen=True)
+class _Source:
+    east: float  # arcsec east of the field centre
+    north: float  # arcsec north of the field centre
+    amplitude: float
+    radius: float  # arcsec; the profile is exactly 0 beyond
+
+
+@cache
+def _sources(f: Field) -> tuple[_Source, ...]:
+    rng = np.random.default_rng(f.seed)
+    sources = []
+    for count, (amp_lo, amp_hi), (r_lo, r_hi) in (
+        (f.n_stars, (0.5, 2.5), (0.25, 0.4)),
+        (f.n_galaxies, (0.3, 0.8), (1.5, 3.0)),
+    ):
+        for _ in range(count):
+            rho = f.radius * 1.1 * math.sqrt(rng.uniform())
+            phi = rng.uniform(0, 2 * math.pi)
+            sources.append(
+                _Source(
+                    rho * math.cos(phi), rho * math.sin(phi),
+                    10 ** rng.uniform(amp_lo, amp_hi), rng.uniform(r_lo, r_hi),
+                )
+            )
+    return tuple(sources)
+
+
+def _offsets(f: Field, ra, dec):
+    """East and north offsets (arcsec) from the field centre; RA wrapped across 0/360."""
+    d_ra = (np.asarray(ra, dtype=float) - f.ra + 180.0) % 360.0 - 180.0
+    east = d_ra * math.cos(math.radians(f.dec)) * 3600.0
+    north = (np.asarray(dec, dtype=float) - f.dec) * 3600.0
+    return east, north
+
+
+def sky(f: Field, ra, dec) -> np.ndarray:
+    """The analytic sky of field ``f`` at (``ra``, ``dec``) degrees, float64, before gain/offset."""
+    east, north = _offsets(f, ra, dec)
+    value = 0.2 + 0.05 * np.sin(east / 1.7 + 0.3) * np.cos(north / 2.3) + 0.002 * east
+    if east.size == 0:
+        return value
+    e_lo, e_hi, n_lo, n_hi = east.min(), east.max(), north.min(), north.max()
+    for s in _sources(f):
+        if s.east + s.radius < e_lo or s.east - s.radius > e_hi:
+            continue
+        if s.north + s.radius < n_lo or s.north - s.radius > n_hi:
+            continue
+        r2 = ((east - s.east) ** 2 + (north - s.north) ** 2) / s.radius**2
+        value = value + s.amplitude * np.where(r2 < 1.0, (1.0 - np.minimum(r2, 1.0)) ** 4, 0.0)
+    return value
+
+
+@dataclass
+class LayerRecord:
+    """What the manifest says about one layer file."""
+
+    filename: str
+    obs_id: str
+    obsid: str
+    skycell: str
+    instrument: str
+    detector: str
+    filter: str
+    scale: str
+    exposure: str | None
+    kind: str
+    shape: tuple[int, int]  # (ny, nx) of the trimmed subarray
+    origin: tuple[int, int]  # (x0, y0): subarray offset in the full skycell, in its own pixels
+    gain: float
+    offset: float
+    weight: float
+    radius: float  # observed radius, arcsec
+    size: int = 0
+    s_ra: float = 0.0
+    s_dec: float = 0.0
+    s_region: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def wcs(self) -> WCS:
+        """WCS of the trimmed layer."""
+        wcs = SkyCell.from_name(self.skycell).wcs(self.scale)
+        wcs.wcs.crpix = wcs.wcs.crpix - np.array(self.origin, dtype=float)
+        wcs.wcs.set()
+        wcs.pixel_shape = (self.shape[1], self.shape[0])
+        return wcs
+
+
+class Archive:
+    """A synthetic archive on disk: its directory, field and layer records.
+
+    Use `Archive.load` for one that exists, `build_archive` to make one.
+    """
+
+    def __init__(self, directory: Path, field_: Field, layers: list[LayerRecord], decoys: list):
+        self.directory = Path(directory)
+        self.field = field_
+        self.layers = layers
+        self.decoys = decoys
+
+    @classmethod
+    def load(cls, directory) -> "Archive":
+        """Read ``manifest.json`` from ``directory``."""
+        directory = Path(directory)
+        data = json.loads((directory / MANIFEST).read_text())
+        layers = [LayerRecord(**{**rec, "shape": tuple(rec["shape"]), "origin": tuple(rec["origin"])})
+                  for rec in data["layers"]]
+        return cls(directory, FIELDS[data["field"]], layers, data["decoys"])
+
+    def layer(self, filename: str) -> LayerRecord:
+        """The record of layer ``filename``."""
+        return next(rec for rec in self.layers if rec.filename == filename)
+
+    def observed(self, rec: LayerRecord, ra, dec) -> np.ndarray:
+        """True where layer ``rec`` has data at (``ra``, ``dec``)."""
+        east, north = _offsets(self.field, ra, dec)
+        mask = east**2 + north**2 <= rec.radius**2
+        gap = self.field.gap
+        if gap is not None and gap[0] == rec.skycell:
+            mask &= ~((east >= gap[1]) & (east <= gap[2]))
+        return mask
+
+    def truth(self, rec: LayerRecord, ra, dec) -> tuple[np.ndarray, np.ndarray]:
+        """(SCI, WHT) layer ``rec`` holds at (``ra``, ``dec``), as float32 like the file."""
+        mask = self.observed(rec, ra, dec)
+        sci = np.where(mask, rec.gain * sky(self.field, ra, dec) + rec.offset, 0.0)
+        wht = np.where(mask, rec.weight, 0.0)
+        return sci.astype(np.float32), wht.astype(np.float32)
+
+
+def _subarray(f: Field, skycell: SkyCell) -> tuple[int, int, int, int] | None:
+    """Fine-pixel bounds (x0, x1, y0, y1) of the observed disc in ``skycell``, or None."""
+    wcs = skycell.wcs("fine")
+    phi = np.linspace(0, 2 * np.pi, 181)
+    margin = f.radius + 1.0
+    ra = f.ra + margin * np.cos(phi) / 3600.0 / math.cos(math.radians(f.dec))
+    dec = f.dec + margin * np.sin(phi) / 3600.0
+    x, y = wcs.world_to_pixel_values(ra, dec)
+    cx, cy = wcs.world_to_pixel_values(f.ra, f.dec)
+    nearest = np.clip([cx, cy], -0.5, SKYCELL_SIDE - 0.5)
+    if math.hypot(nearest[0] - cx, nearest[1] - cy) * SCALES["fine"] > f.radius:
+        return None
+    x0, y0 = (max(0, int(math.floor(v.min()))) for v in (x, y))
+    x1, y1 = (min(SKYCELL_SIDE, int(math.ceil(v.max())) + 1) for v in (x, y))
+    return x0, x1, y0, y1
+
+
+def _image_header(wcs: WCS, extname: str, shape, unit: str | None) -> fits.Header:
+    header = fits.ImageHDU(data=np.zeros((1, 1), np.float32)).header
+    header["NAXIS1"], header["NAXIS2"] = shape[1], shape[0]
+    header["EXTNAME"] = extname
+    header["EXTVER"] = 1
+    if unit:
+        header["BUNIT"] = unit
+    header.update(wcs.to_header())
+    return header
+
+
+def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
+    header = fits.Header()
+    header["TELESCOP"] = "HST"
+    header["INSTRUME"] = rec.instrument.upper()
+    header["DETECTOR"] = rec.detector.upper()
+    header["FILTER"] = rec.filter.upper()
+    header["SCELLID"] = (rec.skycell, "skycell name")
+    header["FILENAME"] = rec.filename
+    header["ROOTNAME"] = rec.obs_id
+    header["D001SCAL"] = (SCALES[rec.scale], "[arcsec/pix] drizzled pixel scale")
+    header["NPIXFRAC"] = (round(observed_fraction, 6), "fraction of pixels with data")
+    for key in ("MEANEXPT", "MEDEXPT", "MEANWHT", "MEDWHT"):
+        header[key] = rec.weight
+    header["MEANNEXP"] = header["MEDNEXP"] = 2
+    header["SYNTHETC"] = (True, "glue_mvmcut.testing.synth archive")
+    return header
+
+
+def _write_layer(path: Path, archive: Archive, rec: LayerRecord) -> None:
+    """Write one layer in row chunks to ``path`` (via a temporary name)."""
+    wcs = rec.wcs()
+    ny, nx = rec.shape
+    part = path.with_name(path.name + ".part")
+    part.unlink(missing_ok=True)
+    observed = 0
+    # Primary first, then SCI and WHT streamed (two passes: one per extension), then HDRTAB.
+    fits.PrimaryHDU(header=_primary_header(rec, 0.0)).writeto(part)
+    for extname, unit in (("SCI", "ELECTRONS/S"), ("WHT", None)):
+        stream = fits.StreamingHDU(str(part), _image_header(wcs, extname, rec.shape, unit))
+        xs = np.arange(nx, dtype=float)
+        for row0 in range(0, ny, _ROWS_PER_CHUNK):
+            rows = np.arange(row0, min(row0 + _ROWS_PER_CHUNK, ny), dtype=float)
+            ra, dec = wcs.pixel_to_world_values(*np.meshgrid(xs, rows))
+            if extname == "SCI":
+                stream.write(archive.truth(rec, ra, dec)[0])
+            else:
+                mask = archive.observed(rec, ra, dec)
+                observed += int(np.count_nonzero(mask))
+                stream.write(np.where(mask, rec.weight, 0.0).astype(np.float32))
+        stream.close()
+    hdrtab = Table(
+        {
+            "ROOTNAME": [f"{rec.exposure or 'jbp505'}{i}" for i in ("a", "b")],
+            "EXPTIME": [rec.weight / 2] * 2,
+            "FILTER": [rec.filter.upper()] * 2,
+        }
+    )
+    fits.append(part, fits.table_to_hdu(hdrtab).data, header=fits.Header([("EXTNAME", "HDRTAB")]))
+    with fits.open(part, mode="update") as hdul:
+        hdul[0].header["NPIXFRAC"] = round(observed / (nx * ny), 6)
+    os.replace(part, path)
+
+
+def _footprint(rec: LayerRecord) -> tuple[float, float, str]:
+    wcs = rec.wcs()
+    ny, nx = rec.shape
+    ra, dec = wcs.pixel_to_world_values([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5])
+    c_ra, c_dec = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
+    points = " ".join(f"{a:.8f} {d:.8f}" for a, d in zip(ra, dec))
+    return float(c_ra), float(c_dec), f"POLYGON ICRS {points}"
+
+
+def build_archive(out_dir, field_name: str = "lmc", *, overwrite: bool = False) -> Archive:
+    """Write the synthetic archive of field ``field_name`` into ``out_dir``.
+
+    Deterministic: the same field always gives the same bytes. An existing complete archive
+    (its manifest present) is reused unless ``overwrite``.
+
+    Returns
+    -------
+    Archive
+    """
+    out = Path(out_dir)
+    if (out / MANIFEST).exists() and not overwrite:
+        return Archive.load(out)
+    f = FIELDS[field_name]
+    out.mkdir(parents=True, exist_ok=True)
+    skycells = [s for s in skycells_covering((f.ra, f.dec), 2 * f.radius + 2) if _subarray(f, s)]
+    layers = []
+    for index, skycell in enumerate(skycells):
+        x0, x1, y0, y1 = _subarray(f, skycell)
+        for spec_index, spec in enumerate(f.layers):
+            ratio = SCALES["fine"] / SCALES[spec.scale]
+            cx0, cy0 = int(math.floor(x0 * ratio)), int(math.floor(y0 * ratio))
+            cx1, cy1 = int(math.ceil(x1 * ratio)), int(math.ceil(y1 * ratio))
+            name = LayerName(
+                skycell=skycell, instrument=spec.instrument, detector=spec.detector,
+                filter=spec.filter, scale=spec.scale, exposure=spec.exposure,
+                kind="drz" if spec.detector == "ir" else "drc",
+            )
+            rec = LayerRecord(
+                filename=name.filename, obs_id=name.obs_id,
+                obsid=str(2_600_000_000 + 100 * index + spec_index),
+                skycell=skycell.name, instrument=spec.instrument, detector=spec.detector,
+                filter=spec.filter, scale=spec.scale, exposure=spec.exposure, kind=name.kind,
+                shape=(cy1 - cy0, cx1 - cx0), origin=(cx0, cy0), gain=spec.gain,
+                offset=round(0.05 * index - 0.02, 4), weight=spec.weight * (1 + 0.5 * index),
+                radius=f.radius * spec.coverage,
+            )
+            rec.s_ra, rec.s_dec, rec.s_region = _footprint(rec)
+            layers.append(rec)
+    archive = Archive(out, f, layers, _decoys(f))
+    for rec in layers:
+        path = out / rec.filename
+        if overwrite or not path.exists():
+            _write_layer(path, archive, rec)
+        rec.size = path.stat().st_size
+    manifest = {"field": f.name, "layers": [asdict(rec) for rec in layers], "decoys": archive.decoys}
+    tmp = out / (MANIFEST + ".part")
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / MANIFEST)
+    return archive
+
+
+def _decoys(f: Field) -> list[dict]:
+    """Observations near the field that are not MVM layers: a single-visit HAP product and a
+    classic HST (non-HAP) product. A query must never return them."""
+    half = 100.0 / 3600.0
+    cos_dec = math.cos(math.radians(f.dec))
+    corners = [(f.ra - half / cos_dec, f.dec - half), (f.ra + half / cos_dec, f.dec - half),
+               (f.ra + half / cos_dec, f.dec + half), (f.ra - half / cos_dec, f.dec + half)]
+    region = "POLYGON ICRS " + " ".join(f"{a % 360:.8f} {d:.8f}" for a, d in corners)
+    svm = f"hst_{f.proposal}_07_acs_wfc_f814w_jdxk07"
+    return [
+        {"obs_id": svm, "obsid": "2500000001", "project": "HAP", "instrument": "ACS/WFC",
+         "filter": "F814W", "s_ra": f.ra, "s_dec": f.dec, "s_region": region,
+         "products": [f"{svm}_drc.fits", f"{svm}_drc.jpg", f"{svm}_trl.txt"]},
+        {"obs_id": "jdxk07010", "obsid": "2500000002", "project": "HST", "instrument": "ACS/WFC",
+         "filter": "F814W", "s_ra": f.ra, "s_dec": f.dec, "s_region": region,
+         "products": ["jdxk07010_drc.fits"]},
+    ]
+
+
+def main(argv=None) -> None:
+    """Command line: ``python -m glue_mvmcut.testing.synth OUTDIR [--field NAME]``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--field", default="lmc", choices=sorted(FIELDS))
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    archive = build_archive(args.out_dir, args.field, overwrite=args.overwrite)
+    total = sum(rec.size for rec in archive.layers)
+    print(f"{len(archive.layers)} layers, {total / 1e6:.1f} MB in {archive.directory}")
+
+
+if __name__ == "__main__":
+    main()
