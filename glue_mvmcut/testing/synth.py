@@ -84,9 +84,14 @@ _ACS_WFC3 = (
 )
 
 #: Named fields. ``lmc`` is the seed's example: four skycells of p0081 meet at its centre.
+#: ``tiny`` is one small disc inside a single skycell (p1889x07y13), one band: quick to build.
 FIELDS = {
     "lmc": Field(
         "lmc", 84.9208, -69.1467, radius=24.0, layers=_ACS_WFC3, gap=("p0081x15y14", -2.5, -0.5)
+    ),
+    "tiny": Field(
+        "tiny", 181.0, 26.5, radius=3.0, layers=(LayerSpec("acs", "wfc", "f814w"),), n_stars=4,
+        n_galaxies=1,
     ),
 }
 
@@ -198,7 +203,13 @@ class Archive:
         data = json.loads((directory / MANIFEST).read_text())
         layers = [LayerRecord(**{**rec, "shape": tuple(rec["shape"]), "origin": tuple(rec["origin"])})
                   for rec in data["layers"]]
-        return cls(directory, FIELDS[data["field"]], layers, data["decoys"])
+        spec = data["field"]
+        field_ = Field(**{
+            **spec,
+            "layers": tuple(LayerSpec(**layer) for layer in spec["layers"]),
+            "gap": tuple(spec["gap"]) if spec["gap"] else None,
+        })
+        return cls(directory, field_, layers, data["decoys"])
 
     def layer(self, filename: str) -> LayerRecord:
         """The record of layer ``filename``."""
@@ -245,7 +256,13 @@ def _image_header(wcs: WCS, extname: str, shape, unit: str | None) -> fits.Heade
     header["EXTVER"] = 1
     if unit:
         header["BUNIT"] = unit
-    header.update(wcs.to_header())
+    # Real MVM layers carry a CD matrix; astropy's to_header() would write PC + CDELT instead.
+    header["CTYPE1"], header["CTYPE2"] = wcs.wcs.ctype
+    header["CRVAL1"], header["CRVAL2"] = wcs.wcs.crval
+    header["CRPIX1"], header["CRPIX2"] = wcs.wcs.crpix
+    for (i, j), value in np.ndenumerate(wcs.wcs.cd):
+        header[f"CD{i + 1}_{j + 1}"] = value
+    header["RADESYS"] = "ICRS"
     return header
 
 
@@ -311,8 +328,8 @@ def _footprint(rec: LayerRecord) -> tuple[float, float, str]:
     return float(c_ra), float(c_dec), f"POLYGON ICRS {points}"
 
 
-def build_archive(out_dir, field_name: str = "lmc", *, overwrite: bool = False) -> Archive:
-    """Write the synthetic archive of field ``field_name`` into ``out_dir``.
+def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = False) -> Archive:
+    """Write the synthetic archive of a field (a `Field` or a name in `FIELDS`) into ``out_dir``.
 
     Deterministic: the same field always gives the same bytes. An existing complete archive
     (its manifest present) is reused unless ``overwrite``.
@@ -324,16 +341,16 @@ def build_archive(out_dir, field_name: str = "lmc", *, overwrite: bool = False) 
     out = Path(out_dir)
     if (out / MANIFEST).exists() and not overwrite:
         return Archive.load(out)
-    f = FIELDS[field_name]
+    f = FIELDS[field_] if isinstance(field_, str) else field_
     out.mkdir(parents=True, exist_ok=True)
     skycells = [s for s in skycells_covering((f.ra, f.dec), 2 * f.radius + 2) if _subarray(f, s)]
     layers = []
     for index, skycell in enumerate(skycells):
         x0, x1, y0, y1 = _subarray(f, skycell)
         for spec_index, spec in enumerate(f.layers):
-            ratio = SCALES["fine"] / SCALES[spec.scale]
-            cx0, cy0 = int(math.floor(x0 * ratio)), int(math.floor(y0 * ratio))
-            cx1, cy1 = int(math.ceil(x1 * ratio)), int(math.ceil(y1 * ratio))
+            factor = round(SCALES[spec.scale] / SCALES["fine"])  # 1 (fine) or 3 (coarse)
+            cx0, cy0 = x0 // factor, y0 // factor
+            cx1, cy1 = -(-x1 // factor), -(-y1 // factor)
             name = LayerName(
                 skycell=skycell, instrument=spec.instrument, detector=spec.detector,
                 filter=spec.filter, scale=spec.scale, exposure=spec.exposure,
@@ -356,7 +373,7 @@ def build_archive(out_dir, field_name: str = "lmc", *, overwrite: bool = False) 
         if overwrite or not path.exists():
             _write_layer(path, archive, rec)
         rec.size = path.stat().st_size
-    manifest = {"field": f.name, "layers": [asdict(rec) for rec in layers], "decoys": archive.decoys}
+    manifest = {"field": asdict(f), "layers": [asdict(rec) for rec in layers], "decoys": archive.decoys}
     tmp = out / (MANIFEST + ".part")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / MANIFEST)

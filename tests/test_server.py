@@ -1,0 +1,198 @@
+"""The stand-in MAST server, through the real astroquery client and plain HTTP."""
+
+from pathlib import Path
+
+import pytest
+import requests
+from astropy.coordinates import SkyCoord
+from astroquery.exceptions import NoResultsWarning
+
+from glue_mvmcut.core.archive import file_url, observations
+from glue_mvmcut.testing.server import MastServer, columns_config
+
+LMC = SkyCoord(84.9208, -69.1467, unit="deg")
+SEED_CRITERIA = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
+SVM_DECOY = "hst_15629_07_acs_wfc_f814w_jdxk07"
+
+
+def _layer_uri(name="hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits"):
+    return f"mast:HST/product/{name}"
+
+
+def test_columns_config_describes_every_filtered_column():
+    config = columns_config()
+    for column in ("dataproduct_type", "instrument_name", "project", "obs_collection", "calib_level",
+                   "filters", "obs_id", "s_ra", "s_dec", "obsid"):
+        assert config[column]["vot.datatype"]
+    assert config["obs_collection"]["separator"] == ";"
+
+
+@pytest.mark.parametrize("instrument, expected", [("ACS*", 13), ("WFC3*", 8)])
+def test_the_seed_query_finds_the_layers_and_the_hap_decoy(mast, lmc_archive, instrument, expected):
+    client = observations()
+    table = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name=instrument,
+                                  calib_level=3, **SEED_CRITERIA)
+    layers = {rec.obs_id for rec in lmc_archive.layers if rec.instrument == instrument[:-1].lower()}
+    extra = {SVM_DECOY} if instrument == "ACS*" else set()
+    assert set(table["obs_id"]) == layers | extra
+    assert len(table) == expected
+    assert table["obsid"].dtype.kind == "U"  # typed string, or get_product_list cannot join ids
+    count = client.query_criteria_count(coordinates=LMC, radius="15 arcsec", instrument_name=instrument,
+                                        **SEED_CRITERIA)
+    assert count == expected
+    services = [r.service for r in mast.records]
+    assert services.count("Mast.Caom.Filtered.Position") == 2 and "columnsconfig" in services
+
+
+def test_the_project_filter_drops_classic_hst_products(mast):
+    client = observations()
+    table = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="ACS*",
+                                  obs_collection="HST", dataproduct_type="IMAGE")
+    assert "jdxk07010" in set(table["obs_id"])
+    hap = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="ACS*",
+                                **SEED_CRITERIA)
+    assert "jdxk07010" not in set(hap["obs_id"])
+
+
+def test_cone_versus_footprint(mast, lmc_archive):
+    client = observations()
+    rec = lmc_archive.layer("hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits")
+    # The footprint's first corner; a cone 5" beyond it misses unless its radius reaches back.
+    corner = [float(v) for v in rec.s_region.split()[2:4]]
+    wcs = rec.wcs()
+    outward = wcs.pixel_to_world_values(-0.5 - 125, -0.5 - 125)  # 5" x 5" beyond the corner
+    assert outward != pytest.approx(corner)
+    position = SkyCoord(*outward, unit="deg")
+    with pytest.warns(NoResultsWarning):
+        missed = client.query_criteria(coordinates=position, radius="6 arcsec", obs_id=rec.obs_id)
+    assert len(missed) == 0
+    hit = client.query_criteria(coordinates=position, radius="7.5 arcsec", obs_id=rec.obs_id)
+    assert list(hit["obs_id"]) == [rec.obs_id]
+
+
+def test_products_include_previews_trailers_and_single_visit_decoys(mast, lmc_archive):
+    client = observations()
+    obs = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*",
+                                **SEED_CRITERIA)
+    products = client.get_product_list(obs)
+    names = set(products["productFilename"])
+    layer = "hst_skycell-p0081x14y14_wfc3_ir_f160w_all_drz.fits"
+    assert {layer, layer.replace(".fits", ".jpg"), layer.replace("_drz.fits", "_trl.txt"),
+            f"{SVM_DECOY}_drc.fits"} <= names
+    kept = client.filter_products(products, productSubGroupDescription=["DRZ", "DRC"], extension="fits")
+    skycell_layers = {n for n in kept["productFilename"] if n.startswith("hst_skycell")}
+    assert skycell_layers == {rec.filename for rec in lmc_archive.layers if rec.instrument == "wfc3"}
+    assert set(kept["productFilename"]) - skycell_layers == {f"{SVM_DECOY}_drc.fits"}
+
+
+def test_download_products_gets_identical_files(mast, lmc_archive, tmp_path):
+    client = observations()
+    obs = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*",
+                                **SEED_CRITERIA)
+    products = client.filter_products(client.get_product_list(obs), productSubGroupDescription="DRZ",
+                                      extension="fits")[:2]
+    manifest = client.download_products(products, download_dir=str(tmp_path), flat=True, verbose=False)
+    assert list(manifest["Status"]) == ["COMPLETE", "COMPLETE"]
+    for path in manifest["Local Path"]:
+        local = Path(str(path))
+        assert local.read_bytes() == (lmc_archive.directory / local.name).read_bytes()
+    heads = [r for r in mast.records if r.method == "HEAD"]
+    gets = [r for r in mast.records if r.method == "GET"]
+    assert len(heads) == 2 and len(gets) == 2
+    assert mast.bytes_sent == sum(int(size) for size in products["size"])
+
+
+def test_range_requests(mast, lmc_archive):
+    url = file_url(_layer_uri())
+    data = (lmc_archive.directory / "hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits").read_bytes()
+    part = requests.get(url, headers={"Range": "bytes=2880-5759"}, timeout=10)
+    assert part.status_code == 206
+    assert part.content == data[2880:5760]
+    assert part.headers["Content-Range"] == f"bytes 2880-5759/{len(data)}"
+    tail = requests.get(url, headers={"Range": "bytes=-100"}, timeout=10)
+    assert tail.status_code == 206 and tail.content == data[-100:]
+    beyond = requests.get(url, headers={"Range": f"bytes={len(data)}-"}, timeout=10)
+    assert beyond.status_code == 416 and beyond.headers["Content-Range"] == f"bytes */{len(data)}"
+    head = requests.head(url, timeout=10)
+    assert head.headers["Accept-Ranges"] == "bytes" and int(head.headers["Content-Length"]) == len(data)
+    assert mast.bytes_sent == 2880 + 100
+    assert [r.range for r in mast.requests("download")][:2] == ["bytes=2880-5759", "bytes=-100"]
+
+
+def test_range_can_be_switched_off(mast, lmc_archive):
+    mast.faults.range_supported = False
+    response = requests.get(file_url(_layer_uri()), headers={"Range": "bytes=0-99"}, timeout=10)
+    assert response.status_code == 200
+    assert "Accept-Ranges" not in response.headers
+    assert len(response.content) == lmc_archive.layer(_layer_uri().split("/")[-1]).size
+
+
+def test_unknown_files_are_404(mast):
+    response = requests.get(file_url("mast:HST/product/../../etc/passwd"), timeout=10)
+    assert response.status_code == 404
+    assert requests.get(f"{mast.url}/elsewhere", timeout=10).status_code == 404
+
+
+def test_injected_server_errors_then_recovery(mast):
+    mast.faults.fail(503, count=2, scope="download")
+    url = file_url(_layer_uri())
+    assert [requests.head(url, timeout=10).status_code for _ in range(3)] == [503, 503, 200]
+    mast.faults.fail(500, count=1, scope="query")
+    assert requests.post(f"{mast.url}/api/v0/invoke", data={"request": "{}"}, timeout=10).status_code == 500
+
+
+def test_dropped_connection_truncates_the_body(mast):
+    mast.faults.drop(after_bytes=10_000, count=1)
+    url = file_url(_layer_uri())
+    with pytest.raises(requests.exceptions.ChunkedEncodingError):
+        requests.get(url, timeout=10).content  # noqa: B018 - reading the body is the test
+    assert [r.bytes_sent for r in mast.requests("download")] == [10_000]
+    assert len(requests.get(url, timeout=10).content) > 10_000  # one request only
+
+
+def test_stall_mid_body_trips_a_read_timeout(mast):
+    mast.faults.stall(1.5, scope="download", after_bytes=4096)
+    with pytest.raises(requests.exceptions.ConnectionError):  # urllib3 ReadTimeoutError while streaming
+        requests.get(file_url(_layer_uri()), timeout=(5, 0.3)).content  # noqa: B018
+
+
+def test_stall_before_answer_trips_a_timeout(mast):
+    mast.faults.stall(1.5, scope="query")
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(f"{mast.url}/api/v0/invoke", data={"request": "{}"}, timeout=(5, 0.3))
+
+
+def test_executing_replies_make_astroquery_poll(mast):
+    mast.faults.executing = 3
+    table = observations().query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*",
+                                          **SEED_CRITERIA)
+    assert len(table) == 8
+    assert len(mast.requests("Mast.Caom.Filtered.Position")) == 4
+
+
+def test_command_line_serves_until_stopped(lmc_archive):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glue_mvmcut.testing.server", str(lmc_archive.directory), "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        url = process.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        reply = requests.post(f"{url}/portal/Mashup/Mashup.asmx/columnsconfig",
+                              data={"colConfigId": "Mast.Caom.Cone"}, timeout=10)
+        assert "instrument_name" in reply.json()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+
+
+def test_context_manager_releases_the_port(lmc_archive):
+    with MastServer(lmc_archive) as server:
+        url = server.url
+        assert requests.head(f"{url}{'/api/v0.1/Download/file'}?uri={_layer_uri()}", timeout=10).ok
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.head(url, timeout=2)
