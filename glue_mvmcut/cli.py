@@ -11,7 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .core.errors import MVMCutError
+from .core.errors import MVMCutError, NoMVMDataWarning
 
 log = logging.getLogger("glue_mvmcut")
 
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"query": _query, "demo": _demo}
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("always", NoMVMDataWarning)
             warnings.showwarning = _show_warning
             commands[args.command](args)
     except MVMCutError as exc:

@@ -1,0 +1,39 @@
+"""Write one synthetic MVM layer of more than 1 GB per array and print time and peak memory.
+
+The layer is streamed in row chunks, so peak memory stays a small fraction of the file size.
+
+    python benchmarks/bench_synth.py [OUTDIR]
+"""
+
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
+
+# One skycell (p1889x07y13 holds this disc whole), one band, 330" radius: ~16500 x 16500 px.
+DEEP = Field("deep", 181.0, 26.5, radius=330.0, layers=(LayerSpec("acs", "wfc", "f814w"),),
+             n_stars=3000, n_galaxies=60)
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="mvm-deep-"))
+    start = time.perf_counter()
+    archive = build_archive(out, DEEP, overwrite=True)
+    seconds = time.perf_counter() - start
+    (rec,) = archive.layers
+    array_bytes = rec.shape[0] * rec.shape[1] * 4
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, {array_bytes / 2**30:.2f} GiB per array, "
+          f"file {rec.size / 2**30:.2f} GiB")
+    print(f"written in {seconds:.0f} s; peak RSS {peak / 2**20:.0f} MiB "
+          f"({peak / array_bytes:.1%} of one array)")
+    if len(sys.argv) == 1:
+        shutil.rmtree(out)
+
+
+if __name__ == "__main__":
+    main()

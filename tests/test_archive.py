@@ -1,0 +1,110 @@
+"""query_layers: the MVM layers over a box, through astroquery, against the stand-in MAST."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+
+from glue_mvmcut import ArchiveError, NoMVMDataWarning, conf
+from glue_mvmcut.core.archive import LAYER_COLUMNS, query_layers, server_url, using_server
+from glue_mvmcut.core.skycells import skycells_covering
+
+LMC = (84.9208, -69.1467)
+
+
+def test_the_lmc_box_finds_all_twenty_layers(mast, lmc_archive):
+    table = query_layers(LMC, 20)
+    assert table.colnames == list(LAYER_COLUMNS)
+    assert list(table["productFilename"]) == sorted(rec.filename for rec in lmc_archive.layers)
+    row = table[table["productFilename"] == "hst_skycell-p0081x14y15_wfc3_ir_f160w_coarse-all_drz.fits"][0]
+    rec = lmc_archive.layer(row["productFilename"])
+    assert (row["skycell"], row["instrument"], row["detector"], row["filter"]) == ("p0081x14y15", "wfc3",
+                                                                                  "ir", "f160w")
+    assert (row["scale"], row["level"], row["size"], row["obsid"]) == ("coarse", "filter", rec.size, rec.obsid)
+    assert row["dataURI"] == f"mast:HST/product/{rec.filename}"
+    assert row["obs_id"] == rec.obs_id and row["s_region"] == rec.s_region
+    assert (row["s_ra"], row["s_dec"]) == pytest.approx((rec.s_ra, rec.s_dec))
+    assert set(table["level"]) == {"filter", "exposure"}
+    # Decoys (single-visit HAP product, classic HST product, previews, trailers) never appear.
+    assert all(name.startswith("hst_skycell") and name.endswith(".fits") for name in table["productFilename"])
+
+
+def test_filters_and_instruments_select_rows(mast):
+    f814w = query_layers(LMC, 20, filters=["F814W"])
+    assert len(f814w) == 8 and set(f814w["filter"]) == {"f814w"}
+    wfc3 = query_layers(LMC, 20, instruments=["wfc3"])
+    assert len(wfc3) == 8 and set(wfc3["instrument"]) == {"wfc3"}
+    both = query_layers(SkyCoord(*LMC, unit="deg"), (20, 10), instruments=["acs"], filters=["f658n"])
+    assert list(both["skycell"]) == ["p0081x14y14", "p0081x14y15", "p0081x15y14", "p0081x15y15"]
+
+
+def test_a_box_inside_one_skycell_returns_only_that_skycell(mast, lmc_archive):
+    f = lmc_archive.field
+    # Walk north-east from the four-way corner until a 2" box touches one skycell only.
+    for step in range(1, 40):
+        ra = f.ra + step * 0.6 / 3600 / np.cos(np.radians(f.dec))
+        dec = f.dec + step * 0.6 / 3600
+        cells = skycells_covering((ra, dec), 2)
+        if len(cells) == 1:
+            break
+    centre = SkyCoord(f.ra, f.dec, unit="deg")
+    assert len(cells) == 1 and centre.separation(SkyCoord(ra, dec, unit="deg")).arcsec < f.radius
+    table = query_layers((ra, dec), 2)
+    assert set(table["skycell"]) == {cells[0].name}
+    assert len(table) == 5
+
+
+def test_no_data_warns_and_returns_an_empty_table(mast):
+    with pytest.warns(NoMVMDataWarning, match=r'No MVM layer covers a 10" x 10" box at 10.000000 10.000000'):
+        table = query_layers((10.0, 10.0), 10)
+    assert len(table) == 0 and table.colnames == list(LAYER_COLUMNS)
+
+
+def test_executing_replies_are_waited_for(mast):
+    mast.faults.executing = 2
+    assert len(query_layers(LMC, 20)) == 20
+
+
+def test_server_errors_become_archive_errors(mast):
+    mast.faults.fail(502, count=50, scope="query")
+    with pytest.raises(ArchiveError, match=rf"MVM query: MAST at {mast.url} answered 502"):
+        query_layers(LMC, 20)
+
+
+def test_a_silent_server_times_out(mast):
+    mast.faults.latency = 1.0
+    with conf.set_temp("timeout", 0.2), pytest.raises(ArchiveError, match=r"did not answer within 0.2 s"):
+        query_layers(LMC, 20)
+
+
+def test_an_unreachable_server_is_named():
+    with using_server("http://127.0.0.1:9"), pytest.raises(
+        ArchiveError, match=r"cannot reach MAST at http://127.0.0.1:9"
+    ):
+        query_layers(LMC, 20)
+
+
+def test_server_url_follows_astroquery_configuration(mast):
+    assert server_url() == mast.url
+    with using_server("http://example.invalid/"):
+        assert server_url() == "http://example.invalid"
+
+
+def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp_path):
+    """A user's astroquery.cfg ([mast] server) is all it takes, in a fresh process."""
+    config = tmp_path / "config" / "astropy"
+    config.mkdir(parents=True)
+    (config / "astroquery.cfg").write_text(f"[mast]\nserver = {mast.url}\n")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [sys.executable, "-m", "glue_mvmcut.cli", "query", "84.9208", "-69.1467", "--size", "20"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "20 layers" in result.stdout
+    assert "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits" in result.stdout
+    assert len(mast.requests("Mast.Caom.Filtered.Position")) == 2
+    assert len(mast.requests("Mast.Caom.Products")) == 1

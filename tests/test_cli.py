@@ -1,0 +1,64 @@
+"""The mvmcut command line."""
+
+import re
+import subprocess
+
+import pytest
+
+from glue_mvmcut.cli import main
+
+
+def test_query_prints_the_layer_table(mast, capsys):
+    assert main(["query", "84.9208", "-69.1467", "--size", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "hst_skycell-p0081x14y14_acs_wfc_f658n_all_drc.fits" in out
+    assert out.rstrip().splitlines()[-1].startswith("20 layers, ")
+
+
+def test_query_accepts_sexagesimal_and_filters(mast, capsys):
+    assert main(["query", "05:39:40.992", "-69:08:48.12", "--size", "20", "--size-y", "10",
+                 "--filters", "f160w", "--instruments", "wfc3"]) == 0
+    out = capsys.readouterr().out
+    assert "8 layers" in out and "acs_wfc" not in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["query", "0", "-95", "--size", "10"], "mvmcut: error: Not a valid sky position: ('0', '-95')"),
+        (["query", "1", "2", "--size", "-3"], "mvmcut: error: A cutout size must be positive and finite"),
+        (["query", "1", "2", "--size", "7200"], "mvmcut: error: A cutout size of (7200.0, 7200.0) exceeds"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(mast, capsys, args, message):
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(message) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_no_data_is_said_plainly(mast, capsys):
+    assert main(["query", "10", "10", "--size", "10"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "No MVM layers found."
+    assert captured.err.startswith('WARNING: No MVM layer covers a 10" x 10" box')
+
+
+def test_unreachable_archive_is_an_error(capsys):
+    from glue_mvmcut.core.archive import using_server
+
+    with using_server("http://127.0.0.1:9"):
+        assert main(["query", "1", "2", "--size", "5"]) == 1
+    assert "cannot reach MAST at http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_demo_serves_the_synthetic_archive_and_queries_it(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "Stand-in MAST serving 20 layers at http://127.0.0.1:" in out
+    assert re.search(r"^20 layers, \d+\.\d MB in all$", out, flags=re.MULTILINE)
+    assert len(list((tmp_path / "demo" / "archive").glob("*.fits"))) == 20
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(["mvmcut", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "demo" in result.stdout and "query" in result.stdout

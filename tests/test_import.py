@@ -1,0 +1,35 @@
+"""``import glue_mvmcut`` is light and side-effect free."""
+
+import json
+import os
+import subprocess
+import sys
+
+PROBE = """
+import json, logging, sys
+import glue_mvmcut
+print(json.dumps({
+    "heavy": sorted(m for m in sys.modules
+                    if m.split(".")[0] in ("glue", "glue_qt", "PySide6", "qtpy", "tqdm", "matplotlib")),
+    "root_handlers": len(logging.getLogger().handlers),
+    "package_handlers": [type(h).__name__ for h in logging.getLogger("glue_mvmcut").handlers],
+    "version": glue_mvmcut.__version__,
+}))
+"""
+
+
+def test_import_loads_no_gui_and_writes_nothing(tmp_path):
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("XDG_")}
+    env["HOME"] = str(home)
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=work, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["heavy"] == []
+    assert report["root_handlers"] == 0 and report["package_handlers"] == []
+    assert report["version"]
+    assert list(home.rglob("*")) == [] and list(work.rglob("*")) == []
+    assert result.stderr == ""
