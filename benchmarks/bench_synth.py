@@ -27,8 +27,8 @@ def main() -> None:
     (rec,) = archive.layers
     array_bytes = rec.shape[0] * rec.shape[1] * 4
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, {array_bytes / 2**30:.2f} GiB per array, "
-          f"file {rec.size / 2**30:.2f} GiB")
+    print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, "
+          f"{array_bytes / 2**30:.2f} GiB per array, file {rec.size / 2**30:.2f} GiB")
     print(f"written in {seconds:.0f} s; peak RSS {peak / 2**20:.0f} MiB "
           f"({peak / array_bytes:.1%} of one array)")
     if len(sys.argv) == 1:

@@ -182,4 +182,4 @@ def test_invalid_fields_are_refused():
     with pytest.raises(InvalidNameError, match="Invalid instrument 'acs/wfc'"):
         Band(instrument="acs/wfc", detector="wfc", filter="f814w")
     with pytest.raises(InvalidNameError, match="whole arcseconds"):
-        QueryName(1.0, 2.0, 1.5).filename
+        _ = QueryName(1.0, 2.0, 1.5).filename

@@ -29,7 +29,7 @@ def test_rings_are_the_46_of_the_tessellation():
     assert (all_rings[5].first_cell, all_rings[5].nband, all_rings[5].dec) == (73, 33, -70.0)
     assert all_rings[-1].first_cell + all_rings[-1].nband == 2644
     # Rings are contiguous in cell numbers.
-    for below, above in zip(all_rings, all_rings[1:]):
+    for below, above in zip(all_rings[:-1], all_rings[1:], strict=True):
         assert above.first_cell == below.first_cell + below.nband
 
 

@@ -235,9 +235,8 @@ class CutoutName(Band):
     @classmethod
     def parse(cls, name: str) -> "CutoutName":
         """Parse a cutout file name; raise `InvalidNameError` for anything else."""
-        match = _match(
-            _CUTOUT_RE, name, "cutout", "hst_cutout_skycell-p0081x14y14-ra84d9208-decs69d1467_acs_wfc_f814w.fits"
-        )
+        example = "hst_cutout_skycell-p0081x14y14-ra84d9208-decs69d1467_acs_wfc_f814w.fits"
+        match = _match(_CUTOUT_RE, name, "cutout", example)
         ra, dec = parse_coord_token(match["coord"])
         return cls(skycell=SkyCell.from_name(match["skycell"]), ra=ra, dec=dec, **_band_fields(match))
 

@@ -21,7 +21,6 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -288,7 +287,7 @@ def _cone_hits_polygon(ra: float, dec: float, radius: float, polygon: np.ndarray
     if np.all(cross >= 0) or np.all(cross <= 0):
         return True
     limit = math.tan(math.radians(radius))
-    for start, edge in zip(plane, edges):
+    for start, edge in zip(plane, edges, strict=True):
         t = np.clip(-(start @ edge) / (edge @ edge), 0.0, 1.0)
         if np.hypot(*(start + t * edge)) <= limit:
             return True

@@ -324,7 +324,7 @@ def _footprint(rec: LayerRecord) -> tuple[float, float, str]:
     ny, nx = rec.shape
     ra, dec = wcs.pixel_to_world_values([-0.5, nx - 0.5, nx - 0.5, -0.5], [-0.5, -0.5, ny - 0.5, ny - 0.5])
     c_ra, c_dec = wcs.pixel_to_world_values((nx - 1) / 2, (ny - 1) / 2)
-    points = " ".join(f"{a:.8f} {d:.8f}" for a, d in zip(ra, dec))
+    points = " ".join(f"{a:.8f} {d:.8f}" for a, d in zip(ra, dec, strict=True))
     return float(c_ra), float(c_dec), f"POLYGON ICRS {points}"
 
 
