@@ -1,17 +1,24 @@
 """glue-mvmcut: Hubble Multi-visit Mosaic cutouts and mosaics from MAST, for Python, the shell and Glue.
 
 ``import glue_mvmcut`` loads the GUI-free core only: no glue, no Qt, no tqdm, no files written,
-no logging configured.
+no logging configured. The pipeline functions (which need astroquery and reproject) are imported
+on first use, so that registering the Glue plugin stays quick.
 """
+
+import importlib
 
 from .core.config import conf
 from .core.errors import (
     ArchiveError,
+    Cancelled,
     InvalidCoordinateError,
     InvalidNameError,
     InvalidSizeError,
     MVMCutError,
     NoMVMDataWarning,
+    NotMVMFileError,
+    OutsideFootprintError,
+    UnsafeNameError,
 )
 from .core.skycells import ProjectionCell, SkyCell, skycells_covering
 
@@ -19,6 +26,18 @@ try:
     from ._version import __version__
 except ImportError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
+
+_LAZY = {
+    "cutout_mosaic": "core.pipeline",
+    "CutoutResult": "core.pipeline",
+    "query_layers": "core.archive",
+    "cut_layer": "core.cutout",
+    "combine_cutouts": "core.combine",
+    "mvm_id_filenames": "hapcut",
+    "mvm_retrieve_files": "hapcut",
+    "make_the_cut": "hapcut",
+    "mvm_combine": "hapcut",
+}
 
 __all__ = [
     "__version__",
@@ -28,8 +47,23 @@ __all__ = [
     "InvalidSizeError",
     "InvalidNameError",
     "ArchiveError",
+    "UnsafeNameError",
+    "NotMVMFileError",
+    "OutsideFootprintError",
+    "Cancelled",
     "NoMVMDataWarning",
     "SkyCell",
     "ProjectionCell",
     "skycells_covering",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -1,10 +1,11 @@
 """The ``mvmcut`` command line tool.
 
-``mvmcut query RA DEC --size ARCSEC`` lists the MVM layers that overlap a box;
-``mvmcut demo`` does the same against a synthetic archive served on 127.0.0.1.
+``mvmcut query`` lists the MVM layers that overlap a box; ``mvmcut cut`` writes the cutouts and
+mosaics; ``mvmcut demo`` runs ``cut`` on a synthetic archive served on 127.0.0.1.
 """
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -43,10 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     query = commands.add_parser("query", help="list the MVM layers that overlap a box on the sky")
     _add_target(query)
 
+    cut = commands.add_parser("cut", help="write the cutouts and mosaics of every MVM layer over a box")
+    _add_target(cut)
+    cut.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    cut.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
+    cut.add_argument("--png", action="store_true", help="also write a PNG quick-look of each mosaic")
+    cut.add_argument("--resample", choices=("interp", "exact"), default="interp",
+                     help="resampler for cutouts off the mosaic grid (default: interp)")
+    cut.add_argument("--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)")
+    cut.add_argument("--json", action="store_true", help="print one JSON object describing the result")
+
     demo = commands.add_parser(
-        "demo", help="serve a synthetic MVM archive on 127.0.0.1 and query it (no network needed)"
+        "demo", help="cut the seed's LMC example out of a synthetic archive served on 127.0.0.1 (no network)"
     )
-    demo.add_argument("--out", default="mvmcut-demo", help="folder for the archive (default: ./mvmcut-demo)")
+    demo.add_argument("--out", default="mvmcut-demo", help="output folder (default: ./mvmcut-demo)")
     return parser
 
 
@@ -64,30 +75,106 @@ def _print_layers(table) -> None:
     print(f"{len(table)} layers, {sum(table['size']) / 1e6:.1f} MB in all")
 
 
-def _query(args) -> None:
-    from .core.archive import query_layers
+def _box(args):
     from .core.coords import parse_coord
 
     coord = parse_coord(args.ra.strip(), args.dec.strip())
-    size = (args.size_y if args.size_y is not None else args.size, args.size)
+    return coord, (args.size_y if args.size_y is not None else args.size, args.size)
+
+
+def _query(args) -> None:
+    from .core.archive import query_layers
+
+    coord, size = _box(args)
     table = query_layers(coord, size, instruments=_split(args.instruments), filters=_split(args.filters))
     _print_layers(table)
 
 
+class _ProgressBar:
+    """Adapts the pipeline's ``progress(done, total, message)`` to a tqdm bar on stderr."""
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=1, unit="step", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        self.bar.total = total
+        self.bar.set_postfix_str(message[-60:], refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run_cut(coord, size, out: Path, *, instruments=None, filters=None, combine=True, png=False,
+             resample="interp", cache=None):
+    from .core.pipeline import cutout_mosaic
+
+    bar = _ProgressBar()
+    try:
+        result = cutout_mosaic(coord, size, instruments=instruments, filters=filters, out_dir=out,
+                               combine=combine, cache=cache, resample=resample, progress=bar)
+    finally:
+        bar.close()
+    pngs = []
+    if png:
+        from .quicklook import save_quicklook
+
+        for path, mosaic in zip(result.paths["mosaics"], result.mosaics.values(), strict=True):
+            title = f"{mosaic[0].header['INSTRUME']}/{mosaic[0].header['DETECTOR']} " \
+                    f"{mosaic[0].header['FILTER']} mosaic ({mosaic[0].header['NCOMBINE']} cutouts)"
+            pngs.append(save_quicklook(mosaic, path.with_suffix(".png"), title=title))
+    return result, pngs
+
+
+def _summary(result, pngs, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({
+            "query": [str(p) for p in result.paths["query"]],
+            "cutouts": [str(p) for p in result.paths["cutouts"]],
+            "mosaics": [str(p) for p in result.paths["mosaics"]],
+            "quicklooks": [str(p) for p in pngs],
+            "skipped": result.skipped,
+            "layers": len(result.layers),
+            "bytes_fetched": result.stats.bytes,
+            "requests": result.stats.requests,
+            "seconds": {step: round(value, 3) for step, value in result.seconds.items()},
+        }))
+        return
+    if not len(result.layers):
+        print("No MVM layers found: nothing written.")
+        return
+    print(f"{len(result.layers)} layers, {len(result.cutouts)} cutouts, {len(result.mosaics)} mosaics; "
+          f"{result.stats.bytes / 1e6:.1f} MB fetched")
+    for path in result.paths["query"] + result.paths["cutouts"] + result.paths["mosaics"] + pngs:
+        print(f"  {path}")
+
+
+def _cut(args) -> None:
+    coord, size = _box(args)
+    result, pngs = _run_cut(coord, size, Path(args.out), instruments=_split(args.instruments),
+                            filters=_split(args.filters), combine=not args.no_combine, png=args.png,
+                            resample=args.resample, cache=args.cache)
+    _summary(result, pngs, args.json)
+
+
 def _demo(args) -> None:
-    from .core.archive import query_layers, using_server
+    from .core.archive import using_server
     from .testing.server import MastServer
     from .testing.synth import build_archive
 
-    archive_dir = Path(args.out) / "archive"
-    print(f"Building the synthetic MVM archive in {archive_dir} ...", flush=True)
-    archive = build_archive(archive_dir, "lmc")
+    out = Path(args.out)
+    print(f"Building the synthetic MVM archive in {out / 'archive'} ...", flush=True)
+    archive = build_archive(out / "archive", "lmc")
     with MastServer(archive) as server, using_server(server.url):
-        print(f"Stand-in MAST serving {len(archive.layers)} layers at {server.url}")
         ra, dec = DEMO_TARGET
-        print(f"\nMVM layers overlapping a {DEMO_SIZE:g}\" box at RA={ra} Dec={dec}:\n")
-        _print_layers(query_layers(DEMO_TARGET, DEMO_SIZE))
-    print(f"\nThe layer files are in {archive_dir.resolve()}")
+        print(f"Stand-in MAST serving {len(archive.layers)} layers at {server.url}\n"
+              f"Cutting a {DEMO_SIZE:g}\" box at RA={ra} Dec={dec} (four skycells meet there) ...")
+        result, pngs = _run_cut(DEMO_TARGET, DEMO_SIZE, out / "cutouts", png=True, cache=out / "cache")
+    _summary(result, pngs, as_json=False)
+    print(f"\nLook at the PNG quick-looks above, or open the FITS files in {(out / 'cutouts').resolve()}\n"
+          "with any FITS viewer (SCI and WHT extensions).")
 
 
 def _protect_negative_coordinates(argv: list[str]) -> list[str]:
@@ -108,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
-    commands = {"query": _query, "demo": _demo}
+    commands = {"query": _query, "cut": _cut, "demo": _demo}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", NoMVMDataWarning)

@@ -28,22 +28,38 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def lmc_archive(tmp_path_factory):
-    """The seed's LMC field: four skycells of p0081, ACS/WFC and WFC3/IR (fine and coarse)."""
-    return build_archive(tmp_path_factory.mktemp("lmc"), "lmc")
+def archives(tmp_path_factory):
+    """Synthetic archives of every test field (see glue_mvmcut.testing.synth.FIELDS)."""
+    return {name: build_archive(tmp_path_factory.mktemp(name), name)
+            for name in ("lmc", "twocells", "polar", "ra0")}
 
 
 @pytest.fixture(scope="session")
-def _lmc_server(lmc_archive):
-    with MastServer(lmc_archive) as server:
+def lmc_archive(archives):
+    """The seed's LMC field: four skycells of p0081, ACS/WFC and WFC3/IR (fine and coarse)."""
+    return archives["lmc"]
+
+
+@pytest.fixture(scope="session")
+def _server(archives):
+    with MastServer(list(archives.values())) as server:
         yield server
 
 
 @pytest.fixture
-def mast(_lmc_server):
-    """The stand-in MAST, with faults off and empty records, and astroquery pointed at it."""
-    _lmc_server.faults.reset()
-    _lmc_server.reset_stats()
-    with using_server(_lmc_server.url):
-        yield _lmc_server
-    _lmc_server.faults.reset()
+def mast(_server):
+    """The stand-in MAST serving every test field, with faults off, empty records, and
+    astroquery pointed at it."""
+    _server.faults.reset()
+    _server.reset_stats()
+    with using_server(_server.url):
+        yield _server
+    _server.faults.reset()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty download cache for this test (through MVMCUT_CACHE_DIR)."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("MVMCUT_CACHE_DIR", str(path))
+    return path

@@ -25,7 +25,10 @@ from .errors import ArchiveError, InvalidNameError, NoMVMDataWarning
 from .products import LayerName
 from .skycells import skycells_covering
 
-__all__ = ["LAYER_COLUMNS", "server_url", "using_server", "file_url", "observations", "query_layers"]
+__all__ = [
+    "LAYER_COLUMNS", "server_url", "using_server", "file_url", "http_session", "archive_errors",
+    "observations", "query_layers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,20 @@ class _TimeoutAdapter(requests.adapters.HTTPAdapter):
         return super().send(request, **kwargs)
 
 
+def _timeout(timeout: float | None) -> float:
+    return float(conf.timeout if timeout is None else timeout)
+
+
+def http_session(timeout: float | None = None) -> requests.Session:
+    """A requests session whose every request times out after ``timeout`` s (default
+    ``glue_mvmcut.conf.timeout``) of silence, for downloads and ranged reads."""
+    session = requests.Session()
+    adapter = _TimeoutAdapter(_timeout(timeout))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 def observations(timeout: float | None = None) -> ObservationsClass:
     """A fresh astroquery ``ObservationsClass`` aimed at the configured server, with timeouts.
 
@@ -98,14 +115,14 @@ def observations(timeout: float | None = None) -> ObservationsClass:
     for attribute, path in _PORTAL_PATHS.items():
         setattr(portal, attribute, base + path)
     portal._column_configs = {}
-    adapter = _TimeoutAdapter(float(conf.timeout if timeout is None else timeout))
+    adapter = _TimeoutAdapter(_timeout(timeout))
     client._session.mount("http://", adapter)
     client._session.mount("https://", adapter)
     return client
 
 
 @contextmanager
-def _archive_errors(what: str):
+def archive_errors(what: str):
     """Turn transport and protocol failures into `ArchiveError` naming the server."""
     try:
         yield
@@ -121,6 +138,8 @@ def _archive_errors(what: str):
         ) from exc
     except requests.exceptions.HTTPError as exc:
         raise ArchiveError(f"{what}: MAST at {server_url()} answered {exc}.") from exc
+    except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
+        raise ArchiveError(f"{what}: the transfer from MAST at {server_url()} failed ({exc}).") from exc
     except (RemoteServiceError, TimeoutError) as exc:
         raise ArchiveError(f"{what}: MAST at {server_url()} reported an error: {exc}") from exc
     except (ValueError, KeyError) as exc:  # a body that is not the JSON astroquery expects
@@ -172,7 +191,7 @@ def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Tabl
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
     client = observations()
     found = []
-    with _archive_errors("MVM query"), warnings.catch_warnings():
+    with archive_errors("MVM query"), warnings.catch_warnings():
         # An empty answer is not an error here; NoMVMDataWarning below says so once.
         warnings.simplefilter("ignore", NoResultsWarning)
         for instrument in instruments:

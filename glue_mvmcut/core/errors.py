@@ -6,6 +6,10 @@ __all__ = [
     "InvalidSizeError",
     "InvalidNameError",
     "ArchiveError",
+    "UnsafeNameError",
+    "NotMVMFileError",
+    "OutsideFootprintError",
+    "Cancelled",
     "NoMVMDataWarning",
 ]
 
@@ -28,6 +32,23 @@ class InvalidNameError(MVMCutError, ValueError):
 
 class ArchiveError(MVMCutError):
     """The archive (MAST or a stand-in) failed or answered something unusable."""
+
+
+class UnsafeNameError(ArchiveError, ValueError):
+    """A product name from the archive that could write outside the output or cache folder."""
+
+
+class NotMVMFileError(MVMCutError, ValueError):
+    """A file that is not a readable MVM layer, cutout or mosaic (wrong name, missing SCI/WHT,
+    no celestial WCS, truncated or corrupt)."""
+
+
+class OutsideFootprintError(MVMCutError, ValueError):
+    """A cutout box that lies wholly outside a layer."""
+
+
+class Cancelled(MVMCutError):
+    """The caller's cancel flag stopped the work; nothing half-written was left behind."""
 
 
 class NoMVMDataWarning(UserWarning):

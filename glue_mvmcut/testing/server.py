@@ -168,13 +168,17 @@ class Faults:
 
 
 class _Catalogue:
-    """The observations and products the server knows, built from an archive manifest."""
+    """The observations and products the server knows, built from archive manifests."""
 
-    def __init__(self, archive: Archive):
-        self.archive = archive
+    def __init__(self, archives: list[Archive]):
         self.observations = []
         self.products: dict[str, list[dict]] = {}
         self.files: dict[str, Path] = {}
+        for archive in archives:
+            self._add(archive)
+        self._regions = {obs["obsid"]: _parse_region(obs["s_region"]) for obs in self.observations}
+
+    def _add(self, archive: Archive) -> None:
         for rec in archive.layers:
             self.files[rec.filename] = archive.directory / rec.filename
             obs = self._observation(
@@ -208,7 +212,6 @@ class _Catalogue:
         if svm is not None:
             for rec in archive.layers:
                 self.products[rec.obsid].append(self.products[svm["obsid"]][0])
-        self._regions = {obs["obsid"]: _parse_region(obs["s_region"]) for obs in self.observations}
 
     @staticmethod
     def _observation(*, obs_id, obsid, project, instrument, filt, s_ra, s_dec, s_region, exptime):
@@ -533,8 +536,8 @@ class MastServer:
 
     Parameters
     ----------
-    archive : `~glue_mvmcut.testing.synth.Archive` or path
-        The archive to serve (a directory with ``manifest.json``).
+    archives : `~glue_mvmcut.testing.synth.Archive`, path, or a list of them
+        The archive(s) to serve (directories with ``manifest.json``).
     port : int, optional
         Port on 127.0.0.1; 0 picks a free one.
 
@@ -545,9 +548,11 @@ class MastServer:
     'http://127.0.0.1:40123'
     """
 
-    def __init__(self, archive, port: int = 0):
-        self.archive = archive if isinstance(archive, Archive) else Archive.load(archive)
-        self.catalogue = _Catalogue(self.archive)
+    def __init__(self, archives, port: int = 0):
+        if not isinstance(archives, (list, tuple)):
+            archives = [archives]
+        self.archives = [a if isinstance(a, Archive) else Archive.load(a) for a in archives]
+        self.catalogue = _Catalogue(self.archives)
         self.faults = Faults()
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
@@ -604,7 +609,7 @@ class MastServer:
 def main(argv=None) -> None:
     """Command line: ``python -m glue_mvmcut.testing.server ARCHIVE_DIR [--port N]``."""
     parser = argparse.ArgumentParser(description="Serve a synthetic MVM archive as a stand-in MAST.")
-    parser.add_argument("archive_dir", help="directory written by python -m glue_mvmcut.testing.synth")
+    parser.add_argument("archive_dir", nargs="+", help="directories written by python -m glue_mvmcut.testing.synth")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args(argv)
     server = MastServer(args.archive_dir, port=args.port)

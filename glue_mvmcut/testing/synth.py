@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import zlib
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -83,12 +84,25 @@ _ACS_WFC3 = (
     LayerSpec("wfc3", "ir", "f160w", scale="coarse", gain=2.0, weight=800.0, coverage=0.8),
 )
 
-#: Named fields. ``lmc`` is the seed's example: four skycells of p0081 meet at its centre.
-#: ``tiny`` is one small disc inside a single skycell (p1889x07y13), one band: quick to build.
+_TWO_BANDS = (
+    LayerSpec("acs", "wfc", "f814w", gain=1.0, weight=1000.0),
+    LayerSpec("wfc3", "ir", "f160w", scale="coarse", gain=2.0, weight=800.0),
+)
+
+#: Named fields.
+#:
+#: - ``lmc``: the seed's example; four skycells of p0081 meet at its centre.
+#: - ``twocells``: in the overlap of projection cells 1889 and 1890 (different tangent points).
+#: - ``polar``: Dec +87.9, where projection cells 2635, 2636 and the polar cap 2643 overlap.
+#: - ``ra0``: straddles RA = 0 (skycell p0635x11y11).
+#: - ``tiny``: one small disc inside a single skycell (p1889x07y13), one band: quick to build.
 FIELDS = {
     "lmc": Field(
         "lmc", 84.9208, -69.1467, radius=24.0, layers=_ACS_WFC3, gap=("p0081x15y14", -2.5, -0.5)
     ),
+    "twocells": Field("twocells", 182.2, 26.0, radius=12.0, layers=_TWO_BANDS, seed=2),
+    "polar": Field("polar", 45.0, 87.9, radius=12.0, layers=_TWO_BANDS, seed=3),
+    "ra0": Field("ra0", 0.0005, -30.0, radius=12.0, layers=_TWO_BANDS, seed=4),
     "tiny": Field(
         "tiny", 181.0, 26.5, radius=3.0, layers=(LayerSpec("acs", "wfc", "f814w"),), n_stars=4,
         n_galaxies=1,
@@ -358,7 +372,7 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
             )
             rec = LayerRecord(
                 filename=name.filename, obs_id=name.obs_id,
-                obsid=str(2_600_000_000 + 100 * index + spec_index),
+                obsid=str(_obsid_base(f) + 100 * index + spec_index),
                 skycell=skycell.name, instrument=spec.instrument, detector=spec.detector,
                 filter=spec.filter, scale=spec.scale, exposure=spec.exposure, kind=name.kind,
                 shape=(cy1 - cy0, cx1 - cx0), origin=(cx0, cy0), gain=spec.gain,
@@ -380,6 +394,11 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
     return archive
 
 
+def _obsid_base(f: Field) -> int:
+    """Product group ids unique across fields, so one server can serve several archives."""
+    return 2_600_000_000 + zlib.crc32(f.name.encode()) % 10_000 * 10_000
+
+
 def _decoys(f: Field) -> list[dict]:
     """Observations near the field that are not MVM layers: a single-visit HAP product and a
     classic HST (non-HAP) product. A query must never return them."""
@@ -390,10 +409,10 @@ def _decoys(f: Field) -> list[dict]:
     region = "POLYGON ICRS " + " ".join(f"{a % 360:.8f} {d:.8f}" for a, d in corners)
     svm = f"hst_{f.proposal}_07_acs_wfc_f814w_jdxk07"
     return [
-        {"obs_id": svm, "obsid": "2500000001", "project": "HAP", "instrument": "ACS/WFC",
+        {"obs_id": svm, "obsid": str(_obsid_base(f) - 2), "project": "HAP", "instrument": "ACS/WFC",
          "filter": "F814W", "s_ra": f.ra, "s_dec": f.dec, "s_region": region,
          "products": [f"{svm}_drc.fits", f"{svm}_drc.jpg", f"{svm}_trl.txt"]},
-        {"obs_id": "jdxk07010", "obsid": "2500000002", "project": "HST", "instrument": "ACS/WFC",
+        {"obs_id": "jdxk07010", "obsid": str(_obsid_base(f) - 1), "project": "HST", "instrument": "ACS/WFC",
          "filter": "F814W", "s_ra": f.ra, "s_dec": f.dec, "s_region": region,
          "products": ["jdxk07010_drc.fits"]},
     ]

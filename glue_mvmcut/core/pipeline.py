@@ -1,0 +1,214 @@
+"""One entry point for the whole job: query → fetch → cut → combine → (write).
+
+Used alike by the Python API, the seed-compatible functions, the CLI and the Glue plugin.
+Progress goes to a callable ``progress(done, total, message)``; a callable ``cancel()`` that
+returns True stops the work between units, leaving no partial file behind.
+"""
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+
+from .archive import query_layers
+from .combine import combine_cutouts
+from .coords import box_radius, parse_coord, parse_size
+from .cutout import cut_layer
+from .errors import Cancelled, OutsideFootprintError
+from .products import Band, QueryName
+from .retrieve import TransferStats, download_layer, safe_filename
+
+__all__ = ["CutoutResult", "cutout_mosaic", "write_fits", "write_query_table"]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class CutoutResult:
+    """What `cutout_mosaic` produced.
+
+    Attributes
+    ----------
+    coord, size
+        The box: centre (ICRS) and ``(ny, nx)`` size in arcsec.
+    layers : `~astropy.table.Table`
+        The layers the archive reported (see `~glue_mvmcut.core.archive.query_layers`).
+    cutouts : list of `~astropy.io.fits.HDUList`
+        One per layer that has data in the box.
+    mosaics : dict
+        `~glue_mvmcut.core.products.Band` → mosaic HDUList.
+    skipped : list of str
+        Layers reported by the archive but with no data in the box.
+    paths : dict
+        Files written, under ``"query"``, ``"cutouts"`` and ``"mosaics"`` (empty without out_dir).
+    stats : `~glue_mvmcut.core.retrieve.TransferStats`
+        Bytes and requests spent fetching layers.
+    seconds : dict
+        Wall-clock seconds per step: ``query``, ``fetch``, ``cut``, ``combine``, ``write``.
+    """
+
+    coord: SkyCoord
+    size: u.Quantity
+    layers: Table
+    cutouts: list[fits.HDUList] = field(default_factory=list)
+    mosaics: dict[Band, fits.HDUList] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    paths: dict[str, list[Path]] = field(default_factory=lambda: {"query": [], "cutouts": [], "mosaics": []})
+    stats: TransferStats = field(default_factory=TransferStats)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def write_fits(hdul: fits.HDUList, out_dir) -> Path:
+    """Write ``hdul`` to ``out_dir`` under its primary FILENAME, atomically (temporary name, then
+    rename), so an interrupted write never leaves a file that looks finished."""
+    name = safe_filename(hdul[0].header["FILENAME"])
+    target = Path(out_dir) / name
+    partial = target.with_name(name + ".part")
+    try:
+        hdul.writeto(partial, overwrite=True, output_verify="exception")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def write_query_table(table: Table, coord: SkyCoord, size: u.Quantity, out_dir) -> Path:
+    """Write the query table as ``mvm_query-ra…-dec…_<radius>_cutout.ecsv`` (radius in whole arcsec)."""
+    radius = math.ceil(box_radius(size).to_value(u.arcsec))
+    target = Path(out_dir) / QueryName(coord.ra.deg, coord.dec.deg, radius).filename
+    partial = target.with_name(target.name + ".part")
+    try:
+        table.write(partial, format="ascii.ecsv", overwrite=True)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+class _Steps:
+    """Progress, cancel and per-step timing for one run."""
+
+    def __init__(self, progress: Progress | None, cancel: Callable[[], bool] | None):
+        self.progress, self.cancel = progress, cancel
+        self.done, self.total = 0, 1
+        self.seconds: dict[str, float] = {}
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("Cancelled; files already written are complete, nothing partial was left.")
+
+    def report(self, message: str, advance: int = 1) -> None:
+        self.done += advance
+        if self.progress is not None:
+            self.progress(self.done, self.total, message)
+
+    def timed(self, step: str, started: float) -> None:
+        self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - started
+
+
+def cutout_mosaic(
+    coord,
+    size,
+    *,
+    instruments: Sequence[str] | None = None,
+    filters: Sequence[str] | None = None,
+    layers: Table | None = None,
+    out_dir=None,
+    combine: bool = True,
+    cache=None,
+    resample: str = "interp",
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> CutoutResult:
+    """Cut every MVM layer over a box and combine the cutouts into one mosaic per band.
+
+    Parameters
+    ----------
+    coord : `~astropy.coordinates.SkyCoord` or anything `~glue_mvmcut.core.coords.parse_coord` reads
+        Centre of the box.
+    size : float, (ny, nx) pair, or angular `~astropy.units.Quantity`
+        Box size; plain numbers are arcseconds.
+    instruments, filters : sequence of str, optional
+        Restrict the query (default: ACS and WFC3, every filter).
+    layers : `~astropy.table.Table`, optional
+        Use these rows of a previous `~glue_mvmcut.core.archive.query_layers` result instead of
+        querying (e.g. after a user unticked some).
+    out_dir : path-like, optional
+        Write the query table, the cutouts and the mosaics here with the seed's names.
+    combine : bool, optional
+        Make mosaics (default True).
+    cache : path-like, optional
+        Download cache (default `~glue_mvmcut.core.retrieve.cache_dir`).
+    resample : {'interp', 'exact'}, optional
+        Resampler for cutouts that are not on the mosaic's pixel grid.
+    progress : callable, optional
+        ``progress(done, total, message)`` after each unit of work.
+    cancel : callable, optional
+        Checked between units; returning True raises `~glue_mvmcut.core.errors.Cancelled`.
+
+    Returns
+    -------
+    CutoutResult
+    """
+    coord = parse_coord(coord)
+    size = parse_size(size)
+    steps = _Steps(progress, cancel)
+    steps.check()
+    started = time.perf_counter()
+    if layers is None:
+        layers = query_layers(coord, size, instruments=instruments or ("ACS", "WFC3"), filters=filters)
+    steps.timed("query", started)
+    result = CutoutResult(coord=coord, size=size, layers=layers)
+    steps.total = 1 + len(layers) + int(combine) + int(out_dir is not None)
+    steps.report(f"{len(layers)} layers found")
+    for row in layers:
+        steps.check()
+        name = str(row["productFilename"])
+        started = time.perf_counter()
+        path = download_layer(name, str(row["dataURI"]), cache=cache, cancel=cancel, stats=result.stats)
+        steps.timed("fetch", started)
+        started = time.perf_counter()
+        try:
+            cutout = cut_layer(path, coord, size)
+        except OutsideFootprintError:
+            cutout = None
+        steps.timed("cut", started)
+        if cutout is None or not np.any(cutout["WHT"].data > 0):
+            log.info("%s has no data in the box; skipped.", name)
+            result.skipped.append(name)
+        else:
+            result.cutouts.append(cutout)
+        steps.report(f"cut {name}")
+    if combine:
+        steps.check()
+        started = time.perf_counter()
+        result.mosaics = combine_cutouts(result.cutouts, resample=resample)
+        steps.timed("combine", started)
+        steps.report(f"{len(result.mosaics)} mosaics")
+    if out_dir is not None:
+        started = time.perf_counter()
+        _write(result, Path(out_dir), steps)
+        steps.timed("write", started)
+        steps.report(f"wrote {sum(len(p) for p in result.paths.values())} files")
+    result.seconds = steps.seconds
+    return result
+
+
+def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.paths["query"].append(write_query_table(result.layers, result.coord, result.size, out_dir))
+    for kind, hduls in (("cutouts", result.cutouts), ("mosaics", list(result.mosaics.values()))):
+        for hdul in hduls:
+            steps.check()
+            result.paths[kind].append(write_fits(hdul, out_dir))

@@ -1,0 +1,140 @@
+"""Getting bytes from the archive: whole-file downloads into a cache, verified before use.
+
+A download goes to ``<name>.part`` and is renamed to its real name only once its size equals the
+server's, so a file under its final name is always complete. Product names from the server are
+untrusted: anything that is not a bare MVM layer file name is refused before a byte is written.
+"""
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from astropy.config import get_cache_dir_path
+
+from .archive import archive_errors, file_url, http_session
+from .config import conf
+from .errors import ArchiveError, Cancelled, UnsafeNameError
+
+__all__ = ["TransferStats", "cache_dir", "safe_filename", "download_layer"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class TransferStats:
+    """Bytes and HTTP requests spent on the archive."""
+
+    bytes: int = 0
+    requests: int = 0
+
+
+def cache_dir(directory=None) -> Path:
+    """The download cache: ``directory`` if given, else ``$MVMCUT_CACHE_DIR``, else
+    ``glue_mvmcut.conf.cache_dir``, else ``glue_mvmcut`` in the astropy cache directory."""
+    chosen = directory or os.environ.get("MVMCUT_CACHE_DIR") or conf.cache_dir
+    path = Path(chosen) if chosen else get_cache_dir_path() / "glue_mvmcut"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def safe_filename(name: str) -> str:
+    """Return ``name`` if it is a bare, harmless file name; raise `UnsafeNameError` otherwise.
+
+    Refused: path separators, ``.``/``..``, absolute paths, drive letters, control characters,
+    empty names.
+    """
+    text = str(name)
+    if not text or text in (".", "..") or _UNSAFE.search(text) or ":" in text or text.startswith("~"):
+        raise UnsafeNameError(
+            f"Refusing the product name {text!r} from the archive: it is not a plain file name."
+        )
+    return text
+
+
+def download_layer(
+    filename: str,
+    data_uri: str,
+    *,
+    cache=None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+    stats: TransferStats | None = None,
+    timeout: float | None = None,
+) -> Path:
+    """Download one layer file into the cache (or reuse a complete copy already there).
+
+    Parameters
+    ----------
+    filename : str
+        The product's file name (``productFilename``); must be a plain file name.
+    data_uri : str
+        The product's ``dataURI`` (``mast:HST/product/<file>``).
+    cache : path-like, optional
+        Directory to download into (default: `cache_dir`).
+    overwrite : bool, optional
+        Download again even if a complete copy is cached.
+    progress : callable, optional
+        ``progress(bytes_done, bytes_total, filename)``, called as bytes arrive.
+    cancel : callable, optional
+        Returns True to stop; the partial download is removed and `Cancelled` raised.
+    stats : TransferStats, optional
+        Incremented with the bytes and requests spent.
+    timeout : float, optional
+        Seconds of silence before giving up (default ``glue_mvmcut.conf.timeout``).
+
+    Returns
+    -------
+    pathlib.Path
+        The complete file in the cache.
+
+    Raises
+    ------
+    UnsafeNameError, ArchiveError, Cancelled
+    """
+    name = safe_filename(filename)
+    if Path(data_uri).name != name:
+        raise UnsafeNameError(f"The product {name!r} has a dataURI for another file: {data_uri!r}.")
+    target = cache_dir(cache) / name
+    partial = target.with_name(name + ".part")
+    url = file_url(data_uri)
+    stats = stats if stats is not None else TransferStats()
+    with http_session(timeout) as session, archive_errors(f"Downloading {name}"):
+        head = session.head(url, allow_redirects=True)
+        stats.requests += 1
+        head.raise_for_status()
+        expected = int(head.headers["Content-Length"])
+        if target.exists() and not overwrite and target.stat().st_size == expected:
+            log.info("%s is already in the cache (%d bytes).", name, expected)
+            return target
+        try:
+            done = 0
+            with session.get(url, stream=True) as response, open(partial, "wb") as out:
+                stats.requests += 1
+                response.raise_for_status()
+                for block in response.iter_content(_CHUNK):
+                    out.write(block)
+                    done += len(block)
+                    stats.bytes += len(block)
+                    if progress:
+                        progress(done, expected, name)
+                    if cancel and cancel():
+                        raise Cancelled(f"Download of {name} cancelled.")
+            if done != expected:
+                raise ArchiveError(
+                    f"Downloading {name}: got {done} bytes where MAST announced {expected}; "
+                    "the file was not kept."
+                )
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+    log.info("Downloaded %s (%d bytes).", name, expected)
+    return target

@@ -1,0 +1,119 @@
+"""cut_layer: pixel-exact SCI+WHT cutouts from local MVM layers."""
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from glue_mvmcut import NotMVMFileError, OutsideFootprintError
+from glue_mvmcut.core.cutout import cut_layer
+
+LMC = SkyCoord(84.9208, -69.1467, unit="deg")
+F814W = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
+
+
+def _layer(archive, name=F814W):
+    return archive.directory / name
+
+
+def _check_pixel_exact(cutout, layer_path):
+    """Every cutout pixel equals the layer pixel at the same sky position (0 outside the layer)."""
+    with fits.open(layer_path) as layer:
+        for ext in ("SCI", "WHT"):
+            data = cutout[ext].data
+            cut_wcs, layer_wcs = WCS(cutout[ext].header), WCS(layer[ext].header)
+            ys, xs = np.mgrid[: data.shape[0], : data.shape[1]]
+            lx, ly = layer_wcs.world_to_pixel(cut_wcs.pixel_to_world(xs, ys))
+            lx, ly = np.round(lx).astype(int), np.round(ly).astype(int)
+            # Same grid: the mapping is a whole-pixel shift.
+            assert np.allclose(lx - xs, lx[0, 0], atol=1e-6) and np.allclose(ly - ys, ly[0, 0], atol=1e-6)
+            inside = (lx >= 0) & (ly >= 0) & (lx < layer[ext].data.shape[1]) & (ly < layer[ext].data.shape[0])
+            np.testing.assert_array_equal(data[inside], layer[ext].data[ly[inside], lx[inside]])
+            assert np.all(data[~inside] == 0)
+            return inside
+
+
+def test_cutout_structure_and_headers(lmc_archive):
+    cutout = cut_layer(_layer(lmc_archive), LMC, 20)
+    assert [h.name for h in cutout] == ["PRIMARY", "SCI", "WHT"]
+    primary = cutout[0].header
+    assert primary["FILENAME"] == "hst_cutout_skycell-p0081x14y15-ra84d9208-decs69d1467_acs_wfc_f814w.fits"
+    assert primary["ORIG_FLE"] == F814W
+    assert (primary["RA_OBJ"], primary["DEC_OBJ"]) == pytest.approx((84.9208, -69.1467))
+    assert (primary["INSTRUME"], primary["FILTER"], primary["SCELLID"]) == ("ACS", "F814W", "p0081x14y15")
+    for ext in ("SCI", "WHT"):
+        assert cutout[ext].data.dtype == np.float32 and cutout[ext].data.shape == (500, 500)
+        assert cutout[ext].header["ORIG_FLE"] == F814W and "CD1_1" in cutout[ext].header
+    # The cutout centre is the target, to well under a pixel.
+    centre = WCS(cutout["SCI"].header).pixel_to_world(249.5, 249.5)
+    assert centre.separation(LMC).arcsec < 0.04
+
+
+@pytest.mark.parametrize("skycell", ["p0081x14y14", "p0081x14y15", "p0081x15y14", "p0081x15y15"])
+def test_cutout_pixels_are_the_layer_pixels(lmc_archive, skycell):
+    # The target lies in the four skycells' overlap strips, near each trimmed array's edge:
+    # part of each box falls off the array and is padded with 0.
+    path = _layer(lmc_archive, f"hst_skycell-{skycell}_acs_wfc_f814w_all_drc.fits")
+    inside = _check_pixel_exact(cut_layer(path, LMC, 20), path)
+    assert 0.25 < inside.mean() <= 1
+
+
+@pytest.mark.parametrize(
+    "size, shape",
+    [((10, 20), (250, 500)), ([100, 250] * u.pix, (100, 250)), (0.25 * u.arcmin, (375, 375)), (6, (50, 50))],
+)
+def test_sizes_are_ny_nx_never_transposed(lmc_archive, size, shape):
+    name = "hst_skycell-p0081x14y15_wfc3_ir_f160w_coarse-all_drz.fits" if shape == (50, 50) else F814W
+    cutout = cut_layer(_layer(lmc_archive, name), LMC, size)
+    assert cutout["SCI"].data.shape == cutout["WHT"].data.shape == shape
+
+
+def test_a_box_partly_off_the_layer_keeps_its_size(lmc_archive):
+    path = _layer(lmc_archive)
+    with fits.open(path) as layer:
+        corner = WCS(layer["SCI"].header).pixel_to_world(10, 10)  # near the array's corner
+    cutout = cut_layer(path, corner, 8)
+    assert cutout["SCI"].data.shape == (200, 200)
+    inside = _check_pixel_exact(cutout, path)
+    assert 0.2 < inside.mean() < 0.35  # about a quarter of the box lies on the layer
+
+
+def test_coarse_and_string_paths(lmc_archive):
+    path = _layer(lmc_archive, "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits")
+    cutout = cut_layer(str(path), "84.9208 -69.1467", 20)
+    assert cutout["SCI"].data.shape == (167, 167)
+    assert cutout[0].header["FILENAME"].endswith("_wfc3_ir_f160w_coarse.fits")
+    _check_pixel_exact(cutout, path)
+
+
+def test_a_box_wholly_off_the_layer(lmc_archive):
+    with pytest.raises(OutsideFootprintError, match=r"lies wholly outside hst_skycell-p0081x14y15"):
+        cut_layer(_layer(lmc_archive), (84.9208, -69.0), 10)
+
+
+def test_non_mvm_files_are_refused(tmp_path, lmc_archive):
+    plain = tmp_path / "image.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((10, 10), np.float32))]).writeto(plain)
+    with pytest.raises(NotMVMFileError, match=r"image.fits is not an MVM layer"):
+        cut_layer(plain, LMC, 10)
+    text = tmp_path / "notes.fits"
+    text.write_text("hello")
+    with pytest.raises(NotMVMFileError, match=r"notes.fits is not a readable FITS file"):
+        cut_layer(text, LMC, 10)
+    no_wht = tmp_path / F814W
+    with fits.open(_layer(lmc_archive)) as layer:
+        fits.HDUList([layer[0].copy(), layer["SCI"].copy()]).writeto(no_wht)
+    with pytest.raises(NotMVMFileError, match=r"has no WHT extension"):
+        cut_layer(no_wht, LMC, 10)
+    with pytest.raises(NotMVMFileError, match=r"does not exist"):
+        cut_layer(tmp_path / "missing.fits", LMC, 10)
+
+
+def test_truncated_layers_are_refused(tmp_path, lmc_archive):
+    data = _layer(lmc_archive).read_bytes()
+    truncated = tmp_path / F814W
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NotMVMFileError, match=F814W):
+        cut_layer(truncated, LMC, 10)
