@@ -15,8 +15,9 @@ from pathlib import Path
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
 
 # One skycell (p1889x07y13 holds this disc whole), one band, 330" radius: ~16500 x 16500 px.
-DEEP = Field("deep", 181.0, 26.5, radius=330.0, layers=(LayerSpec("acs", "wfc", "f814w"),),
-             n_stars=3000, n_galaxies=60)
+DEEP = Field(
+    "deep", 181.0, 26.5, radius=330.0, layers=(LayerSpec("acs", "wfc", "f814w"),), n_stars=3000, n_galaxies=60
+)
 
 
 def main() -> None:
@@ -27,10 +28,13 @@ def main() -> None:
     (rec,) = archive.layers
     array_bytes = rec.shape[0] * rec.shape[1] * 4
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, "
-          f"{array_bytes / 2**30:.2f} GiB per array, file {rec.size / 2**30:.2f} GiB")
-    print(f"written in {seconds:.0f} s; peak RSS {peak / 2**20:.0f} MiB "
-          f"({peak / array_bytes:.1%} of one array)")
+    print(
+        f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, "
+        f"{array_bytes / 2**30:.2f} GiB per array, file {rec.size / 2**30:.2f} GiB"
+    )
+    print(
+        f"written in {seconds:.0f} s; peak RSS {peak / 2**20:.0f} MiB ({peak / array_bytes:.1%} of one array)"
+    )
     if len(sys.argv) == 1:
         shutil.rmtree(out)
 

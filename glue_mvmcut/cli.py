@@ -49,9 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--out", required=True, metavar="DIR", help="output folder")
     cut.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
     cut.add_argument("--png", action="store_true", help="also write a PNG quick-look of each mosaic")
-    cut.add_argument("--resample", choices=("interp", "exact"), default="interp",
-                     help="resampler for cutouts off the mosaic grid (default: interp)")
-    cut.add_argument("--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)")
+    cut.add_argument(
+        "--resample",
+        choices=("interp", "exact"),
+        default="interp",
+        help="resampler for cutouts off the mosaic grid (default: interp)",
+    )
+    cut.add_argument(
+        "--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)"
+    )
     cut.add_argument("--json", action="store_true", help="print one JSON object describing the result")
 
     demo = commands.add_parser(
@@ -107,14 +113,33 @@ class _ProgressBar:
         self.bar.close()
 
 
-def _run_cut(coord, size, out: Path, *, instruments=None, filters=None, combine=True, png=False,
-             resample="interp", cache=None):
+def _run_cut(
+    coord,
+    size,
+    out: Path,
+    *,
+    instruments=None,
+    filters=None,
+    combine=True,
+    png=False,
+    resample="interp",
+    cache=None,
+):
     from .core.pipeline import cutout_mosaic
 
     bar = _ProgressBar()
     try:
-        result = cutout_mosaic(coord, size, instruments=instruments, filters=filters, out_dir=out,
-                               combine=combine, cache=cache, resample=resample, progress=bar)
+        result = cutout_mosaic(
+            coord,
+            size,
+            instruments=instruments,
+            filters=filters,
+            out_dir=out,
+            combine=combine,
+            cache=cache,
+            resample=resample,
+            progress=bar,
+        )
     finally:
         bar.close()
     pngs = []
@@ -122,40 +147,56 @@ def _run_cut(coord, size, out: Path, *, instruments=None, filters=None, combine=
         from .quicklook import save_quicklook
 
         for path, mosaic in zip(result.paths["mosaics"], result.mosaics.values(), strict=True):
-            title = f"{mosaic[0].header['INSTRUME']}/{mosaic[0].header['DETECTOR']} " \
-                    f"{mosaic[0].header['FILTER']} mosaic ({mosaic[0].header['NCOMBINE']} cutouts)"
+            title = (
+                f"{mosaic[0].header['INSTRUME']}/{mosaic[0].header['DETECTOR']} "
+                f"{mosaic[0].header['FILTER']} mosaic ({mosaic[0].header['NCOMBINE']} cutouts)"
+            )
             pngs.append(save_quicklook(mosaic, path.with_suffix(".png"), title=title))
     return result, pngs
 
 
 def _summary(result, pngs, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({
-            "query": [str(p) for p in result.paths["query"]],
-            "cutouts": [str(p) for p in result.paths["cutouts"]],
-            "mosaics": [str(p) for p in result.paths["mosaics"]],
-            "quicklooks": [str(p) for p in pngs],
-            "skipped": result.skipped,
-            "layers": len(result.layers),
-            "bytes_fetched": result.stats.bytes,
-            "requests": result.stats.requests,
-            "seconds": {step: round(value, 3) for step, value in result.seconds.items()},
-        }))
+        print(
+            json.dumps(
+                {
+                    "query": [str(p) for p in result.paths["query"]],
+                    "cutouts": [str(p) for p in result.paths["cutouts"]],
+                    "mosaics": [str(p) for p in result.paths["mosaics"]],
+                    "quicklooks": [str(p) for p in pngs],
+                    "skipped": result.skipped,
+                    "layers": len(result.layers),
+                    "bytes_fetched": result.stats.bytes,
+                    "requests": result.stats.requests,
+                    "seconds": {step: round(value, 3) for step, value in result.seconds.items()},
+                }
+            )
+        )
         return
     if not len(result.layers):
         print("No MVM layers found: nothing written.")
         return
-    print(f"{len(result.layers)} layers, {len(result.cutouts)} cutouts, {len(result.mosaics)} mosaics; "
-          f"{result.stats.bytes / 1e6:.1f} MB fetched")
+    print(
+        f"{len(result.layers)} layers, {len(result.cutouts)} cutouts, {len(result.mosaics)} mosaics; "
+        f"{result.stats.bytes / 1e6:.1f} MB fetched"
+    )
     for path in result.paths["query"] + result.paths["cutouts"] + result.paths["mosaics"] + pngs:
         print(f"  {path}")
 
 
 def _cut(args) -> None:
     coord, size = _box(args)
-    result, pngs = _run_cut(coord, size, Path(args.out), instruments=_split(args.instruments),
-                            filters=_split(args.filters), combine=not args.no_combine, png=args.png,
-                            resample=args.resample, cache=args.cache)
+    result, pngs = _run_cut(
+        coord,
+        size,
+        Path(args.out),
+        instruments=_split(args.instruments),
+        filters=_split(args.filters),
+        combine=not args.no_combine,
+        png=args.png,
+        resample=args.resample,
+        cache=args.cache,
+    )
     _summary(result, pngs, args.json)
 
 
@@ -169,12 +210,16 @@ def _demo(args) -> None:
     archive = build_archive(out / "archive", "lmc")
     with MastServer(archive) as server, using_server(server.url):
         ra, dec = DEMO_TARGET
-        print(f"Stand-in MAST serving {len(archive.layers)} layers at {server.url}\n"
-              f"Cutting a {DEMO_SIZE:g}\" box at RA={ra} Dec={dec} (four skycells meet there) ...")
+        print(
+            f"Stand-in MAST serving {len(archive.layers)} layers at {server.url}\n"
+            f'Cutting a {DEMO_SIZE:g}" box at RA={ra} Dec={dec} (four skycells meet there) ...'
+        )
         result, pngs = _run_cut(DEMO_TARGET, DEMO_SIZE, out / "cutouts", png=True, cache=out / "cache")
     _summary(result, pngs, as_json=False)
-    print(f"\nLook at the PNG quick-looks above, or open the FITS files in {(out / 'cutouts').resolve()}\n"
-          "with any FITS viewer (SCI and WHT extensions).")
+    print(
+        f"\nLook at the PNG quick-looks above, or open the FITS files in {(out / 'cutouts').resolve()}\n"
+        "with any FITS viewer (SCI and WHT extensions)."
+    )
 
 
 def _protect_negative_coordinates(argv: list[str]) -> list[str]:

@@ -67,7 +67,9 @@ def mvm_id_filenames(sky_coord, cutout_size, log_level=logging.INFO, *, output_d
     return table
 
 
-def mvm_retrieve_files(products, archive=False, clobber=False, log_level=logging.INFO, *, output_dir=".") -> list[str]:
+def mvm_retrieve_files(
+    products, archive=False, clobber=False, log_level=logging.INFO, *, output_dir="."
+) -> list[str]:
     """Fetch the layer files of ``products`` into ``output_dir`` unless already there.
 
     Parameters
@@ -104,8 +106,9 @@ def mvm_retrieve_files(products, archive=False, clobber=False, log_level=logging
     return names
 
 
-def make_the_cut(input_files, sky_coord, cutout_size, output_dir=".", log_level=logging.INFO,
-                 verbose=False) -> list[str]:
+def make_the_cut(
+    input_files, sky_coord, cutout_size, output_dir=".", log_level=logging.INFO, verbose=False
+) -> list[str]:
     """Cut SCI and WHT out of each MVM layer file and write one cutout file per layer.
 
     Parameters

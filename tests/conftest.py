@@ -30,8 +30,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def archives(tmp_path_factory):
     """Synthetic archives of every test field (see glue_mvmcut.testing.synth.FIELDS)."""
-    return {name: build_archive(tmp_path_factory.mktemp(name), name)
-            for name in ("lmc", "twocells", "polar", "ra0")}
+    return {
+        name: build_archive(tmp_path_factory.mktemp(name), name)
+        for name in ("lmc", "twocells", "polar", "ra0")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -21,8 +21,12 @@ def test_the_lmc_box_finds_all_twenty_layers(mast, lmc_archive):
     assert list(table["productFilename"]) == sorted(rec.filename for rec in lmc_archive.layers)
     row = table[table["productFilename"] == "hst_skycell-p0081x14y15_wfc3_ir_f160w_coarse-all_drz.fits"][0]
     rec = lmc_archive.layer(row["productFilename"])
-    assert (row["skycell"], row["instrument"], row["detector"], row["filter"]) == ("p0081x14y15", "wfc3",
-                                                                                  "ir", "f160w")
+    assert (row["skycell"], row["instrument"], row["detector"], row["filter"]) == (
+        "p0081x14y15",
+        "wfc3",
+        "ir",
+        "f160w",
+    )
     assert (row["scale"], row["level"]) == ("coarse", "filter")
     assert (row["size"], row["obsid"]) == (rec.size, rec.obsid)
     assert row["dataURI"] == f"mast:HST/product/{rec.filename}"
@@ -82,8 +86,9 @@ def test_a_silent_server_times_out(mast):
 
 
 def test_an_unreachable_server_is_named():
-    with using_server("http://127.0.0.1:9"), pytest.raises(
-        ArchiveError, match=r"cannot reach MAST at http://127.0.0.1:9"
+    with (
+        using_server("http://127.0.0.1:9"),
+        pytest.raises(ArchiveError, match=r"cannot reach MAST at http://127.0.0.1:9"),
     ):
         query_layers(LMC, 20)
 
@@ -102,7 +107,10 @@ def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp
     env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
     result = subprocess.run(
         [sys.executable, "-m", "glue_mvmcut.cli", "query", "84.9208", "-69.1467", "--size", "20"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "20 layers" in result.stdout

@@ -24,8 +24,9 @@ def test_import_loads_no_gui_and_writes_nothing(tmp_path):
     work.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith("XDG_")}
     env["HOME"] = str(home)
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=work, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["heavy"] == []

@@ -81,8 +81,9 @@ def test_layer_name_fields():
     assert layer.skycell == SkyCell(81, 14, 15)
     assert (layer.instrument, layer.detector, layer.filter) == ("wfc3", "ir", "f128n")
     assert (layer.scale, layer.exposure, layer.kind) == ("coarse", "ibp505mf", "drz")
-    assert layer.band == Band(instrument="wfc3", detector="ir", filter="f128n", scale="coarse",
-                              exposure="ibp505mf")
+    assert layer.band == Band(
+        instrument="wfc3", detector="ir", filter="f128n", scale="coarse", exposure="ibp505mf"
+    )
     assert layer.label() == "WFC3/IR F128N coarse ibp505mf"
     fine = LayerName.parse("hst_skycell-p0081x14y15_wfc3_ir_f128n_all_drz.fits")
     assert fine.band != layer.band and fine.scale == "fine"

@@ -21,8 +21,18 @@ def _layer_uri(name="hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits"):
 
 def test_columns_config_describes_every_filtered_column():
     config = columns_config()
-    for column in ("dataproduct_type", "instrument_name", "project", "obs_collection", "calib_level",
-                   "filters", "obs_id", "s_ra", "s_dec", "obsid"):
+    for column in (
+        "dataproduct_type",
+        "instrument_name",
+        "project",
+        "obs_collection",
+        "calib_level",
+        "filters",
+        "obs_id",
+        "s_ra",
+        "s_dec",
+        "obsid",
+    ):
         assert config[column]["vot.datatype"]
     assert config["obs_collection"]["separator"] == ";"
 
@@ -30,15 +40,17 @@ def test_columns_config_describes_every_filtered_column():
 @pytest.mark.parametrize("instrument, expected", [("ACS*", 13), ("WFC3*", 8)])
 def test_the_seed_query_finds_the_layers_and_the_hap_decoy(mast, lmc_archive, instrument, expected):
     client = observations()
-    table = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name=instrument,
-                                  calib_level=3, **SEED_CRITERIA)
+    table = client.query_criteria(
+        coordinates=LMC, radius="15 arcsec", instrument_name=instrument, calib_level=3, **SEED_CRITERIA
+    )
     layers = {rec.obs_id for rec in lmc_archive.layers if rec.instrument == instrument[:-1].lower()}
     extra = {SVM_DECOY} if instrument == "ACS*" else set()
     assert set(table["obs_id"]) == layers | extra
     assert len(table) == expected
     assert table["obsid"].dtype.kind == "U"  # typed string, or get_product_list cannot join ids
-    count = client.query_criteria_count(coordinates=LMC, radius="15 arcsec", instrument_name=instrument,
-                                        **SEED_CRITERIA)
+    count = client.query_criteria_count(
+        coordinates=LMC, radius="15 arcsec", instrument_name=instrument, **SEED_CRITERIA
+    )
     assert count == expected
     services = [r.service for r in mast.records]
     assert services.count("Mast.Caom.Filtered.Position") == 2 and "columnsconfig" in services
@@ -46,11 +58,15 @@ def test_the_seed_query_finds_the_layers_and_the_hap_decoy(mast, lmc_archive, in
 
 def test_the_project_filter_drops_classic_hst_products(mast):
     client = observations()
-    table = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="ACS*",
-                                  obs_collection="HST", dataproduct_type="IMAGE")
+    table = client.query_criteria(
+        coordinates=LMC,
+        radius="15 arcsec",
+        instrument_name="ACS*",
+        obs_collection="HST",
+        dataproduct_type="IMAGE",
+    )
     assert "jdxk07010" in set(table["obs_id"])
-    hap = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="ACS*",
-                                **SEED_CRITERIA)
+    hap = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="ACS*", **SEED_CRITERIA)
     assert "jdxk07010" not in set(hap["obs_id"])
 
 
@@ -72,13 +88,16 @@ def test_cone_versus_footprint(mast, lmc_archive):
 
 def test_products_include_previews_trailers_and_single_visit_decoys(mast, lmc_archive):
     client = observations()
-    obs = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*",
-                                **SEED_CRITERIA)
+    obs = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*", **SEED_CRITERIA)
     products = client.get_product_list(obs)
     names = set(products["productFilename"])
     layer = "hst_skycell-p0081x14y14_wfc3_ir_f160w_all_drz.fits"
-    assert {layer, layer.replace(".fits", ".jpg"), layer.replace("_drz.fits", "_trl.txt"),
-            f"{SVM_DECOY}_drc.fits"} <= names
+    assert {
+        layer,
+        layer.replace(".fits", ".jpg"),
+        layer.replace("_drz.fits", "_trl.txt"),
+        f"{SVM_DECOY}_drc.fits",
+    } <= names
     kept = client.filter_products(products, productSubGroupDescription=["DRZ", "DRC"], extension="fits")
     skycell_layers = {n for n in kept["productFilename"] if n.startswith("hst_skycell")}
     assert skycell_layers == {rec.filename for rec in lmc_archive.layers if rec.instrument == "wfc3"}
@@ -87,10 +106,10 @@ def test_products_include_previews_trailers_and_single_visit_decoys(mast, lmc_ar
 
 def test_download_products_gets_identical_files(mast, lmc_archive, tmp_path):
     client = observations()
-    obs = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*",
-                                **SEED_CRITERIA)
-    products = client.filter_products(client.get_product_list(obs), productSubGroupDescription="DRZ",
-                                      extension="fits")[:2]
+    obs = client.query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*", **SEED_CRITERIA)
+    products = client.filter_products(
+        client.get_product_list(obs), productSubGroupDescription="DRZ", extension="fits"
+    )[:2]
     manifest = client.download_products(products, download_dir=str(tmp_path), flat=True, verbose=False)
     assert list(manifest["Status"]) == ["COMPLETE", "COMPLETE"]
     for path in manifest["Local Path"]:
@@ -164,8 +183,9 @@ def test_stall_before_answer_trips_a_timeout(mast):
 
 def test_executing_replies_make_astroquery_poll(mast):
     mast.faults.executing = 3
-    table = observations().query_criteria(coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*",
-                                          **SEED_CRITERIA)
+    table = observations().query_criteria(
+        coordinates=LMC, radius="15 arcsec", instrument_name="WFC3*", **SEED_CRITERIA
+    )
     assert len(table) == 8
     assert len(mast.requests("Mast.Caom.Filtered.Position")) == 4
 
@@ -176,13 +196,17 @@ def test_command_line_serves_until_stopped(lmc_archive):
 
     process = subprocess.Popen(
         [sys.executable, "-m", "glue_mvmcut.testing.server", str(lmc_archive.directory), "--port", "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:")
-        reply = requests.post(f"{url}/portal/Mashup/Mashup.asmx/columnsconfig",
-                              data={"colConfigId": "Mast.Caom.Cone"}, timeout=10)
+        reply = requests.post(
+            f"{url}/portal/Mashup/Mashup.asmx/columnsconfig",
+            data={"colConfigId": "Mast.Caom.Cone"},
+            timeout=10,
+        )
         assert "instrument_name" in reply.json()
     finally:
         process.terminate()

@@ -12,8 +12,13 @@ from glue_mvmcut.core.skycells import SkyCell
 from glue_mvmcut.testing import synth
 
 LMC_SKYCELLS = ["p0081x14y14", "p0081x14y15", "p0081x15y14", "p0081x15y15"]
-LMC_BANDS = ["acs_wfc_f658n_all_drc", "acs_wfc_f814w_all-jbp505jg_drc", "acs_wfc_f814w_all_drc",
-             "wfc3_ir_f160w_all_drz", "wfc3_ir_f160w_coarse-all_drz"]
+LMC_BANDS = [
+    "acs_wfc_f658n_all_drc",
+    "acs_wfc_f814w_all-jbp505jg_drc",
+    "acs_wfc_f814w_all_drc",
+    "wfc3_ir_f160w_all_drz",
+    "wfc3_ir_f160w_coarse-all_drz",
+]
 
 
 def test_lmc_archive_has_every_layer_of_the_four_skycells(lmc_archive):
@@ -50,20 +55,26 @@ def test_layer_structure_and_headers(lmc_archive):
 
 def test_every_layer_of_a_skycell_shares_its_subarray(lmc_archive):
     for cell in LMC_SKYCELLS:
-        fine = {rec.origin + rec.shape for rec in lmc_archive.layers
-                if rec.skycell == cell and rec.scale == "fine"}
+        fine = {
+            rec.origin + rec.shape
+            for rec in lmc_archive.layers
+            if rec.skycell == cell and rec.scale == "fine"
+        }
         assert len(fine) == 1
-        (x0, y0, ny, nx), = fine
+        ((x0, y0, ny, nx),) = fine
         coarse = next(rec for rec in lmc_archive.layers if rec.skycell == cell and rec.scale == "coarse")
         assert coarse.origin == (x0 // 3, y0 // 3)
         assert coarse.shape == (-(-(y0 + ny) // 3) - y0 // 3, -(-(x0 + nx) // 3) - x0 // 3)
 
 
-@pytest.mark.parametrize("filename", [
-    "hst_skycell-p0081x15y15_acs_wfc_f814w_all_drc.fits",
-    "hst_skycell-p0081x15y14_acs_wfc_f658n_all_drc.fits",
-    "hst_skycell-p0081x14y14_wfc3_ir_f160w_coarse-all_drz.fits",
-])
+@pytest.mark.parametrize(
+    "filename",
+    [
+        "hst_skycell-p0081x15y15_acs_wfc_f814w_all_drc.fits",
+        "hst_skycell-p0081x15y14_acs_wfc_f658n_all_drc.fits",
+        "hst_skycell-p0081x14y14_wfc3_ir_f160w_coarse-all_drz.fits",
+    ],
+)
 def test_pixels_equal_the_analytic_truth(lmc_archive, filename):
     rec = lmc_archive.layer(filename)
     with fits.open(lmc_archive.directory / filename) as hdul:
@@ -89,8 +100,12 @@ def test_sources_make_structure_and_the_gap_is_empty_in_one_skycell_only(lmc_arc
     whole = lmc_archive.layer("hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits")
     assert list(lmc_archive.observed(holes, ra, dec)) == [False, True]
     assert list(lmc_archive.observed(whole, ra, dec)) == [True, True]
-    values = synth.sky(f, *np.meshgrid(np.linspace(f.ra - 0.005, f.ra + 0.005, 200),
-                                       np.linspace(f.dec - 0.005, f.dec + 0.005, 200)))
+    values = synth.sky(
+        f,
+        *np.meshgrid(
+            np.linspace(f.ra - 0.005, f.ra + 0.005, 200), np.linspace(f.dec - 0.005, f.dec + 0.005, 200)
+        ),
+    )
     assert values.max() > 3 and values.min() > 0.1  # stars well above a positive background
 
 

@@ -26,16 +26,34 @@ from .products import LayerName
 from .skycells import skycells_covering
 
 __all__ = [
-    "LAYER_COLUMNS", "server_url", "using_server", "file_url", "http_session", "archive_errors",
-    "observations", "query_layers",
+    "LAYER_COLUMNS",
+    "server_url",
+    "using_server",
+    "file_url",
+    "http_session",
+    "archive_errors",
+    "observations",
+    "query_layers",
 ]
 
 log = logging.getLogger(__name__)
 
 #: Columns of the table `query_layers` returns, in order.
 LAYER_COLUMNS = (
-    "productFilename", "dataURI", "obs_id", "obsid", "size", "skycell", "instrument", "detector",
-    "filter", "scale", "level", "s_ra", "s_dec", "s_region",
+    "productFilename",
+    "dataURI",
+    "obs_id",
+    "obsid",
+    "size",
+    "skycell",
+    "instrument",
+    "detector",
+    "filter",
+    "scale",
+    "level",
+    "s_ra",
+    "s_dec",
+    "s_region",
 )
 _PORTAL_PATHS = {
     "MAST_REQUEST_URL": "/api/v0/invoke",
@@ -196,8 +214,10 @@ def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Tabl
         warnings.simplefilter("ignore", NoResultsWarning)
         for instrument in instruments:
             table = client.query_criteria(
-                coordinates=coord, radius=f"{radius} arcsec",
-                instrument_name=f"{instrument.upper()}*", **criteria,
+                coordinates=coord,
+                radius=f"{radius} arcsec",
+                instrument_name=f"{instrument.upper()}*",
+                **criteria,
             )
             if len(table):
                 found.append(table)
@@ -210,14 +230,16 @@ def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Tabl
         if observations_table is not None and len(observations_table):
             products = client.filter_products(
                 client.get_product_list(observations_table),
-                productSubGroupDescription=["DRZ", "DRC"], extension="fits",
+                productSubGroupDescription=["DRZ", "DRC"],
+                extension="fits",
             )
     table = _layer_rows(products, observations_table, coord, size, wanted_filters)
     if not len(table):
         warnings.warn(
-            f"No MVM layer covers a {size[1].value:g}\" x {size[0].value:g}\" box at "
+            f'No MVM layer covers a {size[1].value:g}" x {size[0].value:g}" box at '
             f"{coord.to_string('decimal', precision=6)}.",
-            NoMVMDataWarning, stacklevel=2,
+            NoMVMDataWarning,
+            stacklevel=2,
         )
     return table
 
@@ -244,15 +266,23 @@ def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Ta
             continue
         obs = by_obsid.get(str(product["parent_obsid"])) or by_obsid.get(str(product["obsID"]))
         seen.add(filename)
-        table.add_row({
-            "productFilename": filename, "dataURI": str(product["dataURI"]), "obs_id": layer.obs_id,
-            "obsid": str(product["obsID"]), "size": int(product["size"]),
-            "skycell": layer.skycell.name, "instrument": layer.instrument, "detector": layer.detector,
-            "filter": layer.filter, "scale": layer.scale,
-            "level": "exposure" if layer.exposure else "filter",
-            "s_ra": float(obs["s_ra"]) if obs is not None else np.nan,
-            "s_dec": float(obs["s_dec"]) if obs is not None else np.nan,
-            "s_region": str(obs["s_region"]) if obs is not None else "",
-        })
+        table.add_row(
+            {
+                "productFilename": filename,
+                "dataURI": str(product["dataURI"]),
+                "obs_id": layer.obs_id,
+                "obsid": str(product["obsID"]),
+                "size": int(product["size"]),
+                "skycell": layer.skycell.name,
+                "instrument": layer.instrument,
+                "detector": layer.detector,
+                "filter": layer.filter,
+                "scale": layer.scale,
+                "level": "exposure" if layer.exposure else "filter",
+                "s_ra": float(obs["s_ra"]) if obs is not None else np.nan,
+                "s_dec": float(obs["s_dec"]) if obs is not None else np.nan,
+                "s_region": str(obs["s_region"]) if obs is not None else "",
+            }
+        )
     table.sort("productFilename")
     return table

@@ -21,7 +21,7 @@ from reproject.mosaicking import reproject_and_coadd
 
 from .cutout import _wcs
 from .errors import InvalidNameError, NotMVMFileError
-from .products import Band, CombinedName, CutoutName, LayerName
+from .products import Band, CombinedName, parse_product_name
 
 __all__ = ["band_of", "group_by_band", "combine_band", "combine_cutouts"]
 
@@ -31,17 +31,17 @@ _RESAMPLERS: dict[str, Callable] = {"interp": reproject_interp, "exact": reproje
 _PRIMARY_KEYS = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "D001SCAL", "RA_OBJ", "DEC_OBJ")
 
 
-def band_of(cutout: fits.HDUList) -> Band:
-    """The band of a cutout, from its FILENAME (a cutout name) or ORIG_FLE (a layer name)."""
-    header = cutout[0].header
-    for key, parser in (("FILENAME", CutoutName.parse), ("ORIG_FLE", LayerName.parse)):
+def band_of(hdul: fits.HDUList) -> Band:
+    """The band of a layer, cutout or mosaic, from its FILENAME keyword or else ORIG_FLE."""
+    header = hdul[0].header
+    for key in ("FILENAME", "ORIG_FLE"):
         try:
-            return parser(str(header.get(key, ""))).band
+            return parse_product_name(str(header.get(key, ""))).band
         except InvalidNameError:
             continue
     raise NotMVMFileError(
-        f"Cannot tell the band of cutout {header.get('FILENAME', '?')!r}: neither FILENAME nor "
-        "ORIG_FLE is an MVM name."
+        f"Cannot tell the band of {header.get('FILENAME', '?')!r}: neither FILENAME nor ORIG_FLE "
+        "is an MVM name."
     )
 
 
@@ -59,7 +59,9 @@ def _integer_offset(wcs_in, wcs_out) -> tuple[int, int] | None:
     a, b = wcs_in.wcs, wcs_out.wcs
     if list(a.ctype) != list(b.ctype):
         return None
-    if not (np.allclose(a.crval, b.crval, rtol=0, atol=1e-10) and np.allclose(a.cd, b.cd, rtol=1e-12, atol=0)):
+    if not (
+        np.allclose(a.crval, b.crval, rtol=0, atol=1e-10) and np.allclose(a.cd, b.cd, rtol=1e-12, atol=0)
+    ):
         return None
     shift = np.asarray(b.crpix) - np.asarray(a.crpix)
     whole = np.round(shift)
@@ -125,16 +127,26 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "interp") -
         # such pixels from that input instead.
         inputs = [(np.where(c["WHT"].data > 0, c["SCI"].data, np.nan), w) for c, w in off_grid]
         mean, coverage = reproject_and_coadd(
-            inputs, wcs_out, shape_out=shape,
+            inputs,
+            wcs_out,
+            shape_out=shape,
             input_weights=[np.clip(c["WHT"].data, 0, None) for c, _ in off_grid],
-            combine_function="mean", reproject_function=_RESAMPLERS[resample], blank_pixel_value=0.0,
+            combine_function="mean",
+            reproject_function=_RESAMPLERS[resample],
+            blank_pixel_value=0.0,
         )
         covered = coverage > 0
         total[covered] += mean[covered] * coverage[covered]
         weights[covered] += coverage[covered]
     with np.errstate(invalid="ignore", divide="ignore"):
         sci = np.where(weights > 0, total / weights, 0.0).astype(np.float32)
-    method = "exact paste" if not off_grid else f"paste + reproject_{resample}" if pasted else f"reproject_{resample}"
+    method = (
+        "exact paste"
+        if not off_grid
+        else f"paste + reproject_{resample}"
+        if pasted
+        else f"reproject_{resample}"
+    )
     return _mosaic_hdul(cutouts, sci, weights.astype(np.float32), method)
 
 

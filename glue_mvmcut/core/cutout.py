@@ -111,7 +111,10 @@ def _cut_header(header: fits.Header, cutout: Cutout2D, layer_file: str) -> fits.
     ny, nx = cutout.shape
     out["NAXIS1"], out["NAXIS2"] = nx, ny
     # The cutout's pixel (0, 0) sits at this 0-based pixel of the layer.
-    dx, dy = cutout.origin_original[0] - cutout.origin_cutout[0], cutout.origin_original[1] - cutout.origin_cutout[1]
+    dx, dy = (
+        cutout.origin_original[0] - cutout.origin_cutout[0],
+        cutout.origin_original[1] - cutout.origin_cutout[1],
+    )
     out["CRPIX1"] = header["CRPIX1"] - dx
     out["CRPIX2"] = header["CRPIX2"] - dy
     out["LTV1"] = (-float(dx), "offset of the layer's pixel grid in this cutout")
@@ -158,7 +161,9 @@ def cut_layer(source, coord, size) -> fits.HDUList:
             shape = size
         try:
             cuts = {
-                ext: Cutout2D(hdul[ext].data, coord, shape, wcs=wcs, mode="partial", fill_value=0.0, copy=True)
+                ext: Cutout2D(
+                    hdul[ext].data, coord, shape, wcs=wcs, mode="partial", fill_value=0.0, copy=True
+                )
                 for ext in _EXTENSIONS
             }
         except NoOverlapError:

@@ -193,9 +193,7 @@ class LayerName(Band):
         label = ("coarse-" if self.scale == "coarse" else "") + "all"
         if self.exposure:
             label += f"-{self.exposure}"
-        return (
-            f"hst_skycell-{self.skycell.name}_{self.instrument}_{self.detector}_{self.filter}_{label}"
-        )
+        return f"hst_skycell-{self.skycell.name}_{self.instrument}_{self.detector}_{self.filter}_{label}"
 
     @property
     def filename(self) -> str:
@@ -206,9 +204,7 @@ class LayerName(Band):
     def parse(cls, name: str) -> "LayerName":
         """Parse a layer file name; raise `InvalidNameError` for anything else."""
         match = _match(_LAYER_RE, name, "layer", "hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits")
-        return cls(
-            skycell=SkyCell.from_name(match["skycell"]), kind=match["kind"], **_band_fields(match)
-        )
+        return cls(skycell=SkyCell.from_name(match["skycell"]), kind=match["kind"], **_band_fields(match))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -308,6 +304,4 @@ def parse_product_name(name: str) -> LayerName | CutoutName | CombinedName:
             return parser(name)
         except InvalidNameError:
             continue
-    raise InvalidNameError(
-        f"{name!r} is not an MVM layer, cutout or combined-mosaic file name."
-    )
+    raise InvalidNameError(f"{name!r} is not an MVM layer, cutout or combined-mosaic file name.")

@@ -116,8 +116,7 @@ class ProjectionCell:
         last = rings()[-1]
         if not (0 <= self.index < last.first_cell + last.nband):
             raise InvalidNameError(
-                f"No projection cell {self.index}: numbers run from 0 to "
-                f"{last.first_cell + last.nband - 1}."
+                f"No projection cell {self.index}: numbers run from 0 to {last.first_cell + last.nband - 1}."
             )
 
     @property
@@ -354,8 +353,12 @@ def skycells_covering(coord, size) -> list[SkyCell]:
                 x0 = (x - 1) * SKYCELL_STEP - 0.5
                 y0 = (y - 1) * SKYCELL_STEP - 0.5
                 rect = np.array(
-                    [[x0, y0], [x0 + SKYCELL_SIDE, y0], [x0 + SKYCELL_SIDE, y0 + SKYCELL_SIDE],
-                     [x0, y0 + SKYCELL_SIDE]]
+                    [
+                        [x0, y0],
+                        [x0 + SKYCELL_SIDE, y0],
+                        [x0 + SKYCELL_SIDE, y0 + SKYCELL_SIDE],
+                        [x0, y0 + SKYCELL_SIDE],
+                    ]
                 )
                 if _convex_polygons_overlap(quad, rect):
                     found.append(SkyCell(cell.index, x, y))

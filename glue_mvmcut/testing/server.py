@@ -74,12 +74,26 @@ _OBS_COLUMNS = {
     "objID": ("string", None),
 }
 _PRODUCT_COLUMNS = {
-    "obsID": "string", "obs_collection": "string", "dataproduct_type": "string", "obs_id": "string",
-    "description": "string", "type": "string", "dataURI": "string", "productType": "string",
-    "productGroupDescription": "string", "productSubGroupDescription": "string",
-    "productDocumentationURL": "string", "project": "string", "prvversion": "string",
-    "proposal_id": "string", "productFilename": "string", "size": "int", "parent_obsid": "string",
-    "dataRights": "string", "calib_level": "int", "filters": "string",
+    "obsID": "string",
+    "obs_collection": "string",
+    "dataproduct_type": "string",
+    "obs_id": "string",
+    "description": "string",
+    "type": "string",
+    "dataURI": "string",
+    "productType": "string",
+    "productGroupDescription": "string",
+    "productSubGroupDescription": "string",
+    "productDocumentationURL": "string",
+    "project": "string",
+    "prvversion": "string",
+    "proposal_id": "string",
+    "productFilename": "string",
+    "size": "int",
+    "parent_obsid": "string",
+    "dataRights": "string",
+    "calib_level": "int",
+    "filters": "string",
 }
 _VOT_TYPES = {"string": "char", "float": "double", "int": "int", "boolean": "boolean"}
 
@@ -182,9 +196,15 @@ class _Catalogue:
         for rec in archive.layers:
             self.files[rec.filename] = archive.directory / rec.filename
             obs = self._observation(
-                obs_id=rec.obs_id, obsid=rec.obsid, project="HAP",
-                instrument=f"{rec.instrument.upper()}/{rec.detector.upper()}", filt=rec.filter.upper(),
-                s_ra=rec.s_ra, s_dec=rec.s_dec, s_region=rec.s_region, exptime=rec.weight,
+                obs_id=rec.obs_id,
+                obsid=rec.obsid,
+                project="HAP",
+                instrument=f"{rec.instrument.upper()}/{rec.detector.upper()}",
+                filt=rec.filter.upper(),
+                s_ra=rec.s_ra,
+                s_dec=rec.s_dec,
+                s_region=rec.s_region,
+                exptime=rec.weight,
             )
             obs["dataURL"] = URI_PREFIX + rec.filename
             self.observations.append(obs)
@@ -197,14 +217,25 @@ class _Catalogue:
             ]
         for decoy in archive.decoys:
             obs = self._observation(
-                obs_id=decoy["obs_id"], obsid=decoy["obsid"], project=decoy["project"],
-                instrument=decoy["instrument"], filt=decoy["filter"], s_ra=decoy["s_ra"],
-                s_dec=decoy["s_dec"], s_region=decoy["s_region"], exptime=1000.0,
+                obs_id=decoy["obs_id"],
+                obsid=decoy["obsid"],
+                project=decoy["project"],
+                instrument=decoy["instrument"],
+                filt=decoy["filter"],
+                s_ra=decoy["s_ra"],
+                s_dec=decoy["s_dec"],
+                s_region=decoy["s_region"],
+                exptime=1000.0,
             )
             self.observations.append(obs)
             self.products[decoy["obsid"]] = [
-                self._product(obs, name, name.rsplit("_", 1)[-1].split(".")[0].upper(),
-                              "SCIENCE" if name.endswith(".fits") else "AUXILIARY", 1234567)
+                self._product(
+                    obs,
+                    name,
+                    name.rsplit("_", 1)[-1].split(".")[0].upper(),
+                    "SCIENCE" if name.endswith(".fits") else "AUXILIARY",
+                    1234567,
+                )
                 for name in decoy["products"]
             ]
         # Real MAST lists a visit's single-visit products under the skycell layers built from it.
@@ -216,30 +247,64 @@ class _Catalogue:
     @staticmethod
     def _observation(*, obs_id, obsid, project, instrument, filt, s_ra, s_dec, s_region, exptime):
         return {
-            "intentType": "science", "obs_collection": "HST",
+            "intentType": "science",
+            "obs_collection": "HST",
             "provenance_name": "HAP-MVM" if obs_id.startswith("hst_skycell") else "CALACS",
-            "instrument_name": instrument, "project": project, "filters": filt,
+            "instrument_name": instrument,
+            "project": project,
+            "filters": filt,
             "wavelength_region": "IR" if "/IR" in instrument else "OPTICAL",
-            "target_name": "ANY", "target_classification": "", "obs_id": obs_id,
-            "s_ra": s_ra, "s_dec": s_dec, "dataproduct_type": "image", "proposal_pi": "",
-            "calib_level": 3, "t_min": 56000.0, "t_max": 59000.0, "t_exptime": exptime,
-            "em_min": 700.0, "em_max": 900.0, "obs_title": "", "t_obs_release": 59001.0,
-            "proposal_id": "", "proposal_type": "", "sequence_number": None, "s_region": s_region,
-            "jpegURL": None, "dataURL": None, "dataRights": "PUBLIC", "mtFlag": False,
-            "srcDen": None, "obsid": obsid, "objID": str(int(obsid) + 10**9),
+            "target_name": "ANY",
+            "target_classification": "",
+            "obs_id": obs_id,
+            "s_ra": s_ra,
+            "s_dec": s_dec,
+            "dataproduct_type": "image",
+            "proposal_pi": "",
+            "calib_level": 3,
+            "t_min": 56000.0,
+            "t_max": 59000.0,
+            "t_exptime": exptime,
+            "em_min": 700.0,
+            "em_max": 900.0,
+            "obs_title": "",
+            "t_obs_release": 59001.0,
+            "proposal_id": "",
+            "proposal_type": "",
+            "sequence_number": None,
+            "s_region": s_region,
+            "jpegURL": None,
+            "dataURL": None,
+            "dataRights": "PUBLIC",
+            "mtFlag": False,
+            "srcDen": None,
+            "obsid": obsid,
+            "objID": str(int(obsid) + 10**9),
         }
 
     @staticmethod
     def _product(obs, filename, subgroup, product_type, size):
         return {
-            "obsID": obs["obsid"], "obs_collection": "HST", "dataproduct_type": "image",
-            "obs_id": filename.rsplit("_", 1)[0], "description": f"{subgroup} {product_type.lower()}",
-            "type": "D", "dataURI": URI_PREFIX + filename, "productType": product_type,
+            "obsID": obs["obsid"],
+            "obs_collection": "HST",
+            "dataproduct_type": "image",
+            "obs_id": filename.rsplit("_", 1)[0],
+            "description": f"{subgroup} {product_type.lower()}",
+            "type": "D",
+            "dataURI": URI_PREFIX + filename,
+            "productType": product_type,
             "productGroupDescription": "Minimum Recommended Products" if product_type == "SCIENCE" else "",
-            "productSubGroupDescription": subgroup, "productDocumentationURL": "",
-            "project": obs["project"], "prvversion": "1.0", "proposal_id": "",
-            "productFilename": filename, "size": size, "parent_obsid": obs["obsid"],
-            "dataRights": "PUBLIC", "calib_level": 3, "filters": obs["filters"],
+            "productSubGroupDescription": subgroup,
+            "productDocumentationURL": "",
+            "project": obs["project"],
+            "prvversion": "1.0",
+            "proposal_id": "",
+            "productFilename": filename,
+            "size": size,
+            "parent_obsid": obs["obsid"],
+            "dataRights": "PUBLIC",
+            "calib_level": 3,
+            "filters": obs["filters"],
         }
 
     def query(self, filters: list[dict], position: str | None) -> list[dict]:
@@ -322,13 +387,20 @@ def _matches(obs: dict, flt: dict) -> bool:
 def _table_reply(fields: dict, rows: list[dict], page: int, pagesize: int, status: str = "COMPLETE"):
     total = len(rows)
     pages = max(1, math.ceil(total / pagesize))
-    chunk = rows[(page - 1) * pagesize: page * pagesize]
+    chunk = rows[(page - 1) * pagesize : page * pagesize]
     return {
-        "status": status, "msg": "",
+        "status": status,
+        "msg": "",
         "fields": [{"name": n, "type": t} for n, t in fields.items()],
         "data": [{n: r.get(n) for n in fields} for r in chunk],
-        "paging": {"page": page, "pageSize": pagesize, "pagesFiltered": pages,
-                   "rows": len(chunk), "rowsFiltered": total, "rowsTotal": total},
+        "paging": {
+            "page": page,
+            "pageSize": pagesize,
+            "pagesFiltered": pages,
+            "rows": len(chunk),
+            "rowsFiltered": total,
+            "rowsTotal": total,
+        },
     }
 
 
@@ -446,7 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
         if answered:
             return
         uri = unquote(parse_qs(parts.query).get("uri", [""])[0])
-        name = uri[len(URI_PREFIX):] if uri.startswith(URI_PREFIX) else None
+        name = uri[len(URI_PREFIX) :] if uri.startswith(URI_PREFIX) else None
         path = self.server.owner.catalogue.files.get(name)
         if path is None:
             self._send_bytes(404, json.dumps({"status": "ERROR", "msg": f"{uri} not found"}).encode())
@@ -609,7 +681,9 @@ class MastServer:
 def main(argv=None) -> None:
     """Command line: ``python -m glue_mvmcut.testing.server ARCHIVE_DIR [--port N]``."""
     parser = argparse.ArgumentParser(description="Serve a synthetic MVM archive as a stand-in MAST.")
-    parser.add_argument("archive_dir", nargs="+", help="directories written by python -m glue_mvmcut.testing.synth")
+    parser.add_argument(
+        "archive_dir", nargs="+", help="directories written by python -m glue_mvmcut.testing.synth"
+    )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     args = parser.parse_args(argv)
     server = MastServer(args.archive_dir, port=args.port)

@@ -97,14 +97,17 @@ _TWO_BANDS = (
 #: - ``ra0``: straddles RA = 0 (skycell p0635x11y11).
 #: - ``tiny``: one small disc inside a single skycell (p1889x07y13), one band: quick to build.
 FIELDS = {
-    "lmc": Field(
-        "lmc", 84.9208, -69.1467, radius=24.0, layers=_ACS_WFC3, gap=("p0081x15y14", -2.5, -0.5)
-    ),
+    "lmc": Field("lmc", 84.9208, -69.1467, radius=24.0, layers=_ACS_WFC3, gap=("p0081x15y14", -2.5, -0.5)),
     "twocells": Field("twocells", 182.2, 26.0, radius=12.0, layers=_TWO_BANDS, seed=2),
     "polar": Field("polar", 45.0, 87.9, radius=12.0, layers=_TWO_BANDS, seed=3),
     "ra0": Field("ra0", 0.0005, -30.0, radius=12.0, layers=_TWO_BANDS, seed=4),
     "tiny": Field(
-        "tiny", 181.0, 26.5, radius=3.0, layers=(LayerSpec("acs", "wfc", "f814w"),), n_stars=4,
+        "tiny",
+        181.0,
+        26.5,
+        radius=3.0,
+        layers=(LayerSpec("acs", "wfc", "f814w"),),
+        n_stars=4,
         n_galaxies=1,
     ),
 }
@@ -131,8 +134,10 @@ def _sources(f: Field) -> tuple[_Source, ...]:
             phi = rng.uniform(0, 2 * math.pi)
             sources.append(
                 _Source(
-                    rho * math.cos(phi), rho * math.sin(phi),
-                    10 ** rng.uniform(amp_lo, amp_hi), rng.uniform(r_lo, r_hi),
+                    rho * math.cos(phi),
+                    rho * math.sin(phi),
+                    10 ** rng.uniform(amp_lo, amp_hi),
+                    rng.uniform(r_lo, r_hi),
                 )
             )
     return tuple(sources)
@@ -215,14 +220,18 @@ class Archive:
         """Read ``manifest.json`` from ``directory``."""
         directory = Path(directory)
         data = json.loads((directory / MANIFEST).read_text())
-        layers = [LayerRecord(**{**rec, "shape": tuple(rec["shape"]), "origin": tuple(rec["origin"])})
-                  for rec in data["layers"]]
+        layers = [
+            LayerRecord(**{**rec, "shape": tuple(rec["shape"]), "origin": tuple(rec["origin"])})
+            for rec in data["layers"]
+        ]
         spec = data["field"]
-        field_ = Field(**{
-            **spec,
-            "layers": tuple(LayerSpec(**layer) for layer in spec["layers"]),
-            "gap": tuple(spec["gap"]) if spec["gap"] else None,
-        })
+        field_ = Field(
+            **{
+                **spec,
+                "layers": tuple(LayerSpec(**layer) for layer in spec["layers"]),
+                "gap": tuple(spec["gap"]) if spec["gap"] else None,
+            }
+        )
         return cls(directory, field_, layers, data["decoys"])
 
     def layer(self, filename: str) -> LayerRecord:
@@ -366,17 +375,30 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
             cx0, cy0 = x0 // factor, y0 // factor
             cx1, cy1 = -(-x1 // factor), -(-y1 // factor)
             name = LayerName(
-                skycell=skycell, instrument=spec.instrument, detector=spec.detector,
-                filter=spec.filter, scale=spec.scale, exposure=spec.exposure,
+                skycell=skycell,
+                instrument=spec.instrument,
+                detector=spec.detector,
+                filter=spec.filter,
+                scale=spec.scale,
+                exposure=spec.exposure,
                 kind="drz" if spec.detector == "ir" else "drc",
             )
             rec = LayerRecord(
-                filename=name.filename, obs_id=name.obs_id,
+                filename=name.filename,
+                obs_id=name.obs_id,
                 obsid=str(_obsid_base(f) + 100 * index + spec_index),
-                skycell=skycell.name, instrument=spec.instrument, detector=spec.detector,
-                filter=spec.filter, scale=spec.scale, exposure=spec.exposure, kind=name.kind,
-                shape=(cy1 - cy0, cx1 - cx0), origin=(cx0, cy0), gain=spec.gain,
-                offset=round(0.05 * index - 0.02, 4), weight=spec.weight * (1 + 0.5 * index),
+                skycell=skycell.name,
+                instrument=spec.instrument,
+                detector=spec.detector,
+                filter=spec.filter,
+                scale=spec.scale,
+                exposure=spec.exposure,
+                kind=name.kind,
+                shape=(cy1 - cy0, cx1 - cx0),
+                origin=(cx0, cy0),
+                gain=spec.gain,
+                offset=round(0.05 * index - 0.02, 4),
+                weight=spec.weight * (1 + 0.5 * index),
                 radius=f.radius * spec.coverage,
             )
             rec.s_ra, rec.s_dec, rec.s_region = _footprint(rec)
@@ -404,17 +426,37 @@ def _decoys(f: Field) -> list[dict]:
     classic HST (non-HAP) product. A query must never return them."""
     half = 100.0 / 3600.0
     cos_dec = math.cos(math.radians(f.dec))
-    corners = [(f.ra - half / cos_dec, f.dec - half), (f.ra + half / cos_dec, f.dec - half),
-               (f.ra + half / cos_dec, f.dec + half), (f.ra - half / cos_dec, f.dec + half)]
+    corners = [
+        (f.ra - half / cos_dec, f.dec - half),
+        (f.ra + half / cos_dec, f.dec - half),
+        (f.ra + half / cos_dec, f.dec + half),
+        (f.ra - half / cos_dec, f.dec + half),
+    ]
     region = "POLYGON ICRS " + " ".join(f"{a % 360:.8f} {d:.8f}" for a, d in corners)
     svm = f"hst_{f.proposal}_07_acs_wfc_f814w_jdxk07"
     return [
-        {"obs_id": svm, "obsid": str(_obsid_base(f) - 2), "project": "HAP", "instrument": "ACS/WFC",
-         "filter": "F814W", "s_ra": f.ra, "s_dec": f.dec, "s_region": region,
-         "products": [f"{svm}_drc.fits", f"{svm}_drc.jpg", f"{svm}_trl.txt"]},
-        {"obs_id": "jdxk07010", "obsid": str(_obsid_base(f) - 1), "project": "HST", "instrument": "ACS/WFC",
-         "filter": "F814W", "s_ra": f.ra, "s_dec": f.dec, "s_region": region,
-         "products": ["jdxk07010_drc.fits"]},
+        {
+            "obs_id": svm,
+            "obsid": str(_obsid_base(f) - 2),
+            "project": "HAP",
+            "instrument": "ACS/WFC",
+            "filter": "F814W",
+            "s_ra": f.ra,
+            "s_dec": f.dec,
+            "s_region": region,
+            "products": [f"{svm}_drc.fits", f"{svm}_drc.jpg", f"{svm}_trl.txt"],
+        },
+        {
+            "obs_id": "jdxk07010",
+            "obsid": str(_obsid_base(f) - 1),
+            "project": "HST",
+            "instrument": "ACS/WFC",
+            "filter": "F814W",
+            "s_ra": f.ra,
+            "s_dec": f.dec,
+            "s_region": region,
+            "products": ["jdxk07010_drc.fits"],
+        },
     ]
 
 

@@ -1,0 +1,220 @@
+"""Mosaics: WHT-weighted, exact where the grids coincide, resampled (without zero leakage) elsewhere."""
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from glue_mvmcut.core.combine import band_of, combine_band, combine_cutouts
+from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.products import Band
+from glue_mvmcut.testing import synth
+
+LMC = SkyCoord(84.9208, -69.1467, unit="deg")
+F814W = Band(instrument="acs", detector="wfc", filter="f814w")
+F160W_COARSE = Band(instrument="wfc3", detector="ir", filter="f160w", scale="coarse")
+
+
+def _records(archive, band):
+    return sorted(
+        (
+            r
+            for r in archive.layers
+            if (r.instrument, r.detector, r.filter, r.scale, r.exposure)
+            == (band.instrument, band.detector, band.filter, band.scale, band.exposure)
+        ),
+        key=lambda r: r.filename,
+    )
+
+
+def _cutouts(archive, band, coord, size):
+    records = _records(archive, band)
+    return [cut_layer(archive.directory / r.filename, coord, size) for r in records], records
+
+
+def _world(hdul):
+    wcs = WCS(hdul["SCI"].header)
+    ys, xs = np.mgrid[: hdul["SCI"].data.shape[0], : hdul["SCI"].data.shape[1]]
+    return wcs, xs, ys, *wcs.pixel_to_world_values(xs, ys)
+
+
+def _inside(rec, ra, dec):
+    px, py = rec.wcs().world_to_pixel_values(ra, dec)
+    return (px > -0.5) & (py > -0.5) & (px < rec.shape[1] - 0.5) & (py < rec.shape[0] - 0.5)
+
+
+def test_fine_cutouts_of_one_projection_cell_are_pasted_exactly(lmc_archive):
+    cutouts, _ = _cutouts(lmc_archive, F814W, LMC, 20)
+    mosaic = combine_band(cutouts)
+    assert mosaic[0].header["COMBMETH"] == "exact paste"
+    # The same arithmetic done here, in float64, from the cutout pixels: bit-identical float32.
+    sci = np.array([c["SCI"].data for c in cutouts], dtype=np.float64)
+    wht = np.array([c["WHT"].data for c in cutouts], dtype=np.float64)
+    total = wht.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        expected = np.where(total > 0, (wht * sci).sum(axis=0) / total, 0).astype(np.float32)
+    np.testing.assert_array_equal(mosaic["SCI"].data, expected)
+    np.testing.assert_array_equal(mosaic["WHT"].data, total.astype(np.float32))
+    assert mosaic["SCI"].data.dtype == np.float32 and mosaic["WHT"].data.dtype == np.float32
+
+
+def test_fine_mosaic_equals_the_weighted_analytic_truth(lmc_archive):
+    cutouts, records = _cutouts(lmc_archive, F814W, LMC, 20)
+    mosaic = combine_band(cutouts)
+    _, _, _, ra, dec = _world(mosaic)
+    num = np.zeros(ra.shape)
+    den = np.zeros(ra.shape)
+    for rec in records:
+        sci, wht = lmc_archive.truth(rec, ra, dec)
+        wht = np.where(_inside(rec, ra, dec), wht, 0)
+        num += wht * sci
+        den += wht
+    with np.errstate(invalid="ignore"):
+        truth = np.where(den > 0, num / den, 0)
+    np.testing.assert_allclose(mosaic["SCI"].data, truth, rtol=5e-7, atol=1e-7)
+    np.testing.assert_array_equal(mosaic["WHT"].data, den.astype(np.float32))
+    assert (den > 0).mean() > 0.95
+
+
+def test_zeros_in_a_chip_gap_are_never_averaged_in(lmc_archive):
+    cutouts, records = _cutouts(lmc_archive, F814W, LMC, 20)
+    mosaic = combine_band(cutouts)
+    gap_index = [r.skycell for r in records].index("p0081x15y14")
+    gap = cutouts[gap_index]["WHT"].data == 0
+    others = np.array([c["WHT"].data > 0 for i, c in enumerate(cutouts) if i != gap_index]).all(axis=0)
+    pixels = gap & others & (cutouts[gap_index]["SCI"].data == 0)
+    assert pixels.sum() > 1000  # the gap strip crosses the box where the other three have data
+    kept = [c for i, c in enumerate(cutouts) if i != gap_index]
+    weights = np.array([c["WHT"].data[pixels] for c in kept], dtype=np.float64)
+    values = np.array([c["SCI"].data[pixels] for c in kept], dtype=np.float64)
+    np.testing.assert_array_equal(
+        mosaic["SCI"].data[pixels], ((weights * values).sum(0) / weights.sum(0)).astype(np.float32)
+    )
+    # A plain mean over the four (the seed's CutoutsCombiner) would be 25% low there.
+    assert np.all(values.mean(0) * 0.75 < mosaic["SCI"].data[pixels])
+
+
+def _in_cutout(cutout, ra, dec):
+    px, py = WCS(cutout["SCI"].header).world_to_pixel_values(ra, dec)
+    ny, nx = cutout["SCI"].data.shape
+    return (px > -0.5) & (py > -0.5) & (px < nx - 0.5) & (py < ny - 0.5)
+
+
+def _resampled_truth(archive, records, cutouts, mosaic):
+    """Expected SCI and WHT where every input either fully has data or fully has none within
+    1.5 output pixels, away from sources (interpolation is only accurate on the smooth sky).
+
+    An input has data where its layer observed the sky, inside the layer's array and inside its
+    cutout's box (cutouts of other projection cells are rotated against the mosaic grid).
+    """
+    wcs, xs, ys, ra, dec = _world(mosaic)
+    f = archive.field
+    num, den = np.zeros(ra.shape), np.zeros(ra.shape)
+    usable = np.ones(ra.shape, bool)
+    around = [(0, 0), (1.5, 0), (-1.5, 0), (0, 1.5), (0, -1.5), (1.5, 1.5), (-1.5, -1.5)]
+    for rec, cutout in zip(records, cutouts, strict=True):
+        states = []
+        for dx, dy in around:
+            r, d = wcs.pixel_to_world_values(xs + dx, ys + dy)
+            states.append(archive.observed(rec, r, d) & _inside(rec, r, d) & _in_cutout(cutout, r, d))
+        states = np.array(states)
+        full, none = states.all(0), ~states.any(0)
+        usable &= full | none
+        num += np.where(full, rec.weight * (rec.gain * synth.sky(f, ra, dec) + rec.offset), 0)
+        den += np.where(full, rec.weight, 0)
+    east, north = synth._offsets(f, ra, dec)
+    for source in synth._sources(f):
+        usable &= np.hypot(east - source.east, north - source.north) > source.radius + 0.4
+    with np.errstate(invalid="ignore"):
+        return np.where(den > 0, num / den, 0), den, usable
+
+
+@pytest.mark.parametrize(
+    "field, band, method, inputs",
+    [
+        ("lmc", F160W_COARSE, "paste + reproject_interp", 4),  # coarse neighbours: 1/3 px apart
+        ("twocells", F814W, "paste + reproject_interp", 2),  # p1889 and p1890 tangent points
+        ("polar", F814W, "paste + reproject_interp", 3),  # p2635, p2636 and the polar cap
+        ("polar", F160W_COARSE, "paste + reproject_interp", 3),
+    ],
+)
+def test_resampled_mosaics_match_the_analytic_sky(archives, field, band, method, inputs):
+    archive = archives[field]
+    coord = SkyCoord(archive.field.ra, archive.field.dec, unit="deg")
+    cutouts, records = _cutouts(archive, band, coord, 16)
+    assert len(cutouts) == inputs
+    mosaic = combine_band(cutouts)
+    assert mosaic[0].header["COMBMETH"] == method
+    truth, weight, usable = _resampled_truth(archive, records, cutouts, mosaic)
+    covered = usable & (weight > 0)
+    assert covered.sum() > 2000
+    # Tolerance 5e-4 on a sky of ~0.2-0.5 (x gain): bilinear error on the smooth background is
+    # below 1e-4; mixing in a wrong weight would be off by up to the skycell offsets (0.05).
+    np.testing.assert_allclose(mosaic["SCI"].data[covered], truth[covered], rtol=0, atol=5e-4)
+    np.testing.assert_allclose(mosaic["WHT"].data[covered], weight[covered], rtol=1e-5)
+    empty = usable & (weight == 0)
+    assert np.all(mosaic["SCI"].data[empty] == 0) and np.all(mosaic["WHT"].data[empty] == 0)
+    # Several inputs really overlap somewhere, with different weights.
+    assert len(np.unique(weight[covered])) > 1
+
+
+@pytest.mark.parametrize("field", ["lmc", "twocells", "polar", "ra0"])
+def test_mosaic_wcs_is_centred_on_the_target(archives, field):
+    archive = archives[field]
+    coord = SkyCoord(archive.field.ra, archive.field.dec, unit="deg")
+    for band in (F814W, F160W_COARSE):
+        mosaic = combine_band(_cutouts(archive, band, coord, 20)[0])
+        ny, nx = mosaic["SCI"].data.shape
+        centre = WCS(mosaic["SCI"].header).pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+        scale = mosaic[0].header["D001SCAL"]
+        assert centre.separation(coord).arcsec < scale
+
+
+def test_single_cutout_band_still_gives_a_mosaic(archives):
+    archive = archives["ra0"]
+    coord = SkyCoord(archive.field.ra, archive.field.dec, unit="deg")  # RA 0.0005: the box crosses 0
+    cutouts, _ = _cutouts(archive, F814W, coord, 20)
+    mosaic = combine_band(cutouts)
+    assert mosaic[0].header["FILENAME"] == "hst_combined_skycells-ra0d0005-decs30d0000_acs_wfc_f814w.fits"
+    np.testing.assert_array_equal(mosaic["SCI"].data, cutouts[0]["SCI"].data)
+    np.testing.assert_array_equal(mosaic["WHT"].data, cutouts[0]["WHT"].data)
+
+
+def test_bands_are_kept_apart_and_named(lmc_archive):
+    cutouts = [cut_layer(lmc_archive.directory / r.filename, LMC, 10) for r in lmc_archive.layers]
+    mosaics = combine_cutouts(cutouts)
+    names = sorted(m[0].header["FILENAME"] for m in mosaics.values())
+    assert names == [
+        "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f658n.fits",
+        "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f814w.fits",
+        "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f814w_jbp505jg.fits",
+        "hst_combined_skycells-ra84d9208-decs69d1467_wfc3_ir_f160w.fits",
+        "hst_combined_skycells-ra84d9208-decs69d1467_wfc3_ir_f160w_coarse.fits",
+    ]
+    coarse = mosaics[F160W_COARSE]
+    assert coarse["SCI"].data.shape == (83, 83) and coarse[0].header["NCOMBINE"] == 4
+    for extname in ("SCI", "WHT"):
+        header = coarse[extname].header
+        assert [header[f"ILAYR{i:03d}"] for i in range(1, 5)] == [
+            f"hst_skycell-p0081x{c}_wfc3_ir_f160w_coarse-all_drz.fits"
+            for c in ("14y14", "14y15", "15y14", "15y15")
+        ]
+        assert (
+            header["IFILE001"]
+            == "hst_cutout_skycell-p0081x14y14-ra84d9208-decs69d1467_wfc3_ir_f160w_coarse.fits"
+        )
+        assert header["IEXT004"] == f"{extname},1"
+    assert band_of(coarse) == F160W_COARSE
+
+
+def test_written_mosaic_reads_back(lmc_archive, tmp_path):
+    from glue_mvmcut.core.pipeline import write_fits
+
+    cutouts, _ = _cutouts(lmc_archive, F160W_COARSE, LMC, 10)
+    path = write_fits(combine_band(cutouts), tmp_path)
+    with fits.open(path) as hdul:
+        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "WHT"]
+        assert hdul["SCI"].header["NCOMBINE"] == 4
+        assert WCS(hdul["SCI"].header).has_celestial
+    assert not list(tmp_path.glob("*.part"))

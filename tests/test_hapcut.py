@@ -1,0 +1,52 @@
+"""The seed's four functions, on the stand-in MAST."""
+
+import numpy as np
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.table import Table
+
+from glue_mvmcut import make_the_cut, mvm_combine, mvm_id_filenames, mvm_retrieve_files
+
+LMC = SkyCoord(84.9208, -69.1467, unit="deg")
+
+
+def test_the_four_functions_in_sequence(mast, cache, lmc_archive, tmp_path):
+    table = mvm_id_filenames(LMC, 20, output_dir=tmp_path)
+    assert len(table) == 20
+    written = Table.read(tmp_path / "mvm_query-ra84d9208-decs69d1467_15_cutout.ecsv")
+    assert list(written["productFilename"]) == list(table["productFilename"])
+
+    wfc3 = table[table["instrument"] == "wfc3"]
+    names = mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers")
+    assert names == list(wfc3["productFilename"])
+    for name in names:
+        assert (tmp_path / "layers" / name).read_bytes() == (lmc_archive.directory / name).read_bytes()
+    # Everything already present: no download, no NameError (the seed's defect).
+    mast.reset_stats()
+    assert mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers") == names
+    assert mast.requests("download") == []
+
+    cutouts = make_the_cut([tmp_path / "layers" / n for n in names], "84.9208 -69.1467", [10, 20],
+                           output_dir=tmp_path / "cut")
+    assert sorted(cutouts) == sorted(
+        f"hst_cutout_skycell-p0081x{cell}-ra84d9208-decs69d1467_wfc3_ir_f160w{suffix}.fits"
+        for cell in ("14y14", "14y15", "15y14", "15y15") for suffix in ("", "_coarse")
+    )
+    with fits.open(tmp_path / "cut" / cutouts[0]) as hdul:
+        assert hdul["SCI"].data.shape in ((250, 500), (83, 167))
+
+    mosaics = mvm_combine([tmp_path / "cut" / c for c in cutouts], output_dir=tmp_path / "mosaics")
+    assert sorted(p.split("/")[-1] for p in mosaics) == [
+        "hst_combined_skycells-ra84d9208-decs69d1467_wfc3_ir_f160w.fits",
+        "hst_combined_skycells-ra84d9208-decs69d1467_wfc3_ir_f160w_coarse.fits",
+    ]
+    for path in mosaics:
+        with fits.open(path) as hdul:
+            assert hdul["SCI"].data.dtype == np.dtype(">f4") and hdul[0].header["NCOMBINE"] == 4
+
+
+def test_make_the_cut_takes_a_single_string(lmc_archive, tmp_path):
+    layer = str(lmc_archive.directory / "hst_skycell-p0081x14y14_acs_wfc_f658n_all_drc.fits")
+    assert make_the_cut(layer, LMC, 4, output_dir=tmp_path) == [
+        "hst_cutout_skycell-p0081x14y14-ra84d9208-decs69d1467_acs_wfc_f658n.fits"
+    ]

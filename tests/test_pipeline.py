@@ -1,0 +1,115 @@
+"""cutout_mosaic end to end: stand-in MAST, real astroquery, files on disk."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.table import Table
+
+from glue_mvmcut import (
+    Cancelled,
+    InvalidCoordinateError,
+    InvalidSizeError,
+    NoMVMDataWarning,
+    cutout_mosaic,
+)
+from glue_mvmcut.core.archive import query_layers
+
+LMC = (84.9208, -69.1467)
+TOKEN = "ra84d9208-decs69d1467"
+
+
+def test_lmc_end_to_end(mast, cache, lmc_archive, tmp_path):
+    calls = []
+    result = cutout_mosaic(LMC, 20, out_dir=tmp_path / "out", progress=lambda *a: calls.append(a))
+    assert len(result.layers) == 20 and len(result.cutouts) == 20 and result.skipped == []
+    assert sorted(m[0].header["FILENAME"] for m in result.mosaics.values()) == [
+        f"hst_combined_skycells-{TOKEN}_{band}.fits"
+        for band in ("acs_wfc_f658n", "acs_wfc_f814w", "acs_wfc_f814w_jbp505jg", "wfc3_ir_f160w",
+                     "wfc3_ir_f160w_coarse")
+    ]
+    out = tmp_path / "out"
+    assert [p.name for p in result.paths["query"]] == [f"mvm_query-{TOKEN}_15_cutout.ecsv"]
+    assert len(result.paths["cutouts"]) == 20 and len(result.paths["mosaics"]) == 5
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        p.name for kind in result.paths.values() for p in kind
+    )
+    assert Table.read(result.paths["query"][0]).colnames[:2] == ["productFilename", "dataURI"]
+    # Whole layers were fetched once each (HEAD + GET), verified, into the cache.
+    assert result.stats.bytes == sum(rec.size for rec in lmc_archive.layers)
+    assert result.stats.requests == 40
+    assert sorted(p.name for p in cache.iterdir()) == sorted(r.filename for r in lmc_archive.layers)
+    assert set(result.seconds) == {"query", "fetch", "cut", "combine", "write"}
+    # Progress: monotonic, ends at the total.
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and calls[-1][0] == calls[-1][1] == 1 + 20 + 1 + 1
+    with fits.open(result.paths["mosaics"][0]) as hdul:
+        assert hdul[0].header["NCOMBINE"] == 4
+
+
+def test_second_run_uses_the_cache(mast, cache, tmp_path):
+    cutout_mosaic(LMC, 10, filters=["f658n"], combine=False)
+    mast.reset_stats()
+    again = cutout_mosaic(LMC, 10, filters=["f658n"], combine=False)
+    assert again.stats.bytes == 0 and again.stats.requests == 4  # HEAD only
+    assert [r.method for r in mast.requests("download")] == ["HEAD"] * 4
+
+
+def test_selected_layers_only(mast, cache):
+    layers = query_layers(LMC, 10)
+    chosen = layers[layers["scale"] == "coarse"]
+    mast.reset_stats()
+    result = cutout_mosaic(LMC, 10, layers=chosen)
+    assert len(result.cutouts) == 4 and len(result.mosaics) == 1
+    assert not mast.requests("Mast.Caom.Filtered.Position")
+
+
+def test_cross_projection_cell_field(mast, cache, archives):
+    f = archives["twocells"].field
+    result = cutout_mosaic((f.ra, f.dec), 16)
+    methods = {m[0].header["FILENAME"]: m[0].header["COMBMETH"] for m in result.mosaics.values()}
+    assert methods == {
+        "hst_combined_skycells-ra182d2000-decn26d0000_acs_wfc_f814w.fits": "paste + reproject_interp",
+        "hst_combined_skycells-ra182d2000-decn26d0000_wfc3_ir_f160w_coarse.fits": "paste + reproject_interp",
+    }
+
+
+def test_layers_without_data_in_the_box_are_skipped(mast, cache, lmc_archive):
+    # 15.5" north of the centre: the exposure-level layer (observed radius 14.4") has nothing.
+    result = cutout_mosaic((84.9208, -69.1467 + 15.5 / 3600), 1.0, filters=["f814w"])
+    assert result.skipped and all("jbp505jg" in name for name in result.skipped)
+    assert all("jbp505jg" not in c[0].header["FILENAME"] for c in result.cutouts)
+
+
+def test_no_data(mast, cache, tmp_path):
+    with pytest.warns(NoMVMDataWarning):
+        result = cutout_mosaic((10.0, 10.0), 10, out_dir=tmp_path)
+    assert len(result.layers) == 0 and result.cutouts == [] and result.mosaics == {}
+
+
+@pytest.mark.parametrize(
+    "coord, size, error",
+    [((10.0, 91.0), 10, InvalidCoordinateError), (LMC, -1, InvalidSizeError), (LMC, 0, InvalidSizeError)],
+)
+def test_bad_input_is_refused_before_any_request(mast, coord, size, error):
+    with pytest.raises(error):
+        cutout_mosaic(coord, size)
+    assert mast.records == []
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 5, 22])
+def test_cancel_leaves_no_partial_files(mast, cache, tmp_path, stop_after):
+    calls = []
+
+    def cancel():
+        return len(calls) >= stop_after
+
+    out = tmp_path / "out"
+    with pytest.raises(Cancelled):
+        cutout_mosaic(LMC, 10, out_dir=out, progress=lambda *a: calls.append(a), cancel=cancel)
+    leftovers = list(out.glob("*")) if out.exists() else []
+    assert not [p for p in leftovers if p.suffix == ".part"]
+    assert not list(cache.glob("*.part")) if cache.exists() else True
+    for path in leftovers:  # whatever was written is complete
+        if path.suffix == ".fits":
+            with fits.open(path) as hdul:
+                assert np.isfinite(hdul["SCI"].data).all()
