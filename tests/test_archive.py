@@ -117,3 +117,13 @@ def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp
     assert "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits" in result.stdout
     assert len(mast.requests("Mast.Caom.Filtered.Position")) == 2
     assert len(mast.requests("Mast.Caom.Products")) == 1
+
+
+@pytest.mark.parametrize("field", ["lmc", "twocells", "polar", "ra0"])
+def test_every_overlapping_layer_is_found_in_every_field(mast, archives, field):
+    archive = archives[field]
+    centre = (archive.field.ra, archive.field.dec)
+    covering = {cell.name for cell in skycells_covering(centre, 16)}
+    expected = sorted(rec.filename for rec in archive.layers if rec.skycell in covering)
+    assert expected
+    assert list(query_layers(centre, 16)["productFilename"]) == expected

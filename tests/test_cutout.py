@@ -70,6 +70,15 @@ def test_sizes_are_ny_nx_never_transposed(lmc_archive, size, shape):
     assert cutout["SCI"].data.shape == cutout["WHT"].data.shape == shape
 
 
+@pytest.mark.parametrize("field", ["twocells", "polar", "ra0"])
+def test_cutout_pixels_are_exact_in_every_field(archives, field):
+    archive = archives[field]
+    coord = SkyCoord(archive.field.ra, archive.field.dec, unit="deg")  # ra0: the box crosses RA 0
+    for rec in archive.layers:
+        cutout = cut_layer(archive.directory / rec.filename, coord, 12)
+        assert _check_pixel_exact(cutout, archive.directory / rec.filename).mean() > 0.25
+
+
 def test_a_box_partly_off_the_layer_keeps_its_size(lmc_archive):
     path = _layer(lmc_archive)
     with fits.open(path) as layer:

@@ -1,0 +1,81 @@
+"""Whole-file downloads: cache, verification, atomic rename, refusal of hostile names."""
+
+import pytest
+
+from glue_mvmcut import ArchiveError, Cancelled, UnsafeNameError
+from glue_mvmcut.core.retrieve import TransferStats, cache_dir, download_layer, safe_filename
+
+NAME = "hst_skycell-p0081x14y14_wfc3_ir_f160w_coarse-all_drz.fits"
+URI = f"mast:HST/product/{NAME}"
+
+
+def test_download_verifies_and_caches(mast, cache, lmc_archive):
+    seen = []
+    stats = TransferStats()
+    path = download_layer(NAME, URI, progress=lambda *a: seen.append(a), stats=stats)
+    assert path == cache / NAME
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+    assert seen[-1] == (path.stat().st_size, path.stat().st_size, NAME)
+    assert (stats.bytes, stats.requests) == (path.stat().st_size, 2)
+    download_layer(NAME, URI, stats=stats)  # cached: HEAD only
+    assert (stats.bytes, stats.requests) == (path.stat().st_size, 3)
+    download_layer(NAME, URI, stats=stats, overwrite=True)
+    assert (stats.bytes, stats.requests) == (2 * path.stat().st_size, 5)
+
+
+def test_a_cached_file_of_the_wrong_size_is_fetched_again(mast, cache, lmc_archive):
+    (cache_dir() / NAME).write_bytes(b"stale")
+    path = download_layer(NAME, URI)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+
+
+def test_cache_directory_settings(tmp_path, monkeypatch):
+    from glue_mvmcut import conf
+
+    monkeypatch.delenv("MVMCUT_CACHE_DIR", raising=False)
+    with conf.set_temp("cache_dir", str(tmp_path / "configured")):
+        assert cache_dir() == tmp_path / "configured"
+        monkeypatch.setenv("MVMCUT_CACHE_DIR", str(tmp_path / "env"))
+        assert cache_dir() == tmp_path / "env"
+        assert cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
+
+
+def test_a_dropped_body_is_never_kept(mast, cache):
+    mast.faults.drop(after_bytes=100_000, count=1)
+    with pytest.raises(ArchiveError, match=rf"Downloading {NAME}: the transfer from MAST at .* failed"):
+        download_layer(NAME, URI)
+    assert list(cache.iterdir()) == []
+
+
+def test_server_errors_are_reported(mast, cache):
+    mast.faults.fail(503, count=1, scope="download")
+    with pytest.raises(ArchiveError, match=r"answered 503 Server Error"):
+        download_layer(NAME, URI)
+    with pytest.raises(ArchiveError, match=r"answered 404 Client Error"):
+        download_layer("hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
+                       "mast:HST/product/hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits")
+    assert list(cache.iterdir()) == []
+
+
+def test_cancel_mid_download_removes_the_partial_file(mast, cache):
+    with pytest.raises(Cancelled):
+        download_layer(NAME, URI, cancel=lambda: True)
+    assert list(cache.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../evil.fits", "/etc/passwd", "a/b.fits", "a\\b.fits", "..", ".", "", "bad\x00name.fits",
+     "line\nbreak.fits", "C:evil.fits", "~root.fits"],
+)
+def test_hostile_names_are_refused(name, cache):
+    with pytest.raises(UnsafeNameError, match="Refusing the product name"):
+        safe_filename(name)
+    with pytest.raises(UnsafeNameError):
+        download_layer(name, f"mast:HST/product/{name}")
+    assert list(cache.glob("**/*")) == []
+
+
+def test_a_uri_for_another_file_is_refused(cache):
+    with pytest.raises(UnsafeNameError, match="has a dataURI for another file"):
+        download_layer(NAME, "mast:HST/product/../../other.fits")
