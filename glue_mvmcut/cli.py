@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument(
         "--resample",
         choices=("interp", "exact"),
-        default="interp",
-        help="resampler for cutouts off the mosaic grid (default: interp)",
+        default="exact",
+        help="resampler for cutouts off the mosaic grid: flux-conserving exact (default) or faster bilinear interp",
     )
     cut.add_argument(
         "--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)"
@@ -122,7 +122,7 @@ def _run_cut(
     filters=None,
     combine=True,
     png=False,
-    resample="interp",
+    resample="exact",
     cache=None,
 ):
     from .core.pipeline import cutout_mosaic

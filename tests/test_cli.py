@@ -70,8 +70,24 @@ def test_unreachable_archive_is_an_error(capsys):
 
 def test_cut_writes_files_and_reports_json(mast, cache, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["cut", "84.9208", "-69.1467", "--size", "10", "--filters", "f160w", "--out", str(out),
-                 "--json", "--png"]) == 0
+    assert (
+        main(
+            [
+                "cut",
+                "84.9208",
+                "-69.1467",
+                "--size",
+                "10",
+                "--filters",
+                "f160w",
+                "--out",
+                str(out),
+                "--json",
+                "--png",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert [p.split("/")[-1] for p in report["mosaics"]] == [
         "hst_combined_skycells-ra84d9208-decs69d1467_wfc3_ir_f160w.fits",
@@ -84,8 +100,23 @@ def test_cut_writes_files_and_reports_json(mast, cache, tmp_path, capsys):
 
 
 def test_cut_without_combining(mast, cache, tmp_path, capsys):
-    assert main(["cut", "84.9208", "-69.1467", "--size", "5", "--filters", "f658n", "--out",
-                 str(tmp_path), "--no-combine"]) == 0
+    assert (
+        main(
+            [
+                "cut",
+                "84.9208",
+                "-69.1467",
+                "--size",
+                "5",
+                "--filters",
+                "f658n",
+                "--out",
+                str(tmp_path),
+                "--no-combine",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("4 layers, 4 cutouts, 0 mosaics;")
     assert not list(tmp_path.glob("hst_combined*"))

@@ -26,11 +26,13 @@ def test_the_four_functions_in_sequence(mast, cache, lmc_archive, tmp_path):
     assert mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers") == names
     assert mast.requests("download") == []
 
-    cutouts = make_the_cut([tmp_path / "layers" / n for n in names], "84.9208 -69.1467", [10, 20],
-                           output_dir=tmp_path / "cut")
+    cutouts = make_the_cut(
+        [tmp_path / "layers" / n for n in names], "84.9208 -69.1467", [10, 20], output_dir=tmp_path / "cut"
+    )
     assert sorted(cutouts) == sorted(
         f"hst_cutout_skycell-p0081x{cell}-ra84d9208-decs69d1467_wfc3_ir_f160w{suffix}.fits"
-        for cell in ("14y14", "14y15", "15y14", "15y15") for suffix in ("", "_coarse")
+        for cell in ("14y14", "14y15", "15y14", "15y15")
+        for suffix in ("", "_coarse")
     )
     with fits.open(tmp_path / "cut" / cutouts[0]) as hdul:
         assert hdul["SCI"].data.shape in ((250, 500), (83, 167))

@@ -24,8 +24,13 @@ def test_lmc_end_to_end(mast, cache, lmc_archive, tmp_path):
     assert len(result.layers) == 20 and len(result.cutouts) == 20 and result.skipped == []
     assert sorted(m[0].header["FILENAME"] for m in result.mosaics.values()) == [
         f"hst_combined_skycells-{TOKEN}_{band}.fits"
-        for band in ("acs_wfc_f658n", "acs_wfc_f814w", "acs_wfc_f814w_jbp505jg", "wfc3_ir_f160w",
-                     "wfc3_ir_f160w_coarse")
+        for band in (
+            "acs_wfc_f658n",
+            "acs_wfc_f814w",
+            "acs_wfc_f814w_jbp505jg",
+            "wfc3_ir_f160w",
+            "wfc3_ir_f160w_coarse",
+        )
     ]
     out = tmp_path / "out"
     assert [p.name for p in result.paths["query"]] == [f"mvm_query-{TOKEN}_15_cutout.ecsv"]
@@ -68,8 +73,8 @@ def test_cross_projection_cell_field(mast, cache, archives):
     result = cutout_mosaic((f.ra, f.dec), 16)
     methods = {m[0].header["FILENAME"]: m[0].header["COMBMETH"] for m in result.mosaics.values()}
     assert methods == {
-        "hst_combined_skycells-ra182d2000-decn26d0000_acs_wfc_f814w.fits": "paste + reproject_interp",
-        "hst_combined_skycells-ra182d2000-decn26d0000_wfc3_ir_f160w_coarse.fits": "paste + reproject_interp",
+        "hst_combined_skycells-ra182d2000-decn26d0000_acs_wfc_f814w.fits": "paste + reproject_exact",
+        "hst_combined_skycells-ra182d2000-decn26d0000_wfc3_ir_f160w_coarse.fits": "paste + reproject_exact",
     }
 
 

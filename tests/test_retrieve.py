@@ -52,8 +52,10 @@ def test_server_errors_are_reported(mast, cache):
     with pytest.raises(ArchiveError, match=r"answered 503 Server Error"):
         download_layer(NAME, URI)
     with pytest.raises(ArchiveError, match=r"answered 404 Client Error"):
-        download_layer("hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
-                       "mast:HST/product/hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits")
+        download_layer(
+            "hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
+            "mast:HST/product/hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
+        )
     assert list(cache.iterdir()) == []
 
 
@@ -65,8 +67,19 @@ def test_cancel_mid_download_removes_the_partial_file(mast, cache):
 
 @pytest.mark.parametrize(
     "name",
-    ["../evil.fits", "/etc/passwd", "a/b.fits", "a\\b.fits", "..", ".", "", "bad\x00name.fits",
-     "line\nbreak.fits", "C:evil.fits", "~root.fits"],
+    [
+        "../evil.fits",
+        "/etc/passwd",
+        "a/b.fits",
+        "a\\b.fits",
+        "..",
+        ".",
+        "",
+        "bad\x00name.fits",
+        "line\nbreak.fits",
+        "C:evil.fits",
+        "~root.fits",
+    ],
 )
 def test_hostile_names_are_refused(name, cache):
     with pytest.raises(UnsafeNameError, match="Refusing the product name"):

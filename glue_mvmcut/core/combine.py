@@ -85,16 +85,17 @@ def _paste(total: np.ndarray, weights: np.ndarray, sci, wht, offset) -> None:
     weights[y0:y1, x0:x1] += w
 
 
-def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "interp") -> fits.HDUList:
+def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> fits.HDUList:
     """Combine the cutouts of one band into a mosaic on the grid of the first cutout.
 
     Parameters
     ----------
     cutouts : sequence of `~astropy.io.fits.HDUList`
         Cutouts (PRIMARY, SCI, WHT) of one band, as `~glue_mvmcut.core.cutout.cut_layer` makes.
-    resample : {'interp', 'exact'}, optional
-        Resampler for inputs off the output grid: bilinear (`reproject.reproject_interp`) or
-        flux-conserving (`reproject.reproject_exact`).
+    resample : {'exact', 'interp'}, optional
+        Resampler for inputs off the output grid: flux-conserving pixel overlap
+        (`reproject.reproject_exact`, the default) or bilinear (`reproject.reproject_interp`,
+        about 6x faster).
 
     Returns
     -------
@@ -179,7 +180,7 @@ def _mosaic_hdul(cutouts, sci, wht, method: str) -> fits.HDUList:
     return hdul
 
 
-def combine_cutouts(cutouts: Sequence[fits.HDUList], *, resample: str = "interp") -> dict[Band, fits.HDUList]:
+def combine_cutouts(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> dict[Band, fits.HDUList]:
     """One mosaic per band: `group_by_band` then `combine_band` on each group.
 
     A band with a single cutout still yields a mosaic (a copy on its own grid).

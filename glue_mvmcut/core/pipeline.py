@@ -127,7 +127,7 @@ def cutout_mosaic(
     out_dir=None,
     combine: bool = True,
     cache=None,
-    resample: str = "interp",
+    resample: str = "exact",
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> CutoutResult:
@@ -150,8 +150,9 @@ def cutout_mosaic(
         Make mosaics (default True).
     cache : path-like, optional
         Download cache (default `~glue_mvmcut.core.retrieve.cache_dir`).
-    resample : {'interp', 'exact'}, optional
-        Resampler for cutouts that are not on the mosaic's pixel grid.
+    resample : {'exact', 'interp'}, optional
+        Resampler for cutouts that are not on the mosaic's pixel grid (default: flux-conserving
+        ``exact``; see `~glue_mvmcut.core.combine.combine_band`).
     progress : callable, optional
         ``progress(done, total, message)`` after each unit of work.
     cancel : callable, optional
