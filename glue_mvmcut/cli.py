@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resample",
         choices=("interp", "exact"),
         default="exact",
-        help="resampler for cutouts off the mosaic grid: flux-conserving exact (default) or faster bilinear interp",
+        help="resampler for cutouts off the mosaic grid: exact (flux-conserving, default) or interp (faster)",
     )
     cut.add_argument(
         "--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)"
