@@ -12,11 +12,21 @@ import tempfile
 import time
 from pathlib import Path
 
+from glue_mvmcut.core.skycells import SKYCELL_SIDE, SkyCell
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
 
-# One skycell (p1889x07y13 holds this disc whole), one band, 330" radius: ~16500 x 16500 px.
+# A 340" disc at the centre of skycell p1889x07y13 (439" half-side; neighbours reach 20" in):
+# one layer of ~17000 x 17000 px, 1.1 GiB per array.
+_MIDDLE = (SKYCELL_SIDE - 1) / 2
+_RA, _DEC = SkyCell.from_name("p1889x07y13").wcs().pixel_to_world_values(_MIDDLE, _MIDDLE)
 DEEP = Field(
-    "deep", 181.0, 26.5, radius=330.0, layers=(LayerSpec("acs", "wfc", "f814w"),), n_stars=3000, n_galaxies=60
+    "deep",
+    float(_RA),
+    float(_DEC),
+    radius=340.0,
+    layers=(LayerSpec("acs", "wfc", "f814w"),),
+    n_stars=3000,
+    n_galaxies=60,
 )
 
 
