@@ -29,7 +29,8 @@ from .core.combine import combine_cutouts
 from .core.coords import parse_coord, parse_size
 from .core.cutout import cut_layer
 from .core.pipeline import write_fits, write_query_table
-from .core.retrieve import download_layer, safe_filename
+from .core.products import safe_filename
+from .core.retrieve import download_layer
 
 __all__ = ["mvm_id_filenames", "mvm_retrieve_files", "make_the_cut", "mvm_combine"]
 

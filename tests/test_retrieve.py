@@ -3,7 +3,8 @@
 import pytest
 
 from glue_mvmcut import ArchiveError, Cancelled, UnsafeNameError
-from glue_mvmcut.core.retrieve import TransferStats, cache_dir, download_layer, safe_filename
+from glue_mvmcut.core.products import safe_filename
+from glue_mvmcut.core.retrieve import TransferStats, cache_dir, download_layer
 
 NAME = "hst_skycell-p0081x14y14_wfc3_ir_f160w_coarse-all_drz.fits"
 URI = f"mast:HST/product/{NAME}"

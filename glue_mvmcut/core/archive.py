@@ -21,8 +21,8 @@ from astroquery.mast import conf as mast_conf
 
 from .config import conf
 from .coords import box_radius, parse_coord, parse_size
-from .errors import ArchiveError, InvalidNameError, NoMVMDataWarning
-from .products import LayerName
+from .errors import ArchiveError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
+from .products import LayerName, safe_filename
 from .skycells import skycells_covering
 
 __all__ = [
@@ -89,8 +89,8 @@ class _TimeoutAdapter(requests.adapters.HTTPAdapter):
     total time spent polling ``EXECUTING`` replies.
     """
 
-    def __init__(self, timeout: float):
-        super().__init__()
+    def __init__(self, timeout: float, pool_size: int = 10):
+        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size)
         self.timeout = timeout
 
     def send(self, request, **kwargs):
@@ -103,11 +103,11 @@ def _timeout(timeout: float | None) -> float:
     return float(conf.timeout if timeout is None else timeout)
 
 
-def http_session(timeout: float | None = None) -> requests.Session:
+def http_session(timeout: float | None = None, pool_size: int = 10) -> requests.Session:
     """A requests session whose every request times out after ``timeout`` s (default
-    ``glue_mvmcut.conf.timeout``) of silence, for downloads and ranged reads."""
+    ``glue_mvmcut.conf.timeout``) of silence, keeping up to ``pool_size`` connections alive."""
     session = requests.Session()
-    adapter = _TimeoutAdapter(_timeout(timeout))
+    adapter = _TimeoutAdapter(_timeout(timeout), pool_size=pool_size)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -253,6 +253,11 @@ def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Ta
     seen = set()
     for product in products:
         filename = str(product["productFilename"])
+        try:
+            safe_filename(filename)
+        except UnsafeNameError as exc:
+            log.warning("%s", exc)
+            continue
         if filename in seen or not filename.startswith("hst_skycell"):
             continue
         try:

@@ -1,26 +1,36 @@
 """SCI + WHT cutouts of one MVM layer: exact pixel slices, never resampled.
 
-Cutting uses astropy's `~astropy.nddata.Cutout2D` on memory-mapped arrays, so only the rows and
-columns of the box are read. A box partly off the layer keeps its full size, padded with 0 (no
-data, as MVM layers mark it). The output keeps the layer's primary header (plus RA_OBJ, DEC_OBJ,
-ORIG_FLE, FILENAME) and its extension headers with CRPIX shifted, so the cutout's WCS is the
-layer's own.
+The layer may be a local file (memory-mapped, so only the box's rows are read) or the archive's
+file over HTTP (only the headers and the box's row spans are fetched, see
+`~glue_mvmcut.core.remote`). Both paths share one window computation — astropy's own
+``skycoord_to_pixel`` and ``overlap_slices``, exactly as `~astropy.nddata.Cutout2D` does — and one
+output builder, so they give identical cutouts. A box partly off the layer keeps its full size,
+padded with 0 (no data, as MVM layers mark it). The output keeps the layer's primary header (plus
+RA_OBJ, DEC_OBJ, ORIG_FLE, FILENAME) and its extension headers with CRPIX shifted, so the cutout's
+WCS is the layer's own.
 """
 
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import astropy.units as u
 import numpy as np
+import requests
 from astropy.io import fits
-from astropy.nddata import Cutout2D, NoOverlapError
+from astropy.nddata import NoOverlapError
+from astropy.nddata.utils import overlap_slices
 from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
 
+from .archive import file_url
 from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
+from .remote import RemoteFITS
+from .retrieve import TransferStats
 
 __all__ = ["cut_layer", "open_layer", "layer_name"]
 
@@ -29,24 +39,40 @@ log = logging.getLogger(__name__)
 _EXTENSIONS = ("SCI", "WHT")
 
 
-def layer_name(hdul: fits.HDUList, path: Path | None = None) -> LayerName:
+def layer_name(primary: fits.Header, filename: str | None = None) -> LayerName:
     """The MVM layer a file holds, from its file name or, failing that, its FILENAME keyword."""
-    candidates = [path.name] if path is not None else []
-    candidates.append(str(hdul[0].header.get("FILENAME", "")))
+    candidates = [filename] if filename else []
+    candidates.append(str(primary.get("FILENAME", "")))
     for candidate in candidates:
         try:
             return LayerName.parse(candidate)
         except InvalidNameError:
             continue
-    shown = path.name if path is not None else candidates[-1] or "this file"
+    shown = filename or candidates[-1] or "this file"
     raise NotMVMFileError(
         f"{shown} is not an MVM layer: neither its name nor its FILENAME keyword is an MVM layer "
         "name such as hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits."
     )
 
 
+def _check_extensions(name: str, headers: dict[str, fits.Header | None]) -> tuple[int, int]:
+    """Check SCI and WHT are 2-D images of one shape with a celestial WCS; return (ny, nx)."""
+    shapes = set()
+    for extname, header in headers.items():
+        if header is None:
+            raise NotMVMFileError(f"{name} is not an MVM layer: it has no {extname} extension.")
+        if header.get("NAXIS") != 2:
+            raise NotMVMFileError(f"{name}: the {extname} extension is not a 2-D image.")
+        shapes.add((header["NAXIS2"], header["NAXIS1"]))
+    if len(shapes) != 1:
+        raise NotMVMFileError(f"{name}: SCI and WHT have different shapes {sorted(shapes)}.")
+    if not _wcs(headers["SCI"]).has_celestial:
+        raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
+    return shapes.pop()
+
+
 def open_layer(source) -> tuple[fits.HDUList, LayerName]:
-    """Open an MVM layer file memory-mapped, after checking that it is one and is whole.
+    """Open a local MVM layer file memory-mapped, after checking that it is one and is whole.
 
     Raises
     ------
@@ -70,24 +96,13 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
         for warning in caught + more:  # astropy only warns when a file is cut short
             if "truncated" in str(warning.message):
                 raise NotMVMFileError(f"{path.name} is truncated ({warning.message}).")
-        name = layer_name(hdul, path)
+        name = layer_name(hdul[0].header, path.name)
+        _check_extensions(path.name, {ext: hdul[ext].header if ext in hdul else None for ext in _EXTENSIONS})
         size = path.stat().st_size
-        shapes = set()
         for extname in _EXTENSIONS:
-            if extname not in hdul:
-                raise NotMVMFileError(f"{path.name} is not an MVM layer: it has no {extname} extension.")
-            index = hdul.index_of(extname)
-            info = hdul.fileinfo(index)
+            info = hdul.fileinfo(hdul.index_of(extname))
             if info["datLoc"] + info["datSpan"] > size:
                 raise NotMVMFileError(f"{path.name} is truncated: its {extname} data ends past the file.")
-            header = hdul[index].header
-            if header.get("NAXIS") != 2:
-                raise NotMVMFileError(f"{path.name}: the {extname} extension is not a 2-D image.")
-            shapes.add((header["NAXIS2"], header["NAXIS1"]))
-        if len(shapes) != 1:
-            raise NotMVMFileError(f"{path.name}: SCI and WHT have different shapes {sorted(shapes)}.")
-        if not _wcs(hdul["SCI"].header).has_celestial:
-            raise NotMVMFileError(f"{path.name}: the SCI extension has no celestial WCS.")
     except (OSError, ValueError, TypeError) as exc:
         hdul.close()
         if isinstance(exc, NotMVMFileError):
@@ -105,16 +120,46 @@ def _wcs(header: fits.Header) -> WCS:
         return WCS(header)
 
 
-def _cut_header(header: fits.Header, cutout: Cutout2D, layer_file: str) -> fits.Header:
+@dataclass
+class _Window:
+    """Where the box falls: its shape and the matching slices of the layer and of the cutout."""
+
+    shape: tuple[int, int]
+    large: tuple[slice, slice]
+    small: tuple[slice, slice]
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(dx, dy): the layer pixel at the cutout's pixel (0, 0)."""
+        return (self.large[1].start - self.small[1].start, self.large[0].start - self.small[0].start)
+
+
+def _window(wcs: WCS, layer_shape, coord, size: u.Quantity, what: str) -> _Window:
+    """The box's window in the layer, computed exactly as `~astropy.nddata.Cutout2D` does."""
+    if size.unit == u.pix:
+        shape = tuple(int(np.round(v)) for v in size.value)
+    else:
+        scales = proj_plane_pixel_scales(wcs) * u.Unit(wcs.wcs.cunit[0])
+        shape = tuple(
+            int(np.round((side / scale).decompose())) for side, scale in zip(size, scales, strict=True)
+        )
+    x, y = skycoord_to_pixel(coord, wcs, mode="all")
+    try:
+        large, small = overlap_slices(layer_shape, shape, (float(y), float(x)), mode="partial")
+    except NoOverlapError:
+        raise OutsideFootprintError(
+            f"The {size[1]:g} x {size[0]:g} box at {coord.to_string('decimal', precision=6)} "
+            f"lies wholly outside {what}."
+        ) from None
+    return _Window(shape, large, small)
+
+
+def _cut_header(header: fits.Header, window: _Window, layer_file: str) -> fits.Header:
     """The layer's extension header for the cutout: new NAXIS, CRPIX shifted, provenance."""
     out = header.copy()
-    ny, nx = cutout.shape
+    ny, nx = window.shape
+    dx, dy = window.offset
     out["NAXIS1"], out["NAXIS2"] = nx, ny
-    # The cutout's pixel (0, 0) sits at this 0-based pixel of the layer.
-    dx, dy = (
-        cutout.origin_original[0] - cutout.origin_cutout[0],
-        cutout.origin_original[1] - cutout.origin_cutout[1],
-    )
     out["CRPIX1"] = header["CRPIX1"] - dx
     out["CRPIX2"] = header["CRPIX2"] - dy
     out["LTV1"] = (-float(dx), "offset of the layer's pixel grid in this cutout")
@@ -124,18 +169,36 @@ def _cut_header(header: fits.Header, cutout: Cutout2D, layer_file: str) -> fits.
     return out
 
 
-def cut_layer(source, coord, size) -> fits.HDUList:
-    """Cut SCI and WHT out of one MVM layer.
+def _is_remote(source) -> bool:
+    return isinstance(source, str) and source.startswith(("http://", "https://", "mast:"))
+
+
+def cut_layer(
+    source,
+    coord,
+    size,
+    *,
+    session: requests.Session | None = None,
+    stats: TransferStats | None = None,
+    cancel=None,
+) -> fits.HDUList:
+    """Cut SCI and WHT out of one MVM layer, from a local file or straight from the archive.
 
     Parameters
     ----------
-    source : path-like
-        A local MVM layer file.
+    source : path-like or str
+        A local MVM layer file, or the layer in the archive: its ``dataURI``
+        (``mast:HST/product/<file>``) or an http(s) URL. Remote layers are read with ``Range``
+        requests: only the headers and the rows of the box are transferred.
     coord : `~astropy.coordinates.SkyCoord` or anything `~glue_mvmcut.core.coords.parse_coord` reads
         Centre of the box.
     size : float, (ny, nx) pair, or `~astropy.units.Quantity`
         Plain numbers are arcsec; Quantities may be angular or in pixels (``u.pix``). Never
         transposed: the output shape is ``(ny, nx)``.
+    session, stats, cancel
+        For remote layers: the requests session to use, a
+        `~glue_mvmcut.core.retrieve.TransferStats` to count bytes and requests, and a cancel
+        callable checked between requests.
 
     Returns
     -------
@@ -149,37 +212,52 @@ def cut_layer(source, coord, size) -> fits.HDUList:
         If the box lies wholly outside the layer.
     NotMVMFileError
         If ``source`` is not a readable, complete MVM layer.
+    ArchiveError
+        If a remote layer cannot be read (`~glue_mvmcut.core.remote.RangeNotSupported` when the
+        server ignores ``Range``).
     """
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
+    if _is_remote(source):
+        primary, headers, layer, read = _remote_layer(source, session, stats, cancel)
+        return _cut(primary, headers, layer, read, coord, size)
     hdul, layer = open_layer(source)
     with hdul:
-        wcs = _wcs(hdul["SCI"].header).celestial
-        if size.unit == u.pix:
-            shape = tuple(int(round(v)) for v in size.value)
-        else:
-            shape = size
-        try:
-            cuts = {
-                ext: Cutout2D(
-                    hdul[ext].data, coord, shape, wcs=wcs, mode="partial", fill_value=0.0, copy=True
-                )
-                for ext in _EXTENSIONS
-            }
-        except NoOverlapError:
-            raise OutsideFootprintError(
-                f"The {size[1]:g} x {size[0]:g} box at {coord.to_string('decimal', precision=6)} "
-                f"lies wholly outside {layer.filename}."
-            ) from None
-        primary = hdul[0].header.copy()
-        name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
-        primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")
-        primary["DEC_OBJ"] = (coord.dec.deg, "[deg] declination of the cutout centre")
-        primary["ORIG_FLE"] = layer.filename
-        primary["FILENAME"] = name
-        out = fits.HDUList([fits.PrimaryHDU(header=primary)])
-        for ext, cut in cuts.items():
-            data = np.asarray(cut.data, dtype=np.float32)
-            out.append(fits.ImageHDU(data=data, header=_cut_header(hdul[ext].header, cut, layer.filename)))
-    log.debug("Cut %s: %s px", name, cuts["SCI"].shape)
+        headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
+        return _cut(
+            hdul[0].header, headers, layer, lambda windows: [hdul[e].data[w] for e, w in windows], coord, size
+        )
+
+
+def _remote_layer(source: str, session, stats, cancel):
+    url = file_url(source) if source.startswith("mast:") else source
+    remote = RemoteFITS(url, session=session, stats=stats, cancel=cancel)
+    hdus = remote.hdus(_EXTENSIONS)
+    headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
+    layer = layer_name(hdus["PRIMARY"].header, remote.name)
+
+    def read(windows):
+        return remote.read_windows([(hdus[ext], rows, cols) for ext, (rows, cols) in windows])
+
+    return hdus["PRIMARY"].header, headers, layer, read
+
+
+def _cut(primary_header, headers, layer: LayerName, read, coord, size) -> fits.HDUList:
+    """Shared by local and remote layers: check, find the window, read it, build the HDUList."""
+    shape = _check_extensions(layer.filename, headers)
+    wcs = _wcs(headers["SCI"]).celestial
+    window = _window(wcs, shape, coord, size, layer.filename)
+    pieces = read([(ext, window.large) for ext in _EXTENSIONS])
+    primary = primary_header.copy()
+    name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
+    primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")
+    primary["DEC_OBJ"] = (coord.dec.deg, "[deg] declination of the cutout centre")
+    primary["ORIG_FLE"] = layer.filename
+    primary["FILENAME"] = name
+    out = fits.HDUList([fits.PrimaryHDU(header=primary)])
+    for ext, piece in zip(_EXTENSIONS, pieces, strict=True):
+        data = np.zeros(window.shape, np.float32)
+        data[window.small] = piece
+        out.append(fits.ImageHDU(data=data, header=_cut_header(headers[ext], window, layer.filename)))
+    log.debug("Cut %s: %s px", name, window.shape)
     return out

@@ -24,8 +24,8 @@ from .combine import combine_cutouts
 from .coords import box_radius, parse_coord, parse_size
 from .cutout import cut_layer
 from .errors import Cancelled, OutsideFootprintError
-from .products import Band, QueryName
-from .retrieve import TransferStats, download_layer, safe_filename
+from .products import Band, QueryName, safe_filename
+from .retrieve import TransferStats, download_layer
 
 __all__ = ["CutoutResult", "cutout_mosaic", "write_fits", "write_query_table"]
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, fields
 from decimal import ROUND_DOWN, Decimal
 
-from .errors import InvalidCoordinateError, InvalidNameError
+from .errors import InvalidCoordinateError, InvalidNameError, UnsafeNameError
 from .skycells import SCALES, SkyCell
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "coord_token",
     "parse_coord_token",
     "parse_product_name",
+    "safe_filename",
 ]
 
 _WORD = r"[a-z0-9]+"
@@ -39,6 +40,7 @@ _SKYCELL = r"p\d{4}x\d{2}y\d{2}"
 _COORD = r"ra\d{1,3}d\d{4}-dec[ns]\d{1,2}d\d{4}"
 _COORD_PARTS = re.compile(r"^ra(\d{1,3})d(\d{4})-dec([ns])(\d{1,2})d(\d{4})$")
 _STEP = Decimal("0.0001")
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 
 def _truncate(value: float) -> tuple[int, int]:
@@ -305,3 +307,17 @@ def parse_product_name(name: str) -> LayerName | CutoutName | CombinedName:
         except InvalidNameError:
             continue
     raise InvalidNameError(f"{name!r} is not an MVM layer, cutout or combined-mosaic file name.")
+
+
+def safe_filename(name: str) -> str:
+    """Return ``name`` if it is a bare, harmless file name; raise `UnsafeNameError` otherwise.
+
+    Refused: path separators, ``.``/``..``, absolute paths, drive letters, control characters,
+    empty names.
+    """
+    text = str(name)
+    if not text or text in (".", "..") or _UNSAFE.search(text) or ":" in text or text.startswith("~"):
+        raise UnsafeNameError(
+            f"Refusing the product name {text!r} from the archive: it is not a plain file name."
+        )
+    return text

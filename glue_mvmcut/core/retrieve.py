@@ -7,7 +7,6 @@ untrusted: anything that is not a bare MVM layer file name is refused before a b
 
 import logging
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ from astropy.config import get_cache_dir_path
 from .archive import archive_errors, file_url, http_session
 from .config import conf
 from .errors import ArchiveError, Cancelled, UnsafeNameError
+from .products import safe_filename
 
-__all__ = ["TransferStats", "cache_dir", "safe_filename", "download_layer"]
+__all__ = ["TransferStats", "cache_dir", "download_layer"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
 Progress = Callable[[int, int, str], None]
 
@@ -43,20 +42,6 @@ def cache_dir(directory=None) -> Path:
     path = Path(chosen) if chosen else get_cache_dir_path() / "glue_mvmcut"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def safe_filename(name: str) -> str:
-    """Return ``name`` if it is a bare, harmless file name; raise `UnsafeNameError` otherwise.
-
-    Refused: path separators, ``.``/``..``, absolute paths, drive letters, control characters,
-    empty names.
-    """
-    text = str(name)
-    if not text or text in (".", "..") or _UNSAFE.search(text) or ":" in text or text.startswith("~"):
-        raise UnsafeNameError(
-            f"Refusing the product name {text!r} from the archive: it is not a plain file name."
-        )
-    return text
 
 
 def download_layer(

@@ -6,7 +6,8 @@ It answers what ``astroquery.mast.Observations`` sends (DESIGN.md §3):
 - ``POST /api/v0/invoke`` with ``Mast.Caom.Filtered.Position`` / ``Mast.Caom.Filtered``
   (filters with wildcards, ``COUNT_BIG(*)``, a real cone-versus-footprint test) and
   ``Mast.Caom.Products`` (with previews, trailers and single-visit products as decoys),
-- ``HEAD``/``GET /api/v0.1/Download/file?uri=mast:HST/product/<file>`` with ``Range`` (206).
+- ``HEAD``/``GET /api/v0.1/Download/file?uri=mast:HST/product/<file>`` with ``Range`` (206;
+  several ranges give a ``multipart/byteranges`` reply, as real HTTP servers send).
 
 It counts requests and bytes, and injects faults on demand (`Faults`). Use it as a context
 manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR --port N``.
@@ -18,8 +19,10 @@ import json
 import math
 import re
 import socket
+import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -125,7 +128,11 @@ class Faults:
     """Fault switches. Each counted fault applies to the next ``count`` matching requests.
 
     ``scope`` is ``"download"`` (HEAD/GET of files), ``"query"`` (invoke and columnsconfig)
-    or ``"any"``.
+    or ``"any"``. Plain switches: ``latency`` (seconds added to every request),
+    ``range_supported`` (False: answer Range requests with the whole file, 200),
+    ``multirange_supported`` (False: honour only the first range of a multi-range request),
+    ``executing`` (number of ``EXECUTING`` replies owed before answering queries),
+    ``hostile_names`` (True: list skycell products under names that try to leave a folder).
     """
 
     def __init__(self):
@@ -138,7 +145,9 @@ class Faults:
             self._pending: list[dict] = []
             self.latency = 0.0
             self.range_supported = True
+            self.multirange_supported = True
             self.executing = 0
+            self.hostile_names = False
 
     def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
         """Answer the next ``count`` requests with HTTP ``status``."""
@@ -317,6 +326,21 @@ class _Catalogue:
                 if _cone_hits_polygon(ra, dec, radius, self._regions[obs["obsid"]])
             ]
         return rows
+
+
+_HOSTILE_PATTERNS = ("../../{}", "/tmp/{}", "{}\n.fits", "sub\\..\\..\\{}")
+
+
+def _hostile(rows: list[dict]) -> list[dict]:
+    """Products whose skycell layer names try to climb out of the download folder."""
+    out = []
+    for i, row in enumerate(rows):
+        name = row["productFilename"]
+        if name.startswith("hst_skycell") and name.endswith(".fits"):
+            bad = _HOSTILE_PATTERNS[i % len(_HOSTILE_PATTERNS)].format(name)
+            row = dict(row, productFilename=bad, dataURI=URI_PREFIX + bad)
+        out.append(row)
+    return out
 
 
 def _parse_region(region: str) -> np.ndarray:
@@ -498,6 +522,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif service == "Mast.Caom.Products":
             wanted = [v.strip() for v in str(params.get("obsid", "")).split(",") if v.strip()]
             rows = [p for obsid in wanted for p in catalogue.products.get(obsid, [])]
+            if self.server.owner.faults.hostile_names:
+                rows = _hostile(rows)
             reply = _table_reply(_PRODUCT_COLUMNS, rows, page, pagesize)
         else:
             reply = {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
@@ -523,84 +549,119 @@ class _Handler(BaseHTTPRequestHandler):
         if path is None:
             self._send_bytes(404, json.dumps({"status": "ERROR", "msg": f"{uri} not found"}).encode())
             return
+        faults = self.server.owner.faults
         size = path.stat().st_size
-        start, end, status = 0, size - 1, 200
         byte_range = self.headers.get("Range")
-        if byte_range and self.server.owner.faults.range_supported:
-            span = _parse_range(byte_range, size)
-            if span is None:
+        spans = [(0, size - 1)]
+        if byte_range and faults.range_supported:
+            spans = _parse_ranges(byte_range, size)
+            if not spans:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
                 self._record("download", 416, 0, byte_range)
                 return
-            start, end, status = span[0], span[1], 206
-        length = end - start + 1
+            if not faults.multirange_supported:
+                spans = spans[:1]  # like servers that honour only the first range
+        status = 206 if byte_range and faults.range_supported else 200
+        # The body as segments: literal bytes (multipart framing) or (offset, length) of the file.
+        if len(spans) == 1:
+            segments = [(spans[0][0], spans[0][1] - spans[0][0] + 1)]
+            content_type = "application/octet-stream"
+        else:
+            boundary = f"mvmcut{uuid.uuid4().hex}"
+            content_type = f"multipart/byteranges; boundary={boundary}"
+            segments = []
+            for start, end in spans:
+                head = (
+                    f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+                    f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n"
+                )
+                segments += [head.encode(), (start, end - start + 1)]
+            segments.append(f"\r\n--{boundary}--\r\n".encode())
+        length = sum(len(s) if isinstance(s, bytes) else s[1] for s in segments)
         self.send_response(status)
-        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
         self.send_header("Content-Disposition", f'attachment; filename="{name}"')
         self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
-        if self.server.owner.faults.range_supported:
+        if faults.range_supported:
             self.send_header("Accept-Ranges", "bytes")
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        if status == 206 and len(spans) == 1:
+            self.send_header("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}")
         self.end_headers()
-        sent = 0
-        if self.command == "GET":
-            sent = self._stream(path, start, length, mid_body)
+        sent = self._stream(path, segments, mid_body) if self.command == "GET" else 0
         self._record("download", status, sent, byte_range)
 
-    def _stream(self, path: Path, start: int, length: int, fault: dict | None) -> int:
-        sent = 0
+    def _stream(self, path: Path, segments: list, fault: dict | None) -> int:
+        """Send the body; a drop fault closes the connection after its byte count, a stall fault
+        pauses there."""
         limit = fault["after_bytes"] if fault else None
+        sent = 0
         with open(path, "rb") as fh:
-            fh.seek(start)
-            while sent < length:
-                want = min(_CHUNK, length - sent)
-                if limit is not None:
-                    want = min(want, max(0, limit - sent))
-                if want == 0:
-                    break
-                block = fh.read(want)
-                self.wfile.write(block)
-                sent += len(block)
-        if fault and fault["kind"] == "stall":
-            self.wfile.flush()
-            time.sleep(fault["seconds"])
-            with open(path, "rb") as fh:
-                fh.seek(start + sent)
-                while sent < length:
-                    block = fh.read(min(_CHUNK, length - sent))
-                    self.wfile.write(block)
-                    sent += len(block)
-        elif fault and fault["kind"] == "drop":
-            self.wfile.flush()
-            self.close_connection = True
-            self.connection.shutdown(socket.SHUT_RDWR)
+            for segment in segments:
+                if isinstance(segment, bytes):
+                    pieces = [segment]
+                else:
+                    fh.seek(segment[0])
+                    pieces = _file_pieces(fh, segment[1])
+                for piece in pieces:
+                    if limit is not None and sent + len(piece) >= limit:
+                        head = limit - sent
+                        self.wfile.write(piece[:head])
+                        sent += head
+                        self.wfile.flush()
+                        if fault["kind"] == "drop":
+                            self.close_connection = True
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                            return sent
+                        time.sleep(fault["seconds"])
+                        limit = None
+                        piece = piece[head:]
+                    self.wfile.write(piece)
+                    sent += len(piece)
         return sent
 
 
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    """First span of a ``bytes=`` Range header as (start, end) inclusive, or None if unsatisfiable."""
-    match = re.fullmatch(r"bytes=(\d*)-(\d*)(?:,.*)?", header.strip())
-    if match is None or match.groups() == ("", ""):
-        return None
-    first, last = match.groups()
-    if first == "":
-        start, end = max(0, size - int(last)), size - 1
-    else:
-        start = int(first)
-        end = min(size - 1, int(last)) if last else size - 1
-    if start >= size or start > end:
-        return None
-    return start, end
+def _file_pieces(fh, length: int):
+    while length > 0:
+        block = fh.read(min(_CHUNK, length))
+        if not block:
+            return
+        length -= len(block)
+        yield block
+
+
+def _parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
+    """Satisfiable spans of a ``bytes=`` Range header as inclusive (start, end) pairs."""
+    if not header.strip().startswith("bytes="):
+        return []
+    spans = []
+    for part in header.strip()[len("bytes=") :].split(","):
+        match = re.fullmatch(r"\s*(\d*)-(\d*)\s*", part)
+        if match is None or match.groups() == ("", ""):
+            continue
+        first, last = match.groups()
+        if first == "":
+            start, end = max(0, size - int(last)), size - 1
+        else:
+            start = int(first)
+            end = min(size - 1, int(last)) if last else size - 1
+        if start < size and start <= end:
+            spans.append((start, end))
+    return spans
 
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     owner: "MastServer"
+
+    def handle_error(self, request, client_address):
+        # A client hanging up mid-body (as one must on a 200 reply to a Range request) is normal.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class MastServer:
