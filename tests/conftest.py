@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from glue_mvmcut import conf
 from glue_mvmcut.core.archive import using_server
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
@@ -25,6 +26,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "remote_data" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_retries():
+    """Retries as in production, but with 10 ms backoff so fault tests stay quick."""
+    with conf.set_temp("backoff", 0.01):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def test_non_mvm_files_are_refused(tmp_path, lmc_archive):
         cut_layer(plain, LMC, 10)
     text = tmp_path / "notes.fits"
     text.write_text("hello")
-    with pytest.raises(NotMVMFileError, match=r"notes.fits is not a readable FITS file"):
+    with pytest.raises(NotMVMFileError, match=r"notes.fits is not a readable, complete FITS file"):
         cut_layer(text, LMC, 10)
     no_wht = tmp_path / F814W
     with fits.open(_layer(lmc_archive)) as layer:

@@ -41,23 +41,65 @@ def test_cache_directory_settings(tmp_path, monkeypatch):
         assert cache_dir(tmp_path / "explicit") == tmp_path / "explicit"
 
 
-def test_a_dropped_body_is_never_kept(mast, cache):
+def test_a_dropped_body_resumes_where_it_stopped(mast, cache, lmc_archive):
+    size = lmc_archive.layer(NAME).size
+    mast.faults.drop(after_bytes=100_000, count=2)
+    stats = TransferStats()
+    path = download_layer(NAME, URI, stats=stats)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+    gets = [r for r in mast.requests("download") if r.method == "GET"]
+    # Each break loses the chunk being read (64 KiB blocks); the rest is never fetched twice.
+    assert [r.range for r in gets] == [None, "bytes=65536-", "bytes=131072-"]
+    assert stats.bytes == size
+    assert sum(r.bytes_sent for r in gets) == size + 2 * (100_000 - 65_536)
+
+
+def test_without_range_a_broken_download_starts_again(mast, cache, lmc_archive):
+    size = lmc_archive.layer(NAME).size
+    mast.faults.range_supported = False
     mast.faults.drop(after_bytes=100_000, count=1)
-    with pytest.raises(ArchiveError, match=rf"Downloading {NAME}: the transfer from MAST at .* failed"):
+    stats = TransferStats()
+    path = download_layer(NAME, URI, stats=stats)
+    assert path.stat().st_size == size
+    gets = [r for r in mast.requests("download") if r.method == "GET"]
+    # It asks to resume; the server answers 200 with the whole file, which replaces the part.
+    assert [(r.range, r.status) for r in gets] == [(None, 200), ("bytes=65536-", 200)]
+    assert mast.bytes_sent == size + 100_000
+
+
+def test_a_transfer_that_keeps_breaking_is_given_up_and_not_kept(mast, cache):
+    mast.faults.drop(after_bytes=50_000, count=20)
+    with pytest.raises(ArchiveError, match=rf"Downloading {NAME}: the transfer broke off 5 times"):
         download_layer(NAME, URI)
     assert list(cache.iterdir()) == []
 
 
-def test_server_errors_are_reported(mast, cache):
-    mast.faults.fail(503, count=1, scope="download")
+def test_server_error_bursts_are_retried(mast, cache, lmc_archive):
+    mast.faults.fail(503, count=3, scope="download")
+    assert download_layer(NAME, URI).stat().st_size == lmc_archive.layer(NAME).size
+    assert [r.status for r in mast.requests("download")][:3] == [503, 503, 503]
+
+
+def test_persistent_server_errors_are_reported(mast, cache):
+    mast.faults.fail(503, count=50, scope="download")
     with pytest.raises(ArchiveError, match=r"answered 503 Server Error"):
         download_layer(NAME, URI)
+    mast.faults.reset()
     with pytest.raises(ArchiveError, match=r"answered 404 Client Error"):
         download_layer(
             "hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
             "mast:HST/product/hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
         )
     assert list(cache.iterdir()) == []
+
+
+def test_a_stalled_download_times_out_then_resumes(mast, cache, lmc_archive):
+    from glue_mvmcut import conf
+
+    mast.faults.stall(2.0, scope="download", after_bytes=70_000, count=1)
+    with conf.set_temp("timeout", 0.3):
+        path = download_layer(NAME, URI)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
 
 
 def test_cancel_mid_download_removes_the_partial_file(mast, cache):

@@ -14,10 +14,12 @@ from urllib.parse import quote
 
 import numpy as np
 import requests
+import urllib3
 from astropy.table import Table, vstack
 from astroquery.exceptions import NoResultsWarning, RemoteServiceError
 from astroquery.mast import ObservationsClass
 from astroquery.mast import conf as mast_conf
+from urllib3.util.retry import Retry
 
 from .config import conf
 from .coords import box_radius, parse_coord, parse_size
@@ -82,15 +84,23 @@ def file_url(data_uri: str) -> str:
 
 
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    """Gives every request a (connect, read) timeout.
+    """Gives every request a timeout and retries (urllib3 ``Retry``) with backoff.
 
     astroquery 0.4.11 passes ``timeout=None`` to requests for portal queries and downloads, so a
     server that stops answering hangs the caller forever; its ``conf.timeout`` only bounds the
-    total time spent polling ``EXECUTING`` replies.
+    total time spent polling ``EXECUTING`` replies. Retries cover HTTP 5xx and connections that
+    fail before a reply; a body cut off mid-transfer is retried by the callers that stream it.
     """
 
     def __init__(self, timeout: float, pool_size: int = 10):
-        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size)
+        retry = Retry(
+            total=int(conf.retries),
+            backoff_factor=float(conf.backoff) / 2,  # urllib3 waits 0, 2f, 4f, ...
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=frozenset({"GET", "HEAD", "POST"}),
+            raise_on_status=False,
+        )
+        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=retry)
         self.timeout = timeout
 
     def send(self, request, **kwargs):
@@ -133,10 +143,20 @@ def observations(timeout: float | None = None) -> ObservationsClass:
     for attribute, path in _PORTAL_PATHS.items():
         setattr(portal, attribute, base + path)
     portal._column_configs = {}
+    portal.TIMEOUT = float(conf.query_timeout)  # bounds astroquery's EXECUTING polling loop
     adapter = _TimeoutAdapter(_timeout(timeout))
     client._session.mount("http://", adapter)
     client._session.mount("https://", adapter)
     return client
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a requests error is, underneath urllib3's retry wrapping, a timeout."""
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # MaxRetryError -> the last error
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
+        return False
+    return isinstance(exc, requests.exceptions.Timeout) or isinstance(reason, urllib3.exceptions.TimeoutError)
 
 
 @contextmanager
@@ -144,21 +164,31 @@ def archive_errors(what: str):
     """Turn transport and protocol failures into `ArchiveError` naming the server."""
     try:
         yield
+    except requests.exceptions.ConnectionError as exc:
+        if not _timed_out(exc):
+            raise ArchiveError(
+                f"{what}: cannot reach MAST at {server_url()} ({exc.__class__.__name__}). "
+                "Check the network and the [mast] server setting in astroquery.cfg."
+            ) from exc
+        raise ArchiveError(
+            f"{what}: MAST at {server_url()} did not answer within {conf.timeout} s. "
+            "Try again later, or raise glue_mvmcut.conf.timeout."
+        ) from exc
     except requests.exceptions.Timeout as exc:
         raise ArchiveError(
             f"{what}: MAST at {server_url()} did not answer within {conf.timeout} s. "
             "Try again later, or raise glue_mvmcut.conf.timeout."
         ) from exc
-    except requests.exceptions.ConnectionError as exc:
-        raise ArchiveError(
-            f"{what}: cannot reach MAST at {server_url()} ({exc.__class__.__name__}). "
-            "Check the network and the [mast] server setting in astroquery.cfg."
-        ) from exc
     except requests.exceptions.HTTPError as exc:
         raise ArchiveError(f"{what}: MAST at {server_url()} answered {exc}.") from exc
     except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
         raise ArchiveError(f"{what}: the transfer from MAST at {server_url()} failed ({exc}).") from exc
-    except (RemoteServiceError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        raise ArchiveError(
+            f"{what}: MAST at {server_url()} was still working on the query after "
+            f"{conf.query_timeout} s. Try again later, or raise glue_mvmcut.conf.query_timeout."
+        ) from exc
+    except RemoteServiceError as exc:
         raise ArchiveError(f"{what}: MAST at {server_url()} reported an error: {exc}") from exc
     except (ValueError, KeyError) as exc:  # a body that is not the JSON astroquery expects
         raise ArchiveError(f"{what}: MAST at {server_url()} sent an unreadable reply ({exc}).") from exc

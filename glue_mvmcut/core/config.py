@@ -18,6 +18,22 @@ class Conf(_config.ConfigNamespace):
         "Seconds to wait for the archive to accept a connection or to send the next bytes.",
         module="glue_mvmcut",
     )
+    retries = _config.ConfigItem(
+        4,
+        "How many times a request that failed with HTTP 5xx or a broken connection is tried again "
+        "(with exponential backoff); broken downloads resume where they stopped.",
+        module="glue_mvmcut",
+    )
+    backoff = _config.ConfigItem(
+        0.5,
+        "Seconds before the second retry; each further retry waits twice as long.",
+        module="glue_mvmcut",
+    )
+    query_timeout = _config.ConfigItem(
+        300.0,
+        "Seconds to keep polling a MAST query that answers EXECUTING before giving up.",
+        module="glue_mvmcut",
+    )
     cache_dir = _config.ConfigItem(
         "",
         "Directory for whole-file downloads. Empty means <astropy cache dir>/glue_mvmcut; "

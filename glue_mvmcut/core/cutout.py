@@ -21,7 +21,6 @@ import requests
 from astropy.io import fits
 from astropy.nddata import NoOverlapError
 from astropy.nddata.utils import overlap_slices
-from astropy.utils.exceptions import AstropyWarning
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
 
@@ -30,7 +29,7 @@ from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
 from .remote import RemoteFITS
-from .retrieve import TransferStats
+from .retrieve import TransferStats, fits_problem
 
 __all__ = ["cut_layer", "open_layer", "layer_name"]
 
@@ -81,33 +80,15 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
         celestial WCS, or its name is not an MVM layer name.
     """
     path = Path(source)
+    if not path.is_file():
+        raise NotMVMFileError(f"{path} does not exist.")
+    problem = fits_problem(path)
+    if problem:
+        raise NotMVMFileError(f"{path.name} is not a readable, complete FITS file ({problem}).")
+    hdul = fits.open(path, memmap=True)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", AstropyWarning)
-            hdul = fits.open(path, memmap=True)
-    except FileNotFoundError:
-        raise NotMVMFileError(f"{path} does not exist.") from None
-    except (OSError, ValueError, TypeError) as exc:
-        raise NotMVMFileError(f"{path.name} is not a readable FITS file ({exc}).") from exc
-    try:
-        with warnings.catch_warnings(record=True) as more:
-            warnings.simplefilter("always", AstropyWarning)
-            hdul.readall()
-        for warning in caught + more:  # astropy only warns when a file is cut short
-            if "truncated" in str(warning.message):
-                raise NotMVMFileError(f"{path.name} is truncated ({warning.message}).")
         name = layer_name(hdul[0].header, path.name)
         _check_extensions(path.name, {ext: hdul[ext].header if ext in hdul else None for ext in _EXTENSIONS})
-        size = path.stat().st_size
-        for extname in _EXTENSIONS:
-            info = hdul.fileinfo(hdul.index_of(extname))
-            if info["datLoc"] + info["datSpan"] > size:
-                raise NotMVMFileError(f"{path.name} is truncated: its {extname} data ends past the file.")
-    except (OSError, ValueError, TypeError) as exc:
-        hdul.close()
-        if isinstance(exc, NotMVMFileError):
-            raise
-        raise NotMVMFileError(f"{path.name} is not a readable FITS file ({exc}).") from exc
     except BaseException:
         hdul.close()
         raise

@@ -18,6 +18,7 @@ import bisect
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from astropy.io import fits
 from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
 from .archive import archive_errors, http_session
+from .config import conf
 from .errors import ArchiveError, Cancelled, NotMVMFileError
-from .retrieve import TransferStats
+from .retrieve import BROKEN_TRANSFER, TransferStats
 
 __all__ = ["RangeNotSupported", "HDUInfo", "RemoteFITS"]
 
@@ -116,23 +118,43 @@ class RemoteFITS:
 
     # -- transport -----------------------------------------------------------------------------
     def _request(self, spans: list[tuple[int, int]]) -> dict[int, bytes]:
-        """One GET for ``spans`` (start, stop) → {start: bytes} for the spans the reply covers."""
+        """One GET for ``spans`` (start, stop) → {start: bytes} for the spans the reply covers.
+
+        A reply cut off mid-body is asked for again, up to ``conf.retries`` times with backoff
+        (HTTP 5xx and failed connections are retried by the session itself).
+        """
+        failures = 0
+        while True:
+            try:
+                return self._request_once(spans)
+            except BROKEN_TRANSFER as exc:
+                failures += 1
+                if failures > int(conf.retries):
+                    with archive_errors(f"Reading {self.name}"):
+                        raise
+                wait = float(conf.backoff) * 2 ** (failures - 1)
+                log.info("Reading %s broke off (%s); trying again in %.1f s.", self.name, exc, wait)
+                time.sleep(wait)
+            except requests.exceptions.RequestException:
+                with archive_errors(f"Reading {self.name}"):
+                    raise
+
+    def _request_once(self, spans: list[tuple[int, int]]) -> dict[int, bytes]:
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"Reading {self.name} cancelled.")
         header = "bytes=" + ",".join(f"{start}-{stop - 1}" for start, stop in spans)
-        with archive_errors(f"Reading {self.name}"):
-            with self.session.get(self.url, headers={"Range": header}, stream=True) as response:
-                with self._lock:
-                    self.stats.requests += 1
-                if response.status_code == 200:
-                    raise RangeNotSupported(
-                        f"Reading {self.name}: MAST at {self.url.split('/api')[0]} ignores Range requests."
-                    )
-                response.raise_for_status()
-                content_type = response.headers.get("Content-Type", "")
-                if response.status_code != 206:
-                    raise ArchiveError(f"Reading {self.name}: unexpected HTTP {response.status_code}.")
-                body = response.content
+        with self.session.get(self.url, headers={"Range": header}, stream=True) as response:
+            with self._lock:
+                self.stats.requests += 1
+            if response.status_code == 200:
+                raise RangeNotSupported(
+                    f"Reading {self.name}: MAST at {self.url.split('/api')[0]} ignores Range requests."
+                )
+            response.raise_for_status()
+            content_type = response.headers.get("Content-Type", "")
+            if response.status_code != 206:
+                raise ArchiveError(f"Reading {self.name}: unexpected HTTP {response.status_code}.")
+            body = response.content
         with self._lock:
             self.stats.bytes += len(body)
         if content_type.startswith("multipart/byteranges"):

@@ -1,28 +1,35 @@
 """Getting bytes from the archive: whole-file downloads into a cache, verified before use.
 
-A download goes to ``<name>.part`` and is renamed to its real name only once its size equals the
-server's, so a file under its final name is always complete. Product names from the server are
+A download goes to ``<name>.part``, resumes with ``Range`` where a broken transfer stopped, and is
+renamed to its real name only once its size equals the server's and its FITS structure is whole,
+so a file under its final name is always complete. Product names from the server are
 untrusted: anything that is not a bare MVM layer file name is refused before a byte is written.
 """
 
 import logging
 import os
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
 from astropy.config import get_cache_dir_path
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
 
 from .archive import archive_errors, file_url, http_session
 from .config import conf
 from .errors import ArchiveError, Cancelled, UnsafeNameError
 from .products import safe_filename
 
-__all__ = ["TransferStats", "cache_dir", "download_layer"]
+__all__ = ["TransferStats", "cache_dir", "download_layer", "fits_problem"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
+# Small enough that a broken transfer loses little: urllib3 drops a partly read chunk.
+_CHUNK = 64 * 1024
 
 Progress = Callable[[int, int, str], None]
 
@@ -101,25 +108,81 @@ def download_layer(
             log.info("%s is already in the cache (%d bytes).", name, expected)
             return target
         try:
-            done = 0
-            with session.get(url, stream=True) as response, open(partial, "wb") as out:
-                stats.requests += 1
-                response.raise_for_status()
-                for block in response.iter_content(_CHUNK):
-                    out.write(block)
-                    done += len(block)
-                    stats.bytes += len(block)
-                    if progress:
-                        progress(done, expected, name)
-                    if cancel and cancel():
-                        raise Cancelled(f"Download of {name} cancelled.")
-            if done != expected:
+            _fetch(session, url, partial, expected, name, progress, cancel, stats)
+            problem = fits_problem(partial)
+            if problem:
                 raise ArchiveError(
-                    f"Downloading {name}: got {done} bytes where MAST announced {expected}; "
-                    "the file was not kept."
+                    f"Downloading {name}: the bytes received are not a whole FITS file ({problem})."
                 )
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
     log.info("Downloaded %s (%d bytes).", name, expected)
     return target
+
+
+BROKEN_TRANSFER = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+)
+
+
+def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, stats) -> None:
+    """GET ``url`` into ``partial``; when the body breaks off, resume from the last byte with
+    ``Range`` (or start again if the server ignores it), up to ``conf.retries`` times."""
+    done, failures = 0, 0
+    partial.unlink(missing_ok=True)
+    while done < expected:
+        headers = {"Range": f"bytes={done}-"} if done else {}
+        try:
+            with session.get(url, stream=True, headers=headers) as response:
+                stats.requests += 1
+                response.raise_for_status()
+                if done and response.status_code != 206:
+                    log.info("%s: the server cannot resume; starting again.", name)
+                    done = 0
+                with open(partial, "ab" if done else "wb") as out:
+                    for block in response.iter_content(_CHUNK):
+                        out.write(block)
+                        done += len(block)
+                        stats.bytes += len(block)
+                        if progress:
+                            progress(done, expected, name)
+                        if cancel and cancel():
+                            raise Cancelled(f"Download of {name} cancelled.")
+            if done > expected:
+                raise ArchiveError(f"Downloading {name}: got {done} bytes where MAST announced {expected}.")
+            if done < expected:
+                raise requests.exceptions.ChunkedEncodingError(f"body ended at byte {done} of {expected}")
+        except BROKEN_TRANSFER as exc:
+            failures += 1
+            if failures > int(conf.retries):
+                raise ArchiveError(
+                    f"Downloading {name}: the transfer broke off {failures} times (last at byte {done} of "
+                    f"{expected}: {exc}); nothing was kept."
+                ) from exc
+            wait = float(conf.backoff) * 2 ** (failures - 1)
+            log.info("%s broke off at byte %d (%s); resuming in %.1f s.", name, done, exc, wait)
+            time.sleep(wait)
+
+
+def fits_problem(path: Path) -> str | None:
+    """What is wrong with a FITS file's structure (truncated, unreadable), or None if it is whole."""
+    size = path.stat().st_size
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AstropyWarning)
+            with fits.open(path, memmap=True) as hdul:
+                hdul.readall()
+                ends = [hdul.fileinfo(i)["datLoc"] + hdul.fileinfo(i)["datSpan"] for i in range(len(hdul))]
+    except Exception as exc:  # noqa: BLE001 - astropy raises many kinds on damaged files
+        return f"unreadable: {exc}"
+    for warning in caught:  # astropy only warns when a file is cut short
+        if "truncated" in str(warning.message):
+            return str(warning.message)
+    # A whole FITS file ends exactly where its last HDU's padded data ends; astropy silently drops
+    # an HDU whose data was cut short, so a shorter total means a truncated file.
+    if max(ends) != size:
+        return f"{size} bytes, but its complete HDUs end at byte {max(ends)}"
+    return None

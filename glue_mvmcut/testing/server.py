@@ -466,7 +466,9 @@ class _Handler(BaseHTTPRequestHandler):
         for fault in owner.faults.take(scope, self.command):
             if fault["kind"] == "fail":
                 self.close_connection = True
-                self._send_bytes(fault["status"], b'{"status": "ERROR", "msg": "injected failure"}')
+                self._send_bytes(
+                    fault["status"], b'{"status": "ERROR", "msg": "injected failure"}', service=scope
+                )
                 return True, None
             if fault["kind"] == "stall" and (scope != "download" or self.command != "GET"):
                 time.sleep(fault["seconds"])
@@ -591,12 +593,15 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206 and len(spans) == 1:
             self.send_header("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}")
         self.end_headers()
-        sent = self._stream(path, segments, mid_body) if self.command == "GET" else 0
+        sent, dropped = self._stream(path, segments, mid_body) if self.command == "GET" else (0, False)
         self._record("download", status, sent, byte_range)
+        if dropped:  # hang up only once recorded, so a client that sees the drop sees the record
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _stream(self, path: Path, segments: list, fault: dict | None) -> int:
-        """Send the body; a drop fault closes the connection after its byte count, a stall fault
-        pauses there."""
+    def _stream(self, path: Path, segments: list, fault: dict | None) -> tuple[int, bool]:
+        """Send the body; a drop fault stops after its byte count (returns dropped=True), a stall
+        fault pauses there. Returns (bytes sent, dropped)."""
         limit = fault["after_bytes"] if fault else None
         sent = 0
         with open(path, "rb") as fh:
@@ -613,15 +618,13 @@ class _Handler(BaseHTTPRequestHandler):
                         sent += head
                         self.wfile.flush()
                         if fault["kind"] == "drop":
-                            self.close_connection = True
-                            self.connection.shutdown(socket.SHUT_RDWR)
-                            return sent
+                            return sent, True
                         time.sleep(fault["seconds"])
                         limit = None
                         piece = piece[head:]
                     self.wfile.write(piece)
                     sent += len(piece)
-        return sent
+        return sent, False
 
 
 def _file_pieces(fh, length: int):
