@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="resampler for cutouts off the mosaic grid: exact (flux-conserving, default) or interp (faster)",
     )
     cut.add_argument(
+        "--fetch",
+        choices=("auto", "ranged", "download"),
+        default="auto",
+        help="ranged: read only the box's rows from the archive; download: cache whole layers; "
+        "auto (default): ranged, or download if the server ignores Range",
+    )
+    cut.add_argument(
         "--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)"
     )
     cut.add_argument("--json", action="store_true", help="print one JSON object describing the result")
@@ -124,6 +131,7 @@ def _run_cut(
     png=False,
     resample="exact",
     cache=None,
+    fetch="auto",
 ):
     from .core.pipeline import cutout_mosaic
 
@@ -138,6 +146,7 @@ def _run_cut(
             combine=combine,
             cache=cache,
             resample=resample,
+            fetch=fetch,
             progress=bar,
         )
     finally:
@@ -196,6 +205,7 @@ def _cut(args) -> None:
         png=args.png,
         resample=args.resample,
         cache=args.cache,
+        fetch=args.fetch,
     )
     _summary(result, pngs, args.json)
 

@@ -94,8 +94,8 @@ def test_cut_writes_files_and_reports_json(mast, cache, tmp_path, capsys):
         "hst_combined_skycells-ra84d9208-decs69d1467_wfc3_ir_f160w_coarse.fits",
     ]
     assert len(report["cutouts"]) == 8 and report["layers"] == 8
-    assert report["bytes_fetched"] > 0 and report["requests"] == 16
-    assert set(report["seconds"]) == {"query", "fetch", "cut", "combine", "write"}
+    assert 0 < report["bytes_fetched"] == mast.bytes_sent and report["requests"] > 0
+    assert set(report["seconds"]) == {"query", "cut", "combine", "write"}
     assert all(Path(p).exists() for p in report["cutouts"] + report["mosaics"] + report["quicklooks"])
 
 

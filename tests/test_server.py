@@ -52,7 +52,7 @@ def test_the_seed_query_finds_the_layers_and_the_hap_decoy(mast, lmc_archive, in
         coordinates=LMC, radius="15 arcsec", instrument_name=instrument, **SEED_CRITERIA
     )
     assert count == expected
-    services = [r.service for r in mast.records]
+    services = [r.service for r in mast.requests()]
     assert services.count("Mast.Caom.Filtered.Position") == 2 and "columnsconfig" in services
 
 
@@ -115,8 +115,8 @@ def test_download_products_gets_identical_files(mast, lmc_archive, tmp_path):
     for path in manifest["Local Path"]:
         local = Path(str(path))
         assert local.read_bytes() == (lmc_archive.directory / local.name).read_bytes()
-    heads = [r for r in mast.records if r.method == "HEAD"]
-    gets = [r for r in mast.records if r.method == "GET"]
+    heads = [r for r in mast.requests() if r.method == "HEAD"]
+    gets = [r for r in mast.requests() if r.method == "GET"]
     assert len(heads) == 2 and len(gets) == 2
     assert mast.bytes_sent == sum(int(size) for size in products["size"])
 

@@ -19,15 +19,19 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .archive import query_layers
+from .archive import http_session, query_layers
 from .combine import combine_cutouts
 from .coords import box_radius, parse_coord, parse_size
 from .cutout import cut_layer
-from .errors import Cancelled, OutsideFootprintError
+from .errors import Cancelled, OutsideFootprintError, UnsafeNameError
 from .products import Band, QueryName, safe_filename
+from .remote import RangeNotSupported
 from .retrieve import TransferStats, download_layer
 
-__all__ = ["CutoutResult", "cutout_mosaic", "write_fits", "write_query_table"]
+__all__ = ["FETCH_MODES", "CutoutResult", "cutout_mosaic", "write_fits", "write_query_table"]
+
+#: How `cutout_mosaic` may fetch pixels.
+FETCH_MODES = ("auto", "ranged", "download")
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,8 @@ class CutoutResult:
     stats : `~glue_mvmcut.core.retrieve.TransferStats`
         Bytes and requests spent fetching layers.
     seconds : dict
-        Wall-clock seconds per step: ``query``, ``fetch``, ``cut``, ``combine``, ``write``.
+        Wall-clock seconds per step: ``query``, ``cut`` (fetching included), ``combine``,
+        ``write``.
     """
 
     coord: SkyCoord
@@ -128,6 +133,7 @@ def cutout_mosaic(
     combine: bool = True,
     cache=None,
     resample: str = "exact",
+    fetch: str = "auto",
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> CutoutResult:
@@ -153,6 +159,10 @@ def cutout_mosaic(
     resample : {'exact', 'interp'}, optional
         Resampler for cutouts that are not on the mosaic's pixel grid (default: flux-conserving
         ``exact``; see `~glue_mvmcut.core.combine.combine_band`).
+    fetch : {'auto', 'ranged', 'download'}, optional
+        How layer pixels are fetched: ``ranged`` reads only the box's rows from the archive's
+        files (HTTP ``Range``); ``download`` caches whole layer files first; ``auto`` (default)
+        uses ranged reads and falls back to downloads if the server ignores ``Range``.
     progress : callable, optional
         ``progress(done, total, message)`` after each unit of work.
     cancel : callable, optional
@@ -173,24 +183,28 @@ def cutout_mosaic(
     result = CutoutResult(coord=coord, size=size, layers=layers)
     steps.total = 1 + len(layers) + int(combine) + int(out_dir is not None)
     steps.report(f"{len(layers)} layers found")
-    for row in layers:
-        steps.check()
-        name = str(row["productFilename"])
-        started = time.perf_counter()
-        path = download_layer(name, str(row["dataURI"]), cache=cache, cancel=cancel, stats=result.stats)
-        steps.timed("fetch", started)
-        started = time.perf_counter()
-        try:
-            cutout = cut_layer(path, coord, size)
-        except OutsideFootprintError:
-            cutout = None
-        steps.timed("cut", started)
-        if cutout is None or not np.any(cutout["WHT"].data > 0):
-            log.info("%s has no data in the box; skipped.", name)
-            result.skipped.append(name)
-        else:
-            result.cutouts.append(cutout)
-        steps.report(f"cut {name}")
+    if fetch not in FETCH_MODES:
+        raise ValueError(f"fetch must be one of {FETCH_MODES}, not {fetch!r}.")
+    ranged = fetch != "download"
+    with http_session(pool_size=8) as session:
+        for row in layers:
+            steps.check()
+            name = safe_filename(str(row["productFilename"]))
+            if Path(str(row["dataURI"])).name != name:
+                raise UnsafeNameError(
+                    f"The product {name!r} has a dataURI for another file: {row['dataURI']!r}."
+                )
+            started = time.perf_counter()
+            cutout, ranged = _cut_one(
+                row, name, coord, size, ranged, fetch, session, cache, cancel, result.stats
+            )
+            steps.timed("cut", started)
+            if cutout is None or not np.any(cutout["WHT"].data > 0):
+                log.info("%s has no data in the box; skipped.", name)
+                result.skipped.append(name)
+            else:
+                result.cutouts.append(cutout)
+            steps.report(f"cut {name}")
     if combine:
         steps.check()
         started = time.perf_counter()
@@ -204,6 +218,29 @@ def cutout_mosaic(
         steps.report(f"wrote {sum(len(p) for p in result.paths.values())} files")
     result.seconds = steps.seconds
     return result
+
+
+def _cut_one(row, name, coord, size, ranged: bool, fetch: str, session, cache, cancel, stats):
+    """Cut one layer, by ranged reads while they work, else from a cached whole file.
+
+    Returns the cutout (None when the box misses the layer) and whether to keep using ranged
+    reads: in ``auto`` mode a server that ignores ``Range`` switches the rest of the run to
+    whole-file downloads.
+    """
+    try:
+        if ranged:
+            try:
+                return cut_layer(
+                    str(row["dataURI"]), coord, size, session=session, stats=stats, cancel=cancel
+                ), True
+            except RangeNotSupported:
+                if fetch == "ranged":
+                    raise
+                log.info("The archive ignores Range requests: downloading whole layers from now on.")
+        path = download_layer(name, str(row["dataURI"]), cache=cache, cancel=cancel, stats=stats)
+        return cut_layer(path, coord, size), False
+    except OutsideFootprintError:
+        return None, ranged
 
 
 def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:

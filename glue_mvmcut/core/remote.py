@@ -244,7 +244,7 @@ class RemoteFITS:
             length = min(length, self.size - start)
         return self.read_spans([(start, start + length)])[0] if length > 0 else b""
 
-    def _header_at(self, offset: int, first_read: int = 64 * 1024) -> tuple[fits.Header, int]:
+    def _header_at(self, offset: int, first_read: int = 16 * 1024) -> tuple[fits.Header, int]:
         """The header starting at ``offset`` and its length in bytes (a multiple of 2880)."""
         want = first_read
         while True:

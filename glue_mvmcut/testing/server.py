@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -483,6 +484,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- verbs ----------------------------------------------------------------------------------
     def do_POST(self):
+        with self.server.owner._in_flight():
+            self._post()
+
+    def do_HEAD(self):
+        with self.server.owner._in_flight():
+            self._download()
+
+    def do_GET(self):
+        with self.server.owner._in_flight():
+            self._download()
+
+    def _post(self):
         path = urlsplit(self.path).path
         form = self._read_form()
         if path not in (INVOKE_PATH, COLUMNS_CONFIG_PATH):
@@ -530,12 +543,6 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             reply = {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
         self._send_json(reply, service=service)
-
-    def do_HEAD(self):
-        self._download()
-
-    def do_GET(self):
-        self._download()
 
     def _download(self):
         parts = urlsplit(self.path)
@@ -593,17 +600,20 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206 and len(spans) == 1:
             self.send_header("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}")
         self.end_headers()
-        sent, dropped = self._stream(path, segments, mid_body) if self.command == "GET" else (0, False)
-        self._record("download", status, sent, byte_range)
+        self._sent, dropped = 0, False
+        try:
+            if self.command == "GET":
+                dropped = self._stream(path, segments, mid_body)
+        finally:  # recorded even when the client hangs up mid-body
+            self._record("download", status, self._sent, byte_range)
         if dropped:  # hang up only once recorded, so a client that sees the drop sees the record
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _stream(self, path: Path, segments: list, fault: dict | None) -> tuple[int, bool]:
-        """Send the body; a drop fault stops after its byte count (returns dropped=True), a stall
-        fault pauses there. Returns (bytes sent, dropped)."""
+    def _stream(self, path: Path, segments: list, fault: dict | None) -> bool:
+        """Send the body, counting bytes in ``self._sent``; a drop fault stops after its byte
+        count (returns True), a stall fault pauses there."""
         limit = fault["after_bytes"] if fault else None
-        sent = 0
         with open(path, "rb") as fh:
             for segment in segments:
                 if isinstance(segment, bytes):
@@ -612,19 +622,19 @@ class _Handler(BaseHTTPRequestHandler):
                     fh.seek(segment[0])
                     pieces = _file_pieces(fh, segment[1])
                 for piece in pieces:
-                    if limit is not None and sent + len(piece) >= limit:
-                        head = limit - sent
+                    if limit is not None and self._sent + len(piece) >= limit:
+                        head = limit - self._sent
                         self.wfile.write(piece[:head])
-                        sent += head
+                        self._sent += head
                         self.wfile.flush()
                         if fault["kind"] == "drop":
-                            return sent, True
+                            return True
                         time.sleep(fault["seconds"])
                         limit = None
                         piece = piece[head:]
                     self.wfile.write(piece)
-                    sent += len(piece)
-        return sent, False
+                    self._sent += len(piece)
+        return False
 
 
 def _file_pieces(fh, length: int):
@@ -692,6 +702,8 @@ class MastServer:
         self.faults = Faults()
         self.records: list[RequestRecord] = []
         self._records_lock = threading.Lock()
+        self._busy = 0
+        self._idle = threading.Condition()
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         self._httpd.owner = self
         self._thread: threading.Thread | None = None
@@ -706,19 +718,42 @@ class MastServer:
         with self._records_lock:
             self.records.append(record)
 
+    @contextmanager
+    def _in_flight(self):
+        with self._idle:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._busy -= 1
+                self._idle.notify_all()
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every request under way has been answered and recorded.
+
+        A client can finish reading a reply before the server thread records it; call this
+        before reading the records.
+        """
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, timeout)
+
     @property
     def bytes_sent(self) -> int:
         """Body bytes sent for file downloads since the last `reset_stats`."""
+        self.settle()
         with self._records_lock:
             return sum(r.bytes_sent for r in self.records if r.service == "download")
 
     def requests(self, service: str | None = None) -> list[RequestRecord]:
         """Records of requests answered, optionally only those of one service."""
+        self.settle()
         with self._records_lock:
             return [r for r in self.records if service is None or r.service == service]
 
     def reset_stats(self) -> None:
-        """Forget the request records."""
+        """Forget the request records (after the requests under way are recorded)."""
+        self.settle()
         with self._records_lock:
             self.records.clear()
 

@@ -1,0 +1,118 @@
+"""Ranged cutouts straight from the archive: identical to local ones, a fraction of the bytes,
+and correct under every fault the stand-in server can inject."""
+
+import io
+import logging
+
+import pytest
+
+from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
+from glue_mvmcut.core.archive import file_url, query_layers
+from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
+from glue_mvmcut.core.retrieve import TransferStats
+
+LMC = (84.9208, -69.1467)
+FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
+COARSE = "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits"
+
+
+def _bytes(hdul) -> bytes:
+    buffer = io.BytesIO()
+    hdul.writeto(buffer)
+    return buffer.getvalue()
+
+
+def _same_as_local(archive, name, coord, size, **kwargs):
+    stats = TransferStats()
+    remote = cut_layer(f"mast:HST/product/{name}", coord, size, stats=stats, **kwargs)
+    assert _bytes(remote) == _bytes(cut_layer(archive.directory / name, coord, size))
+    return stats
+
+
+@pytest.mark.parametrize("name", [FINE, COARSE])
+def test_ranged_cutouts_are_identical_to_local_ones(mast, lmc_archive, name):
+    stats = _same_as_local(lmc_archive, name, LMC, 6)
+    assert stats.bytes == mast.bytes_sent < 0.35 * lmc_archive.layer(name).size
+    # Primary + SCI headers, WHT header, then every row of SCI and WHT in one multi-range reply.
+    assert stats.requests == len(mast.requests("download")) == 4
+
+
+@pytest.mark.parametrize("field", ["twocells", "polar", "ra0"])
+def test_ranged_cutouts_in_every_field(mast, archives, field):
+    archive = archives[field]
+    for rec in archive.layers:
+        _same_as_local(archive, rec.filename, (archive.field.ra, archive.field.dec), 5)
+
+
+def test_http_urls_work_too(mast, lmc_archive):
+    url = file_url(f"mast:HST/product/{FINE}")
+    assert _bytes(cut_layer(url, LMC, 3)) == _bytes(cut_layer(lmc_archive.directory / FINE, LMC, 3))
+
+
+def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
+    mast.faults.multirange_supported = False
+    stats = _same_as_local(lmc_archive, FINE, LMC, 2)
+    ranges = [r.range for r in mast.requests("download")]
+    assert all("," not in r for r in ranges[4:])  # after one refused multi-range: one span each
+    assert stats.requests > 4
+
+
+def test_servers_that_ignore_range(mast):
+    mast.faults.range_supported = False
+    with pytest.raises(RangeNotSupported, match=r"ignores Range requests"):
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 2)
+    assert len(mast.requests("download")) == 1
+
+
+@pytest.mark.parametrize("after", [100, 5_000, 40_000])
+def test_dropped_replies_are_asked_for_again(mast, lmc_archive, after):
+    mast.faults.drop(after_bytes=after, count=2)
+    _same_as_local(lmc_archive, FINE, LMC, 4)
+
+
+def test_server_error_bursts_and_stalls(mast, lmc_archive):
+    mast.faults.fail(502, count=3, scope="download")
+    _same_as_local(lmc_archive, FINE, LMC, 4)
+    mast.faults.stall(2.0, scope="download", after_bytes=1000, count=1)
+    with conf.set_temp("timeout", 0.3):
+        _same_as_local(lmc_archive, FINE, LMC, 4)
+
+
+def test_persistent_failures_are_reported(mast):
+    mast.faults.drop(after_bytes=100, count=100)
+    with pytest.raises(ArchiveError, match=rf"Reading {FINE}: the transfer from MAST at .* failed"):
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
+    mast.faults.reset()
+    with pytest.raises(ArchiveError, match=r"answered 404"):
+        cut_layer("mast:HST/product/hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits", LMC, 4)
+
+
+def test_cancel_between_requests(mast):
+    with pytest.raises(Cancelled, match=f"Reading {FINE} cancelled"):
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 4, cancel=lambda: True)
+
+
+def test_a_file_that_is_not_fits(mast, lmc_archive):
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    with pytest.raises(NotMVMFileError, match=r"no FITS header at byte 100"):
+        remote._header_at(100)
+
+
+def test_hostile_product_names_never_reach_the_disk(mast, cache, tmp_path, caplog, monkeypatch):
+    from glue_mvmcut import NoMVMDataWarning, cutout_mosaic
+
+    monkeypatch.chdir(tmp_path)
+    mast.faults.hostile_names = True
+    with caplog.at_level(logging.WARNING, logger="glue_mvmcut"), pytest.warns(NoMVMDataWarning):
+        table = query_layers(LMC, 10, instruments=["wfc3"])
+    refused = [r.getMessage() for r in caplog.records if "Refusing the product name" in r.getMessage()]
+    assert len(refused) == 8 and len(table) == 0  # every skycell layer was listed under a bad name
+    assert "'../../hst_skycell-" in " ".join(refused) and "'/tmp/hst_skycell-" in " ".join(refused)
+    with pytest.warns(NoMVMDataWarning):
+        result = cutout_mosaic(LMC, 10, instruments=["wfc3"], out_dir=tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [result.paths["query"][0].name]
+    for name in ("../../{}", "/tmp/{}"):
+        for rec in mast.archives[0].layers:
+            assert not (tmp_path / "out" / name.format(rec.filename)).exists()
+            assert not (cache / name.format(rec.filename)).exists()
