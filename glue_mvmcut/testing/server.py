@@ -334,12 +334,13 @@ _HOSTILE_PATTERNS = ("../../{}", "/tmp/{}", "{}\n.fits", "sub\\..\\..\\{}")
 
 def _hostile(rows: list[dict]) -> list[dict]:
     """Products whose skycell layer names try to climb out of the download folder."""
-    out = []
-    for i, row in enumerate(rows):
+    out, replaced = [], 0
+    for row in rows:
         name = row["productFilename"]
         if name.startswith("hst_skycell") and name.endswith(".fits"):
-            bad = _HOSTILE_PATTERNS[i % len(_HOSTILE_PATTERNS)].format(name)
+            bad = _HOSTILE_PATTERNS[replaced % len(_HOSTILE_PATTERNS)].format(name)
             row = dict(row, productFilename=bad, dataURI=URI_PREFIX + bad)
+            replaced += 1
         out.append(row)
     return out
 
