@@ -785,8 +785,10 @@ def main(argv=None) -> None:
         "archive_dir", nargs="+", help="directories written by python -m glue_mvmcut.testing.synth"
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     args = parser.parse_args(argv)
     server = MastServer(args.archive_dir, port=args.port)
+    server.faults.latency = args.latency
     print(server.url, flush=True)
     try:
         server._httpd.serve_forever()

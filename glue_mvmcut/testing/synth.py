@@ -35,7 +35,7 @@ from ..core.skycells import SCALES, SKYCELL_SIDE, SkyCell, skycells_covering
 __all__ = ["LayerSpec", "Field", "FIELDS", "LayerRecord", "Archive", "build_archive", "sky"]
 
 MANIFEST = "manifest.json"
-_ROWS_PER_CHUNK = 256
+_ROWS_PER_CHUNK = 64  # ~20 MB of float64 temporaries per chunk for a 20000-px-wide layer
 
 
 @dataclass(frozen=True)

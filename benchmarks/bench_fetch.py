@@ -1,0 +1,134 @@
+"""Bytes, requests, time and memory of 20" and 120" cutouts: ranged reads versus whole-file downloads.
+
+The archive: a 400" disc centred on the overlap of skycells p1889x07y13 and p1889x08y13, so each
+of the two F814W layers is trimmed to about 10300 x 20000 px (0.8 GB per array, 1.7 GB per file).
+The stand-in MAST runs in its own process with 20 ms added to every request. Cutouts are at the
+disc centre, where both layers have data.
+
+    python benchmarks/bench_fetch.py [ARCHIVE_DIR]     # the archive is built there once (~10 min)
+
+Reference time: one Range request for as many bytes as the cutout's pixels + headers.
+"""
+
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+import astropy.units as u
+from astropy.coordinates import SkyCoord
+
+from glue_mvmcut.core.archive import file_url, http_session, using_server
+from glue_mvmcut.core.cutout import _wcs, _window, cut_layer
+from glue_mvmcut.core.remote import RemoteFITS
+from glue_mvmcut.core.retrieve import TransferStats, download_layer
+from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
+
+WIDE = Field(
+    "wide",
+    180.92832223,
+    26.47629294,
+    radius=400.0,
+    layers=(LayerSpec("acs", "wfc", "f814w"),),
+    n_stars=200,
+    n_galaxies=10,
+    seed=5,
+)
+LATENCY = 0.020
+SIZES = (20, 120)
+
+
+def _serve(archive_dir: Path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "glue_mvmcut.testing.server", str(archive_dir), "--latency", str(LATENCY)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return process, process.stdout.readline().strip()
+
+
+def _needed_bytes(archive, coord, size) -> tuple[int, int]:
+    """Pixel bytes the box covers in every layer (SCI + WHT) and the layers' header bytes."""
+    pixels = headers = 0
+    for rec in archive.layers:
+        remote = RemoteFITS(file_url(f"mast:HST/product/{rec.filename}"))
+        hdus = remote.hdus()
+        window = _window(
+            _wcs(hdus["SCI"].header).celestial, rec.shape, coord, [size, size] * u.arcsec, rec.filename
+        )
+        rows, cols = window.large
+        pixels += 2 * 4 * (rows.stop - rows.start) * (cols.stop - cols.start)
+        headers += sum(info.data_offset - info.header_offset for info in hdus.values())
+    return pixels, headers
+
+
+def _one_request_seconds(url: str, nbytes: int) -> float:
+    with http_session() as session:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            session.get(url, headers={"Range": f"bytes=0-{nbytes - 1}"}).content  # noqa: B018
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _run(archive, coord, size, mode: str, cache: Path):
+    stats = TransferStats()
+    tracemalloc.start()
+    start = time.perf_counter()
+    for rec in archive.layers:
+        uri = f"mast:HST/product/{rec.filename}"
+        if mode == "ranged":
+            cut_layer(uri, coord, size, stats=stats)
+        else:
+            path = download_layer(rec.filename, uri, cache=cache, overwrite=True, stats=stats)
+            cut_layer(path, coord, size)
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return stats, seconds, peak
+
+
+def main() -> None:
+    archive_dir = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "mvmcut-bench-wide"
+    )
+    started = time.perf_counter()
+    archive = build_archive(archive_dir, WIDE)
+    built = time.perf_counter() - started
+    for rec in archive.layers:
+        print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, {rec.size / 1e9:.2f} GB")
+    print(f"(archive ready in {built:.0f} s)")
+    coord = SkyCoord(WIDE.ra, WIDE.dec, unit="deg")
+    server, url = _serve(archive_dir)
+    try:
+        with using_server(url), tempfile.TemporaryDirectory() as cache:
+            print(f"\nstand-in MAST at {url}, {LATENCY * 1000:.0f} ms added per request\n")
+            print(
+                "| box | mode | bytes moved | pixel + header bytes | ratio | requests | seconds | "
+                "one request | time ratio | peak Python memory |"
+            )
+            print("|---|---|---|---|---|---|---|---|---|---|")
+            for size in SIZES:
+                pixels, headers = _needed_bytes(archive, coord, size)
+                reference = _one_request_seconds(
+                    file_url(f"mast:HST/product/{archive.layers[0].filename}"), pixels + headers
+                )
+                for mode in ("ranged", "download"):
+                    stats, seconds, peak = _run(archive, coord, size, mode, Path(cache))
+                    needed = pixels + headers
+                    print(
+                        f'| {size}" | {mode} | {stats.bytes / 1e6:.2f} MB | {needed / 1e6:.2f} MB | '
+                        f"{stats.bytes / (pixels + headers):.2f} | {stats.requests} | {seconds:.2f} | "
+                        f"{reference:.3f} s | {seconds / reference:.1f} | {peak / 1e6:.0f} MB |"
+                    )
+    finally:
+        server.terminate()
+        server.wait()
+        server.stdout.close()
+
+
+if __name__ == "__main__":
+    main()
