@@ -23,8 +23,8 @@ from .archive import http_session, query_layers
 from .combine import combine_cutouts
 from .coords import box_radius, parse_coord, parse_size
 from .cutout import cut_layer
-from .errors import Cancelled, OutsideFootprintError, UnsafeNameError
-from .products import Band, QueryName, safe_filename
+from .errors import Cancelled, OutsideFootprintError
+from .products import Band, QueryName, checked_product, safe_filename
 from .remote import RangeNotSupported
 from .retrieve import TransferStats, download_layer
 
@@ -174,6 +174,7 @@ def cutout_mosaic(
     """
     coord = parse_coord(coord)
     size = parse_size(size)
+    fetcher = _Fetcher(fetch, cache, cancel)
     steps = _Steps(progress, cancel)
     steps.check()
     started = time.perf_counter()
@@ -183,21 +184,12 @@ def cutout_mosaic(
     result = CutoutResult(coord=coord, size=size, layers=layers)
     steps.total = 1 + len(layers) + int(combine) + int(out_dir is not None)
     steps.report(f"{len(layers)} layers found")
-    if fetch not in FETCH_MODES:
-        raise ValueError(f"fetch must be one of {FETCH_MODES}, not {fetch!r}.")
-    ranged = fetch != "download"
-    with http_session(pool_size=8) as session:
+    with fetcher:
         for row in layers:
             steps.check()
-            name = safe_filename(str(row["productFilename"]))
-            if Path(str(row["dataURI"])).name != name:
-                raise UnsafeNameError(
-                    f"The product {name!r} has a dataURI for another file: {row['dataURI']!r}."
-                )
+            name = checked_product(str(row["productFilename"]), str(row["dataURI"]))
             started = time.perf_counter()
-            cutout, ranged = _cut_one(
-                row, name, coord, size, ranged, fetch, session, cache, cancel, result.stats
-            )
+            cutout = fetcher.cut(name, str(row["dataURI"]), coord, size, result.stats)
             steps.timed("cut", started)
             if cutout is None or not np.any(cutout["WHT"].data > 0):
                 log.info("%s has no data in the box; skipped.", name)
@@ -220,27 +212,43 @@ def cutout_mosaic(
     return result
 
 
-def _cut_one(row, name, coord, size, ranged: bool, fetch: str, session, cache, cancel, stats):
-    """Cut one layer, by ranged reads while they work, else from a cached whole file.
+class _Fetcher:
+    """Cuts layers by ranged reads while they work, else from cached whole files.
 
-    Returns the cutout (None when the box misses the layer) and whether to keep using ranged
-    reads: in ``auto`` mode a server that ignores ``Range`` switches the rest of the run to
-    whole-file downloads.
+    In ``auto`` mode, a server that ignores ``Range`` switches the rest of the run to whole-file
+    downloads; in ``ranged`` mode it is an error.
     """
-    try:
-        if ranged:
-            try:
-                return cut_layer(
-                    str(row["dataURI"]), coord, size, session=session, stats=stats, cancel=cancel
-                ), True
-            except RangeNotSupported:
-                if fetch == "ranged":
-                    raise
-                log.info("The archive ignores Range requests: downloading whole layers from now on.")
-        path = download_layer(name, str(row["dataURI"]), cache=cache, cancel=cancel, stats=stats)
-        return cut_layer(path, coord, size), False
-    except OutsideFootprintError:
-        return None, ranged
+
+    def __init__(self, fetch: str, cache, cancel):
+        if fetch not in FETCH_MODES:
+            raise ValueError(f"fetch must be one of {FETCH_MODES}, not {fetch!r}.")
+        self.fetch, self.cache, self.cancel = fetch, cache, cancel
+        self.ranged = fetch != "download"
+        self.session = http_session(pool_size=8)  # kept-alive connections for every layer
+
+    def __enter__(self) -> "_Fetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.session.close()
+
+    def cut(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList | None:
+        """The cutout of one layer, or None when the box misses it."""
+        try:
+            if self.ranged:
+                try:
+                    return cut_layer(
+                        data_uri, coord, size, session=self.session, stats=stats, cancel=self.cancel
+                    )
+                except RangeNotSupported:
+                    if self.fetch == "ranged":
+                        raise
+                    log.info("The archive ignores Range requests: downloading whole layers from now on.")
+                    self.ranged = False
+            path = download_layer(name, data_uri, cache=self.cache, cancel=self.cancel, stats=stats)
+            return cut_layer(path, coord, size)
+        except OutsideFootprintError:
+            return None
 
 
 def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "parse_coord_token",
     "parse_product_name",
     "safe_filename",
+    "checked_product",
 ]
 
 _WORD = r"[a-z0-9]+"
@@ -321,3 +322,12 @@ def safe_filename(name: str) -> str:
             f"Refusing the product name {text!r} from the archive: it is not a plain file name."
         )
     return text
+
+
+def checked_product(filename: str, data_uri: str) -> str:
+    """The product's file name, once it is a plain file name and its ``dataURI`` names the same
+    file; `UnsafeNameError` otherwise."""
+    name = safe_filename(filename)
+    if str(data_uri).rsplit("/", 1)[-1] != name:
+        raise UnsafeNameError(f"The product {name!r} has a dataURI for another file: {data_uri!r}.")
+    return name

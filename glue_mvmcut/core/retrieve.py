@@ -21,8 +21,8 @@ from astropy.utils.exceptions import AstropyWarning
 
 from .archive import archive_errors, file_url, http_session
 from .config import conf
-from .errors import ArchiveError, Cancelled, UnsafeNameError
-from .products import safe_filename
+from .errors import ArchiveError, Cancelled
+from .products import checked_product
 
 __all__ = ["TransferStats", "cache_dir", "download_layer", "fits_problem"]
 
@@ -92,9 +92,7 @@ def download_layer(
     ------
     UnsafeNameError, ArchiveError, Cancelled
     """
-    name = safe_filename(filename)
-    if Path(data_uri).name != name:
-        raise UnsafeNameError(f"The product {name!r} has a dataURI for another file: {data_uri!r}.")
+    name = checked_product(filename, data_uri)
     target = cache_dir(cache) / name
     partial = target.with_name(name + ".part")
     url = file_url(data_uri)
