@@ -114,6 +114,7 @@ class RemoteFITS:
         self._lock = threading.Lock()
         self.multirange = True  # until the server shows otherwise
         self.size: int | None = None
+        self._last_read: tuple[int, bytes] = (0, b"")
         self.name = url.rsplit("/", 1)[-1].rsplit("=", 1)[-1]
 
     # -- transport -----------------------------------------------------------------------------
@@ -196,6 +197,10 @@ class RemoteFITS:
         """Cut the asked spans out of the parts the server sent (it may merge or drop some)."""
         got = {}
         for start, stop in spans:
+            exact = parts.get(start)
+            if exact is not None and len(exact) >= stop - start:
+                got[start] = exact[: stop - start]
+                continue
             for part_start, data in parts.items():
                 if part_start <= start and stop <= part_start + len(data):
                     got[start] = data[start - part_start : stop - part_start]
@@ -246,18 +251,31 @@ class RemoteFITS:
 
     def _header_at(self, offset: int, first_read: int = 16 * 1024) -> tuple[fits.Header, int]:
         """The header starting at ``offset`` and its length in bytes (a multiple of 2880)."""
+        start, buffered = self._last_read
+        if start <= offset < start + len(buffered):  # the previous read often holds this header too
+            found = self._parse_header(buffered[offset - start :], offset)
+            if found:
+                return found
         want = first_read
         while True:
             data = self.read(offset, want)
-            if not data or data[:8].strip() not in (b"SIMPLE", b"XTENSION"):
-                raise NotMVMFileError(f"{self.name}: no FITS header at byte {offset}.")
-            for card in range(0, len(data) - _CARD + 1, _CARD):
-                if data[card : card + _CARD] == _END_CARD:
-                    length = -(-(card + _CARD) // BLOCK) * BLOCK
-                    return fits.Header.fromstring(data[: card + _CARD].decode("ascii")), length
+            self._last_read = (offset, data)
+            found = self._parse_header(data, offset)
+            if found:
+                return found
             if len(data) < want:
                 raise NotMVMFileError(f"{self.name}: a header at byte {offset} has no END card.")
             want *= 4
+
+    def _parse_header(self, data: bytes, offset: int) -> tuple[fits.Header, int] | None:
+        """(header, length) if ``data`` holds a whole header, None if its END card is further on."""
+        if not data or data[:8].strip() not in (b"SIMPLE", b"XTENSION"):
+            raise NotMVMFileError(f"{self.name}: no FITS header at byte {offset}.")
+        for card in range(0, len(data) - _CARD + 1, _CARD):
+            if data[card : card + _CARD] == _END_CARD:
+                length = -(-(card + _CARD) // BLOCK) * BLOCK
+                return fits.Header.fromstring(data[: card + _CARD].decode("ascii")), length
+        return None
 
     def hdus(self, extnames: tuple[str, ...] = ("SCI", "WHT")) -> dict[str, HDUInfo]:
         """PRIMARY and the named extensions, reading headers only (walks HDU by HDU)."""
