@@ -71,6 +71,15 @@ def _integer_offset(wcs_in, wcs_out) -> tuple[int, int] | None:
     return int(whole[0]), int(whole[1])
 
 
+def _data_box(wht: np.ndarray) -> tuple[slice, slice] | None:
+    """Row and column slices bounding the pixels with WHT > 0 (None if there are none)."""
+    has = wht > 0
+    rows, cols = np.flatnonzero(has.any(axis=1)), np.flatnonzero(has.any(axis=0))
+    if not rows.size:
+        return None
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def _paste(total: np.ndarray, weights: np.ndarray, sci, wht, offset) -> None:
     """Add ``wht * sci`` and ``wht`` into the output sums at an integer offset (clipped)."""
     dx, dy = offset
@@ -117,8 +126,15 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
         offset = _integer_offset(wcs_in, wcs_out)
         if offset is None:
             off_grid.append((cutout, wcs_in))
-        else:
-            pasted.append((cutout, offset))
+        elif (box := _data_box(cutout["WHT"].data)) is not None:
+            rows, cols = box  # paste only where this input has data: cutouts are mostly padding
+            pasted.append(
+                (
+                    cutout["SCI"].data[rows, cols],
+                    cutout["WHT"].data[rows, cols],
+                    (offset[0] + cols.start, offset[1] + rows.start),
+                )
+            )
     resampled = _resample(off_grid, wcs_out, shape, resample) if off_grid else None
     sci = np.zeros(shape, np.float32)
     wht = np.zeros(shape, np.float32)
@@ -127,8 +143,8 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
         rows = slice(y0, min(shape[0], y0 + _BLOCK_ROWS))
         total = np.zeros((rows.stop - y0, shape[1]), np.float64)
         weights = np.zeros_like(total)
-        for cutout, (dx, dy) in pasted:
-            _paste(total, weights, cutout["SCI"].data, cutout["WHT"].data, (dx, dy - y0))
+        for sci_data, wht_data, (dx, dy) in pasted:
+            _paste(total, weights, sci_data, wht_data, (dx, dy - y0))
         if resampled is not None:
             mean, coverage = resampled[0][rows], resampled[1][rows]
             covered = coverage > 0
@@ -141,7 +157,7 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
         "exact paste"
         if not off_grid
         else f"paste + reproject_{resample}"
-        if pasted
+        if len(off_grid) < len(cutouts)
         else f"reproject_{resample}"
     )
     return _mosaic_hdul(cutouts, sci, wht, method)

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,8 @@ __all__ = ["FETCH_MODES", "CutoutResult", "cutout_mosaic", "write_fits", "write_
 
 #: How `cutout_mosaic` may fetch pixels.
 FETCH_MODES = ("auto", "ranged", "download")
+#: Layers cut concurrently by `cutout_mosaic`.
+LAYERS_AT_ONCE = 4
 
 log = logging.getLogger(__name__)
 
@@ -184,19 +187,27 @@ def cutout_mosaic(
     result = CutoutResult(coord=coord, size=size, layers=layers)
     steps.total = 1 + len(layers) + int(combine) + int(out_dir is not None)
     steps.report(f"{len(layers)} layers found")
-    with fetcher:
-        for row in layers:
-            steps.check()
-            name = checked_product(str(row["productFilename"]), str(row["dataURI"]))
-            started = time.perf_counter()
-            cutout = fetcher.cut(name, str(row["dataURI"]), coord, size, result.stats)
-            steps.timed("cut", started)
-            if cutout is None or not np.any(cutout["WHT"].data > 0):
-                log.info("%s has no data in the box; skipped.", name)
-                result.skipped.append(name)
-            else:
-                result.cutouts.append(cutout)
-            steps.report(f"cut {name}")
+    products = [
+        (checked_product(str(r["productFilename"]), str(r["dataURI"])), str(r["dataURI"])) for r in layers
+    ]
+    started = time.perf_counter()
+    # A few layers at a time: each cut is mostly waiting on the network.
+    with fetcher, ThreadPoolExecutor(max_workers=LAYERS_AT_ONCE) as pool:
+        futures = [pool.submit(fetcher.cut, name, uri, coord, size, result.stats) for name, uri in products]
+        try:
+            for (name, _), future in zip(products, futures, strict=True):
+                cutout = future.result()
+                if cutout is None or not np.any(cutout["WHT"].data > 0):
+                    log.info("%s has no data in the box; skipped.", name)
+                    result.skipped.append(name)
+                else:
+                    result.cutouts.append(cutout)
+                steps.report(f"cut {name}")
+                steps.check()
+        finally:
+            for future in futures:
+                future.cancel()
+    steps.timed("cut", started)
     if combine:
         steps.check()
         started = time.perf_counter()
@@ -224,7 +235,9 @@ class _Fetcher:
             raise ValueError(f"fetch must be one of {FETCH_MODES}, not {fetch!r}.")
         self.fetch, self.cache, self.cancel = fetch, cache, cancel
         self.ranged = fetch != "download"
-        self.session = http_session(pool_size=8)  # kept-alive connections for every layer
+        # Kept-alive connections shared by the layers cut at once (requests sessions are
+        # thread-safe for this use: one connection pool, one request per connection at a time).
+        self.session = http_session(pool_size=8 * LAYERS_AT_ONCE)
 
     def __enter__(self) -> "_Fetcher":
         return self
@@ -234,6 +247,8 @@ class _Fetcher:
 
     def cut(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList | None:
         """The cutout of one layer, or None when the box misses it."""
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("Cancelled; files already written are complete, nothing partial was left.")
         try:
             if self.ranged:
                 try:

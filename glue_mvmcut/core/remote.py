@@ -17,7 +17,6 @@ fall back to a whole-file download.
 import bisect
 import logging
 import re
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -111,7 +110,6 @@ class RemoteFITS:
         self.ranges_per_request = ranges_per_request
         self.merge_gap = merge_gap
         self.cancel = cancel
-        self._lock = threading.Lock()
         self.multirange = True  # until the server shows otherwise
         self.size: int | None = None
         self._last_read: tuple[int, bytes] = (0, b"")
@@ -145,8 +143,7 @@ class RemoteFITS:
             raise Cancelled(f"Reading {self.name} cancelled.")
         header = "bytes=" + ",".join(f"{start}-{stop - 1}" for start, stop in spans)
         with self.session.get(self.url, headers={"Range": header}, stream=True) as response:
-            with self._lock:
-                self.stats.requests += 1
+            self.stats.add(requests=1)
             if response.status_code == 200:
                 raise RangeNotSupported(
                     f"Reading {self.name}: MAST at {self.url.split('/api')[0]} ignores Range requests."
@@ -156,8 +153,7 @@ class RemoteFITS:
             if response.status_code != 206:
                 raise ArchiveError(f"Reading {self.name}: unexpected HTTP {response.status_code}.")
             body = response.content
-        with self._lock:
-            self.stats.bytes += len(body)
+        self.stats.add(len(body))
         if content_type.startswith("multipart/byteranges"):
             parts = self._multipart(body, content_type)
         else:

@@ -8,10 +8,11 @@ untrusted: anything that is not a bare MVM layer file name is refused before a b
 
 import logging
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -36,10 +37,17 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass
 class TransferStats:
-    """Bytes and HTTP requests spent on the archive."""
+    """Bytes and HTTP requests spent on the archive (safe to share between threads)."""
 
     bytes: int = 0
     requests: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, nbytes: int = 0, requests: int = 0) -> None:
+        """Count ``nbytes`` more body bytes and ``requests`` more requests."""
+        with self._lock:
+            self.bytes += nbytes
+            self.requests += requests
 
 
 def cache_dir(directory=None) -> Path:
@@ -99,7 +107,7 @@ def download_layer(
     stats = stats if stats is not None else TransferStats()
     with http_session(timeout) as session, archive_errors(f"Downloading {name}"):
         head = session.head(url, allow_redirects=True)
-        stats.requests += 1
+        stats.add(requests=1)
         head.raise_for_status()
         expected = int(head.headers["Content-Length"])
         if target.exists() and not overwrite and target.stat().st_size == expected:
@@ -135,7 +143,7 @@ def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, s
         headers = {"Range": f"bytes={done}-"} if done else {}
         try:
             with session.get(url, stream=True, headers=headers) as response:
-                stats.requests += 1
+                stats.add(requests=1)
                 response.raise_for_status()
                 if done and response.status_code != 206:
                     log.info("%s: the server cannot resume; starting again.", name)
@@ -144,7 +152,7 @@ def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, s
                     for block in response.iter_content(_CHUNK):
                         out.write(block)
                         done += len(block)
-                        stats.bytes += len(block)
+                        stats.add(len(block))
                         if progress:
                             progress(done, expected, name)
                         if cancel and cancel():
