@@ -20,10 +20,10 @@ from pathlib import Path
 import astropy.units as u
 from astropy.coordinates import SkyCoord
 
-from glue_mvmcut.core.archive import file_url, http_session, using_server
-from glue_mvmcut.core.cutout import _wcs, _window, cut_layer
+from glue_mvmcut.core.archive import file_url, http_session, query_layers, using_server
+from glue_mvmcut.core.cutout import _wcs, _window
+from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RemoteFITS
-from glue_mvmcut.core.retrieve import TransferStats, download_layer
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
 
 WIDE = Field(
@@ -74,21 +74,17 @@ def _one_request_seconds(url: str, nbytes: int) -> float:
     return best
 
 
-def _run(archive, coord, size, mode: str, cache: Path):
-    stats = TransferStats()
+def _run(layers, coord, size, mode: str, cache: Path):
+    """The pipeline's own path (layers cut concurrently), without the query and the combine."""
+    for old in cache.glob("*"):
+        old.unlink()
     tracemalloc.start()
     start = time.perf_counter()
-    for rec in archive.layers:
-        uri = f"mast:HST/product/{rec.filename}"
-        if mode == "ranged":
-            cut_layer(uri, coord, size, stats=stats)
-        else:
-            path = download_layer(rec.filename, uri, cache=cache, overwrite=True, stats=stats)
-            cut_layer(path, coord, size)
+    result = cutout_mosaic(coord, size, layers=layers, combine=False, fetch=mode, cache=cache)
     seconds = time.perf_counter() - start
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return stats, seconds, peak
+    return result.stats, seconds, peak
 
 
 def main() -> None:
@@ -111,13 +107,14 @@ def main() -> None:
                 "one request | time ratio | peak Python memory |"
             )
             print("|---|---|---|---|---|---|---|---|---|---|")
+            layers = query_layers(coord, max(SIZES))
             for size in SIZES:
                 pixels, headers = _needed_bytes(archive, coord, size)
                 reference = _one_request_seconds(
                     file_url(f"mast:HST/product/{archive.layers[0].filename}"), pixels + headers
                 )
                 for mode in ("ranged", "download"):
-                    stats, seconds, peak = _run(archive, coord, size, mode, Path(cache))
+                    stats, seconds, peak = _run(layers, coord, size, mode, Path(cache))
                     needed = pixels + headers
                     print(
                         f'| {size}" | {mode} | {stats.bytes / 1e6:.2f} MB | {needed / 1e6:.2f} MB | '
