@@ -1,0 +1,160 @@
+"""Loading MVM layers, cutouts and mosaics into Glue, and linking them by WCS. No Qt here.
+
+- `read_mvm` is a Glue data factory: one `~glue.core.Data` per MVM file, with SCI and WHT
+  components and the celestial WCS as coordinates; `is_mvm_fits` lets it claim only MVM files
+  (by name grammar and by their SCI/WHT headers), so any other FITS file still opens with Glue's
+  own reader.
+- `link_by_wcs` adds Glue's own `WCSLink` between new Data and every Data with a celestial WCS,
+  explicitly (no autolinking dialog), so a subset drawn on one image selects the same sky in all.
+- `load_mvm` runs the pipeline and does both.
+"""
+
+import logging
+from pathlib import Path
+
+from astropy.io import fits
+from astropy.wcs import WCS
+from glue.core import Data
+from glue.core.data_collection import DataCollection
+from glue.plugins.wcs_autolinking.wcs_autolinking import IncompatibleWCS, WCSLink
+
+from ..core.errors import InvalidNameError
+from ..core.products import CombinedName, parse_product_name
+
+__all__ = [
+    "MVM_FACTORY_LABEL",
+    "MVM_FACTORY_PRIORITY",
+    "is_mvm_fits",
+    "label_for",
+    "mvm_data",
+    "read_mvm",
+    "link_by_wcs",
+    "load_mvm",
+]
+
+log = logging.getLogger(__name__)
+
+MVM_FACTORY_LABEL = "HST MVM layer, cutout or mosaic (glue-mvmcut)"
+#: Above Glue's generic FITS reader (100), so MVM files get SCI/WHT as one Data with their WCS.
+MVM_FACTORY_PRIORITY = 200
+
+
+def is_mvm_fits(filename, **kwargs) -> bool:
+    """True for an MVM layer, cutout or mosaic file: an MVM name and SCI + WHT image extensions."""
+    try:
+        parse_product_name(Path(filename).name)
+    except (InvalidNameError, TypeError):
+        return False
+    try:
+        with fits.open(filename, memmap=True) as hdul:
+            return all(ext in hdul and hdul[ext].header.get("NAXIS") == 2 for ext in ("SCI", "WHT"))
+    except (OSError, ValueError):
+        return False
+
+
+def label_for(hdul: fits.HDUList, filename: str | None = None) -> str:
+    """ "ACS/WFC F814W mosaic" for a mosaic, "ACS/WFC F814W p0081x14y15" for a layer or cutout."""
+    name = parse_product_name(filename or str(hdul[0].header.get("FILENAME", "")))
+    where = "mosaic" if isinstance(name, CombinedName) else name.skycell.name
+    return f"{name.label()} {where}"
+
+
+def mvm_data(hdul: fits.HDUList, label: str | None = None) -> Data:
+    """One Glue Data with SCI and WHT components and the celestial WCS of ``hdul``."""
+    data = Data(
+        label=label or label_for(hdul),
+        SCI=hdul["SCI"].data,
+        WHT=hdul["WHT"].data,
+        coords=WCS(hdul["SCI"].header).celestial,
+    )
+    data.meta.update(
+        {
+            key: hdul[0].header[key]
+            for key in ("FILENAME", "INSTRUME", "DETECTOR", "FILTER")
+            if key in hdul[0].header
+        }
+    )
+    return data
+
+
+def read_mvm(filename, **kwargs) -> Data:
+    """Glue data factory: read an MVM layer, cutout or mosaic (memory-mapped) as one Data."""
+    # Memory-mapped arrays stay readable after the file is closed (astropy keeps the mapping).
+    with fits.open(filename, memmap=True) as hdul:
+        return mvm_data(hdul, label_for(hdul, Path(filename).name))
+
+
+def _has_celestial(data) -> bool:
+    coords = getattr(data, "coords", None)
+    return bool(getattr(coords, "has_celestial", False))
+
+
+def link_by_wcs(data_collection: DataCollection, new_data) -> list:
+    """Link ``new_data`` by WCS to each other and to every Data already in ``data_collection``
+    that has a celestial WCS. Returns the links added.
+
+    Glue composes links, so a star is enough: every other Data is linked to one reference (the
+    first new Data with a celestial WCS) — n - 1 links instead of n(n - 1) / 2.
+    """
+    celestial = [d for d in new_data if _has_celestial(d)]
+    if not celestial:
+        return []
+    reference = celestial[0]
+    others = celestial[1:] + [d for d in data_collection if _has_celestial(d) and d not in new_data]
+    links = []
+    for other in others:
+        try:
+            link = WCSLink(reference, other)
+        except IncompatibleWCS:
+            log.info("No WCS link between %s and %s.", reference.label, other.label)
+            continue
+        data_collection.add_link(link)
+        links.append(link)
+    return links
+
+
+def _data_collection(target) -> DataCollection:
+    if isinstance(target, DataCollection):
+        return target
+    if hasattr(target, "data_collection"):  # a Glue application or session
+        return target.data_collection
+    raise TypeError(f"Expected a Glue application, session or DataCollection, got {type(target).__name__}.")
+
+
+def load_mvm(
+    app_or_session, coord, size, *, filters=None, layers=None, cutouts: bool = True, **kwargs
+) -> list[Data]:
+    """Run the pipeline and add its mosaics (and cutouts) to Glue, linked by WCS.
+
+    Parameters
+    ----------
+    app_or_session : Glue application, session or `~glue.core.data_collection.DataCollection`
+        Where the Data go.
+    coord, size
+        The box, as for `~glue_mvmcut.core.pipeline.cutout_mosaic`.
+    filters : sequence of str, optional
+        Keep only these filters.
+    layers : `~astropy.table.Table`, optional
+        Rows of a previous query to use instead of querying.
+    cutouts : bool, optional
+        Also add each layer's cutout (default True); mosaics are always added.
+    **kwargs
+        Passed to `~glue_mvmcut.core.pipeline.cutout_mosaic` (``progress``, ``cancel``,
+        ``out_dir``, ``fetch``...).
+
+    Returns
+    -------
+    list of `~glue.core.Data`
+        The mosaics first, then the cutouts.
+    """
+    from ..core.pipeline import cutout_mosaic  # the pipeline is heavy: only when used
+
+    result = cutout_mosaic(coord, size, filters=filters, layers=layers, **kwargs)
+    new = [mvm_data(hdul) for hdul in result.mosaics.values()]
+    if cutouts:
+        new += [mvm_data(hdul) for hdul in result.cutouts]
+    collection = _data_collection(app_or_session)
+    for data in new:
+        collection.append(data)
+    link_by_wcs(collection, new)
+    return new

@@ -1,0 +1,99 @@
+"""The Qt-free Glue side: data factory, labels, load_mvm and WCS links that carry subsets."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+pytest.importorskip("glue")
+
+from glue.core import DataCollection
+from glue.core.data_factories import find_factory, load_data
+from glue.core.roi import RectangularROI
+from glue.core.subset import RoiSubsetState
+
+from glue_mvmcut import cutout_mosaic
+from glue_mvmcut.glue import setup
+from glue_mvmcut.glue.loader import MVM_FACTORY_LABEL, load_mvm, read_mvm
+
+LMC = (84.9208, -69.1467)
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, _server):
+    from glue_mvmcut.core.archive import using_server
+
+    out = tmp_path_factory.mktemp("glue")
+    with using_server(_server.url):
+        result = cutout_mosaic(LMC, 10, filters=["f814w", "f160w"], out_dir=out)
+    return result
+
+
+def test_setup_registers_one_factory_above_the_fits_reader():
+    from glue.config import data_factory
+
+    setup()
+    setup()  # glue calls it once; calling again must not register twice
+    ours = [m for m in data_factory.members if m.label == MVM_FACTORY_LABEL]
+    fits_reader = [m for m in data_factory.members if m.label == "FITS file"]
+    assert len(ours) == 1 and ours[0].priority > fits_reader[0].priority
+
+
+def test_mosaics_and_cutouts_open_as_one_data_with_sci_wht_and_wcs(written):
+    setup()
+    mosaic = next(p for p in written.paths["mosaics"] if p.name.endswith("_acs_wfc_f814w.fits"))
+    assert find_factory(str(mosaic)) is read_mvm
+    data = load_data(str(mosaic))
+    assert data.label == "ACS/WFC F814W mosaic"
+    assert [c.label for c in data.main_components] == ["SCI", "WHT"]
+    assert [c.label for c in data.world_component_ids] == ["Declination", "Right Ascension"]
+    with fits.open(mosaic) as hdul:
+        np.testing.assert_array_equal(data["SCI"], hdul["SCI"].data)
+    cutout = next(
+        p for p in written.paths["cutouts"] if "p0081x14y15" in p.name and p.name.endswith("f814w.fits")
+    )
+    assert load_data(str(cutout)).label == "ACS/WFC F814W p0081x14y15"
+    coarse = next(p for p in written.paths["mosaics"] if p.name.endswith("_coarse.fits"))
+    assert load_data(str(coarse)).label == "WFC3/IR F160W coarse mosaic"
+
+
+def test_other_fits_files_keep_glues_reader(tmp_path, written):
+    setup()
+    plain = tmp_path / "image.fits"
+    fits.HDUList([fits.PrimaryHDU(np.zeros((8, 8), np.float32))]).writeto(plain)
+    assert find_factory(str(plain)) is not read_mvm
+    renamed = tmp_path / "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f814w.fits"
+    renamed.write_bytes(plain.read_bytes())  # an MVM name, but no SCI/WHT inside
+    assert find_factory(str(renamed)) is not read_mvm
+
+
+def test_load_mvm_adds_linked_data_and_subsets_cross_grids(mast, cache):
+    collection = DataCollection()
+    new = load_mvm(collection, LMC, 10, filters=["f814w", "f160w"])
+    labels = [d.label for d in new]
+    assert labels[:4] == [
+        "ACS/WFC F814W jbp505jg mosaic",
+        "ACS/WFC F814W mosaic",
+        "WFC3/IR F160W mosaic",
+        "WFC3/IR F160W coarse mosaic",
+    ]
+    assert len(new) == 4 + 16 and list(collection) == new
+    assert len(collection.external_links) == len(new) - 1  # a star around the first mosaic
+    fine, coarse = new[1], new[3]
+    assert fine.shape == (250, 250) and coarse.shape == (83, 83)
+    # A 50 x 50 px (2" x 2") box at the centre of the fine F814W mosaic...
+    state = RoiSubsetState(
+        xatt=fine.pixel_component_ids[1],
+        yatt=fine.pixel_component_ids[0],
+        roi=RectangularROI(99.5, 149.5, 99.5, 149.5),
+    )
+    collection.new_subset_group(label="box", subset_state=state)
+    assert fine.subsets[0].to_mask().sum() == 50 * 50
+    # ...selects the same 2" x 2" of sky on the 0.12"/px coarse grid (16.7 px a side), centred,
+    # through two links (fine -> reference mosaic -> coarse).
+    coarse_mask = coarse.subsets[0].to_mask()
+    assert 16 * 16 <= coarse_mask.sum() <= 18 * 18
+    ys, xs = np.nonzero(coarse_mask)
+    assert abs(xs.mean() - 41) < 1 and abs(ys.mean() - 41) < 1
+    # And on a cutout of one skycell, whose grid is the fine mosaic's shifted by whole pixels.
+    cutout = next(d for d in new[4:] if d.label == "ACS/WFC F814W p0081x14y14")
+    assert cutout.subsets[0].to_mask().sum() == 50 * 50
