@@ -1,7 +1,7 @@
 """Glue plugin entry point (``glue.plugins`` → ``glue_mvmcut.glue:setup``).
 
-`setup` registers the MVM data factory. Registration imports no Qt and nothing heavy: the
-pipeline is imported only when a user asks for cutouts.
+`setup` registers the MVM data factory and, where glue-qt is installed, the menu action.
+Registration imports nothing heavy: the dialog and the pipeline load when a user asks for them.
 """
 
 
@@ -13,3 +13,9 @@ def setup():
 
     if not any(member.label == MVM_FACTORY_LABEL for member in data_factory.members):
         data_factory(MVM_FACTORY_LABEL, identifier=is_mvm_fits, priority=MVM_FACTORY_PRIORITY)(read_mvm)
+    from .qt import register
+
+    try:
+        register()
+    except ImportError:  # glue-core without glue-qt (e.g. in Jupyter): the data factory is all
+        pass

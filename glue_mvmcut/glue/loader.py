@@ -30,6 +30,7 @@ __all__ = [
     "read_mvm",
     "link_by_wcs",
     "load_mvm",
+    "add_result",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,12 @@ def load_mvm(
     from ..core.pipeline import cutout_mosaic  # the pipeline is heavy: only when used
 
     result = cutout_mosaic(coord, size, filters=filters, layers=layers, **kwargs)
+    return add_result(app_or_session, result, cutouts=cutouts)
+
+
+def add_result(app_or_session, result, *, cutouts: bool = True) -> list[Data]:
+    """Add a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) to Glue, linked
+    by WCS; returns the new Data, mosaics first."""
     new = [mvm_data(hdul) for hdul in result.mosaics.values()]
     if cutouts:
         new += [mvm_data(hdul) for hdul in result.cutouts]

@@ -1,0 +1,223 @@
+"""The "MVM cutouts from MAST…" dialog: a target and a box, Search, tick layers, Cut and load.
+
+All network and disk work runs on a `glue_qt.utils.threading.Worker` thread; progress arrives
+through a Qt signal, Cancel sets a `threading.Event` the pipeline checks between units of work,
+and errors are shown in the dialog as one readable line.
+"""
+
+import threading
+
+from glue_qt.utils.threading import Worker
+from glue_qt.viewers.image import ImageViewer
+from qtpy import QtCore, QtWidgets
+
+from ...core.errors import Cancelled, MVMCutError
+
+__all__ = ["MVMCutDialog", "open_viewers"]
+
+_DEFAULT_SIZE = 20.0
+
+
+class _Progress(QtCore.QObject):
+    """Carries the pipeline's progress callbacks from the worker thread to the GUI thread."""
+
+    changed = QtCore.Signal(int, int, str)
+
+
+def open_viewers(app, data_list) -> list:
+    """One image viewer per mosaic (cutouts stay in the collection, ready to add as layers),
+    with an arcsinh stretch over the 99.5% interval, which suits HST imaging."""
+    viewers = []
+    for data in data_list:
+        if not data.label.endswith(" mosaic"):
+            continue
+        viewer = app.new_data_viewer(ImageViewer, data=data)
+        layer = viewer.state.layers[0]
+        layer.attribute = data.id["SCI"]
+        layer.stretch = "arcsinh"
+        layer.percentile = 99.5
+        viewers.append(viewer)
+    return viewers
+
+
+class MVMCutDialog(QtWidgets.QDialog):
+    """Find the MVM layers over a box, let the user tick them, cut, combine and load them."""
+
+    def __init__(self, app, parent=None, *, ra=None, dec=None, width=_DEFAULT_SIZE, height=_DEFAULT_SIZE):
+        super().__init__(parent)
+        self.app = app
+        self.setWindowTitle("MVM cutouts from MAST")
+        self.target = QtWidgets.QLineEdit()
+        self.target.setPlaceholderText("84.9208 -69.1467   or   05:39:40.99 -69:08:48.1")
+        if ra is not None and dec is not None:
+            self.target.setText(f"{ra:.6f} {dec:.6f}")
+        self.width_box, self.height_box = (self._arcsec_box(v) for v in (width, height))
+        self.search_button = QtWidgets.QPushButton("Search")
+        self.layers = QtWidgets.QTreeWidget()
+        self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "Level", "MB"])
+        self.layers.setColumnWidth(0, 260)
+        self.cut_button = QtWidgets.QPushButton("Cut and load")
+        self.cut_button.setEnabled(False)
+        self.cancel_button = QtWidgets.QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QtWidgets.QProgressBar()
+        self.status = QtWidgets.QLabel("Enter a position and a box size, then Search.")
+        self.status.setWordWrap(True)
+
+        form = QtWidgets.QFormLayout()
+        form.addRow("Target (RA Dec)", self.target)
+        sizes = QtWidgets.QHBoxLayout()
+        sizes.addWidget(self.width_box)
+        sizes.addWidget(QtWidgets.QLabel("×"))
+        sizes.addWidget(self.height_box)
+        form.addRow("Box (width × height)", sizes)
+        buttons = QtWidgets.QHBoxLayout()
+        buttons.addWidget(self.search_button)
+        buttons.addStretch()
+        buttons.addWidget(self.cut_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.layers)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addLayout(buttons)
+        self.resize(640, 480)
+
+        self._table = None
+        self._worker = None
+        self._cancel = threading.Event()
+        self._progress = _Progress()
+        self._progress.changed.connect(self._on_progress)
+        self.search_button.clicked.connect(self.search)
+        self.cut_button.clicked.connect(self.cut_and_load)
+        self.cancel_button.clicked.connect(self._cancel.set)
+        self.loaded = []
+
+    @staticmethod
+    def _arcsec_box(value: float) -> QtWidgets.QDoubleSpinBox:
+        box = QtWidgets.QDoubleSpinBox()
+        box.setRange(0.1, 3600.0)
+        box.setDecimals(1)
+        box.setSuffix(" arcsec")
+        box.setValue(value)
+        return box
+
+    # -- steps ----------------------------------------------------------------------------------
+    def _box(self):
+        from ...core.coords import parse_coord
+
+        return parse_coord(self.target.text().strip()), (self.height_box.value(), self.width_box.value())
+
+    def search(self) -> None:
+        """Query MAST (off the GUI thread) and list the layers, grouped by filter, all ticked."""
+        try:
+            coord, size = self._box()
+        except MVMCutError as exc:
+            self._show_error(exc)
+            return
+        from ...core.archive import query_layers
+
+        self._start(query_layers, self._show_layers, "Searching MAST…", coord, size)
+
+    def cut_and_load(self) -> None:
+        """Cut the ticked layers, combine them and load the results into Glue (off the GUI thread)."""
+        from ...core.pipeline import cutout_mosaic
+
+        coord, size = self._box()
+        chosen = self._table[[self._is_ticked(name) for name in self._table["productFilename"]]]
+        if not len(chosen):
+            self._show_error(MVMCutError("Tick at least one layer."))
+            return
+        self._cancel.clear()
+        self.cancel_button.setEnabled(True)
+        self._start(
+            cutout_mosaic,
+            self._load,
+            f"Cutting {len(chosen)} layers…",
+            coord,
+            size,
+            layers=chosen,
+            progress=self._progress.changed.emit,
+            cancel=self._cancel.is_set,
+        )
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _start(self, func, on_result, message, *args, **kwargs) -> None:
+        self.status.setText(message)
+        self.search_button.setEnabled(False)
+        self.cut_button.setEnabled(False)
+        self.progress.setRange(0, 0)  # busy until the first progress report
+        self._worker = Worker(func, *args, **kwargs)
+        self._worker.result.connect(on_result)
+        self._worker.error.connect(self._on_error)
+        self._worker.start()
+
+    def _finish(self, message: str) -> None:
+        self.status.setText(message)
+        self.search_button.setEnabled(True)
+        self.cut_button.setEnabled(self._table is not None and len(self._table) > 0)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.status.setText(message)
+
+    def _on_error(self, exc_info) -> None:
+        self._show_error(exc_info[1])
+
+    def _show_error(self, exc: BaseException) -> None:
+        if isinstance(exc, Cancelled):
+            self._finish("Cancelled. Nothing was loaded.")
+            return
+        text = str(exc) if isinstance(exc, MVMCutError) else f"Unexpected error: {exc!r}"
+        self._finish(text)
+        self.status.setStyleSheet("color: #b00020")
+
+    def _show_layers(self, table) -> None:
+        self.status.setStyleSheet("")
+        self._table = table
+        self.layers.clear()
+        groups = {}
+        for row in table:
+            band = f"{row['instrument'].upper()}/{row['detector'].upper()} {row['filter'].upper()}"
+            if band not in groups:
+                groups[band] = QtWidgets.QTreeWidgetItem(self.layers, [band])
+                groups[band].setFlags(
+                    groups[band].flags() | QtCore.Qt.ItemIsAutoTristate | QtCore.Qt.ItemIsUserCheckable
+                )
+                groups[band].setCheckState(0, QtCore.Qt.Checked)
+            item = QtWidgets.QTreeWidgetItem(
+                groups[band],
+                [
+                    str(row["productFilename"]),
+                    str(row["skycell"]),
+                    str(row["scale"]),
+                    str(row["level"]),
+                    f"{row['size'] / 1e6:.1f}",
+                ],
+            )
+            item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
+            item.setCheckState(0, QtCore.Qt.Checked)
+        self.layers.expandAll()
+        self._finish(
+            f"{len(table)} layers found. Untick what you do not want, then Cut and load."
+            if len(table)
+            else "No MVM layers cover this box."
+        )
+
+    def _is_ticked(self, name: str) -> bool:
+        items = self.layers.findItems(name, QtCore.Qt.MatchExactly | QtCore.Qt.MatchRecursive, 0)
+        return bool(items) and items[0].checkState(0) == QtCore.Qt.Checked
+
+    def _load(self, result) -> None:
+        from ..loader import add_result
+
+        self.loaded = add_result(self.app, result)
+        open_viewers(self.app, self.loaded)
+        self._finish(
+            f"Loaded {len(result.mosaics)} mosaics and {len(result.cutouts)} cutouts, linked by WCS."
+        )

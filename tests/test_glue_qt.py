@@ -1,0 +1,62 @@
+"""The Glue application, offscreen: menu action, dialog, worker, Data, links, viewers, pictures."""
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("glue_qt")
+
+from glue_qt.app import GlueApplication
+from qtpy import QtCore
+
+from glue_mvmcut.glue.qt import MENU_LABEL, open_dialog
+
+STATIC = Path(__file__).parent.parent / "docs" / "_static"
+
+
+@pytest.fixture
+def app(qtbot, mast, cache):
+    application = GlueApplication()
+    yield application
+    application.close()
+
+
+def _menu_actions(app, title):
+    for action in app.menuBar().actions():
+        if action.text().replace("&", "") == title:
+            return [a.text() for a in action.menu().actions()]
+    return []
+
+
+def test_menu_action_is_under_plugins(app):
+    assert MENU_LABEL in _menu_actions(app, "Plugins")
+
+
+def test_search_then_cut_and_load(app, qtbot):
+    dialog = open_dialog(app.session, ra=84.9208, dec=-69.1467, width=10, height=10)
+    qtbot.addWidget(dialog)
+    dialog.search_button.click()
+    qtbot.waitUntil(lambda: dialog.cut_button.isEnabled(), timeout=60_000)
+    # Grouped by filter (fine and coarse, filter- and exposure-level layers together), all ticked.
+    groups = [dialog.layers.topLevelItem(i) for i in range(dialog.layers.topLevelItemCount())]
+    assert [g.text(0) for g in groups] == ["ACS/WFC F658N", "ACS/WFC F814W", "WFC3/IR F160W"]
+    assert [g.childCount() for g in groups] == [4, 8, 8]
+    # Untick F658N.
+    for i in range(dialog.layers.topLevelItemCount()):
+        item = dialog.layers.topLevelItem(i)
+        if item.text(0) == "ACS/WFC F658N":
+            item.setCheckState(0, QtCore.Qt.Unchecked)
+    STATIC.mkdir(parents=True, exist_ok=True)
+    dialog.grab().save(str(STATIC / "dialog.png"))
+    dialog.cut_button.click()
+    qtbot.waitUntil(lambda: bool(dialog.loaded), timeout=120_000)
+    labels = [d.label for d in app.data_collection]
+    assert "ACS/WFC F814W mosaic" in labels and "WFC3/IR F160W coarse mosaic" in labels
+    assert not any("F658N" in label for label in labels)
+    assert len(app.viewers[0]) == 4  # one image viewer per mosaic
+    assert "Loaded 4 mosaics and 16 cutouts" in dialog.status.text()
+    app.resize(1500, 950)
+    app.show()
+    app.current_tab.tileSubWindows()
+    qtbot.wait(500)
+    app.grab().save(str(STATIC / "glue_linked_viewers.png"))
