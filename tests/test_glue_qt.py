@@ -28,8 +28,30 @@ def _menu_actions(app, title):
     return []
 
 
-def test_menu_action_is_under_plugins(app):
+def test_menu_action_is_under_plugins_and_import_data(app):
     assert MENU_LABEL in _menu_actions(app, "Plugins")
+    assert MENU_LABEL in [a.text() for a in app._actions["data_importers"]]
+
+
+def test_errors_show_in_the_dialog(app, qtbot):
+    dialog = open_dialog(app.session)
+    qtbot.addWidget(dialog)
+    dialog.target.setText("84.9 -95")
+    dialog.search_button.click()
+    assert dialog.status.text().startswith("Not a valid sky position: '84.9 -95'")
+    assert dialog.search_button.isEnabled() and not dialog.cut_button.isEnabled()
+
+
+def test_cancel_mid_run_leaves_glue_usable(app, qtbot):
+    dialog = open_dialog(app.session, ra=84.9208, dec=-69.1467, width=10, height=10)
+    qtbot.addWidget(dialog)
+    dialog.search_button.click()
+    qtbot.waitUntil(lambda: dialog.cut_button.isEnabled(), timeout=60_000)
+    dialog.cut_button.click()
+    dialog.cancel_button.click()  # at once: the worker stops at its next check
+    qtbot.waitUntil(lambda: dialog.search_button.isEnabled(), timeout=60_000)
+    assert dialog.status.text() == "Cancelled. Nothing was loaded."
+    assert len(app.data_collection) == 0 and dialog.loaded == []
 
 
 def test_search_then_cut_and_load(app, qtbot):

@@ -2,7 +2,7 @@
 
 MENU_LABEL = "MVM cutouts from MAST…"
 
-__all__ = ["MENU_LABEL", "open_dialog", "register"]
+__all__ = ["MENU_LABEL", "open_dialog", "import_dialog", "register"]
 
 
 def open_dialog(session, data_collection=None, **values):
@@ -18,9 +18,28 @@ def open_dialog(session, data_collection=None, **values):
     return dialog
 
 
+def import_dialog() -> list:
+    """File → Import data entry: the dialog, modal, on the running Glue application.
+
+    The dialog adds and links what it loads itself (Glue's importer route would add the Data
+    again and open its autolinking dialog), so this returns an empty list.
+    """
+    from glue_qt.app import GlueApplication
+    from qtpy import QtWidgets
+
+    from .dialog import MVMCutDialog
+
+    app = next(w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, GlueApplication))
+    MVMCutDialog(app, parent=app).exec_()
+    return []
+
+
 def register() -> None:
-    """Add the menu action under Plugins (once)."""
+    """Add the menu action under Plugins and under File → Import data (once)."""
+    from glue.config import importer
     from glue_qt.config import menubar_plugin
 
     if not any(label == MENU_LABEL for label, _ in menubar_plugin.members):
         menubar_plugin(MENU_LABEL)(open_dialog)
+    if not any(label == MENU_LABEL for label, _ in importer.members):
+        importer(MENU_LABEL)(import_dialog)
