@@ -97,3 +97,17 @@ def test_load_mvm_adds_linked_data_and_subsets_cross_grids(mast, cache):
     # And on a cutout of one skycell, whose grid is the fine mosaic's shifted by whole pixels.
     cutout = next(d for d in new[4:] if d.label == "ACS/WFC F814W p0081x14y14")
     assert cutout.subsets[0].to_mask().sum() == 50 * 50
+
+
+def test_box_from_pixels_on_a_mosaic(written):
+    from astropy.wcs import WCS
+
+    from glue_mvmcut.glue.loader import box_from_pixels
+
+    mosaic = next(p for p in written.paths["mosaics"] if p.name.endswith("_acs_wfc_f814w.fits"))
+    with fits.open(mosaic) as hdul:
+        wcs = WCS(hdul["SCI"].header)
+    ra, dec, width, height = box_from_pixels(wcs, 74.5, 174.5, 99.5, 149.5)  # 100 x 50 px
+    assert (ra, dec) == pytest.approx(LMC, abs=0.04 / 3600)
+    assert (width, height) == pytest.approx((4.0, 2.0), rel=1e-3)
+    assert box_from_pixels(wcs, 124, 124.5, 124, 124)[2:] == (20.0, 20.0)  # a click

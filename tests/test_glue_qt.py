@@ -82,3 +82,43 @@ def test_search_then_cut_and_load(app, qtbot):
     app.current_tab.tileSubWindows()
     qtbot.wait(500)
     app.grab().save(str(STATIC / "glue_linked_viewers.png"))
+
+
+def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
+    from glue_qt.viewers.image import ImageViewer
+    from matplotlib.backend_bases import MouseEvent
+
+    from glue_mvmcut.glue.loader import load_mvm
+
+    fine = next(
+        d
+        for d in load_mvm(app, (84.9208, -69.1467), 10, filters=["f814w"], cutouts=False)
+        if d.label == "ACS/WFC F814W mosaic"
+    )
+    viewer = app.new_data_viewer(ImageViewer, data=fine)
+    app.show()
+    qtbot.wait(300)
+    assert "mvmcut:pick" in viewer.toolbar.tools
+    viewer.toolbar.active_tool = "mvmcut:pick"
+    tool = viewer.toolbar.tools["mvmcut:pick"]
+    canvas = viewer.axes.figure.canvas
+
+    def event(kind, x, y):
+        dx, dy = viewer.axes.transData.transform((x, y))
+        return MouseEvent(kind, canvas, dx, dy, button=1)
+
+    # Drag from pixel (74.5, 99.5) to (174.5, 149.5): 100 x 50 fine pixels = 4" x 2".
+    tool.press(event("button_press_event", 74.5, 99.5))
+    tool.move(event("motion_notify_event", 174.5, 149.5))
+    tool.release(event("button_release_event", 174.5, 149.5))
+    dialog = tool.dialog
+    qtbot.addWidget(dialog)
+    ra, dec = (float(v) for v in dialog.target.text().split())
+    assert (ra, dec) == pytest.approx((84.9208, -69.1467), abs=0.08 / 3600)
+    assert dialog.width_box.value() == pytest.approx(4.0, abs=0.1)
+    assert dialog.height_box.value() == pytest.approx(2.0, abs=0.1)
+    # A click (no drag) picks a 20" box around the point clicked.
+    tool.press(event("button_press_event", 124.5, 124.5))
+    tool.release(event("button_release_event", 124.5, 124.5))
+    qtbot.addWidget(tool.dialog)
+    assert tool.dialog is not dialog and tool.dialog.width_box.value() == 20.0

@@ -31,6 +31,8 @@ __all__ = [
     "link_by_wcs",
     "load_mvm",
     "add_result",
+    "box_from_pixels",
+    "CLICK_BOX_ARCSEC",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,30 @@ def read_mvm(filename, **kwargs) -> Data:
     # Memory-mapped arrays stay readable after the file is closed (astropy keeps the mapping).
     with fits.open(filename, memmap=True) as hdul:
         return mvm_data(hdul, label_for(hdul, Path(filename).name))
+
+
+#: Box side used when the user clicks instead of dragging a box, in arcsec.
+CLICK_BOX_ARCSEC = 20.0
+
+
+def box_from_pixels(
+    wcs, xmin: float, xmax: float, ymin: float, ymax: float
+) -> tuple[float, float, float, float]:
+    """(ra, dec, width, height) — degrees and arcsec — of a pixel rectangle drawn on an image.
+
+    A rectangle less than two pixels across (a click) gives a `CLICK_BOX_ARCSEC` box around it.
+    """
+    from astropy.coordinates import SkyCoord
+
+    xc, yc = (xmin + xmax) / 2, (ymin + ymax) / 2
+    centre = wcs.pixel_to_world(xc, yc)
+    if not isinstance(centre, SkyCoord):
+        raise ValueError("The image has no celestial WCS.")
+    if xmax - xmin < 2 and ymax - ymin < 2:
+        return centre.ra.deg, centre.dec.deg, CLICK_BOX_ARCSEC, CLICK_BOX_ARCSEC
+    width = wcs.pixel_to_world(xmin, yc).separation(wcs.pixel_to_world(xmax, yc)).arcsec
+    height = wcs.pixel_to_world(xc, ymin).separation(wcs.pixel_to_world(xc, ymax)).arcsec
+    return centre.ra.deg, centre.dec.deg, width, height
 
 
 def _has_celestial(data) -> bool:

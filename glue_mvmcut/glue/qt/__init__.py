@@ -35,11 +35,19 @@ def import_dialog() -> list:
 
 
 def register() -> None:
-    """Add the menu action under Plugins and under File → Import data (once)."""
-    from glue.config import importer
+    """Add the menu action under Plugins and File → Import data, and the pick tool to image
+    viewers made from now on (once)."""
+    from glue.config import importer, viewer_tool
     from glue_qt.config import menubar_plugin
+    from glue_qt.viewers.image import ImageViewer
+
+    from .pick import MVMPickTool
 
     if not any(label == MENU_LABEL for label, _ in menubar_plugin.members):
         menubar_plugin(MENU_LABEL)(open_dialog)
     if not any(label == MENU_LABEL for label, _ in importer.members):
         importer(MENU_LABEL)(import_dialog)
+    if MVMPickTool.tool_id not in viewer_tool.members:
+        viewer_tool(MVMPickTool)
+    if MVMPickTool.tool_id not in ImageViewer.tools:
+        ImageViewer.tools = [*ImageViewer.tools, MVMPickTool.tool_id]
