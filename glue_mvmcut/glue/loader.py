@@ -16,7 +16,6 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from glue.core import Data
 from glue.core.data_collection import DataCollection
-from glue.plugins.wcs_autolinking.wcs_autolinking import IncompatibleWCS, WCSLink
 
 from ..core.errors import InvalidNameError
 from ..core.products import CombinedName, parse_product_name
@@ -123,6 +122,9 @@ def link_by_wcs(data_collection: DataCollection, new_data) -> list:
     Glue composes links, so a star is enough: every other Data is linked to one reference (the
     first new Data with a celestial WCS) — n - 1 links instead of n(n - 1) / 2.
     """
+    # Imported here: it pulls in scipy.optimize (~130 ms), which plugin registration must not pay.
+    from glue.plugins.wcs_autolinking.wcs_autolinking import IncompatibleWCS, WCSLink
+
     celestial = [d for d in new_data if _has_celestial(d)]
     if not celestial:
         return []
