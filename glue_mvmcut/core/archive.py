@@ -199,7 +199,7 @@ def _empty_layer_table() -> Table:
     return Table(names=LAYER_COLUMNS, dtype=[types.get(name, str) for name in LAYER_COLUMNS])
 
 
-def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Table:
+def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     """Every MVM layer file whose skycell overlaps a box on the sky.
 
     Queries MAST like the seed (``project="HAP"``, ``obs_collection="HST"``, image products, one
@@ -215,7 +215,7 @@ def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Tabl
     size : float, (ny, nx) pair or angular `~astropy.units.Quantity`
         Box size; plain numbers are arcseconds.
     instruments : sequence of str, optional
-        Instrument names (``"ACS"``, ``"WFC3"``), case-insensitive.
+        Instrument names, case-insensitive (default: ``"ACS"`` and ``"WFC3"``).
     filters : sequence of str, optional
         Keep only these filters (e.g. ``["F814W", "f658n"]``).
 
@@ -242,7 +242,7 @@ def query_layers(coord, size, *, instruments=_INSTRUMENTS, filters=None) -> Tabl
     with archive_errors("MVM query"), warnings.catch_warnings():
         # An empty answer is not an error here; NoMVMDataWarning below says so once.
         warnings.simplefilter("ignore", NoResultsWarning)
-        for instrument in instruments:
+        for instrument in instruments or _INSTRUMENTS:
             table = client.query_criteria(
                 coordinates=coord,
                 radius=f"{radius} arcsec",

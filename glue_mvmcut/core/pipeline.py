@@ -104,6 +104,11 @@ def write_query_table(table: Table, coord: SkyCoord, size: u.Quantity, out_dir) 
     return target
 
 
+def _check_cancel(cancel: Callable[[], bool] | None) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("Cancelled; files already written are complete, nothing partial was left.")
+
+
 class _Steps:
     """Progress, cancel and per-step timing for one run."""
 
@@ -113,8 +118,7 @@ class _Steps:
         self.seconds: dict[str, float] = {}
 
     def check(self) -> None:
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("Cancelled; files already written are complete, nothing partial was left.")
+        _check_cancel(self.cancel)
 
     def report(self, message: str, advance: int = 1) -> None:
         self.done += advance
@@ -182,7 +186,7 @@ def cutout_mosaic(
     steps.check()
     started = time.perf_counter()
     if layers is None:
-        layers = query_layers(coord, size, instruments=instruments or ("ACS", "WFC3"), filters=filters)
+        layers = query_layers(coord, size, instruments=instruments, filters=filters)
     steps.timed("query", started)
     result = CutoutResult(coord=coord, size=size, layers=layers)
     steps.total = 1 + len(layers) + int(combine) + int(out_dir is not None)
@@ -247,8 +251,7 @@ class _Fetcher:
 
     def cut(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList | None:
         """The cutout of one layer, or None when the box misses it."""
-        if self.cancel is not None and self.cancel():
-            raise Cancelled("Cancelled; files already written are complete, nothing partial was left.")
+        _check_cancel(self.cancel)
         try:
             if self.ranged:
                 try:

@@ -145,10 +145,6 @@ class ProjectionCell:
         """The WCS of the whole projection cell at ``scale`` ('fine' or 'coarse')."""
         return _projection_cell_wcs(self, scale).deepcopy()
 
-    def skycell(self, x: int, y: int) -> "SkyCell":
-        """The skycell at column ``x``, row ``y`` (1-based) of this projection cell."""
-        return SkyCell(self.index, x, y)
-
     @staticmethod
     def containing(coord) -> list["ProjectionCell"]:
         """Every projection cell whose pixel area contains ``coord`` (neighbours overlap).
@@ -258,11 +254,6 @@ class SkyCell:
     def parent(self) -> ProjectionCell:
         """The projection cell this skycell belongs to."""
         return ProjectionCell(self.projection_cell)
-
-    def origin(self, scale: str = "fine") -> tuple[float, float]:
-        """Offset of this skycell's pixel grid within its projection cell, in ``scale`` pixels."""
-        ratio = _scale_ratio(scale)
-        return ((self.x - 1) * SKYCELL_STEP * ratio, (self.y - 1) * SKYCELL_STEP * ratio)
 
     def wcs(self, scale: str = "fine") -> WCS:
         """The WCS of the full (untrimmed) skycell at ``scale`` ('fine' or 'coarse').

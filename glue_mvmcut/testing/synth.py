@@ -20,7 +20,7 @@ import json
 import math
 import os
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
 
@@ -192,7 +192,6 @@ class LayerRecord:
     s_ra: float = 0.0
     s_dec: float = 0.0
     s_region: str = ""
-    extra: dict = field(default_factory=dict)
 
     def wcs(self) -> WCS:
         """WCS of the trimmed layer."""
