@@ -23,8 +23,12 @@ _NEGATIVE_COORDINATE = re.compile(r"^-\d+(?:[:hdms]|\s)")
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("ra", help="right ascension: degrees (84.9208) or hours (05:39:41.0)")
-    parser.add_argument("dec", help="declination: degrees (-69.1467) or sexagesimal (-69:08:48)")
+    parser.add_argument(
+        "target",
+        nargs="+",
+        help="RA Dec in degrees (84.9208 -69.1467) or sexagesimal (05:39:41.0 -69:08:48), "
+        "or an object name for MAST's resolver (NGC 1850)",
+    )
     parser.add_argument("--size", type=float, required=True, metavar="ARCSEC", help="box width in arcsec")
     parser.add_argument("--size-y", type=float, metavar="ARCSEC", help="box height (default: --size)")
     parser.add_argument("--instruments", default="acs,wfc3", help="comma-separated (default: acs,wfc3)")
@@ -89,9 +93,9 @@ def _print_layers(table) -> None:
 
 
 def _box(args):
-    from .core.coords import parse_coord
+    from .core.archive import resolve_target
 
-    coord = parse_coord(args.ra.strip(), args.dec.strip())
+    coord = resolve_target(" ".join(part.strip() for part in args.target))
     return coord, (args.size_y if args.size_y is not None else args.size, args.size)
 
 

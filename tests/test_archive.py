@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 
-from glue_mvmcut import ArchiveError, NoMVMDataWarning, conf
-from glue_mvmcut.core.archive import LAYER_COLUMNS, query_layers, server_url, using_server
+from glue_mvmcut import ArchiveError, InvalidCoordinateError, NoMVMDataWarning, conf
+from glue_mvmcut.core.archive import (
+    LAYER_COLUMNS,
+    query_layers,
+    resolve_name,
+    resolve_target,
+    resolver_url,
+    server_url,
+    using_server,
+)
 from glue_mvmcut.core.skycells import skycells_covering
 
 LMC = (84.9208, -69.1467)
@@ -127,3 +135,46 @@ def test_every_overlapping_layer_is_found_in_every_field(mast, archives, field):
     expected = sorted(rec.filename for rec in archive.layers if rec.skycell in covering)
     assert expected
     assert list(query_layers(centre, 16)["productFilename"]) == expected
+
+
+def test_an_object_name_resolves_through_the_servers_resolver(mast):
+    coord = resolve_target("LMC")
+    assert (coord.ra.deg, coord.dec.deg) == (84.9208, -69.1467)
+    assert resolver_url() == f"{mast.url}/Santa-war/query"
+    assert [r.service for r in mast.requests()] == ["resolver"]
+
+
+def test_positions_are_parsed_without_asking_the_resolver(mast):
+    coord = resolve_target("05:39:41.0 -69:08:48")
+    assert coord.ra.deg == pytest.approx(84.920833, abs=1e-6)
+    assert coord.dec.deg == pytest.approx(-69.146667, abs=1e-6)
+    assert mast.requests() == []
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("84.9 -95", "off the sky|-95"),  # a bad position is never sent to the resolver
+        ("NGC 99999", "'NGC 99999' is neither a sky position nor a name the resolver knows"),
+    ],
+)
+def test_bad_targets_are_refused_with_the_input_named(mast, target, message):
+    with pytest.raises(InvalidCoordinateError, match=message):
+        resolve_target(target)
+
+
+def test_an_unreachable_resolver_is_named_with_advice(mast):
+    with conf.set_temp("resolver", "http://127.0.0.1:9/Santa-war/query"):
+        with pytest.raises(ArchiveError, match=r"cannot reach the name resolver at http://127\.0\.0\.1:9/"):
+            resolve_name("lmc")
+
+
+def test_the_public_resolver_is_used_with_the_public_server():
+    with using_server("https://mast.stsci.edu"):
+        assert resolver_url() == "https://mastresolver.stsci.edu/Santa-war/query"
+
+
+def test_a_resolver_that_fails_or_sends_garbage_gives_an_archive_error(mast):
+    mast.faults.fail(status=500, count=10, scope="query")
+    with pytest.raises(ArchiveError, match="Resolving 'lmc': the name resolver at .* answered 500"):
+        resolve_name("lmc")

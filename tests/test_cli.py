@@ -42,7 +42,11 @@ def test_query_accepts_sexagesimal_and_filters(mast, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["query", "0", "-95", "--size", "10"], "mvmcut: error: Not a valid sky position: ('0', '-95')"),
+        (
+            ["query", "0", "-95", "--size", "10"],
+            "mvmcut: error: Not a valid sky position: '0 -95' (Latitude angle(s) must be within -90 deg",
+        ),
+        (["query", "Nowhere", "Nebula", "--size", "10"], "mvmcut: error: 'Nowhere Nebula' is neither a sky"),
         (["query", "1", "2", "--size", "-3"], "mvmcut: error: A cutout size must be positive and finite"),
         (["query", "1", "2", "--size", "7200"], "mvmcut: error: A cutout size of (7200.0, 7200.0) exceeds"),
     ],
@@ -51,6 +55,13 @@ def test_user_errors_are_one_line_without_traceback(mast, capsys, args, message)
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_an_object_name_is_resolved_by_the_archives_resolver(mast, capsys):
+    assert main(["query", "lmc", "--size", "20", "--filters", "f658n"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1].startswith("4 layers, ")
+    assert {"p0081x14y14", "p0081x14y15", "p0081x15y14", "p0081x15y15"} <= set(out.split())
 
 
 def test_no_data_is_said_plainly(mast, capsys):

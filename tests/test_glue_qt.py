@@ -33,13 +33,51 @@ def test_menu_action_is_under_plugins_and_import_data(app):
     assert MENU_LABEL in [a.text() for a in app._actions["data_importers"]]
 
 
-def test_errors_show_in_the_dialog(app, qtbot):
+def _search(qtbot, dialog, target):
+    dialog.target.setText(target)
+    dialog.search_button.click()
+    qtbot.waitUntil(lambda: dialog.search_button.isEnabled(), timeout=60_000)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("84.9 -95", "Not a valid sky position: '84.9 -95'"),
+        ("Nowhere Nebula", "'Nowhere Nebula' is neither a sky position nor a name the resolver knows."),
+        ("", "Enter a position (RA Dec) or an object name first."),
+    ],
+)
+def test_errors_show_in_the_dialog(app, qtbot, target, message):
     dialog = open_dialog(app.session)
     qtbot.addWidget(dialog)
-    dialog.target.setText("84.9 -95")
-    dialog.search_button.click()
-    assert dialog.status.text().startswith("Not a valid sky position: '84.9 -95'")
-    assert dialog.search_button.isEnabled() and not dialog.cut_button.isEnabled()
+    _search(qtbot, dialog, target)
+    assert dialog.status.text().startswith(message)
+    assert not dialog.cut_button.isEnabled()
+
+
+def test_an_unreachable_resolver_is_reported_in_the_dialog(app, qtbot):
+    from glue_mvmcut import conf
+
+    dialog = open_dialog(app.session)
+    qtbot.addWidget(dialog)
+    with conf.set_temp("resolver", "http://127.0.0.1:9/Santa-war/query"):
+        _search(qtbot, dialog, "NGC 1850")
+    assert dialog.status.text().startswith(
+        "Resolving 'NGC 1850': cannot reach the name resolver at http://127.0.0.1:9/Santa-war/query"
+    )
+
+
+def test_an_object_name_is_resolved_and_a_changed_box_needs_a_new_search(app, qtbot):
+    dialog = open_dialog(app.session, width=10, height=10)
+    qtbot.addWidget(dialog)
+    _search(qtbot, dialog, "LMC")
+    assert dialog.status.text() == (
+        "20 layers found at 84.92080 -69.14670. Untick what you do not want, then Cut and load."
+    )
+    assert dialog.cut_button.isEnabled()
+    dialog.width_box.setValue(30)
+    assert dialog.status.text() == "The target or box changed: Search again."
+    assert not dialog.cut_button.isEnabled() and dialog.layers.topLevelItemCount() == 0
 
 
 def test_cancel_mid_run_leaves_glue_usable(app, qtbot):

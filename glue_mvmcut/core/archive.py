@@ -8,6 +8,7 @@ package makes — queries and downloads — at MAST or at a stand-in.
 
 import logging
 import math
+import re
 import warnings
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import numpy as np
 import requests
 import urllib3
+from astropy.coordinates import SkyCoord
 from astropy.table import Table, vstack
 from astroquery.exceptions import NoResultsWarning, RemoteServiceError
 from astroquery.mast import ObservationsClass
@@ -23,7 +25,7 @@ from urllib3.util.retry import Retry
 
 from .config import conf
 from .coords import box_radius, parse_coord, parse_size
-from .errors import ArchiveError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
+from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
 from .products import LayerName, safe_filename
 from .skycells import skycells_covering
 
@@ -36,6 +38,9 @@ __all__ = [
     "archive_errors",
     "observations",
     "query_layers",
+    "resolver_url",
+    "resolve_name",
+    "resolve_target",
 ]
 
 log = logging.getLogger(__name__)
@@ -64,6 +69,13 @@ _PORTAL_PATHS = {
     "MAST_BUNDLE_URL": "/api/v0.1/Download/bundle",
 }
 _INSTRUMENTS = ("ACS", "WFC3")
+#: The public MAST server and its name resolver.
+MAST_SERVER = "https://mast.stsci.edu"
+MAST_RESOLVER_URL = "https://mastresolver.stsci.edu/Santa-war/query"
+#: Where a mirror or stand-in of MAST answers name resolution.
+RESOLVER_PATH = "/Santa-war/query"
+# Text made of numbers, separators and sexagesimal units is a (bad) position, never a name.
+_POSITION_LIKE = re.compile(r"^\s*[-+]?\d[\d\s+\-.:,°'\"hdms]*$", re.IGNORECASE)
 
 
 def server_url() -> str:
@@ -160,38 +172,112 @@ def _timed_out(exc: BaseException) -> bool:
 
 
 @contextmanager
-def archive_errors(what: str):
-    """Turn transport and protocol failures into `ArchiveError` naming the server."""
+def archive_errors(what: str, service: str | None = None):
+    """Turn transport and protocol failures into `ArchiveError` naming the service.
+
+    ``service`` names who was asked (default: "MAST at <server>").
+    """
+    service = service or f"MAST at {server_url()}"
+    too_slow = (
+        f"{what}: {service} did not answer within {conf.timeout} s. "
+        "Try again later, or raise glue_mvmcut.conf.timeout."
+    )
     try:
         yield
     except requests.exceptions.ConnectionError as exc:
-        if not _timed_out(exc):
-            raise ArchiveError(
-                f"{what}: cannot reach MAST at {server_url()} ({exc.__class__.__name__}). "
-                "Check the network and the [mast] server setting in astroquery.cfg."
-            ) from exc
+        if _timed_out(exc):
+            raise ArchiveError(too_slow) from exc
         raise ArchiveError(
-            f"{what}: MAST at {server_url()} did not answer within {conf.timeout} s. "
-            "Try again later, or raise glue_mvmcut.conf.timeout."
+            f"{what}: cannot reach {service} ({exc.__class__.__name__}). "
+            "Check the network and the [mast] server setting in astroquery.cfg."
         ) from exc
     except requests.exceptions.Timeout as exc:
-        raise ArchiveError(
-            f"{what}: MAST at {server_url()} did not answer within {conf.timeout} s. "
-            "Try again later, or raise glue_mvmcut.conf.timeout."
-        ) from exc
+        raise ArchiveError(too_slow) from exc
     except requests.exceptions.HTTPError as exc:
-        raise ArchiveError(f"{what}: MAST at {server_url()} answered {exc}.") from exc
+        raise ArchiveError(f"{what}: {service} answered {exc}.") from exc
     except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
-        raise ArchiveError(f"{what}: the transfer from MAST at {server_url()} failed ({exc}).") from exc
+        raise ArchiveError(f"{what}: the transfer from {service} failed ({exc}).") from exc
     except TimeoutError as exc:
         raise ArchiveError(
-            f"{what}: MAST at {server_url()} was still working on the query after "
+            f"{what}: {service} was still working on the query after "
             f"{conf.query_timeout} s. Try again later, or raise glue_mvmcut.conf.query_timeout."
         ) from exc
     except RemoteServiceError as exc:
-        raise ArchiveError(f"{what}: MAST at {server_url()} reported an error: {exc}") from exc
-    except (ValueError, KeyError) as exc:  # a body that is not the JSON astroquery expects
-        raise ArchiveError(f"{what}: MAST at {server_url()} sent an unreadable reply ({exc}).") from exc
+        raise ArchiveError(f"{what}: {service} reported an error: {exc}") from exc
+    except (ValueError, KeyError, TypeError) as exc:  # a body that is not the JSON expected
+        raise ArchiveError(f"{what}: {service} sent an unreadable reply ({exc}).") from exc
+
+
+def resolver_url() -> str:
+    """URL of the name resolver in force now (``glue_mvmcut.conf.resolver``, see there)."""
+    if conf.resolver:
+        return str(conf.resolver)
+    server = server_url()
+    return MAST_RESOLVER_URL if server == MAST_SERVER else server + RESOLVER_PATH
+
+
+def resolve_name(name: str, *, timeout: float | None = None) -> SkyCoord:
+    """Resolve an object name to an ICRS position with MAST's name resolver (SANTA).
+
+    Hand-written rather than ``astroquery.mast.utils.resolve_object`` because astroquery 0.4.11
+    sends that request to a fixed URL with ``requests.get`` and no timeout: a mirror or stand-in
+    cannot answer it and a silent resolver hangs the caller forever. The request and the choice
+    of answer (the first resolver that knows the name) are astroquery's.
+
+    Parameters
+    ----------
+    name : str
+        An object name SIMBAD or NED knows, e.g. ``"NGC 1850"``.
+    timeout : float, optional
+        Seconds for connecting and for each read; default ``glue_mvmcut.conf.timeout``.
+
+    Raises
+    ------
+    InvalidCoordinateError
+        If the resolver does not know the name.
+    ArchiveError
+        If the resolver cannot be reached or answers garbage.
+    """
+    url = resolver_url()
+    params = {"name": name, "outputFormat": "json", "resolveAll": "false"}
+    with (
+        http_session(timeout) as session,
+        archive_errors(f"Resolving {name!r}", f"the name resolver at {url}"),
+    ):
+        reply = session.get(url, params=params)
+        reply.raise_for_status()
+        found = reply.json().get("resolvedCoordinate") or []
+        wanted = name.strip().lower()
+        match = next((entry for entry in found if entry.get("searchString", "").lower() == wanted), None)
+        coord = None if match is None else SkyCoord(float(match["ra"]), float(match["decl"]), unit="deg")
+    if coord is None:
+        raise InvalidCoordinateError(
+            f"{name!r} is neither a sky position nor a name the resolver knows. Give 'RA Dec' in "
+            "degrees (84.9208 -69.1467) or sexagesimal (05:39:41.0 -69:08:48), or an object name "
+            "SIMBAD or NED know."
+        )
+    log.info(
+        "Resolved %r to %s with %s", name, coord.to_string("decimal", precision=6), match.get("resolver")
+    )
+    return coord
+
+
+def resolve_target(target) -> SkyCoord:
+    """A position from a coordinate (anything `parse_coord` reads) or, failing that, an object name.
+
+    Raises
+    ------
+    InvalidCoordinateError
+        If ``target`` is neither a position nor a name the resolver knows (or is off the sky).
+    ArchiveError
+        If a name had to be resolved and the resolver cannot be reached.
+    """
+    try:
+        return parse_coord(target)
+    except InvalidCoordinateError:
+        if not isinstance(target, str) or not target.strip() or _POSITION_LIKE.match(target):
+            raise
+    return resolve_name(target.strip())
 
 
 def _empty_layer_table() -> Table:

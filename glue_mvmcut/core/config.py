@@ -34,6 +34,13 @@ class Conf(_config.ConfigNamespace):
         "Seconds to keep polling a MAST query that answers EXECUTING before giving up.",
         module="glue_mvmcut",
     )
+    resolver = _config.ConfigItem(
+        "",
+        "URL of the name resolver (MAST's SANTA protocol). Empty means MAST's own resolver when the "
+        "[mast] server is MAST, and <server>/Santa-war/query for any other server (a mirror or the "
+        "stand-in of glue_mvmcut.testing).",
+        module="glue_mvmcut",
+    )
     cache_dir = _config.ConfigItem(
         "",
         "Directory for whole-file downloads. Empty means <astropy cache dir>/glue_mvmcut; "

@@ -6,6 +6,8 @@ It answers what ``astroquery.mast.Observations`` sends (DESIGN.md §3):
 - ``POST /api/v0/invoke`` with ``Mast.Caom.Filtered.Position`` / ``Mast.Caom.Filtered``
   (filters with wildcards, ``COUNT_BIG(*)``, a real cone-versus-footprint test) and
   ``Mast.Caom.Products`` (with previews, trailers and single-visit products as decoys),
+- ``GET /Santa-war/query?name=...`` (MAST's name resolver): each served field's name, e.g.
+  ``lmc``, resolves to its centre,
 - ``HEAD``/``GET /api/v0.1/Download/file?uri=mast:HST/product/<file>`` with ``Range`` (206;
   several ranges give a ``multipart/byteranges`` reply, as real HTTP servers send).
 
@@ -38,6 +40,7 @@ __all__ = ["MastServer", "Faults", "RequestRecord"]
 INVOKE_PATH = "/api/v0/invoke"
 COLUMNS_CONFIG_PATH = "/portal/Mashup/Mashup.asmx/columnsconfig"
 DOWNLOAD_PATH = "/api/v0.1/Download/file"
+RESOLVER_PATH = "/Santa-war/query"
 URI_PREFIX = "mast:HST/product/"
 _CHUNK = 1 << 20
 
@@ -494,7 +497,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         with self.server.owner._in_flight():
-            self._download()
+            if urlsplit(self.path).path == RESOLVER_PATH:
+                self._resolve()
+            else:
+                self._download()
 
     def _post(self):
         path = urlsplit(self.path).path
@@ -544,6 +550,25 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             reply = {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
         self._send_json(reply, service=service)
+
+    def _resolve(self):
+        answered, _ = self._apply_faults("query")
+        if answered:
+            return
+        name = parse_qs(urlsplit(self.path).query).get("name", [""])[0].strip().lower()
+        found = [
+            {
+                "searchString": name,
+                "resolver": "SIMBAD",
+                "cached": True,
+                "canonicalName": f"SYNTHETIC {archive.field.name.upper()}",
+                "ra": archive.field.ra,
+                "decl": archive.field.dec,
+            }
+            for archive in self.server.owner.archives
+            if archive.field.name.lower() == name
+        ]
+        self._send_json({"resolvedCoordinate": found[:1]}, service="resolver")
 
     def _download(self):
         parts = urlsplit(self.path)

@@ -24,14 +24,23 @@ class _Progress(QtCore.QObject):
     changed = QtCore.Signal(int, int, str)
 
 
+def _find_layers(target: str, size):
+    """Resolve ``target`` (a position or an object name) and list the MVM layers over the box."""
+    from ...core.archive import query_layers, resolve_target
+
+    coord = resolve_target(target)
+    return coord, query_layers(coord, size)
+
+
 def open_viewers(app, data_list) -> list:
-    """One image viewer per mosaic (cutouts stay in the collection, ready to add as layers),
-    with an arcsinh stretch over the 99.5% interval, which suits HST imaging."""
+    """One image viewer per mosaic, titled with its band (the cutouts stay in the collection, ready
+    to add as layers), with an arcsinh stretch over the 99.5% interval, which suits HST imaging."""
     viewers = []
     for data in data_list:
         if not data.label.endswith(" mosaic"):
             continue
         viewer = app.new_data_viewer(ImageViewer, data=data)
+        viewer.state.title = data.label
         layer = viewer.state.layers[0]
         layer.attribute = data.id["SCI"]
         layer.stretch = "arcsinh"
@@ -48,7 +57,7 @@ class MVMCutDialog(QtWidgets.QDialog):
         self.app = app
         self.setWindowTitle("MVM cutouts from MAST")
         self.target = QtWidgets.QLineEdit()
-        self.target.setPlaceholderText("84.9208 -69.1467   or   05:39:40.99 -69:08:48.1")
+        self.target.setPlaceholderText("84.9208 -69.1467,  05:39:40.99 -69:08:48.1  or  NGC 1850")
         if ra is not None and dec is not None:
             self.target.setText(f"{ra:.6f} {dec:.6f}")
         self.width_box, self.height_box = (self._arcsec_box(v) for v in (width, height))
@@ -61,11 +70,11 @@ class MVMCutDialog(QtWidgets.QDialog):
         self.cancel_button = QtWidgets.QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QtWidgets.QProgressBar()
-        self.status = QtWidgets.QLabel("Enter a position and a box size, then Search.")
+        self.status = QtWidgets.QLabel("Enter a position or an object name and a box size, then Search.")
         self.status.setWordWrap(True)
 
         form = QtWidgets.QFormLayout()
-        form.addRow("Target (RA Dec)", self.target)
+        form.addRow("Target (RA Dec or name)", self.target)
         sizes = QtWidgets.QHBoxLayout()
         sizes.addWidget(self.width_box)
         sizes.addWidget(QtWidgets.QLabel("×"))
@@ -85,6 +94,7 @@ class MVMCutDialog(QtWidgets.QDialog):
         self.resize(640, 480)
 
         self._table = None
+        self._coord = None  # the position the listed layers were found for
         self._worker = None
         self._cancel = threading.Event()
         self._progress = _Progress()
@@ -92,6 +102,9 @@ class MVMCutDialog(QtWidgets.QDialog):
         self.search_button.clicked.connect(self.search)
         self.cut_button.clicked.connect(self.cut_and_load)
         self.cancel_button.clicked.connect(self._cancel.set)
+        self.target.textChanged.connect(self._forget_layers)
+        self.width_box.valueChanged.connect(self._forget_layers)
+        self.height_box.valueChanged.connect(self._forget_layers)
         self.loaded = []
 
     @staticmethod
@@ -104,27 +117,22 @@ class MVMCutDialog(QtWidgets.QDialog):
         return box
 
     # -- steps ----------------------------------------------------------------------------------
-    def _box(self):
-        from ...core.coords import parse_coord
-
-        return parse_coord(self.target.text().strip()), (self.height_box.value(), self.width_box.value())
+    def _size(self) -> tuple[float, float]:
+        return self.height_box.value(), self.width_box.value()
 
     def search(self) -> None:
-        """Query MAST (off the GUI thread) and list the layers, grouped by filter, all ticked."""
-        try:
-            coord, size = self._box()
-        except MVMCutError as exc:
-            self._show_error(exc)
+        """Resolve the target and query MAST (off the GUI thread); list the layers, grouped by
+        filter, all ticked."""
+        target = self.target.text().strip()
+        if not target:
+            self._show_error(MVMCutError("Enter a position (RA Dec) or an object name first."))
             return
-        from ...core.archive import query_layers
-
-        self._start(query_layers, self._show_layers, "Searching MAST…", coord, size)
+        self._start(_find_layers, self._show_layers, f"Searching MAST for {target}…", target, self._size())
 
     def cut_and_load(self) -> None:
         """Cut the ticked layers, combine them and load the results into Glue (off the GUI thread)."""
         from ...core.pipeline import cutout_mosaic
 
-        coord, size = self._box()
         chosen = self._table[[self._is_ticked(name) for name in self._table["productFilename"]]]
         if not len(chosen):
             self._show_error(MVMCutError("Tick at least one layer."))
@@ -135,12 +143,22 @@ class MVMCutDialog(QtWidgets.QDialog):
             cutout_mosaic,
             self._load,
             f"Cutting {len(chosen)} layers…",
-            coord,
-            size,
+            self._coord,
+            self._size(),
             layers=chosen,
             progress=self._progress.changed.emit,
             cancel=self._cancel.is_set,
         )
+
+    def _forget_layers(self) -> None:
+        """The box changed: the listed layers belong to the old one."""
+        if self._table is None:
+            return
+        self._table = self._coord = None
+        self.layers.clear()
+        self.cut_button.setEnabled(False)
+        self.status.setStyleSheet("")
+        self.status.setText("The target or box changed: Search again.")
 
     # -- plumbing -------------------------------------------------------------------------------
     def _start(self, func, on_result, message, *args, **kwargs) -> None:
@@ -177,8 +195,9 @@ class MVMCutDialog(QtWidgets.QDialog):
         self._finish(text)
         self.status.setStyleSheet("color: #b00020")
 
-    def _show_layers(self, table) -> None:
+    def _show_layers(self, found) -> None:
         self.status.setStyleSheet("")
+        self._coord, table = found
         self._table = table
         self.layers.clear()
         groups = {}
@@ -203,10 +222,11 @@ class MVMCutDialog(QtWidgets.QDialog):
             item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
             item.setCheckState(0, QtCore.Qt.Checked)
         self.layers.expandAll()
+        where = self._coord.to_string("decimal", precision=5)
         self._finish(
-            f"{len(table)} layers found. Untick what you do not want, then Cut and load."
+            f"{len(table)} layers found at {where}. Untick what you do not want, then Cut and load."
             if len(table)
-            else "No MVM layers cover this box."
+            else f"No MVM layers cover this box at {where}: try a larger box or another target."
         )
 
     def _is_ticked(self, name: str) -> bool:
