@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("glue_qt")
@@ -101,6 +102,12 @@ def test_search_then_cut_and_load(app, qtbot):
     groups = [dialog.layers.topLevelItem(i) for i in range(dialog.layers.topLevelItemCount())]
     assert [g.text(0) for g in groups] == ["ACS/WFC F658N", "ACS/WFC F814W", "WFC3/IR F160W"]
     assert [g.childCount() for g in groups] == [4, 8, 8]
+    rows = [[groups[1].child(0).text(i) for i in range(4)], [groups[1].child(1).text(i) for i in range(3)]]
+    assert rows == [
+        ["exposure jbp505jg", "p0081x14y14", "fine", "5.5"],
+        ["all exposures", "p0081x14y14", "fine"],
+    ]
+    assert groups[1].child(0).toolTip(0) == "hst_skycell-p0081x14y14_acs_wfc_f814w_all-jbp505jg_drc.fits"
     # Untick F658N.
     for i in range(dialog.layers.topLevelItemCount()):
         item = dialog.layers.topLevelItem(i)
@@ -113,18 +120,49 @@ def test_search_then_cut_and_load(app, qtbot):
     labels = [d.label for d in app.data_collection]
     assert "ACS/WFC F814W mosaic" in labels and "WFC3/IR F160W coarse mosaic" in labels
     assert not any("F658N" in label for label in labels)
-    assert len(app.viewers[0]) == 4  # one image viewer per mosaic
+    viewers = {viewer.state.title: viewer for viewer in app.viewers[0]}  # one per mosaic, titled
+    assert sorted(viewers) == sorted(label for label in labels if label.endswith("mosaic"))
     assert "Loaded 4 mosaics and 16 cutouts" in dialog.status.text()
     app.resize(1500, 950)
     app.show()
     app.current_tab.tileSubWindows()
-    qtbot.wait(500)
+    qtbot.wait(300)
+    # Drag a rectangle with the viewer's own selection tool on the fine F814W mosaic: pixels
+    # 100..149 a side (2" x 2"), centred on the target.
+    fine_viewer, coarse_viewer = viewers["ACS/WFC F814W mosaic"], viewers["WFC3/IR F160W coarse mosaic"]
+    _drag(fine_viewer, "select:rectangle", (99.5, 99.5), (149.5, 149.5))
+    fine, coarse = fine_viewer.state.reference_data, coarse_viewer.state.reference_data
+    ys, xs = np.nonzero(fine.subsets[0].to_mask())
+    assert (xs.min(), xs.max(), ys.min(), ys.max(), len(xs)) == (100, 149, 100, 149, 2500)
+    # The same subset is drawn in the coarse viewer, over the same 2" of sky on its 0.12"/px grid.
+    shown = [artist for artist in coarse_viewer.layers if artist.layer is coarse.subsets[0]]
+    assert len(shown) == 1 and shown[0].enabled and shown[0].visible
+    ys, xs = np.nonzero(coarse.subsets[0].to_mask())
+    assert 16 * 16 <= len(xs) <= 18 * 18 and abs(xs.mean() - 41) < 1 and abs(ys.mean() - 41) < 1
+    qtbot.wait(300)
     app.grab().save(str(STATIC / "glue_linked_viewers.png"))
+
+
+def _drag(viewer, tool_id, start, end):
+    """Press, move and release the mouse in ``viewer`` with tool ``tool_id``, in data coordinates."""
+    from matplotlib.backend_bases import MouseEvent
+
+    viewer.toolbar.active_tool = tool_id
+    tool = viewer.toolbar.tools[tool_id]
+    canvas = viewer.axes.figure.canvas
+
+    def event(kind, x, y):
+        dx, dy = viewer.axes.transData.transform((x, y))
+        return MouseEvent(kind, canvas, dx, dy, button=1)
+
+    tool.press(event("button_press_event", *start))
+    tool.move(event("motion_notify_event", *end))
+    tool.release(event("button_release_event", *end))
+    return tool
 
 
 def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
     from glue_qt.viewers.image import ImageViewer
-    from matplotlib.backend_bases import MouseEvent
 
     from glue_mvmcut.glue.loader import load_mvm
 
@@ -137,18 +175,8 @@ def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
     app.show()
     qtbot.wait(300)
     assert "mvmcut:pick" in viewer.toolbar.tools
-    viewer.toolbar.active_tool = "mvmcut:pick"
-    tool = viewer.toolbar.tools["mvmcut:pick"]
-    canvas = viewer.axes.figure.canvas
-
-    def event(kind, x, y):
-        dx, dy = viewer.axes.transData.transform((x, y))
-        return MouseEvent(kind, canvas, dx, dy, button=1)
-
     # Drag from pixel (74.5, 99.5) to (174.5, 149.5): 100 x 50 fine pixels = 4" x 2".
-    tool.press(event("button_press_event", 74.5, 99.5))
-    tool.move(event("motion_notify_event", 174.5, 149.5))
-    tool.release(event("button_release_event", 174.5, 149.5))
+    tool = _drag(viewer, "mvmcut:pick", (74.5, 99.5), (174.5, 149.5))
     dialog = tool.dialog
     qtbot.addWidget(dialog)
     ra, dec = (float(v) for v in dialog.target.text().split())
@@ -156,7 +184,6 @@ def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
     assert dialog.width_box.value() == pytest.approx(4.0, abs=0.1)
     assert dialog.height_box.value() == pytest.approx(2.0, abs=0.1)
     # A click (no drag) picks a 20" box around the point clicked.
-    tool.press(event("button_press_event", 124.5, 124.5))
-    tool.release(event("button_release_event", 124.5, 124.5))
+    _drag(viewer, "mvmcut:pick", (124.5, 124.5), (124.5, 124.5))
     qtbot.addWidget(tool.dialog)
     assert tool.dialog is not dialog and tool.dialog.width_box.value() == 20.0

@@ -91,13 +91,22 @@ _TWO_BANDS = (
 
 #: Named fields.
 #:
-#: - ``lmc``: the seed's example; four skycells of p0081 meet at its centre.
+#: - ``lmc``: the seed's example, a crowded field; four skycells of p0081 meet at its centre.
 #: - ``twocells``: in the overlap of projection cells 1889 and 1890 (different tangent points).
 #: - ``polar``: Dec +87.9, where projection cells 2635, 2636 and the polar cap 2643 overlap.
 #: - ``ra0``: straddles RA = 0 (skycell p0635x11y11).
 #: - ``tiny``: one small disc inside a single skycell (p1889x07y13), one band: quick to build.
 FIELDS = {
-    "lmc": Field("lmc", 84.9208, -69.1467, radius=24.0, layers=_ACS_WFC3, gap=("p0081x15y14", -2.5, -0.5)),
+    "lmc": Field(
+        "lmc",
+        84.9208,
+        -69.1467,
+        radius=24.0,
+        layers=_ACS_WFC3,
+        gap=("p0081x15y14", -2.5, -0.5),
+        n_stars=300,
+        n_galaxies=12,
+    ),
     "twocells": Field("twocells", 182.2, 26.0, radius=12.0, layers=_TWO_BANDS, seed=2),
     "polar": Field("polar", 45.0, 87.9, radius=12.0, layers=_TWO_BANDS, seed=3),
     "ra0": Field("ra0", 0.0005, -30.0, radius=12.0, layers=_TWO_BANDS, seed=4),
@@ -126,7 +135,7 @@ def _sources(f: Field) -> tuple[_Source, ...]:
     rng = np.random.default_rng(f.seed)
     sources = []
     for count, (amp_lo, amp_hi), (r_lo, r_hi) in (
-        (f.n_stars, (0.5, 2.5), (0.25, 0.4)),
+        (f.n_stars, (-0.3, 2.5), (0.12, 0.3)),
         (f.n_galaxies, (0.3, 0.8), (1.5, 3.0)),
     ):
         for _ in range(count):

@@ -12,6 +12,7 @@ from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore, QtWidgets
 
 from ...core.errors import Cancelled, MVMCutError
+from ...core.products import LayerName
 
 __all__ = ["MVMCutDialog", "open_viewers"]
 
@@ -63,8 +64,8 @@ class MVMCutDialog(QtWidgets.QDialog):
         self.width_box, self.height_box = (self._arcsec_box(v) for v in (width, height))
         self.search_button = QtWidgets.QPushButton("Search")
         self.layers = QtWidgets.QTreeWidget()
-        self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "Level", "MB"])
-        self.layers.setColumnWidth(0, 260)
+        self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "MB"])
+        self.layers.setColumnWidth(0, 220)
         self.cut_button = QtWidgets.QPushButton("Cut and load")
         self.cut_button.setEnabled(False)
         self.cancel_button = QtWidgets.QPushButton("Cancel")
@@ -133,7 +134,8 @@ class MVMCutDialog(QtWidgets.QDialog):
         """Cut the ticked layers, combine them and load the results into Glue (off the GUI thread)."""
         from ...core.pipeline import cutout_mosaic
 
-        chosen = self._table[[self._is_ticked(name) for name in self._table["productFilename"]]]
+        ticked = self._ticked()
+        chosen = self._table[[name in ticked for name in self._table["productFilename"]]]
         if not len(chosen):
             self._show_error(MVMCutError("Tick at least one layer."))
             return
@@ -209,16 +211,18 @@ class MVMCutDialog(QtWidgets.QDialog):
                     groups[band].flags() | QtCore.Qt.ItemIsAutoTristate | QtCore.Qt.ItemIsUserCheckable
                 )
                 groups[band].setCheckState(0, QtCore.Qt.Checked)
+            name = LayerName.parse(str(row["productFilename"]))
             item = QtWidgets.QTreeWidgetItem(
                 groups[band],
                 [
-                    str(row["productFilename"]),
+                    f"exposure {name.exposure}" if name.exposure else "all exposures",
                     str(row["skycell"]),
                     str(row["scale"]),
-                    str(row["level"]),
                     f"{row['size'] / 1e6:.1f}",
                 ],
             )
+            item.setData(0, QtCore.Qt.UserRole, name.filename)
+            item.setToolTip(0, name.filename)
             item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
             item.setCheckState(0, QtCore.Qt.Checked)
         self.layers.expandAll()
@@ -229,9 +233,15 @@ class MVMCutDialog(QtWidgets.QDialog):
             else f"No MVM layers cover this box at {where}: try a larger box or another target."
         )
 
-    def _is_ticked(self, name: str) -> bool:
-        items = self.layers.findItems(name, QtCore.Qt.MatchExactly | QtCore.Qt.MatchRecursive, 0)
-        return bool(items) and items[0].checkState(0) == QtCore.Qt.Checked
+    def _ticked(self) -> set[str]:
+        """File names of the ticked layers."""
+        groups = (self.layers.topLevelItem(i) for i in range(self.layers.topLevelItemCount()))
+        return {
+            item.data(0, QtCore.Qt.UserRole)
+            for group in groups
+            for item in (group.child(j) for j in range(group.childCount()))
+            if item.checkState(0) == QtCore.Qt.Checked
+        }
 
     def _load(self, result) -> None:
         from ..loader import add_result
