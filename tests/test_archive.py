@@ -1,6 +1,7 @@
 """query_layers: the MVM layers over a box, through astroquery, against the stand-in MAST."""
 
 import os
+import warnings
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from glue_mvmcut import ArchiveError, InvalidCoordinateError, NoMVMDataWarning, 
 from glue_mvmcut.core.archive import (
     LAYER_COLUMNS,
     query_layers,
+    query_layers_near,
     resolve_name,
     resolve_target,
     resolver_url,
@@ -178,3 +180,26 @@ def test_a_resolver_that_fails_or_sends_garbage_gives_an_archive_error(mast):
     mast.faults.fail(status=500, count=10, scope="query")
     with pytest.raises(ArchiveError, match="Resolving 'lmc': the name resolver at .* answered 500"):
         resolve_name("lmc")
+
+
+def test_nearby_boxes_share_one_query_and_get_what_each_gets_alone(mast, lmc_archive):
+    # Boxes around the LMC field centre: across the four skycells, one outside the data, one
+    # elongated; sizes as (ny, nx).
+    boxes = [
+        (SkyCoord(84.9208, -69.1467, unit="deg"), 20),
+        (SkyCoord(84.9325, -69.14253, unit="deg"), 2),  # inside p0081x14y15 only
+        (SkyCoord(84.9260, -69.1500, unit="deg"), (4, 12)),
+        (SkyCoord(84.9208, -69.1300, unit="deg"), 5),  # 60" north: no data there
+    ]
+    mast.reset_stats()
+    together = query_layers_near(boxes)
+    shared = len(mast.requests())
+    mast.reset_stats()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoMVMDataWarning)
+        alone = [query_layers(coord, size) for coord, size in boxes]
+    assert len(mast.requests()) > 3 * shared
+    assert [len(t) for t in together] == [len(t) for t in alone] == [20, 5, 20, 0]
+    for mine, theirs in zip(together, alone, strict=True):
+        assert mine.colnames == theirs.colnames
+        assert all((mine[name] == theirs[name]).all() for name in mine.colnames)

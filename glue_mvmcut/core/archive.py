@@ -26,6 +26,7 @@ from urllib3.util.retry import Retry
 from .config import conf
 from .coords import box_radius, parse_coord, parse_size
 from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
+from .footprints import region_hits_cone, region_polygon
 from .products import LayerName, safe_filename
 from .skycells import skycells_covering
 
@@ -38,6 +39,7 @@ __all__ = [
     "archive_errors",
     "observations",
     "query_layers",
+    "query_layers_near",
     "resolver_url",
     "resolve_name",
     "resolve_target",
@@ -318,38 +320,7 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     """
     coord = parse_coord(coord)
     size = parse_size(size)
-    radius = math.ceil(box_radius(size).value)
-    wanted_filters = {f.lower() for f in filters} if filters else None
-    criteria = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
-    if wanted_filters:
-        criteria["filters"] = sorted(f.upper() for f in wanted_filters)
-    client = observations()
-    found = []
-    with archive_errors("MVM query"), warnings.catch_warnings():
-        # An empty answer is not an error here; NoMVMDataWarning below says so once.
-        warnings.simplefilter("ignore", NoResultsWarning)
-        for instrument in instruments or _INSTRUMENTS:
-            table = client.query_criteria(
-                coordinates=coord,
-                radius=f"{radius} arcsec",
-                instrument_name=f"{instrument.upper()}*",
-                **criteria,
-            )
-            if len(table):
-                found.append(table)
-        observations_table = vstack(found) if found else None
-        products = None
-        if observations_table is not None:
-            observations_table = observations_table[
-                [str(o).startswith("hst_skycell") for o in observations_table["obs_id"]]
-            ]
-        if observations_table is not None and len(observations_table):
-            products = client.filter_products(
-                client.get_product_list(observations_table),
-                productSubGroupDescription=["DRZ", "DRC"],
-                extension="fits",
-            )
-    table = _layer_rows(products, observations_table, coord, size, wanted_filters)
+    table = query_layers_near([(coord, size)], instruments=instruments, filters=filters)[0]
     if not len(table):
         warnings.warn(
             f'No MVM layer covers a {size[1].value:g}" x {size[0].value:g}" box at '
@@ -360,9 +331,101 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     return table
 
 
+def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
+    """`query_layers` for several boxes near each other, with one set of MAST requests.
+
+    MAST is asked once, with a cone that holds every box's own cone; each box then keeps the
+    observations whose footprint touches its own cone (`~glue_mvmcut.core.footprints`, the test
+    MAST applies) and the layers whose skycell overlaps it. Each table equals what `query_layers`
+    returns for that box alone (without the warning for empty ones).
+
+    Parameters
+    ----------
+    boxes : sequence of (coord, size)
+        Box centres and sizes, as `query_layers` takes them.
+    instruments, filters : sequence of str, optional
+        As in `query_layers`, for every box.
+
+    Returns
+    -------
+    list of `~astropy.table.Table`
+        One table per box, in order.
+    """
+    boxes = [(parse_coord(coord), parse_size(size)) for coord, size in boxes]
+    if not boxes:
+        return []
+    cones = [(coord, math.ceil(box_radius(size).value)) for coord, size in boxes]
+    centre = boxes[0][0] if len(boxes) == 1 else _mean_position([coord for coord, _ in boxes])
+    radius = max(
+        math.ceil(centre.separation(coord).arcsec + cone_radius - 1e-9) for coord, cone_radius in cones
+    )
+    wanted_filters = {f.lower() for f in filters} if filters else None
+    observations_table, products = _query_skycell_layers(centre, radius, instruments, wanted_filters)
+    tables = []
+    for (coord, size), (_, cone_radius) in zip(boxes, cones, strict=True):
+        if observations_table is None:
+            tables.append(_empty_layer_table())
+            continue
+        hit = [
+            region_hits_cone(region_polygon(str(region)), coord.ra.deg, coord.dec.deg, cone_radius / 3600)
+            for region in observations_table["s_region"]
+        ]
+        mine = observations_table[hit]
+        obsids = {str(o) for o in mine["obsid"]}
+        own = [str(p["parent_obsid"]) in obsids or str(p["obsID"]) in obsids for p in products]
+        tables.append(_layer_rows(products[own], mine, coord, size, wanted_filters))
+    return tables
+
+
+def _mean_position(coords: list[SkyCoord]) -> SkyCoord:
+    """The direction of the sum of the positions' unit vectors (their centre on the sphere)."""
+    xyz = np.sum([c.cartesian.xyz.value for c in coords], axis=0)
+    ra, dec = (
+        np.degrees(np.arctan2(xyz[1], xyz[0])) % 360.0,
+        np.degrees(np.arctan2(xyz[2], np.hypot(*xyz[:2]))),
+    )
+    return SkyCoord(ra, dec, unit="deg", frame="icrs")
+
+
+def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_filters):
+    """The skycell observations touching a cone (radius in arcsec) and their DRZ/DRC FITS products,
+    or (None, None) when there are none."""
+    criteria = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
+    if wanted_filters:
+        criteria["filters"] = sorted(f.upper() for f in wanted_filters)
+    client = observations()
+    found = []
+    with archive_errors("MVM query"), warnings.catch_warnings():
+        # An empty answer is not an error here; callers say so once.
+        warnings.simplefilter("ignore", NoResultsWarning)
+        for instrument in instruments or _INSTRUMENTS:
+            table = client.query_criteria(
+                coordinates=centre,
+                radius=f"{radius} arcsec",
+                instrument_name=f"{instrument.upper()}*",
+                **criteria,
+            )
+            if len(table):
+                found.append(table)
+        if not found:
+            return None, None
+        observations_table = vstack(found)
+        observations_table = observations_table[
+            [str(o).startswith("hst_skycell") for o in observations_table["obs_id"]]
+        ]
+        if not len(observations_table):
+            return None, None
+        products = client.filter_products(
+            client.get_product_list(observations_table),
+            productSubGroupDescription=["DRZ", "DRC"],
+            extension="fits",
+        )
+    return observations_table, products
+
+
 def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Table:
     table = _empty_layer_table()
-    if products is None or not len(products):
+    if not len(products):
         return table
     by_obsid = {str(row["obsid"]): row for row in observations_table}
     covering = {cell.name for cell in skycells_covering(coord, size)}

@@ -31,8 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import numpy as np
-
+from ..core.footprints import region_hits_cone, region_polygon, separation_deg
 from .synth import Archive
 
 __all__ = ["MastServer", "Faults", "RequestRecord"]
@@ -203,7 +202,7 @@ class _Catalogue:
         self.files: dict[str, Path] = {}
         for archive in archives:
             self._add(archive)
-        self._regions = {obs["obsid"]: _parse_region(obs["s_region"]) for obs in self.observations}
+        self._regions = {obs["obsid"]: region_polygon(obs["s_region"]) for obs in self.observations}
 
     def _add(self, archive: Archive) -> None:
         for rec in archive.layers:
@@ -325,9 +324,9 @@ class _Catalogue:
         if position:
             ra, dec, radius = (float(v) for v in position.split(","))
             rows = [
-                dict(obs, distance=_separation_deg(ra, dec, obs["s_ra"], obs["s_dec"]) * 3600.0)
+                dict(obs, distance=separation_deg(ra, dec, obs["s_ra"], obs["s_dec"]) * 3600.0)
                 for obs in rows
-                if _cone_hits_polygon(ra, dec, radius, self._regions[obs["obsid"]])
+                if region_hits_cone(self._regions[obs["obsid"]], ra, dec, radius)
             ]
         return rows
 
@@ -346,49 +345,6 @@ def _hostile(rows: list[dict]) -> list[dict]:
             replaced += 1
         out.append(row)
     return out
-
-
-def _parse_region(region: str) -> np.ndarray:
-    numbers = [float(v) for v in re.findall(r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?", region)]
-    return np.array(numbers).reshape(-1, 2)
-
-
-def _unit_vectors(ra, dec) -> np.ndarray:
-    ra, dec = np.radians(ra), np.radians(dec)
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
-
-
-def _separation_deg(ra1, dec1, ra2, dec2) -> float:
-    dot = float(np.clip(_unit_vectors(ra1, dec1) @ _unit_vectors(ra2, dec2), -1, 1))
-    return math.degrees(math.acos(dot))
-
-
-def _cone_hits_polygon(ra: float, dec: float, radius: float, polygon: np.ndarray) -> bool:
-    """Does the cone (degrees) touch the spherical polygon (great-circle edges)?
-
-    Works in the gnomonic plane at the cone centre, where great circles are straight lines and
-    the distance from the origin is tan(angle): the cone touches the polygon if the origin is
-    inside it or an edge comes within tan(radius).
-    """
-    centre = _unit_vectors(ra, dec)
-    east = np.array([-math.sin(math.radians(ra)), math.cos(math.radians(ra)), 0.0])
-    north = np.cross(centre, east)
-    vectors = _unit_vectors(polygon[:, 0], polygon[:, 1])
-    depth = vectors @ centre
-    if np.any(depth <= 0.0):  # a vertex in the far hemisphere: not near this cone
-        return False
-    plane = np.column_stack([vectors @ east, vectors @ north]) / depth[:, None]
-    # Inside test: the origin is on the same side of every edge.
-    edges = np.roll(plane, -1, axis=0) - plane
-    cross = edges[:, 0] * -plane[:, 1] - edges[:, 1] * -plane[:, 0]
-    if np.all(cross >= 0) or np.all(cross <= 0):
-        return True
-    limit = math.tan(math.radians(radius))
-    for start, edge in zip(plane, edges, strict=True):
-        t = np.clip(-(start @ edge) / (edge @ edge), 0.0, 1.0)
-        if np.hypot(*(start + t * edge)) <= limit:
-            return True
-    return False
 
 
 def _like(pattern: str, value: str) -> bool:
