@@ -31,8 +31,31 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--size", type=float, required=True, metavar="ARCSEC", help="box width in arcsec")
     parser.add_argument("--size-y", type=float, metavar="ARCSEC", help="box height (default: --size)")
+    _add_selection(parser)
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruments", default="acs,wfc3", help="comma-separated (default: acs,wfc3)")
     parser.add_argument("--filters", help="comma-separated filters to keep, e.g. f814w,f658n")
+
+
+def _add_cut_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    parser.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
+    parser.add_argument(
+        "--resample",
+        choices=("interp", "exact"),
+        default="exact",
+        help="resampler for cutouts off the mosaic grid: exact (flux-conserving, default) or interp (faster)",
+    )
+    parser.add_argument(
+        "--fetch",
+        choices=("auto", "ranged", "download"),
+        default="auto",
+        help="ranged: read only the box's rows from the archive; download: cache whole layers; "
+        "auto (default): ranged, or download if the server ignores Range",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object describing the result")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,26 +73,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     cut = commands.add_parser("cut", help="write the cutouts and mosaics of every MVM layer over a box")
     _add_target(cut)
-    cut.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    cut.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
+    _add_cut_options(cut)
     cut.add_argument("--png", action="store_true", help="also write a PNG quick-look of each mosaic")
-    cut.add_argument(
-        "--resample",
-        choices=("interp", "exact"),
-        default="exact",
-        help="resampler for cutouts off the mosaic grid: exact (flux-conserving, default) or interp (faster)",
-    )
-    cut.add_argument(
-        "--fetch",
-        choices=("auto", "ranged", "download"),
-        default="auto",
-        help="ranged: read only the box's rows from the archive; download: cache whole layers; "
-        "auto (default): ranged, or download if the server ignores Range",
-    )
     cut.add_argument(
         "--cache", metavar="DIR", help="download cache (default: $MVMCUT_CACHE_DIR or the astropy cache)"
     )
-    cut.add_argument("--json", action="store_true", help="print one JSON object describing the result")
+
+    batch = commands.add_parser(
+        "batch",
+        help="the same cutouts for every target of a table (CSV, ECSV or FITS), on Dask; resumable",
+        description="One folder per target (named by the table's id column, else the row number) "
+        "holding what 'mvmcut cut' writes, and DIR/manifest.ecsv with every target's outcome. "
+        "Running the same command again finishes what is missing.",
+    )
+    batch.add_argument(
+        "table", help="target table with columns ra, dec (or name), optional id, size, size_y, filters"
+    )
+    batch.add_argument(
+        "--size", type=float, metavar="ARCSEC", help="box width for rows without a size column"
+    )
+    batch.add_argument("--size-y", type=float, metavar="ARCSEC", help="box height (default: --size)")
+    _add_selection(batch)
+    _add_cut_options(batch)
+    batch.add_argument(
+        "--workers", type=int, metavar="N", help="threads on this machine (default: 4 per core, at most 16)"
+    )
+    batch.add_argument(
+        "--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786"
+    )
+    batch.add_argument("--retry-failed", action="store_true", help="also run the targets that failed before")
 
     demo = commands.add_parser(
         "demo", help="cut the seed's LMC example out of a synthetic archive served on 127.0.0.1 (no network)"
@@ -110,10 +142,10 @@ def _query(args) -> None:
 class _ProgressBar:
     """Adapts the pipeline's ``progress(done, total, message)`` to a tqdm bar on stderr."""
 
-    def __init__(self):
+    def __init__(self, unit: str = "step"):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=1, unit="step", file=sys.stderr, disable=None, dynamic_ncols=True)
+        self.bar = tqdm(total=1, unit=unit, file=sys.stderr, disable=None, dynamic_ncols=True)
 
     def __call__(self, done: int, total: int, message: str) -> None:
         self.bar.total = total
@@ -214,6 +246,63 @@ def _cut(args) -> None:
     _summary(result, pngs, args.json)
 
 
+def _batch(args) -> int:
+    from .core.batch import cutout_batch
+
+    bar = _ProgressBar(unit="target")
+    failed = 0
+
+    def progress(done: int, total: int, message: str) -> None:
+        nonlocal failed
+        failed += message.endswith(": failed")
+        bar(done, total, f"{failed} failed" if failed else "")
+
+    try:
+        manifest = cutout_batch(
+            args.table,
+            out_dir=args.out,
+            size=args.size,
+            size_y=args.size_y,
+            instruments=_split(args.instruments),
+            filters=_split(args.filters),
+            scheduler=args.scheduler,
+            workers=args.workers,
+            retry_failed=args.retry_failed,
+            combine=not args.no_combine,
+            resample=args.resample,
+            fetch=args.fetch,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    counts = {
+        status: int((manifest["status"] == status).sum())
+        for status in ("done", "no data", "failed", "pending")
+    }
+    fetched = int(manifest["bytes"].sum()) + int(manifest.meta.get("header_bytes", 0))
+    path = Path(args.out) / "manifest.ecsv"
+    if args.json:
+        print(
+            json.dumps({"manifest": str(path), "targets": len(manifest), **counts, "bytes_fetched": fetched})
+        )
+    else:
+        print(
+            f"{len(manifest)} targets: {counts['done']} done, {counts['no data']} no data, "
+            f"{counts['failed']} failed; {fetched / 1e6:.1f} MB fetched. Manifest: {path}"
+        )
+    if counts["failed"]:
+        failures = manifest[manifest["status"] == "failed"]
+        for row in failures[:5]:
+            print(f"  {row['id']}: {row['error']}", file=sys.stderr)
+        print(
+            f"mvmcut: {counts['failed']} of {len(manifest)} targets failed (see {path}); "
+            "fix them, or run again with --retry-failed.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
 def _demo(args) -> None:
     from .core.archive import using_server
     from .testing.server import MastServer
@@ -254,12 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
-    commands = {"query": _query, "cut": _cut, "demo": _demo}
+    commands = {"query": _query, "cut": _cut, "batch": _batch, "demo": _demo}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", NoMVMDataWarning)
             warnings.showwarning = _show_warning
-            commands[args.command](args)
+            status = commands[args.command](args)
     except MVMCutError as exc:
         print(f"mvmcut: error: {exc}", file=sys.stderr)
         return 1
@@ -268,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         log.removeHandler(handler)
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -28,10 +28,10 @@ from .archive import file_url
 from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
-from .remote import RemoteFITS
+from .remote import HDUInfo, RemoteFITS
 from .retrieve import TransferStats, fits_problem
 
-__all__ = ["cut_layer", "open_layer", "layer_name"]
+__all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name"]
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def cut_layer(
     session: requests.Session | None = None,
     stats: TransferStats | None = None,
     cancel=None,
+    hdus: dict[str, HDUInfo] | None = None,
 ) -> fits.HDUList:
     """Cut SCI and WHT out of one MVM layer, from a local file or straight from the archive.
 
@@ -180,6 +181,9 @@ def cut_layer(
         For remote layers: the requests session to use, a
         `~glue_mvmcut.core.retrieve.TransferStats` to count bytes and requests, and a cancel
         callable checked between requests.
+    hdus : dict, optional
+        For remote layers: what `layer_hdus` returned for this layer, so its headers are not
+        read again (e.g. shared by many cutouts of one layer).
 
     Returns
     -------
@@ -200,7 +204,7 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        primary, headers, layer, read = _remote_layer(source, session, stats, cancel)
+        primary, headers, layer, read = _remote_layer(source, session, stats, cancel, hdus)
         return _cut(primary, headers, layer, read, coord, size)
     hdul, layer = open_layer(source)
     with hdul:
@@ -210,10 +214,37 @@ def cut_layer(
         )
 
 
-def _remote_layer(source: str, session, stats, cancel):
+def _remote(source: str, session, stats, cancel) -> RemoteFITS:
     url = file_url(source) if source.startswith("mast:") else source
-    remote = RemoteFITS(url, session=session, stats=stats, cancel=cancel)
-    hdus = remote.hdus(_EXTENSIONS)
+    return RemoteFITS(url, session=session, stats=stats, cancel=cancel)
+
+
+def layer_hdus(
+    source: str,
+    *,
+    session: requests.Session | None = None,
+    stats: TransferStats | None = None,
+    cancel=None,
+) -> dict[str, HDUInfo]:
+    """Read the PRIMARY, SCI and WHT headers of a layer in the archive (and where their data lie).
+
+    The result is small (a few tens of KB) and can be handed to `cut_layer` (``hdus=``) for any
+    number of cutouts of the same layer, anywhere.
+
+    Parameters
+    ----------
+    source : str
+        The layer's ``dataURI`` (``mast:HST/product/<file>``) or an http(s) URL.
+    session, stats, cancel
+        As for `cut_layer`.
+    """
+    return _remote(source, session, stats, cancel).hdus(_EXTENSIONS)
+
+
+def _remote_layer(source: str, session, stats, cancel, hdus=None):
+    remote = _remote(source, session, stats, cancel)
+    if hdus is None:
+        hdus = remote.hdus(_EXTENSIONS)
     headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
     layer = layer_name(hdus["PRIMARY"].header, remote.name)
 

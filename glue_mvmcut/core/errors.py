@@ -10,6 +10,7 @@ __all__ = [
     "NotMVMFileError",
     "OutsideFootprintError",
     "Cancelled",
+    "InvalidTargetsError",
     "NoMVMDataWarning",
 ]
 
@@ -49,6 +50,10 @@ class OutsideFootprintError(MVMCutError, ValueError):
 
 class Cancelled(MVMCutError):
     """The caller's cancel flag stopped the work; nothing half-written was left behind."""
+
+
+class InvalidTargetsError(MVMCutError, ValueError):
+    """A target table that cannot be used as a whole (unreadable, no position columns, duplicate ids)."""
 
 
 class NoMVMDataWarning(UserWarning):

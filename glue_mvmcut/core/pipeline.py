@@ -9,7 +9,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +136,7 @@ def cutout_mosaic(
     instruments: Sequence[str] | None = None,
     filters: Sequence[str] | None = None,
     layers: Table | None = None,
+    hdus: Mapping[str, dict] | None = None,
     out_dir=None,
     combine: bool = True,
     cache=None,
@@ -157,6 +158,9 @@ def cutout_mosaic(
     layers : `~astropy.table.Table`, optional
         Use these rows of a previous `~glue_mvmcut.core.archive.query_layers` result instead of
         querying (e.g. after a user unticked some).
+    hdus : mapping, optional
+        Layer file name → `~glue_mvmcut.core.cutout.layer_hdus` of that layer: headers already
+        read (e.g. once for a whole batch), used by ranged reads instead of reading them again.
     out_dir : path-like, optional
         Write the query table, the cutouts and the mosaics here with the seed's names.
     combine : bool, optional
@@ -181,7 +185,7 @@ def cutout_mosaic(
     """
     coord = parse_coord(coord)
     size = parse_size(size)
-    fetcher = _Fetcher(fetch, cache, cancel)
+    fetcher = _Fetcher(fetch, cache, cancel, hdus)
     steps = _Steps(progress, cancel)
     steps.check()
     started = time.perf_counter()
@@ -234,10 +238,11 @@ class _Fetcher:
     downloads; in ``ranged`` mode it is an error.
     """
 
-    def __init__(self, fetch: str, cache, cancel):
+    def __init__(self, fetch: str, cache, cancel, hdus: Mapping[str, dict] | None = None):
         if fetch not in FETCH_MODES:
             raise ValueError(f"fetch must be one of {FETCH_MODES}, not {fetch!r}.")
         self.fetch, self.cache, self.cancel = fetch, cache, cancel
+        self.hdus = hdus or {}
         self.ranged = fetch != "download"
         # Kept-alive connections shared by the layers cut at once (requests sessions are
         # thread-safe for this use: one connection pool, one request per connection at a time).
@@ -256,7 +261,13 @@ class _Fetcher:
             if self.ranged:
                 try:
                     return cut_layer(
-                        data_uri, coord, size, session=self.session, stats=stats, cancel=self.cancel
+                        data_uri,
+                        coord,
+                        size,
+                        session=self.session,
+                        stats=stats,
+                        cancel=self.cancel,
+                        hdus=self.hdus.get(name),
                     )
                 except RangeNotSupported:
                     if self.fetch == "ranged":

@@ -1,0 +1,653 @@
+"""Many targets: the cutouts and mosaics of every row of a table, run on Dask.
+
+`cutout_batch` reads a target table, plans the work and runs it on a ``dask.distributed``
+cluster (an in-process one by default, or an existing one), in three rounds of tasks:
+
+1. one MAST query per group of nearby targets (`~glue_mvmcut.core.archive.query_layers_near`),
+   after resolving object names;
+2. one header read per layer that any target needs (`~glue_mvmcut.core.cutout.layer_hdus`), so
+   neighbouring targets share it;
+3. one task per target: `~glue_mvmcut.core.pipeline.cutout_mosaic` (whose layer reads run
+   concurrently inside it) writing exactly what ``mvmcut cut`` writes, into a ``<id>.part``
+   folder that is renamed to ``<id>`` only once complete.
+
+Tasks read from the archive, not from a local disk, and return small records. The batch
+manifest (``manifest.ecsv``) gets one row per target; running the same batch again skips
+targets whose folder is complete and verifies.
+"""
+
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.table import Table
+
+from .config import conf
+from .coords import parse_coord, parse_size
+from .errors import Cancelled, InvalidTargetsError, MVMCutError
+from .products import safe_filename
+from .retrieve import fits_problem
+
+__all__ = ["MANIFEST", "STATUSES", "Target", "read_targets", "cutout_batch", "default_workers"]
+
+log = logging.getLogger(__name__)
+
+#: Name of the batch manifest in the output folder.
+MANIFEST = "manifest.ecsv"
+#: Status of a target in the manifest; ``pending`` ones have not run yet (e.g. after a cancel).
+STATUSES = ("done", "no data", "failed", "pending")
+#: Targets within this many arcsec of a group's first target share its MAST query.
+GROUP_RADIUS = 120.0
+_MANIFEST_COLUMNS = (
+    ("id", str),
+    ("row", int),
+    ("target", str),
+    ("ra", float),
+    ("dec", float),
+    ("status", str),
+    ("n_files", int),
+    ("files", str),
+    ("bytes", np.int64),
+    ("requests", int),
+    ("seconds", float),
+    ("error", str),
+)
+
+
+@dataclass
+class Target:
+    """One row of a target table, checked.
+
+    ``ra``/``dec`` are None until a ``name`` is resolved; ``error`` says why the row cannot run.
+    """
+
+    row: int
+    id: str
+    text: str
+    size: tuple[float, float] | None
+    ra: float | None = None
+    dec: float | None = None
+    name: str | None = None
+    instruments: tuple[str, ...] | None = None
+    filters: tuple[str, ...] | None = None
+    error: str | None = None
+
+    @property
+    def box(self):
+        """(coord, (ny, nx)) for the pipeline."""
+        return (self.ra, self.dec), self.size
+
+
+@dataclass
+class _Record:
+    """The outcome of one target: a manifest row."""
+
+    target: Target
+    status: str = "pending"
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    def row(self) -> dict:
+        t = self.target
+        return {
+            "id": t.id,
+            "row": t.row,
+            "target": t.text,
+            "ra": np.nan if t.ra is None else t.ra,
+            "dec": np.nan if t.dec is None else t.dec,
+            "status": self.status,
+            "n_files": len(self.files),
+            "files": " ".join(self.files),
+            "bytes": self.bytes,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+# -- reading targets ------------------------------------------------------------------------------
+def _read_table(targets) -> Table:
+    if isinstance(targets, Table):
+        return targets
+    path = Path(targets)
+    if not path.is_file():
+        raise InvalidTargetsError(f"No target table at {path}.")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(path.suffix.lower())
+    if fmt is None and (".fits" in suffix or ".fit" in suffix):
+        fmt = "fits"
+    try:
+        return Table.read(path, format=fmt) if fmt else Table.read(path)
+    except Exception as exc:  # astropy raises many kinds for unreadable tables
+        raise InvalidTargetsError(f"Cannot read the target table {path}: {exc}") from exc
+
+
+def _cell(table: Table, column: str | None, row: int):
+    """A table cell as a plain Python value, or None when the column is absent or the cell empty."""
+    if column is None:
+        return None
+    value = table[column][row]
+    if value is np.ma.masked or (np.ma.isMaskedArray(value) and value.mask.all()):
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    value = value.item() if hasattr(value, "item") else value
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _names(value) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    parts = [part.strip() for part in str(value).replace(";", ",").split(",") if part.strip()]
+    return tuple(parts) or None
+
+
+def read_targets(
+    targets,
+    *,
+    size=None,
+    size_y=None,
+    instruments: Sequence[str] | None = None,
+    filters: Sequence[str] | None = None,
+) -> list[Target]:
+    """Read and check a target table; problems with single rows are kept as `Target.error`.
+
+    Parameters
+    ----------
+    targets : `~astropy.table.Table` or path
+        A table (or a CSV, ECSV or FITS file) with columns ``ra`` and ``dec`` (degrees, or
+        sexagesimal strings with RA in hours) or ``name`` (resolved by MAST's resolver), and
+        optionally ``id`` (the output folder name; default the row number, ``0001`` …),
+        ``size`` and ``size_y`` (arcsec), ``filters`` and ``instruments`` (comma-separated).
+        Column names are case-insensitive; empty cells take the defaults.
+    size, size_y : float, optional
+        Box width and height (arcsec) for rows without their own (``size_y`` defaults to
+        ``size``).
+    instruments, filters : sequence of str, optional
+        Defaults for rows without their own.
+
+    Returns
+    -------
+    list of `Target`
+
+    Raises
+    ------
+    InvalidTargetsError
+        If the table cannot be read, has neither ``ra``/``dec`` nor ``name`` columns, or repeats
+        an ``id``.
+    """
+    table = _read_table(targets)
+    columns = {name.lower(): name for name in table.colnames}
+    if not ({"ra", "dec"} <= columns.keys() or "name" in columns):
+        raise InvalidTargetsError(
+            f"The target table needs columns 'ra' and 'dec', or 'name'; it has {', '.join(table.colnames)}."
+        )
+    width = max(4, len(str(len(table))))
+    out, seen = [], {}
+    for row in range(len(table)):
+        cell = {key: _cell(table, columns.get(key), row) for key in _TARGET_KEYS}
+        target_id = str(cell["id"]) if cell["id"] is not None else f"{row + 1:0{width}d}"
+        if target_id in seen:
+            raise InvalidTargetsError(f"The id {target_id!r} is used by rows {seen[target_id]} and {row}.")
+        seen[target_id] = row
+        ra, dec, name = cell["ra"], cell["dec"], cell["name"]
+        text = f"{ra} {dec}" if ra is not None and dec is not None else (name or "")
+        target = Target(
+            row=row,
+            id=target_id,
+            text=text,
+            size=None,
+            name=name,
+            instruments=_names(cell["instruments"]) or (tuple(instruments) if instruments else None),
+            filters=_names(cell["filters"]) or (tuple(filters) if filters else None),
+        )
+        try:
+            safe_filename(target_id)
+            width_arcsec = cell["size"] if cell["size"] is not None else size
+            height_arcsec = cell["size_y"] if cell["size_y"] is not None else size_y
+            if width_arcsec is None:
+                raise InvalidTargetsError("no box size: give a 'size' column or a default size.")
+            if height_arcsec is None:
+                height_arcsec = width_arcsec
+            ny, nx = parse_size((float(height_arcsec), float(width_arcsec))).value
+            target.size = (float(ny), float(nx))
+            if ra is not None and dec is not None:
+                coord = parse_coord(ra, dec)
+                target.ra, target.dec, target.name = coord.ra.deg, coord.dec.deg, None
+            elif name is None:
+                raise InvalidTargetsError("neither a position (ra, dec) nor a name.")
+        except (MVMCutError, ValueError) as exc:
+            target.error = str(exc)
+        out.append(target)
+    return out
+
+
+_TARGET_KEYS = ("id", "ra", "dec", "name", "size", "size_y", "filters", "instruments")
+
+
+# -- the folder of one target ---------------------------------------------------------------------
+def _complete_files(folder: Path) -> list[str] | None:
+    """The files of a finished target folder, or None if it is missing or anything in it fails
+    to verify (a FITS file cut short, an unreadable query table, a leftover partial file)."""
+    if not folder.is_dir():
+        return None
+    files = sorted(p.name for p in folder.iterdir())
+    tables = [name for name in files if name.endswith(".ecsv")]
+    if len(tables) != 1 or any(not name.endswith((".fits", ".ecsv")) for name in files):
+        return None
+    try:
+        Table.read(folder / tables[0], format="ascii.ecsv")
+    except Exception:  # any unreadable table means: not complete
+        return None
+    if any(fits_problem(folder / name) for name in files if name.endswith(".fits")):
+        return None
+    return files
+
+
+def _settings() -> dict:
+    """Configuration the tasks need, captured where the batch starts (workers may be elsewhere)."""
+    from .archive import resolver_url, server_url
+
+    return {
+        "server": server_url(),
+        "resolver": resolver_url(),
+        **{name: getattr(conf, name) for name in ("timeout", "retries", "backoff", "query_timeout")},
+    }
+
+
+def _apply(settings: dict) -> None:
+    """Make a worker use the batch's configuration.
+
+    Items are set only where they differ, so a worker in the caller's own process (the default
+    cluster) changes nothing; a worker process elsewhere keeps them for the rest of its life.
+    """
+    from astroquery.mast import conf as mast_conf
+
+    from .archive import resolver_url, server_url
+
+    if server_url() != settings["server"]:
+        mast_conf.server = settings["server"]
+    if resolver_url() != settings["resolver"]:
+        conf.resolver = settings["resolver"]
+    for name in ("timeout", "retries", "backoff", "query_timeout"):
+        if getattr(conf, name) != settings[name]:
+            setattr(conf, name, settings[name])
+
+
+class _Throttled:
+    """A cancel check that asks the cluster-wide event at most every ``every`` seconds."""
+
+    def __init__(self, event, every: float = 0.5):
+        self.event, self.every = event, every
+        self.checked, self.value = 0.0, False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self.value and now - self.checked >= self.every:
+            self.checked, self.value = now, self.event.is_set()
+        return self.value
+
+
+# -- tasks (run on Dask workers) -----------------------------------------------------------------
+def _resolve_task(name: str, settings: dict):
+    from .archive import resolve_name
+
+    _apply(settings)
+    try:
+        coord = resolve_name(name)
+    except MVMCutError as exc:
+        return str(exc)
+    return coord.ra.deg, coord.dec.deg
+
+
+def _query_task(boxes, instruments, filters, settings):
+    from .archive import query_layers_near
+
+    _apply(settings)
+    return query_layers_near(boxes, instruments=instruments, filters=filters)
+
+
+def _hdus_task(data_uri: str, settings: dict):
+    """Headers of one layer, or None (the target then reads them itself and reports any error)."""
+    from .cutout import layer_hdus
+    from .retrieve import TransferStats
+
+    _apply(settings)
+    stats = TransferStats()
+    try:
+        hdus = layer_hdus(data_uri, stats=stats)
+    except MVMCutError as exc:
+        log.info("Headers of %s: %s", data_uri, exc)
+        hdus = None
+    return hdus, stats.bytes, stats.requests
+
+
+def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, options: dict, settings: dict):
+    """Run one target into ``<id>.part`` and rename it ``<id>`` when complete; return its record."""
+    from distributed import Event
+
+    from .pipeline import cutout_mosaic
+
+    _apply(settings)
+    record = _Record(target)
+    final = Path(out_dir) / target.id
+    partial = final.with_name(target.id + ".part")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.rmtree(final, ignore_errors=True)  # it did not verify, or it would not run again
+    started = time.perf_counter()
+    cancel = _Throttled(Event(options["cancel_event"]))
+    try:
+        result = cutout_mosaic(
+            *target.box,
+            layers=layers,
+            hdus={name: found[0] for name, found in hdus.items() if found[0] is not None},
+            out_dir=partial,
+            combine=options["combine"],
+            resample=options["resample"],
+            fetch=options["fetch"],
+            cancel=cancel,
+        )
+        os.replace(partial, final)
+        record.files = sorted(p.name for paths in result.paths.values() for p in paths)
+        record.status = "done" if result.cutouts else "no data"
+        record.bytes, record.requests = result.stats.bytes, result.stats.requests
+    except Cancelled:
+        shutil.rmtree(partial, ignore_errors=True)
+        record.status = "pending"
+    except Exception as exc:  # one bad target never stops the others: its error goes in the manifest
+        shutil.rmtree(partial, ignore_errors=True)
+        record.status = "failed"
+        record.error = str(exc) if isinstance(exc, MVMCutError) else f"{type(exc).__name__}: {exc}"
+    record.seconds = time.perf_counter() - started
+    return record
+
+
+# -- the driver -----------------------------------------------------------------------------------
+def default_workers() -> int:
+    """Threads of the default in-process cluster: the work mostly waits on the network."""
+    return min(16, 4 * (os.cpu_count() or 1))
+
+
+def _client(scheduler, workers: int | None):
+    """(client, cluster): a client of ``scheduler``, or of a new in-process cluster, and the
+    cluster this function started (None for an existing one)."""
+    from distributed import Client, LocalCluster
+
+    if isinstance(scheduler, Client):
+        return scheduler, None
+    if scheduler is None:
+        cluster = LocalCluster(
+            n_workers=1,
+            threads_per_worker=workers or default_workers(),
+            processes=False,
+            dashboard_address=None,
+        )
+        return Client(cluster), cluster
+    try:
+        return Client(str(scheduler), timeout="10s"), None
+    except (OSError, TimeoutError) as exc:
+        raise MVMCutError(
+            f"Cannot reach the Dask scheduler at {scheduler} ({exc}). Start it (dask scheduler) "
+            "or leave --scheduler out to run on this machine."
+        ) from exc
+
+
+def _groups(targets: list[Target]) -> list[list[Target]]:
+    """Targets with the same instruments and filters, each within GROUP_RADIUS of its group's first."""
+    from astropy.coordinates import SkyCoord
+
+    groups: list[list[Target]] = []
+    firsts: list[tuple] = []
+    for target in targets:
+        key = (target.instruments, target.filters)
+        here = SkyCoord(target.ra, target.dec, unit="deg")
+        for group, (first_key, first) in zip(groups, firsts, strict=True):
+            if first_key == key and here.separation(first).arcsec <= GROUP_RADIUS:
+                group.append(target)
+                break
+        else:
+            groups.append([target])
+            firsts.append((key, here))
+    return groups
+
+
+def _previous_records(out_dir: Path, targets: list[Target]) -> dict[str, _Record]:
+    """Records of the targets a previous run finished (their folders verify) or saw fail."""
+    path = out_dir / MANIFEST
+    rows = {}
+    if path.is_file():
+        try:
+            rows = {str(r["id"]): r for r in Table.read(path, format="ascii.ecsv")}
+        except Exception as exc:  # a damaged manifest is rebuilt from the folders
+            log.warning("Ignoring the unreadable manifest %s (%s).", path, exc)
+    records = {}
+    for target in targets:
+        files = _complete_files(out_dir / target.id)
+        row = rows.get(target.id)
+        if files is not None:
+            record = _Record(
+                target, status="no data" if not any(f.endswith(".fits") for f in files) else "done"
+            )
+            record.files = files
+            if row is not None and row["status"] == record.status:
+                record.bytes, record.requests, record.seconds = (
+                    int(row["bytes"]),
+                    int(row["requests"]),
+                    float(row["seconds"]),
+                )
+                target.ra, target.dec = float(row["ra"]), float(row["dec"])
+            records[target.id] = record
+        elif row is not None and row["status"] == "failed":
+            records[target.id] = _Record(target, status="failed", error=str(row["error"]))
+    return records
+
+
+def _write_manifest(out_dir: Path, records: dict[str, _Record], meta: dict) -> Path:
+    """Write the manifest atomically (temporary name, then rename)."""
+    table = Table(
+        rows=[r.row() for r in records.values()],
+        names=[name for name, _ in _MANIFEST_COLUMNS],
+        dtype=[kind for _, kind in _MANIFEST_COLUMNS],
+    )
+    table.meta.update(meta)
+    path = out_dir / MANIFEST
+    partial = path.with_name(MANIFEST + ".part")
+    try:
+        table.write(partial, format="ascii.ecsv", overwrite=True)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+def cutout_batch(
+    targets,
+    *,
+    out_dir,
+    size=None,
+    size_y=None,
+    instruments: Sequence[str] | None = None,
+    filters: Sequence[str] | None = None,
+    scheduler=None,
+    workers: int | None = None,
+    retry_failed: bool = False,
+    combine: bool = True,
+    resample: str = "exact",
+    fetch: str = "auto",
+    progress: Callable[[int, int, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Table:
+    """The cutouts and mosaics of every target of a table, one folder per target, on Dask.
+
+    Parameters
+    ----------
+    targets : `~astropy.table.Table` or path
+        The targets; see `read_targets` for the columns.
+    out_dir : path-like
+        Output folder: ``<out_dir>/<id>/`` holds exactly what ``mvmcut cut`` writes for that
+        target, and ``<out_dir>/manifest.ecsv`` the outcome of every target.
+    size, size_y : float, optional
+        Default box width and height, arcsec.
+    instruments, filters : sequence of str, optional
+        Defaults for rows without their own.
+    scheduler : str or `distributed.Client`, optional
+        An existing Dask cluster (``"tcp://host:8786"`` or a client). Its workers must be able
+        to reach the archive and write to ``out_dir`` (a shared file system). Default: an
+        in-process cluster of ``workers`` threads.
+    workers : int, optional
+        Threads of the default cluster (default `default_workers`).
+    retry_failed : bool, optional
+        Run the targets that failed before again. Targets whose folder is complete and verifies
+        never run again; targets that have not finished (a crash, a cancel) always do.
+    combine, resample, fetch
+        As for `~glue_mvmcut.core.pipeline.cutout_mosaic`.
+    progress : callable, optional
+        ``progress(done, total, "<id>: <status>")`` after each target.
+    cancel : callable, optional
+        Checked while waiting; returning True stops the batch (running targets stop at their
+        next check, leaving no partial folder under a final name), writes the manifest (those
+        targets ``pending``) and raises `~glue_mvmcut.core.errors.Cancelled`.
+
+    Returns
+    -------
+    `~astropy.table.Table`
+        The manifest: one row per target with ``status`` (``done``, ``no data``, ``failed`` or
+        ``pending``), the files written, bytes and requests fetched, seconds and any error.
+        ``meta`` holds figures of this run: ``targets_run``, ``bytes_fetched`` (all of it), and
+        ``header_bytes`` and ``header_requests`` (layer headers, read once and shared).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
+    records = {t.id: _Record(t) for t in plan}
+    previous = _previous_records(out, plan)
+    records.update(previous)
+    todo = [t for t in plan if t.id not in previous or (retry_failed and previous[t.id].status == "failed")]
+    for target in todo:
+        if target.error:
+            records[target.id] = _Record(target, status="failed", error=target.error)
+    todo = [t for t in todo if not t.error]
+    meta = {"targets_run": len(todo), "bytes_fetched": 0, "header_bytes": 0, "header_requests": 0}
+    log.info("%d targets, %d to run.", len(plan), len(todo))
+
+    def manifest() -> Table:
+        return Table.read(_write_manifest(out, records, meta), format="ascii.ecsv")
+
+    if not todo:
+        return manifest()
+    from distributed import Client, Event
+
+    client, cluster = _client(scheduler, workers)
+    stop = Event(f"mvmcut-cancel-{uuid.uuid4().hex}", client=client)
+    options = {"combine": combine, "resample": resample, "fetch": fetch, "cancel_event": stop.name}
+    try:
+        _run(client, todo, records, out, options, meta, stop, progress, cancel)
+    finally:
+        meta["bytes_fetched"] = meta["header_bytes"] + sum(records[t.id].bytes for t in todo)
+        manifest()
+        if not isinstance(scheduler, Client):
+            client.close()
+        if cluster is not None:
+            cluster.close()  # waits for its threads: nothing keeps writing after we return
+    return manifest()
+
+
+def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel) -> None:
+    """Submit the rounds of tasks and collect the targets' records as they finish."""
+    from distributed import as_completed
+
+    settings = _settings()
+    # 1. Object names to positions.
+    named = [t for t in todo if t.ra is None]
+    resolved = client.gather(
+        client.map(_resolve_task, [t.name for t in named], settings=settings, pure=False)
+    )
+    for target, found in zip(named, resolved, strict=True):
+        if isinstance(found, str):
+            records[target.id] = _Record(target, status="failed", error=found)
+        else:
+            target.ra, target.dec = found
+    todo = [t for t in todo if t.ra is not None]
+    # 2. One MAST query per group of nearby targets.
+    groups = _groups(todo)
+    queries = client.map(
+        _query_task,
+        [[t.box for t in group] for group in groups],
+        [group[0].instruments for group in groups],
+        [group[0].filters for group in groups],
+        settings=settings,
+        pure=False,
+    )
+    layers: dict[str, Table] = {}
+    for group, future in zip(groups, queries, strict=True):
+        try:
+            layers.update(zip((t.id for t in group), future.result(), strict=True))
+        except MVMCutError as exc:
+            records.update({t.id: _Record(t, status="failed", error=str(exc)) for t in group})
+    todo = [t for t in todo if t.id in layers]
+    # 3. The headers of every layer once (for ranged reads); 4. one task per target.
+    uris = {str(r["productFilename"]): str(r["dataURI"]) for t in todo for r in layers[t.id]}
+    headers = {}
+    if options["fetch"] != "download":
+        found = client.map(_hdus_task, list(uris.values()), settings=settings, pure=False)
+        headers = dict(zip(uris, found, strict=True))
+    futures = [
+        client.submit(
+            _target_task,
+            target,
+            layers[target.id],
+            {str(name): headers[name] for name in layers[target.id]["productFilename"] if name in headers},
+            str(out),
+            options,
+            settings,
+            pure=False,
+        )
+        for target in todo
+    ]
+    target_of = {future.key: target for future, target in zip(futures, todo, strict=True)}
+    total = len(records)
+    done = total - len(todo)
+    try:
+        waiting = as_completed(futures)
+        while not waiting.is_empty():
+            if cancel is not None and cancel():
+                raise Cancelled(f"Batch cancelled after {done} of {total} targets; run it again to finish.")
+            batch = waiting.next_batch(block=False)
+            for future in batch:
+                record = _collect(future, target_of[future.key])
+                records[record.target.id] = record
+                done += 1
+                _write_manifest(out, records, meta)
+                if progress is not None:
+                    progress(done, total, f"{record.target.id}: {record.status}")
+            if not batch:
+                time.sleep(0.05)
+    except (Cancelled, KeyboardInterrupt):
+        stop.set()
+        client.cancel(futures)
+        raise
+    for future in headers.values():
+        _, nbytes, nrequests = future.result()
+        meta["header_bytes"] += nbytes
+        meta["header_requests"] += nrequests
+
+
+def _collect(future, target: Target) -> _Record:
+    """The record a target task returned, or a failed one if the task itself was lost."""
+    try:
+        return future.result()
+    except Exception as exc:  # e.g. KilledWorker, when workers kept dying while running it
+        return _Record(target, status="failed", error=f"{type(exc).__name__}: {exc}")
