@@ -279,16 +279,15 @@ def _batch(args) -> int:
         status: int((manifest["status"] == status).sum())
         for status in ("done", "no data", "failed", "pending")
     }
-    fetched = int(manifest["bytes"].sum()) + int(manifest.meta.get("header_bytes", 0))
+    ran, fetched = manifest.meta["targets_run"], manifest.meta["bytes_fetched"]
     path = Path(args.out) / "manifest.ecsv"
     if args.json:
-        print(
-            json.dumps({"manifest": str(path), "targets": len(manifest), **counts, "bytes_fetched": fetched})
-        )
+        report = {"manifest": str(path), "targets": len(manifest), **counts, "run_now": ran}
+        print(json.dumps({**report, "bytes_fetched": fetched}))
     else:
         print(
             f"{len(manifest)} targets: {counts['done']} done, {counts['no data']} no data, "
-            f"{counts['failed']} failed; {fetched / 1e6:.1f} MB fetched. Manifest: {path}"
+            f"{counts['failed']} failed ({ran} run now, {fetched / 1e6:.1f} MB fetched). Manifest: {path}"
         )
     if counts["failed"]:
         failures = manifest[manifest["status"] == "failed"]

@@ -29,6 +29,7 @@ from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMV
 from .footprints import region_hits_cone, region_polygon
 from .products import LayerName, safe_filename
 from .skycells import skycells_covering
+from .threadsafe import catch_warnings
 
 __all__ = [
     "LAYER_COLUMNS",
@@ -395,16 +396,20 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
     client = observations()
     found = []
-    with archive_errors("MVM query"), warnings.catch_warnings():
-        # An empty answer is not an error here; callers say so once.
-        warnings.simplefilter("ignore", NoResultsWarning)
+    with archive_errors("MVM query"):
         for instrument in instruments or _INSTRUMENTS:
-            table = client.query_criteria(
+            # query_criteria is query_criteria_async + _parse_result (astroquery's async_to_sync);
+            # split, so that only the parse, which warns on an empty answer, holds the warnings lock.
+            responses = client.query_criteria_async(
                 coordinates=centre,
                 radius=f"{radius} arcsec",
                 instrument_name=f"{instrument.upper()}*",
                 **criteria,
             )
+            with catch_warnings():
+                # An empty answer is not an error here; callers say so once.
+                warnings.simplefilter("ignore", NoResultsWarning)
+                table = client._parse_result(responses)
             if len(table):
                 found.append(table)
         if not found:

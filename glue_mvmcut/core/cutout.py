@@ -30,6 +30,7 @@ from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
 from .remote import HDUInfo, RemoteFITS
 from .retrieve import TransferStats, fits_problem
+from .threadsafe import catch_warnings
 
 __all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name"]
 
@@ -96,7 +97,7 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
 
 
 def _wcs(header: fits.Header) -> WCS:
-    with warnings.catch_warnings():
+    with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)  # e.g. "RADECSYS -> RADESYS" notes
         return WCS(header)
 

@@ -24,6 +24,7 @@ from .archive import archive_errors, file_url, http_session
 from .config import conf
 from .errors import ArchiveError, Cancelled
 from .products import checked_product
+from .threadsafe import catch_warnings
 
 __all__ = ["TransferStats", "cache_dir", "download_layer", "fits_problem"]
 
@@ -177,7 +178,7 @@ def fits_problem(path: Path) -> str | None:
     """What is wrong with a FITS file's structure (truncated, unreadable), or None if it is whole."""
     size = path.stat().st_size
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyWarning)
             with fits.open(path, memmap=True) as hdul:
                 hdul.readall()

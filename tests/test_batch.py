@@ -1,0 +1,264 @@
+"""Many targets on Dask: outputs equal to one-at-a-time runs, the manifest, resume, lost workers."""
+
+import filecmp
+import os
+import shutil
+import signal
+import warnings
+
+import numpy as np
+import pytest
+from astropy.table import Table
+
+from glue_mvmcut import Cancelled, InvalidTargetsError
+from glue_mvmcut.cli import main
+from glue_mvmcut.core.archive import using_server
+from glue_mvmcut.core.batch import MANIFEST, cutout_batch, read_targets
+from glue_mvmcut.testing.server import MastServer
+
+distributed = pytest.importorskip("distributed")
+
+LMC = (84.9208, -69.1467)
+
+
+def _offset(centre, east, north):
+    """The position ``east``/``north`` arcsec from ``centre``."""
+    ra, dec = centre
+    return ra + east / 3600 / np.cos(np.radians(dec)), dec + north / 3600
+
+
+def _thirty_targets() -> Table:
+    """30 targets: LMC positions (one skycell, two, four), the two-projection-cell, RA=0 and polar fields,
+    four with no data, one off the sky, one by name; per-row sizes and filters on some."""
+    rows = []
+    for i, (east, north) in enumerate([(x, y) for x in (-15, -6, 0, 6, 15) for y in (-15, 0, 15)]):
+        ra, dec = _offset(LMC, east, north)
+        rows.append((f"lmc{i:02d}", f"{ra:.6f}", f"{dec:.6f}", "", "", "f814w" if i % 3 else ""))
+    for i, (east, north) in enumerate([(0, 0), (-4, 3), (5, -2)]):
+        ra, dec = _offset((182.2, 26.0), east, north)
+        rows.append((f"two{i}", f"{ra:.6f}", f"{dec:.6f}", "", "3", ""))
+    for i, (east, north) in enumerate([(0, 0), (4, 0), (-4, 2)]):
+        ra, dec = _offset((0.0005, -30.0), east, north)
+        rows.append((f"ra0-{i}", f"{ra % 360:.6f}", f"{dec:.6f}", "", "", "f160w"))
+    for i, (east, north) in enumerate([(0, 0), (3, -3)]):
+        ra, dec = _offset((45.0, 87.9), east, north)
+        rows.append((f"polar{i}", f"{ra:.6f}", f"{dec:.6f}", "", "", "f814w"))
+    rows.append(("sexagesimal", "05:39:41.0", "-69:08:48", "", "", "f658n"))
+    rows += [(f"empty{i}", str(10.0 * (i + 1)), "10", "", "", "") for i in range(4)]
+    rows.append(("offsky", "12", "-95", "", "", ""))
+    rows.append(("byname", "", "", "lmc", "2", "f160w"))
+    assert len(rows) == 30
+    table = Table(rows=rows, names=["id", "ra", "dec", "name", "size", "filters"], dtype=[str] * 6)
+    return table
+
+
+def _alone(tmp_path, row) -> "os.PathLike":
+    """What ``mvmcut cut`` writes for one target on its own."""
+    out = tmp_path / "alone" / row["id"]
+    target = [row["name"]] if row["name"] else [row["ra"], row["dec"]]
+    args = ["cut", *target, "--size", row["size"] or "4", "--out", str(out)]
+    if row["filters"]:
+        args += ["--filters", row["filters"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NoMVMDataWarning for the empty ones
+        status = main(args)
+    return out, status
+
+
+def test_thirty_targets_equal_one_at_a_time_runs_and_the_manifest_says_so(mast, cache, tmp_path):
+    table = _thirty_targets()
+    table.write(tmp_path / "targets.csv")
+    mast.reset_stats()
+    manifest = cutout_batch(tmp_path / "targets.csv", size=4, out_dir=tmp_path / "batch", workers=4)
+    batch_bytes = mast.bytes_sent
+    status = dict(zip(manifest["id"], manifest["status"], strict=True))
+    assert status["offsky"] == "failed" and all(status[f"empty{i}"] == "no data" for i in range(4))
+    assert sum(s == "done" for s in status.values()) == 25
+    offsky = manifest[manifest["id"] == "offsky"][0]
+    assert offsky["error"].startswith("Not a valid sky position: ('12', '-95')")
+    assert not (tmp_path / "batch" / "offsky").exists()
+    mast.reset_stats()
+    for row in table:
+        alone, code = _alone(tmp_path, row)
+        entry = manifest[manifest["id"] == row["id"]][0]
+        if row["id"] == "offsky":
+            assert code == 1
+            continue
+        files = sorted(p.name for p in alone.iterdir())
+        assert entry["files"].split() == files and entry["n_files"] == len(files)
+        assert sorted(p.name for p in (tmp_path / "batch" / row["id"]).iterdir()) == files
+        match, mismatch, errors = filecmp.cmpfiles(
+            alone, tmp_path / "batch" / row["id"], files, shallow=False
+        )
+        assert (mismatch, errors) == ([], []), row["id"]
+        assert (entry["bytes"] > 0) == (entry["status"] == "done")
+    # Shared queries and headers: the batch moved less than the targets one by one.
+    assert batch_bytes < mast.bytes_sent
+    assert manifest.meta["header_requests"] > 0 and manifest.meta["targets_run"] == 29
+    assert not list((tmp_path / "batch").glob("*.part"))
+
+
+def test_a_second_run_skips_what_verifies_and_redoes_a_damaged_target(mast, cache, tmp_path):
+    targets = Table(
+        rows=[("a", *LMC), ("b", *_offset(LMC, 15, 15)), ("c", 10.0, 10.0)], names=["id", "ra", "dec"]
+    )
+    out = tmp_path / "out"
+    first = cutout_batch(targets, size=3, filters=["f814w"], out_dir=out, workers=2)
+    assert list(first["status"]) == ["done", "done", "no data"]
+    # Cut one mosaic of target b short, as a crash in mid-write would (without our atomic writes).
+    damaged = next((out / "b").glob("hst_combined*.fits"))
+    damaged.write_bytes(damaged.read_bytes()[:5000])
+    mast.reset_stats()
+    seen = []
+    second = cutout_batch(
+        targets, size=3, filters=["f814w"], out_dir=out, progress=lambda d, t, m: seen.append(m)
+    )
+    assert seen == ["b: done"] and second.meta["targets_run"] == 1
+    assert list(second["status"]) == ["done", "done", "no data"]
+    assert list(second["bytes"][[0, 2]]) == list(first["bytes"][[0, 2]])  # kept from the first run
+    assert filecmp.cmp(damaged, damaged, shallow=False) and damaged.stat().st_size > 5000
+    # Nothing left to do: a third run does not talk to the archive at all.
+    mast.reset_stats()
+    third = cutout_batch(targets, size=3, filters=["f814w"], out_dir=out)
+    assert third.meta["targets_run"] == 0 and mast.requests() == []
+
+
+def test_failed_targets_are_retried_only_when_asked(mast, cache, tmp_path):
+    targets = Table(rows=[("a", "lmc"), ("b", "Nowhere Nebula")], names=["id", "name"])
+    out = tmp_path / "out"
+    first = cutout_batch(targets, size=2, filters=["f658n"], out_dir=out)
+    assert list(first["status"]) == ["done", "failed"]
+    assert first["error"][1].startswith("'Nowhere Nebula' is neither a sky position nor a name")
+    assert cutout_batch(targets, size=2, filters=["f658n"], out_dir=out).meta["targets_run"] == 0
+    again = cutout_batch(targets, size=2, filters=["f658n"], out_dir=out, retry_failed=True)
+    assert again.meta["targets_run"] == 1 and list(again["status"]) == ["done", "failed"]
+
+
+def test_a_layer_that_cannot_be_read_fails_its_targets_only(lmc_archive, archives, cache, tmp_path):
+    # Serve the two-cell field with one layer cut short: its targets fail, the LMC's do not.
+    broken = tmp_path / "twocells"
+    shutil.copytree(archives["twocells"].directory, broken)
+    layer = next(broken.glob("*p1889*f814w*.fits"))
+    layer.write_bytes(layer.read_bytes()[:40000])
+    targets = Table(rows=[("lmc", *LMC), ("two", 182.2, 26.0)], names=["id", "ra", "dec"])
+    with MastServer([lmc_archive, broken]) as server, using_server(server.url):
+        manifest = cutout_batch(targets, size=3, filters=["f814w"], out_dir=tmp_path / "out")
+    assert list(manifest["status"]) == ["done", "failed"]
+    assert layer.name in manifest["error"][1]
+    assert not (tmp_path / "out" / "two").exists() and not list((tmp_path / "out").glob("*.part"))
+
+
+def test_cancel_then_rerun_processes_every_target_once(mast, cache, tmp_path):
+    targets = Table(
+        rows=[(f"t{i}", *_offset(LMC, 3 * i - 12, 0)) for i in range(9)], names=["id", "ra", "dec"]
+    )
+    out = tmp_path / "out"
+    first_done = []
+
+    def progress(done, total, message):
+        first_done.append(message.split(":")[0])
+
+    with pytest.raises(Cancelled, match="Batch cancelled after"):
+        cutout_batch(
+            targets,
+            size=2,
+            filters=["f814w"],
+            out_dir=out,
+            workers=2,
+            progress=progress,
+            cancel=lambda: len(first_done) >= 2,
+        )
+    manifest = Table.read(out / MANIFEST)
+    finished = {str(i) for i, s in zip(manifest["id"], manifest["status"], strict=True) if s == "done"}
+    assert finished == set(first_done) and len(finished) < 9
+    assert set(manifest["status"]) == {"done", "pending"}
+    # Whatever was running when cancelled either finished (its folder verifies) or left nothing.
+    folders = {p.name for p in out.iterdir() if p.is_dir()}
+    assert all(not name.endswith(".part") for name in folders)
+    second_done = []
+    cutout_batch(
+        targets, size=2, filters=["f814w"], out_dir=out, progress=lambda d, t, m: second_done.append(m)
+    )
+    second = {m.split(":")[0] for m in second_done}
+    assert not second & finished
+    assert second | folders | finished == {f"t{i}" for i in range(9)}
+    assert set(Table.read(out / MANIFEST)["status"]) == {"done"}
+
+
+def test_a_cluster_of_processes_survives_a_killed_worker(mast, cache, tmp_path):
+    targets = Table(
+        rows=[(f"t{i}", *_offset(LMC, 2 * i - 10, 2 * i - 10)) for i in range(10)], names=["id", "ra", "dec"]
+    )
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pids = client.run(os.getpid)
+        killed = []
+
+        def progress(done, total, message):
+            if not killed:  # the first target is back: kill a worker in the middle of the rest
+                killed.append(next(iter(pids.values())))
+                os.kill(killed[0], signal.SIGKILL)
+
+        manifest = cutout_batch(
+            targets, size=2, filters=["f814w"], out_dir=tmp_path / "out", scheduler=client, progress=progress
+        )
+    assert killed
+    missing = [str(i) for i, s in zip(manifest["id"], manifest["status"], strict=True) if s != "done"]
+    if missing:  # a target the killed worker held too often: a re-run finishes exactly those
+        seen = []
+        cutout_batch(
+            targets,
+            size=2,
+            filters=["f814w"],
+            out_dir=tmp_path / "out",
+            progress=lambda d, t, m: seen.append(m),
+        )
+        assert sorted(m.split(":")[0] for m in seen) == sorted(missing)
+    final = Table.read(tmp_path / "out" / MANIFEST)
+    assert set(final["status"]) == {"done"} and all(final["n_files"] >= 3)
+
+
+def test_bad_tables_are_refused_with_the_reason(tmp_path):
+    with pytest.raises(InvalidTargetsError, match="needs columns 'ra' and 'dec', or 'name'; it has x, y"):
+        read_targets(Table(rows=[(1, 2)], names=["x", "y"]), size=3)
+    with pytest.raises(InvalidTargetsError, match="The id 'a' is used by rows 0 and 1"):
+        read_targets(Table(rows=[("a", 1, 2), ("a", 3, 4)], names=["id", "ra", "dec"]), size=3)
+    (tmp_path / "bad.fits").write_bytes(b"not a table")
+    with pytest.raises(InvalidTargetsError, match="Cannot read the target table .*bad.fits"):
+        read_targets(tmp_path / "bad.fits", size=3)
+    rows = read_targets(
+        Table(rows=[("../escape", 1.0, 2.0, 3.0), ("ok", 1.0, 2.0, -1.0)], names=["id", "ra", "dec", "size"])
+    )
+    assert "../escape" in rows[0].error and "must be positive" in rows[1].error
+    assert read_targets(Table(rows=[(1.0, 2.0)], names=["RA", "Dec"]))[0].error.startswith("no box size")
+
+
+def test_mvmcut_batch_prints_a_summary_and_fails_when_a_target_failed(mast, cache, tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("id,ra,dec\nhere,84.9208,-69.1467\nnowhere,10,10\noff,1,-95\n")
+    code = main(
+        ["batch", str(tmp_path / "t.csv"), "--size", "2", "--filters", "f658n", "--out", str(tmp_path / "o")]
+    )
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out.strip() == (
+        f"3 targets: 1 done, 1 no data, 1 failed (2 run now, "
+        f"{Table.read(tmp_path / 'o' / MANIFEST).meta['bytes_fetched'] / 1e6:.1f} MB fetched). "
+        f"Manifest: {tmp_path / 'o' / MANIFEST}"
+    )
+    assert "off: Not a valid sky position" in captured.err
+    assert "1 of 3 targets failed" in captured.err and "--retry-failed" in captured.err
+    assert (
+        main(["batch", str(tmp_path / "t.csv"), "--size", "2", "--out", str(tmp_path / "o"), "--json"]) == 1
+    )
+    report = json_line(capsys.readouterr().out)
+    assert (report["targets"], report["done"], report["run_now"], report["bytes_fetched"]) == (3, 1, 0, 0)
+
+
+def json_line(text: str) -> dict:
+    import json
+
+    return json.loads(text.strip().splitlines()[-1])
