@@ -1,9 +1,9 @@
 """query_layers: the MVM layers over a box, through astroquery, against the stand-in MAST."""
 
 import os
-import warnings
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest

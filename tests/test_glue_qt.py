@@ -7,6 +7,8 @@ import pytest
 
 pytest.importorskip("glue_qt")
 
+from glue.core.roi import RectangularROI
+from glue.core.subset import RoiSubsetState
 from glue_qt.app import GlueApplication
 from qtpy import QtCore
 
@@ -187,3 +189,81 @@ def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
     _drag(viewer, "mvmcut:pick", (124.5, 124.5), (124.5, 124.5))
     qtbot.addWidget(tool.dialog)
     assert tool.dialog is not dialog and tool.dialog.width_box.value() == 20.0
+
+
+def _catalogue(app):
+    """A catalogue of three targets (two on the LMC field, one with no MVM data) in Glue."""
+    from glue.core import Data
+
+    catalogue = Data(
+        label="my sources",
+        RAJ2000=np.array([84.9208, 84.93250, 10.0]),
+        DEJ2000=np.array([-69.1467, -69.14253, 10.0]),
+        mag=np.array([20.0, 19.5, 18.0]),
+    )
+    app.data_collection.append(catalogue)
+    return catalogue
+
+
+def test_a_subset_of_a_catalogue_gets_its_mosaics_loaded_and_linked(app, qtbot, tmp_path):
+    from glue_mvmcut.glue.qt import BATCH_LABEL, open_batch_dialog
+
+    assert BATCH_LABEL in app._layer_widget._actions  # right-click menu of the data collection
+    catalogue = _catalogue(app)
+    # The two fainter rows, as a selection made in a scatter plot would pick them.
+    app.data_collection.new_subset_group(label="faint", subset_state=catalogue.id["mag"] > 18.5)
+    dialog = open_batch_dialog(catalogue.subsets[0], app.data_collection)
+    qtbot.addWidget(dialog)
+    assert dialog.status.text() == "2 targets from faint. Choose a box, then Cut and load."
+    assert list(dialog.targets["id"]) == ["0001", "0002"]  # rows of the whole catalogue
+    dialog.width_box.setValue(3)
+    dialog.height_box.setValue(3)
+    dialog.filters.setText("f814w")
+    dialog.out_dir.setText(str(tmp_path / "batch"))
+    dialog.start_button.click()
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=120_000)
+    assert dialog.status.text().startswith(
+        "Loaded 3 mosaics of 2 targets, linked by WCS; 0 without MVM data. Manifest: "
+    )
+    labels = [d.label for d in dialog.loaded]
+    assert labels == [
+        "0001 ACS/WFC F814W mosaic",
+        "0001 ACS/WFC F814W jbp505jg mosaic",  # the exposure-level layer covers the centre only
+        "0002 ACS/WFC F814W mosaic",
+    ]
+    assert all(d in app.data_collection for d in dialog.loaded)
+    assert len(app.data_collection.external_links) == 2  # a star: 3 mosaics, 2 WCS links
+    # A subset drawn on one target's mosaic reaches the other mosaic of the same sky.
+    first, second = dialog.loaded[:2]
+    ny, nx = second.shape
+    state = RoiSubsetState(
+        xatt=second.pixel_component_ids[1],
+        yatt=second.pixel_component_ids[0],
+        roi=RectangularROI(nx / 2 - 10, nx / 2 + 10, ny / 2 - 10, ny / 2 + 10),
+    )
+    app.data_collection.new_subset_group(label="centre", subset_state=state)
+    assert first.subsets[-1].to_mask().sum() == 20 * 20
+    assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == ["0001", "0002", "manifest.ecsv"]
+
+
+def test_the_batch_dialog_explains_a_layer_without_positions_and_cancels_cleanly(app, qtbot, tmp_path):
+    from glue.core import Data
+
+    from glue_mvmcut.glue.qt import open_batch_dialog
+
+    image = Data(label="an image", values=np.zeros((4, 4)))
+    app.data_collection.append(image)
+    dialog = open_batch_dialog(image)
+    qtbot.addWidget(dialog)
+    assert dialog.status.text().startswith("'an image' is not a catalogue with RA/Dec columns")
+    assert not dialog.start_button.isEnabled()
+
+    dialog = open_batch_dialog(_catalogue(app))
+    qtbot.addWidget(dialog)
+    dialog.out_dir.setText(str(tmp_path / "batch"))
+    dialog.width_box.setValue(3)
+    dialog.start_button.click()
+    dialog.cancel_button.click()
+    qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=120_000)
+    assert dialog.status.text() == "Cancelled. Finished targets are kept; Start again to do the rest."
+    assert not list((tmp_path / "batch").glob("*.part")) and dialog.loaded == []

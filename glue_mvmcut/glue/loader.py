@@ -7,12 +7,16 @@
 - `link_by_wcs` adds Glue's own `WCSLink` between new Data and every Data with a celestial WCS,
   explicitly (no autolinking dialog), so a subset drawn on one image selects the same sky in all.
 - `load_mvm` runs the pipeline and does both.
+- `targets_from_layer` turns a catalogue (a table Data, or a subset of one) into the target table
+  of `~glue_mvmcut.core.batch.cutout_batch`; `load_batch` adds every target's mosaics, linked.
 """
 
 import logging
 from pathlib import Path
 
+import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 from astropy.wcs import WCS
 from glue.core import Data
 from glue.core.data_collection import DataCollection
@@ -32,6 +36,8 @@ __all__ = [
     "add_result",
     "box_from_pixels",
     "CLICK_BOX_ARCSEC",
+    "targets_from_layer",
+    "load_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -188,6 +194,79 @@ def add_result(app_or_session, result, *, cutouts: bool = True) -> list[Data]:
     new = [mvm_data(hdul) for hdul in result.mosaics.values()]
     if cutouts:
         new += [mvm_data(hdul) for hdul in result.cutouts]
+    collection = _data_collection(app_or_session)
+    for data in new:
+        collection.append(data)
+    link_by_wcs(collection, new)
+    return new
+
+
+# Catalogue column names that hold positions (compared in lower case), in order of preference.
+_RA_NAMES = ("ra", "ra_deg", "raj2000", "ra_icrs", "ra_j2000", "s_ra", "alpha_j2000", "right ascension")
+_DEC_NAMES = (
+    "dec",
+    "dec_deg",
+    "dej2000",
+    "decj2000",
+    "de_icrs",
+    "dec_j2000",
+    "s_dec",
+    "delta_j2000",
+    "declination",
+)
+_ID_NAMES = ("id", "name", "object", "source_id", "objid")
+
+
+def _component(data, names):
+    by_label = {cid.label.lower(): cid for cid in data.main_components}
+    return next((by_label[name] for name in names if name in by_label), None)
+
+
+def targets_from_layer(layer) -> Table:
+    """The target table (``id``, ``ra``, ``dec``) of a catalogue Data or of a subset of one.
+
+    Positions come from columns such as ``ra``/``dec`` or ``RAJ2000``/``DEJ2000`` (degrees).
+    ``id`` is the catalogue's ``id`` or ``name`` column if it has one, else the row number in the
+    whole catalogue (``0001``, …), so a target keeps its folder whichever subset it is run from.
+
+    Raises
+    ------
+    ValueError
+        If the layer has no RA/Dec columns or selects no rows.
+    """
+    data = getattr(layer, "data", layer)  # a Subset's parent Data, or the Data itself
+    ra, dec = _component(data, _RA_NAMES), _component(data, _DEC_NAMES)
+    if ra is None or dec is None or data.ndim != 1:
+        raise ValueError(
+            f"{layer.label!r} is not a catalogue with RA/Dec columns (looked for ra/dec, "
+            "RAJ2000/DEJ2000 and similar, in degrees)."
+        )
+    rows = np.flatnonzero(layer.to_mask()) if layer is not data else np.arange(data.size)
+    if not len(rows):
+        raise ValueError(f"{layer.label!r} selects no rows.")
+    ids = _component(data, _ID_NAMES)
+    width = max(4, len(str(data.size)))
+    return Table(
+        {
+            "id": [str(v) for v in data[ids][rows]]
+            if ids is not None
+            else [f"{r + 1:0{width}d}" for r in rows],
+            "ra": np.asarray(data[ra][rows], dtype=float),
+            "dec": np.asarray(data[dec][rows], dtype=float),
+        }
+    )
+
+
+def load_batch(app_or_session, manifest: Table, out_dir) -> list[Data]:
+    """Add the mosaics of every finished target of a batch to Glue, labelled with the target id
+    ("0001 ACS/WFC F814W mosaic") and linked by WCS; returns the new Data."""
+    new = []
+    for row in manifest[manifest["status"] == "done"]:
+        for name in str(row["files"]).split():
+            if name.startswith("hst_combined"):
+                data = read_mvm(Path(out_dir) / str(row["id"]) / name)
+                data.label = f"{row['id']} {data.label}"
+                new.append(data)
     collection = _data_collection(app_or_session)
     for data in new:
         collection.append(data)

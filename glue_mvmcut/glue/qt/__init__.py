@@ -1,8 +1,18 @@
-"""The Qt side of the Glue plugin: the "MVM cutouts from MAST…" menu action and its dialog."""
+"""The Qt side of the Glue plugin: the "MVM cutouts from MAST…" menu action and its dialog, the
+"MVM cutouts for these rows…" layer action for catalogues, and the viewer tool."""
 
 MENU_LABEL = "MVM cutouts from MAST…"
+BATCH_LABEL = "MVM cutouts for these rows…"
 
-__all__ = ["MENU_LABEL", "open_dialog", "import_dialog", "register"]
+__all__ = ["MENU_LABEL", "BATCH_LABEL", "open_dialog", "import_dialog", "open_batch_dialog", "register"]
+
+
+def _glue_application():
+    """The running Glue application (callbacks that get only a data collection need it)."""
+    from glue_qt.app import GlueApplication
+    from qtpy import QtWidgets
+
+    return next(w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, GlueApplication))
 
 
 def open_dialog(session, data_collection=None, **values):
@@ -24,21 +34,28 @@ def import_dialog() -> list:
     The dialog adds and links what it loads itself (Glue's importer route would add the Data
     again and open its autolinking dialog), so this returns an empty list.
     """
-    from glue_qt.app import GlueApplication
-    from qtpy import QtWidgets
-
     from .dialog import MVMCutDialog
 
-    app = next(w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, GlueApplication))
+    app = _glue_application()
     MVMCutDialog(app, parent=app).exec_()
     return []
 
 
+def open_batch_dialog(layer, data_collection=None):
+    """Layer action on a catalogue Data or subset: the batch dialog for its rows."""
+    from .batch import BatchDialog
+
+    app = _glue_application()
+    dialog = BatchDialog(app, layer, parent=app)
+    dialog.show()
+    return dialog
+
+
 def register() -> None:
-    """Add the menu action under Plugins and File → Import data, and the pick tool to image
-    viewers made from now on (once)."""
+    """Add the menu action under Plugins and File → Import data, the layer action for catalogues,
+    and the pick tool to image viewers made from now on (once)."""
     from glue.config import importer, viewer_tool
-    from glue_qt.config import menubar_plugin
+    from glue_qt.config import layer_action, menubar_plugin
     from glue_qt.viewers.image import ImageViewer
 
     from .pick import MVMPickTool
@@ -47,6 +64,14 @@ def register() -> None:
         menubar_plugin(MENU_LABEL)(open_dialog)
     if not any(label == MENU_LABEL for label, _ in importer.members):
         importer(MENU_LABEL)(import_dialog)
+    if not any(item.label == BATCH_LABEL for item in layer_action.members):
+        layer_action(
+            BATCH_LABEL,
+            tooltip="Cut the same box out of the MVM layers around every selected row (RA/Dec columns)",
+            single=True,
+            data=True,
+            subset=True,
+        )(open_batch_dialog)
     if MVMPickTool.tool_id not in viewer_tool.members:
         viewer_tool(MVMPickTool)
     if MVMPickTool.tool_id not in ImageViewer.tools:

@@ -1,28 +1,20 @@
 """The "MVM cutouts from MAST…" dialog: a target and a box, Search, tick layers, Cut and load.
 
-All network and disk work runs on a `glue_qt.utils.threading.Worker` thread; progress arrives
-through a Qt signal, Cancel sets a `threading.Event` the pipeline checks between units of work,
-and errors are shown in the dialog as one readable line.
+All network and disk work runs on a worker thread (`WorkerDialog`): progress arrives through a
+Qt signal, Cancel sets an event the pipeline checks between units of work, and errors are shown
+in the dialog as one readable line.
 """
 
-import threading
-
-from glue_qt.utils.threading import Worker
 from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore, QtWidgets
 
-from ...core.errors import Cancelled, MVMCutError
+from ...core.errors import MVMCutError
 from ...core.products import LayerName
+from .worker import WorkerDialog, arcsec_box
 
 __all__ = ["MVMCutDialog", "open_viewers"]
 
 _DEFAULT_SIZE = 20.0
-
-
-class _Progress(QtCore.QObject):
-    """Carries the pipeline's progress callbacks from the worker thread to the GUI thread."""
-
-    changed = QtCore.Signal(int, int, str)
 
 
 def _find_layers(target: str, size):
@@ -50,29 +42,24 @@ def open_viewers(app, data_list) -> list:
     return viewers
 
 
-class MVMCutDialog(QtWidgets.QDialog):
+class MVMCutDialog(WorkerDialog):
     """Find the MVM layers over a box, let the user tick them, cut, combine and load them."""
 
     def __init__(self, app, parent=None, *, ra=None, dec=None, width=_DEFAULT_SIZE, height=_DEFAULT_SIZE):
-        super().__init__(parent)
-        self.app = app
+        super().__init__(app, parent)
         self.setWindowTitle("MVM cutouts from MAST")
         self.target = QtWidgets.QLineEdit()
         self.target.setPlaceholderText("84.9208 -69.1467,  05:39:40.99 -69:08:48.1  or  NGC 1850")
         if ra is not None and dec is not None:
             self.target.setText(f"{ra:.6f} {dec:.6f}")
-        self.width_box, self.height_box = (self._arcsec_box(v) for v in (width, height))
+        self.width_box, self.height_box = (arcsec_box(v) for v in (width, height))
         self.search_button = QtWidgets.QPushButton("Search")
         self.layers = QtWidgets.QTreeWidget()
         self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "MB"])
         self.layers.setColumnWidth(0, 220)
         self.cut_button = QtWidgets.QPushButton("Cut and load")
         self.cut_button.setEnabled(False)
-        self.cancel_button = QtWidgets.QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QtWidgets.QProgressBar()
-        self.status = QtWidgets.QLabel("Enter a position or an object name and a box size, then Search.")
-        self.status.setWordWrap(True)
+        self.status.setText("Enter a position or an object name and a box size, then Search.")
 
         form = QtWidgets.QFormLayout()
         form.addRow("Target (RA Dec or name)", self.target)
@@ -96,26 +83,12 @@ class MVMCutDialog(QtWidgets.QDialog):
 
         self._table = None
         self._coord = None  # the position the listed layers were found for
-        self._worker = None
-        self._cancel = threading.Event()
-        self._progress = _Progress()
-        self._progress.changed.connect(self._on_progress)
         self.search_button.clicked.connect(self.search)
         self.cut_button.clicked.connect(self.cut_and_load)
-        self.cancel_button.clicked.connect(self._cancel.set)
         self.target.textChanged.connect(self._forget_layers)
         self.width_box.valueChanged.connect(self._forget_layers)
         self.height_box.valueChanged.connect(self._forget_layers)
         self.loaded = []
-
-    @staticmethod
-    def _arcsec_box(value: float) -> QtWidgets.QDoubleSpinBox:
-        box = QtWidgets.QDoubleSpinBox()
-        box.setRange(0.1, 3600.0)
-        box.setDecimals(1)
-        box.setSuffix(" arcsec")
-        box.setValue(value)
-        return box
 
     # -- steps ----------------------------------------------------------------------------------
     def _size(self) -> tuple[float, float]:
@@ -126,9 +99,9 @@ class MVMCutDialog(QtWidgets.QDialog):
         filter, all ticked."""
         target = self.target.text().strip()
         if not target:
-            self._show_error(MVMCutError("Enter a position (RA Dec) or an object name first."))
+            self.show_error(MVMCutError("Enter a position (RA Dec) or an object name first."))
             return
-        self._start(_find_layers, self._show_layers, f"Searching MAST for {target}…", target, self._size())
+        self.run(_find_layers, self._show_layers, f"Searching MAST for {target}…", target, self._size())
 
     def cut_and_load(self) -> None:
         """Cut the ticked layers, combine them and load the results into Glue (off the GUI thread)."""
@@ -137,19 +110,16 @@ class MVMCutDialog(QtWidgets.QDialog):
         ticked = self._ticked()
         chosen = self._table[[name in ticked for name in self._table["productFilename"]]]
         if not len(chosen):
-            self._show_error(MVMCutError("Tick at least one layer."))
+            self.show_error(MVMCutError("Tick at least one layer."))
             return
-        self._cancel.clear()
-        self.cancel_button.setEnabled(True)
-        self._start(
+        self.run(
             cutout_mosaic,
             self._load,
             f"Cutting {len(chosen)} layers…",
             self._coord,
             self._size(),
             layers=chosen,
-            progress=self._progress.changed.emit,
-            cancel=self._cancel.is_set,
+            cancellable=True,
         )
 
     def _forget_layers(self) -> None:
@@ -162,43 +132,11 @@ class MVMCutDialog(QtWidgets.QDialog):
         self.status.setStyleSheet("")
         self.status.setText("The target or box changed: Search again.")
 
-    # -- plumbing -------------------------------------------------------------------------------
-    def _start(self, func, on_result, message, *args, **kwargs) -> None:
-        self.status.setText(message)
-        self.search_button.setEnabled(False)
-        self.cut_button.setEnabled(False)
-        self.progress.setRange(0, 0)  # busy until the first progress report
-        self._worker = Worker(func, *args, **kwargs)
-        self._worker.result.connect(on_result)
-        self._worker.error.connect(self._on_error)
-        self._worker.start()
-
-    def _finish(self, message: str) -> None:
-        self.status.setText(message)
-        self.search_button.setEnabled(True)
-        self.cut_button.setEnabled(self._table is not None and len(self._table) > 0)
-        self.cancel_button.setEnabled(False)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
-
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        self.progress.setRange(0, total)
-        self.progress.setValue(done)
-        self.status.setText(message)
-
-    def _on_error(self, exc_info) -> None:
-        self._show_error(exc_info[1])
-
-    def _show_error(self, exc: BaseException) -> None:
-        if isinstance(exc, Cancelled):
-            self._finish("Cancelled. Nothing was loaded.")
-            return
-        text = str(exc) if isinstance(exc, MVMCutError) else f"Unexpected error: {exc!r}"
-        self._finish(text)
-        self.status.setStyleSheet("color: #b00020")
+    def set_busy(self, busy: bool) -> None:
+        self.search_button.setEnabled(not busy)
+        self.cut_button.setEnabled(not busy and self._table is not None and len(self._table) > 0)
 
     def _show_layers(self, found) -> None:
-        self.status.setStyleSheet("")
         self._coord, table = found
         self._table = table
         self.layers.clear()
@@ -227,7 +165,7 @@ class MVMCutDialog(QtWidgets.QDialog):
             item.setCheckState(0, QtCore.Qt.Checked)
         self.layers.expandAll()
         where = self._coord.to_string("decimal", precision=5)
-        self._finish(
+        self.finish(
             f"{len(table)} layers found at {where}. Untick what you do not want, then Cut and load."
             if len(table)
             else f"No MVM layers cover this box at {where}: try a larger box or another target."
@@ -248,6 +186,4 @@ class MVMCutDialog(QtWidgets.QDialog):
 
         self.loaded = add_result(self.app, result)
         open_viewers(self.app, self.loaded)
-        self._finish(
-            f"Loaded {len(result.mosaics)} mosaics and {len(result.cutouts)} cutouts, linked by WCS."
-        )
+        self.finish(f"Loaded {len(result.mosaics)} mosaics and {len(result.cutouts)} cutouts, linked by WCS.")

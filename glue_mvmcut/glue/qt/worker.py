@@ -1,0 +1,96 @@
+"""What the plugin's dialogs share: work on a `glue_qt.utils.threading.Worker` thread, a progress
+bar fed through a Qt signal, a Cancel button backed by a `threading.Event`, and errors shown as
+one readable line."""
+
+import threading
+
+from glue_qt.utils.threading import Worker
+from qtpy import QtCore, QtWidgets
+
+from ...core.errors import Cancelled, MVMCutError
+
+__all__ = ["WorkerDialog", "arcsec_box"]
+
+
+class _Progress(QtCore.QObject):
+    """Carries the pipeline's progress callbacks from the worker thread to the GUI thread."""
+
+    changed = QtCore.Signal(int, int, str)
+
+
+def arcsec_box(value: float) -> QtWidgets.QDoubleSpinBox:
+    """A spin box for a box side in arcsec."""
+    box = QtWidgets.QDoubleSpinBox()
+    box.setRange(0.1, 3600.0)
+    box.setDecimals(1)
+    box.setSuffix(" arcsec")
+    box.setValue(value)
+    return box
+
+
+class WorkerDialog(QtWidgets.QDialog):
+    """A dialog that runs long steps off the GUI thread.
+
+    Subclasses add their widgets, lay out ``progress``, ``status`` and ``cancel_button``, and
+    enable their own buttons in `set_busy`.
+    """
+
+    #: Shown when the user cancels.
+    cancelled_message = "Cancelled. Nothing was loaded."
+
+    def __init__(self, app, parent=None):
+        super().__init__(parent)
+        self.app = app
+        self.cancel_button = QtWidgets.QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QtWidgets.QProgressBar()
+        self.status = QtWidgets.QLabel()
+        self.status.setWordWrap(True)
+        self._worker = None
+        self._cancel = threading.Event()
+        self._progress = _Progress()
+        self._progress.changed.connect(self._on_progress)
+        self.cancel_button.clicked.connect(self._cancel.set)
+
+    def set_busy(self, busy: bool) -> None:
+        """Enable or disable the subclass's buttons while work runs."""
+
+    def run(self, func, on_result, message: str, *args, cancellable: bool = False, **kwargs) -> None:
+        """Run ``func(*args, **kwargs)`` on a worker thread; ``on_result`` gets its result on the
+        GUI thread. A cancellable step gets ``progress`` and ``cancel`` keyword arguments."""
+        self.status.setStyleSheet("")
+        self.status.setText(message)
+        self.set_busy(True)
+        self.progress.setRange(0, 0)  # busy until the first progress report
+        if cancellable:
+            self._cancel.clear()
+            kwargs.update(progress=self._progress.changed.emit, cancel=self._cancel.is_set)
+        self.cancel_button.setEnabled(cancellable)
+        self._worker = Worker(func, *args, **kwargs)
+        self._worker.result.connect(on_result)
+        self._worker.error.connect(self._on_error)
+        self._worker.start()
+
+    def finish(self, message: str, *, error: bool = False) -> None:
+        """Show ``message`` (in red for an error) and make the dialog ready for the next step."""
+        self.status.setText(message)
+        self.status.setStyleSheet("color: #b00020" if error else "")
+        self.set_busy(False)
+        self.cancel_button.setEnabled(False)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
+
+    def show_error(self, exc: BaseException) -> None:
+        """One readable line: our own errors as they are, anything else named as unexpected."""
+        if isinstance(exc, Cancelled):
+            self.finish(self.cancelled_message)
+            return
+        self.finish(str(exc) if isinstance(exc, MVMCutError) else f"Unexpected error: {exc!r}", error=True)
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+        self.status.setText(message)
+
+    def _on_error(self, exc_info) -> None:
+        self.show_error(exc_info[1])
