@@ -7,6 +7,7 @@ mosaics; ``mvmcut demo`` runs ``cut`` on a synthetic archive served on 127.0.0.1
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import warnings
@@ -107,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="cut the seed's LMC example out of a synthetic archive served on 127.0.0.1 (no network)"
     )
     demo.add_argument("--out", default="mvmcut-demo", help="output folder (default: ./mvmcut-demo)")
+    demo.add_argument(
+        "--glue",
+        action="store_true",
+        help="then open the mosaics in Glue, linked (needs glue-qt and a display)",
+    )
     return parser
 
 
@@ -318,10 +324,35 @@ def _demo(args) -> None:
         )
         result, pngs = _run_cut(DEMO_TARGET, DEMO_SIZE, out / "cutouts", png=True, cache=out / "cache")
     _summary(result, pngs, as_json=False)
+    mosaics = [path.resolve() for path in result.paths["mosaics"]]
+    if args.glue:
+        _open_in_glue(mosaics)
+        return
+    folder = (out / "cutouts").resolve()
     print(
-        f"\nLook at the PNG quick-looks above, or open the FITS files in {(out / 'cutouts').resolve()}\n"
-        "with any FITS viewer (SCI and WHT extensions)."
+        "\nWhat next:\n"
+        f"  - look at the PNG quick-looks: {folder}/hst_combined_skycells-*.png\n"
+        f"  - open the FITS files (SCI and WHT extensions) in {folder}\n"
+        f"  - see the mosaics in Glue, loaded and linked by WCS: mvmcut demo --glue --out {out}\n"
+        "    (or start glue and use Plugins > MVM cutouts from MAST...)\n"
+        '  - cut real HST data from MAST: mvmcut cut "NGC 1850" --size 30 --out ngc1850 --png'
     )
+
+
+def _open_in_glue(paths) -> None:
+    """Start the Glue application with ``paths`` loaded and linked; return when it is closed."""
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
+    ):
+        raise MVMCutError(
+            "--glue needs a display, and this session has none (DISPLAY is not set). Run it on a "
+            "desktop, or copy the files and open them there with: glue " + " ".join(p.name for p in paths)
+        )
+    try:
+        from .glue.qt import open_in_glue
+    except ImportError as exc:
+        raise MVMCutError(f'--glue needs Glue: pip install "glue-mvmcut[qt]" ({exc}).') from exc
+    open_in_glue(paths).start()
 
 
 def _protect_negative_coordinates(argv: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from glue_mvmcut import MVMCutError
 from glue_mvmcut.cli import main
 
 
@@ -142,6 +143,22 @@ def test_demo_cuts_the_lmc_example(tmp_path, capsys):
     assert len(list(written.glob("hst_combined_skycells-*.fits"))) == 5
     assert len(list(written.glob("hst_combined_skycells-*.png"))) == 5
     assert len(list(written.glob("hst_cutout_skycell-*.fits"))) == 20
+    assert (
+        f"see the mosaics in Glue, loaded and linked by WCS: mvmcut demo --glue --out {tmp_path / 'demo'}"
+        in out
+    )
+    assert f"look at the PNG quick-looks: {written.resolve()}/hst_combined_skycells-*.png" in out
+
+
+def test_demo_glue_without_a_display_says_what_to_do(monkeypatch, tmp_path):
+    from glue_mvmcut.cli import _open_in_glue
+
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(
+        MVMCutError, match=r"--glue needs a display, .* open them there with: glue a\.fits b\.fits"
+    ):
+        _open_in_glue([tmp_path / "a.fits", tmp_path / "b.fits"])
 
 
 def test_console_script_is_installed():

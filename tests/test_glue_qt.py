@@ -267,3 +267,20 @@ def test_the_batch_dialog_explains_a_layer_without_positions_and_cancels_cleanly
     qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=120_000)
     assert dialog.status.text() == "Cancelled. Finished targets are kept; Start again to do the rest."
     assert not list((tmp_path / "batch").glob("*.part")) and dialog.loaded == []
+
+
+def test_open_in_glue_shows_files_loaded_and_linked(qtbot, mast, cache, tmp_path):
+    from glue_mvmcut import cutout_mosaic
+    from glue_mvmcut.glue.qt import open_in_glue
+
+    result = cutout_mosaic((84.9208, -69.1467), 4, filters=["f814w"], out_dir=tmp_path)
+    app = open_in_glue(result.paths["mosaics"])
+    try:
+        assert sorted(d.label for d in app.data_collection) == [
+            "ACS/WFC F814W jbp505jg mosaic",
+            "ACS/WFC F814W mosaic",
+        ]
+        assert len(app.data_collection.external_links) == 1
+        assert sorted(v.state.title for v in app.viewers[0]) == sorted(d.label for d in app.data_collection)
+    finally:
+        app.close()

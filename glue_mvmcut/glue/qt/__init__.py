@@ -4,7 +4,15 @@
 MENU_LABEL = "MVM cutouts from MAST…"
 BATCH_LABEL = "MVM cutouts for these rows…"
 
-__all__ = ["MENU_LABEL", "BATCH_LABEL", "open_dialog", "import_dialog", "open_batch_dialog", "register"]
+__all__ = [
+    "MENU_LABEL",
+    "BATCH_LABEL",
+    "open_dialog",
+    "import_dialog",
+    "open_batch_dialog",
+    "open_in_glue",
+    "register",
+]
 
 
 def _glue_application():
@@ -49,6 +57,24 @@ def open_batch_dialog(layer, data_collection=None):
     dialog = BatchDialog(app, layer, parent=app)
     dialog.show()
     return dialog
+
+
+def open_in_glue(paths):
+    """A Glue application with the MVM files ``paths`` loaded, linked by WCS, one viewer per
+    mosaic, shown; call its ``start()`` to hand control to the user."""
+    from glue_qt.app import GlueApplication
+
+    from ..loader import link_by_wcs, read_mvm
+    from .dialog import open_viewers
+
+    data = [read_mvm(path) for path in paths]
+    app = GlueApplication()
+    for item in data:
+        app.data_collection.append(item)
+    link_by_wcs(app.data_collection, data)
+    open_viewers(app, data)
+    app.show()
+    return app
 
 
 def register() -> None:
