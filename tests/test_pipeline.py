@@ -147,3 +147,9 @@ def test_cancel_leaves_no_partial_files(mast, cache, tmp_path, stop_after):
         if path.suffix == ".fits":
             with fits.open(path) as hdul:
                 assert np.isfinite(hdul["SCI"].data).all()
+
+
+def test_an_object_name_is_resolved(mast, cache):
+    result = cutout_mosaic("LMC", 2, filters=["f658n"])
+    assert (result.coord.ra.deg, result.coord.dec.deg) == (84.9208, -69.1467)
+    assert len(result.cutouts) == 4 and len(result.mosaics) == 1

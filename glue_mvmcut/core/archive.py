@@ -197,18 +197,24 @@ def archive_errors(what: str, service: str | None = None):
     except requests.exceptions.Timeout as exc:
         raise ArchiveError(too_slow) from exc
     except requests.exceptions.HTTPError as exc:
-        raise ArchiveError(f"{what}: {service} answered {exc}.") from exc
+        raise ArchiveError(
+            f"{what}: {service} answered {exc}. Try again later; if it keeps failing, check the "
+            "[mast] server setting in astroquery.cfg."
+        ) from exc
     except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
-        raise ArchiveError(f"{what}: the transfer from {service} failed ({exc}).") from exc
+        raise ArchiveError(f"{what}: the transfer from {service} failed ({exc}). Try again.") from exc
     except TimeoutError as exc:
         raise ArchiveError(
             f"{what}: {service} was still working on the query after "
             f"{conf.query_timeout} s. Try again later, or raise glue_mvmcut.conf.query_timeout."
         ) from exc
     except RemoteServiceError as exc:
-        raise ArchiveError(f"{what}: {service} reported an error: {exc}") from exc
+        raise ArchiveError(f"{what}: {service} reported an error: {exc}. Try again later.") from exc
     except (ValueError, KeyError, TypeError) as exc:  # a body that is not the JSON expected
-        raise ArchiveError(f"{what}: {service} sent an unreadable reply ({exc}).") from exc
+        raise ArchiveError(
+            f"{what}: {service} sent an unreadable reply ({exc}). Check that the [mast] server "
+            "setting points at MAST or a mirror of it, then try again."
+        ) from exc
 
 
 def resolver_url() -> str:
@@ -299,8 +305,9 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
 
     Parameters
     ----------
-    coord : `~astropy.coordinates.SkyCoord` or anything `~glue_mvmcut.core.coords.parse_coord` reads
-        Centre of the box.
+    coord : `~astropy.coordinates.SkyCoord`, str or (ra, dec)
+        Centre of the box: anything `~glue_mvmcut.core.coords.parse_coord` reads, or an object
+        name for MAST's resolver (see `resolve_target`).
     size : float, (ny, nx) pair or angular `~astropy.units.Quantity`
         Box size; plain numbers are arcseconds.
     instruments : sequence of str, optional
@@ -319,7 +326,7 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     ArchiveError
         When MAST cannot be reached, times out or answers something unusable.
     """
-    coord = parse_coord(coord)
+    coord = resolve_target(coord)
     size = parse_size(size)
     table = query_layers_near([(coord, size)], instruments=instruments, filters=filters)[0]
     if not len(table):

@@ -16,6 +16,10 @@ MAX_BOX_SIZE = 1 * u.deg
 MAX_BOX_PIXELS = 90000
 
 
+_POSITION_HINT = "Give RA and Dec in degrees (84.9208 -69.1467) or sexagesimal (05:39:41.0 -69:08:48)."
+_SIZE_HINT = "Give the box side in arcsec (e.g. 20), or (height, width), or an angle such as 0.5 * u.arcmin."
+
+
 def _ra_in_hours(text: str) -> bool:
     # "05:39:41.2" and "5h39m41.2s" are hours of RA; "84.92", "84d55m15s" are degrees.
     return ":" in text or "h" in text.lower()
@@ -56,7 +60,7 @@ def parse_coord(coord, dec=None) -> SkyCoord:
                 parts = coord.replace(",", " ").split()
                 if len(parts) != 2:
                     raise InvalidCoordinateError(
-                        f"Cannot read a sky position from {coord!r}: expected 'RA Dec'."
+                        f"Cannot read a sky position from {coord!r}: expected 'RA Dec'. {_POSITION_HINT}"
                     )
                 ra_part, dec_part = parts
             else:
@@ -69,9 +73,11 @@ def parse_coord(coord, dec=None) -> SkyCoord:
     except InvalidCoordinateError:
         raise
     except (ValueError, TypeError, u.UnitsError) as exc:
-        raise InvalidCoordinateError(f"Not a valid sky position: {given!r} ({exc}).") from exc
+        raise InvalidCoordinateError(
+            f"Not a valid sky position: {given!r} ({exc}). {_POSITION_HINT}"
+        ) from exc
     if not (np.isfinite(result.ra.deg) and np.isfinite(result.dec.deg)):
-        raise InvalidCoordinateError(f"Not a valid sky position: {given!r} is not finite.")
+        raise InvalidCoordinateError(f"Not a valid sky position: {given!r} is not finite. {_POSITION_HINT}")
     return result
 
 
@@ -100,10 +106,10 @@ def parse_size(size, *, allow_pixels: bool = False) -> u.Quantity:
     try:
         quantity = size if isinstance(size, u.Quantity) else u.Quantity(size, u.arcsec)
     except (TypeError, ValueError) as exc:
-        raise InvalidSizeError(f"Not a valid cutout size: {size!r}.") from exc
+        raise InvalidSizeError(f"Not a valid cutout size: {size!r}. {_SIZE_HINT}") from exc
     quantity = np.atleast_1d(quantity)
     if quantity.ndim != 1 or quantity.size not in (1, 2):
-        raise InvalidSizeError(f"A cutout size has one or two values (ny, nx), got {size!r}.")
+        raise InvalidSizeError(f"A cutout size has one or two values (ny, nx), got {size!r}. {_SIZE_HINT}")
     if quantity.size == 1:
         quantity = np.repeat(quantity, 2)
     if quantity.unit.physical_type == "angle":
@@ -113,12 +119,15 @@ def parse_size(size, *, allow_pixels: bool = False) -> u.Quantity:
         limit = MAX_BOX_PIXELS * u.pix
     else:
         wanted = "an angle or pixels" if allow_pixels else "an angle"
-        raise InvalidSizeError(f"A cutout size must be {wanted}, got {size!r}.")
+        raise InvalidSizeError(f"A cutout size must be {wanted}, got {size!r}. {_SIZE_HINT}")
     values = quantity.value
     if not np.all(np.isfinite(values)) or np.any(values <= 0):
-        raise InvalidSizeError(f"A cutout size must be positive and finite, got {size!r}.")
+        raise InvalidSizeError(f"A cutout size must be positive and finite, got {size!r}. {_SIZE_HINT}")
     if np.any(quantity > limit):
-        raise InvalidSizeError(f"A cutout size of {size!r} exceeds the largest box, {limit}.")
+        raise InvalidSizeError(
+            f"A cutout size of {size!r} exceeds the largest box, {limit}: cover a larger area with "
+            "several boxes (mvmcut batch)."
+        )
     return quantity
 
 

@@ -20,9 +20,9 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .archive import http_session, query_layers
+from .archive import http_session, query_layers, resolve_target
 from .combine import combine_cutouts
-from .coords import box_radius, parse_coord, parse_size
+from .coords import box_radius, parse_size
 from .cutout import cut_layer
 from .errors import Cancelled, OutsideFootprintError
 from .products import Band, QueryName, checked_product, safe_filename
@@ -149,8 +149,9 @@ def cutout_mosaic(
 
     Parameters
     ----------
-    coord : `~astropy.coordinates.SkyCoord` or anything `~glue_mvmcut.core.coords.parse_coord` reads
-        Centre of the box.
+    coord : `~astropy.coordinates.SkyCoord`, str or (ra, dec)
+        Centre of the box: anything `~glue_mvmcut.core.coords.parse_coord` reads, or an object
+        name for MAST's resolver (see `~glue_mvmcut.core.archive.resolve_target`).
     size : float, (ny, nx) pair, or angular `~astropy.units.Quantity`
         Box size; plain numbers are arcseconds.
     instruments, filters : sequence of str, optional
@@ -183,7 +184,7 @@ def cutout_mosaic(
     -------
     CutoutResult
     """
-    coord = parse_coord(coord)
+    coord = resolve_target(coord)
     size = parse_size(size)
     fetcher = _Fetcher(fetch, cache, cancel, hdus)
     steps = _Steps(progress, cancel)

@@ -46,6 +46,9 @@ class RangeNotSupported(ArchiveError):
     """The server answered a ``Range`` request with the whole file."""
 
 
+_ADVICE = " The archive's server misbehaved: try again, or fetch whole files (--fetch download)."
+
+
 @dataclass
 class HDUInfo:
     """Where one HDU lives in the file."""
@@ -146,12 +149,13 @@ class RemoteFITS:
             self.stats.add(requests=1)
             if response.status_code == 200:
                 raise RangeNotSupported(
-                    f"Reading {self.name}: MAST at {self.url.split('/api')[0]} ignores Range requests."
+                    f"Reading {self.name}: MAST at {self.url.split('/api')[0]} ignores Range requests: "
+                    "use --fetch auto or download."
                 )
             response.raise_for_status()
             content_type = response.headers.get("Content-Type", "")
             if response.status_code != 206:
-                raise ArchiveError(f"Reading {self.name}: unexpected HTTP {response.status_code}.")
+                raise ArchiveError(f"Reading {self.name}: unexpected HTTP {response.status_code}." + _ADVICE)
             body = response.content
         self.stats.add(len(body))
         if content_type.startswith("multipart/byteranges"):
@@ -159,11 +163,13 @@ class RemoteFITS:
         else:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").encode())
             if match is None:
-                raise ArchiveError(f"Reading {self.name}: a 206 reply without a valid Content-Range.")
+                raise ArchiveError(
+                    f"Reading {self.name}: a 206 reply without a valid Content-Range." + _ADVICE
+                )
             start, stop, total = int(match[1]), int(match[2]) + 1, match[3]
             if stop - start != len(body):
                 raise ArchiveError(
-                    f"Reading {self.name}: got {len(body)} bytes for a {stop - start}-byte range."
+                    f"Reading {self.name}: got {len(body)} bytes for a {stop - start}-byte range." + _ADVICE
                 )
             if total != b"*":
                 self.size = int(total)
@@ -173,7 +179,7 @@ class RemoteFITS:
     def _multipart(self, body: bytes, content_type: str) -> dict[int, bytes]:
         boundary = re.search(r'boundary="?([^";]+)"?', content_type)
         if boundary is None:
-            raise ArchiveError(f"Reading {self.name}: a multipart reply without a boundary.")
+            raise ArchiveError(f"Reading {self.name}: a multipart reply without a boundary." + _ADVICE)
         parts = {}
         for chunk in body.split(b"--" + boundary[1].encode())[1:]:
             if chunk.startswith(b"--"):
@@ -181,10 +187,10 @@ class RemoteFITS:
             head, _, rest = chunk.partition(b"\r\n\r\n")
             match = _CONTENT_RANGE.search(head)
             if match is None:
-                raise ArchiveError(f"Reading {self.name}: a multipart part without Content-Range.")
+                raise ArchiveError(f"Reading {self.name}: a multipart part without Content-Range." + _ADVICE)
             start, stop = int(match[1]), int(match[2]) + 1
             if len(rest) < stop - start:
-                raise ArchiveError(f"Reading {self.name}: a multipart part was cut short.")
+                raise ArchiveError(f"Reading {self.name}: a multipart part was cut short." + _ADVICE)
             parts[start] = rest[: stop - start]
         return parts
 
@@ -217,7 +223,9 @@ class RemoteFITS:
                     fetched.update(got)
             missing = [span for span in todo if span[0] not in fetched]
             if missing and not self.multirange:
-                raise ArchiveError(f"Reading {self.name}: the server did not return bytes {missing[0]}.")
+                raise ArchiveError(
+                    f"Reading {self.name}: the server did not return bytes {missing[0]}." + _ADVICE
+                )
             if missing:
                 log.info("%s: the server answers one range per request; switching.", self.name)
                 self.multirange = False

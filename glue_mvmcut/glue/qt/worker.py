@@ -85,7 +85,14 @@ class WorkerDialog(QtWidgets.QDialog):
         if isinstance(exc, Cancelled):
             self.finish(self.cancelled_message)
             return
-        self.finish(str(exc) if isinstance(exc, MVMCutError) else f"Unexpected error: {exc!r}", error=True)
+        if isinstance(exc, MVMCutError):
+            self.finish(str(exc), error=True)
+        else:  # a bug: say so, and how to get it fixed
+            self.finish(
+                f"Unexpected error: {exc!r}. Please report it to the glue-mvmcut developers with the "
+                "target and box you used; Glue itself is unaffected.",
+                error=True,
+            )
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress.setRange(0, total)
