@@ -3,14 +3,18 @@ and correct under every fault the stand-in server can inject."""
 
 import io
 import logging
+import os
+import shutil
 
 import pytest
+from astropy.io import fits
 
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
-from glue_mvmcut.core.archive import file_url, query_layers
+from glue_mvmcut.core.archive import file_url, query_layers, using_server
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
 from glue_mvmcut.core.retrieve import TransferStats
+from glue_mvmcut.testing.server import MastServer
 
 LMC = (84.9208, -69.1467)
 FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
@@ -34,8 +38,25 @@ def _same_as_local(archive, name, coord, size, **kwargs):
 def test_ranged_cutouts_are_identical_to_local_ones(mast, lmc_archive, name):
     stats = _same_as_local(lmc_archive, name, LMC, 6)
     assert stats.bytes == mast.bytes_sent < 0.35 * lmc_archive.layer(name).size
-    # Primary + SCI headers (one read), the WHT header, then every row of SCI and WHT together.
-    assert stats.requests == len(mast.requests("download")) == 3
+    # Primary + SCI headers (one read), then every row of SCI and WHT with WHT's header.
+    assert stats.requests == len(mast.requests("download")) == 2
+
+
+def test_a_wht_header_longer_than_scis_is_found_and_read_right(lmc_archive, tmp_path):
+    # The WHT header is guessed to be as long as SCI's; give it two more blocks of cards.
+    archive_dir = tmp_path / "archive"
+    shutil.copytree(lmc_archive.directory, archive_dir)
+    with fits.open(archive_dir / FINE) as hdul:
+        for i in range(60):
+            hdul["WHT"].header.add_history(f"an extra card to lengthen the header ({i})")
+        hdul.writeto(tmp_path / FINE)
+    os.replace(tmp_path / FINE, archive_dir / FINE)
+    with MastServer(archive_dir) as server, using_server(server.url):
+        stats = TransferStats()
+        remote = cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=stats)
+        assert _bytes(remote) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
+        # The guess was wrong: WHT's real header, then its rows, cost two more requests.
+        assert stats.requests == len(server.requests("download")) == 4
 
 
 @pytest.mark.parametrize("field", ["twocells", "polar", "ra0"])

@@ -205,13 +205,18 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        primary, headers, layer, read = _remote_layer(source, session, stats, cancel, hdus)
-        return _cut(primary, headers, layer, read, coord, size)
+        primary, headers_of, layer, read = _remote_layer(source, session, stats, cancel, hdus)
+        return _cut(primary, headers_of, layer, read, coord, size)
     hdul, layer = open_layer(source)
     with hdul:
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
         return _cut(
-            hdul[0].header, headers, layer, lambda windows: [hdul[e].data[w] for e, w in windows], coord, size
+            hdul[0].header,
+            lambda: headers,
+            layer,
+            lambda windows: [hdul[e].data[w] for e, w in windows],
+            coord,
+            size,
         )
 
 
@@ -245,22 +250,29 @@ def layer_hdus(
 def _remote_layer(source: str, session, stats, cancel, hdus=None):
     remote = _remote(source, session, stats, cancel)
     if hdus is None:
-        hdus = remote.hdus(_EXTENSIONS)
-    headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
+        # WHT's header is fetched with the pixels (one round trip less), so it is known for
+        # sure only after `read`: hence headers as a callable.
+        hdus = remote.hdus(_EXTENSIONS, guess_last=True)
     layer = layer_name(hdus["PRIMARY"].header, remote.name)
 
     def read(windows):
         return remote.read_windows([(hdus[ext], rows, cols) for ext, (rows, cols) in windows])
 
-    return hdus["PRIMARY"].header, headers, layer, read
+    return hdus["PRIMARY"].header, lambda: {ext: hdus[ext].header for ext in _EXTENSIONS}, layer, read
 
 
-def _cut(primary_header, headers, layer: LayerName, read, coord, size) -> fits.HDUList:
-    """Shared by local and remote layers: check, find the window, read it, build the HDUList."""
-    shape = _check_extensions(layer.filename, headers)
-    wcs = _wcs(headers["SCI"]).celestial
+def _cut(primary_header, headers_of, layer: LayerName, read, coord, size) -> fits.HDUList:
+    """Shared by local and remote layers: check, find the window, read it, build the HDUList.
+
+    ``headers_of()`` gives the SCI and WHT headers as known now (a remote layer's WHT header
+    may arrive with its pixels); they are checked again after the read.
+    """
+    shape = _check_extensions(layer.filename, headers_of())
+    wcs = _wcs(headers_of()["SCI"]).celestial
     window = _window(wcs, shape, coord, size, layer.filename)
     pieces = read([(ext, window.large) for ext in _EXTENSIONS])
+    headers = headers_of()
+    _check_extensions(layer.filename, headers)
     primary = primary_header.copy()
     name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
     primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")

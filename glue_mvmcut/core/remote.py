@@ -51,12 +51,18 @@ _ADVICE = " The archive's server misbehaved: try again, or fetch whole files (--
 
 @dataclass
 class HDUInfo:
-    """Where one HDU lives in the file."""
+    """Where one HDU lives in the file.
+
+    A ``guessed`` HDU has not been read yet: it is assumed to be laid out like the HDU before it
+    (same header length, BITPIX and shape); `RemoteFITS.read_windows` reads its header along
+    with its pixels and corrects both if the guess was wrong.
+    """
 
     header: fits.Header
     header_offset: int
     data_offset: int
     data_size: int  # bytes of data, without the padding to 2880
+    guessed: bool = False
 
     @property
     def end(self) -> int:
@@ -281,11 +287,23 @@ class RemoteFITS:
                 return fits.Header.fromstring(data[: card + _CARD].decode("ascii")), length
         return None
 
-    def hdus(self, extnames: tuple[str, ...] = ("SCI", "WHT")) -> dict[str, HDUInfo]:
-        """PRIMARY and the named extensions, reading headers only (walks HDU by HDU)."""
+    def hdus(
+        self, extnames: tuple[str, ...] = ("SCI", "WHT"), *, guess_last: bool = False
+    ) -> dict[str, HDUInfo]:
+        """PRIMARY and the named extensions, reading headers only (walks HDU by HDU).
+
+        With ``guess_last``, the last extension is not read but guessed to follow the one
+        before, laid out like it (MVM's WHT after SCI): `read_windows` then fetches its header
+        with its pixels, saving a round trip per layer.
+        """
         found: dict[str, HDUInfo] = {}
         offset = 0
         while True:
+            if guess_last and len(extnames) > 1 and all(ext in found for ext in extnames[:-1]):
+                before = found[extnames[-2]]
+                if before.end == offset:  # the last one wanted is next
+                    found[extnames[-1]] = _guess_next(before, extnames[-1])
+                    return found
             header, length = self._header_at(offset)
             info = HDUInfo(header, offset, offset + length, _data_size(header))
             name = "PRIMARY" if offset == 0 else str(header.get("EXTNAME", "")).strip().upper()
@@ -297,30 +315,74 @@ class RemoteFITS:
                 missing = [ext for ext in extnames if ext not in found]
                 raise NotMVMFileError(f"{self.name} is not an MVM layer: it has no {missing[0]} extension.")
 
+    def _confirm(self, info: HDUInfo, extname: str, block: bytes) -> bool:
+        """Check a guessed HDU against its header bytes; fix ``info`` in place. True if the guess held."""
+        found = self._parse_header(block, info.header_offset) if block else None
+        if found is not None:
+            header, length = found
+            same = (
+                str(header.get("EXTNAME", "")).strip().upper() == extname
+                and info.header_offset + length == info.data_offset
+                and all(
+                    header.get(key) == info.header.get(key) for key in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2")
+                )
+            )
+            if same:
+                info.header, info.guessed = header, False
+                return True
+        log.info("%s: %s is not laid out like the HDU before it; reading its header.", self.name, extname)
+        real = self.hdus(("SCI", extname)).get(extname)
+        info.header, info.data_offset, info.data_size = real.header, real.data_offset, real.data_size
+        info.header_offset, info.guessed = real.header_offset, False
+        return False
+
     def read_windows(self, windows: list[tuple[HDUInfo, slice, slice]]) -> list[np.ndarray]:
         """``data[rows, cols]`` of 2-D image HDUs, one row span each, all fetched together.
 
-        Returns big-endian arrays of each HDU's BITPIX type.
+        The header of a guessed HDU (see `hdus`) comes in the same requests; if the guess was
+        wrong, its rows are fetched again where they really are. Returns big-endian arrays of
+        each HDU's BITPIX type.
         """
-        spans, shapes, dtypes = [], [], []
-        for info, rows, cols in windows:
-            dtype = np.dtype(BITPIX2DTYPE[info.header["BITPIX"]]).newbyteorder(">")
-            nx, item = info.header["NAXIS1"], dtype.itemsize
-            spans.append(
-                [
-                    (
-                        info.data_offset + (row * nx + cols.start) * item,
-                        info.data_offset + (row * nx + cols.stop) * item,
-                    )
-                    for row in range(rows.start, rows.stop)
-                ]
-            )
-            shapes.append((rows.stop - rows.start, cols.stop - cols.start))
-            dtypes.append(dtype)
-        data = self.read_spans([span for group in spans for span in group])
+        guessed = {id(info): info for info, _, _ in windows if info.guessed}
+        header_spans = [(info.header_offset, info.data_offset) for info in guessed.values()]
+        spans = [self._row_spans(info, rows, cols) for info, rows, cols in windows]
+        data = self.read_spans(header_spans + [span for group in spans for span in group])
+        blocks, data = data[: len(header_spans)], data[len(header_spans) :]
+        wrong = {
+            key
+            for (key, info), block in zip(guessed.items(), blocks, strict=True)
+            if not self._confirm(info, str(info.header.get("EXTNAME", "")).strip().upper(), block)
+        }
         out, first = [], 0
-        for group, shape, dtype in zip(spans, shapes, dtypes, strict=True):
-            chunk = b"".join(data[first : first + len(group)])
+        for (info, rows, cols), group in zip(windows, spans, strict=True):
+            chunk = data[first : first + len(group)]
             first += len(group)
-            out.append(np.frombuffer(chunk, dtype=dtype).reshape(shape))
+            if id(info) in wrong:
+                chunk = self.read_spans(self._row_spans(info, rows, cols))
+            dtype = np.dtype(BITPIX2DTYPE[info.header["BITPIX"]]).newbyteorder(">")
+            shape = (rows.stop - rows.start, cols.stop - cols.start)
+            out.append(np.frombuffer(b"".join(chunk), dtype=dtype).reshape(shape))
         return out
+
+    @staticmethod
+    def _row_spans(info: HDUInfo, rows: slice, cols: slice) -> list[tuple[int, int]]:
+        """Byte spans of ``data[rows, cols]`` of a 2-D image HDU: one per row."""
+        item = abs(info.header["BITPIX"]) // 8
+        nx = info.header["NAXIS1"]
+        return [
+            (
+                info.data_offset + (row * nx + cols.start) * item,
+                info.data_offset + (row * nx + cols.stop) * item,
+            )
+            for row in range(rows.start, rows.stop)
+        ]
+
+
+def _guess_next(before: HDUInfo, extname: str) -> HDUInfo:
+    """The HDU after ``before``, guessed to be laid out like it (header length, BITPIX, shape)."""
+    header = before.header.copy()
+    header["EXTNAME"] = extname
+    start = before.end
+    return HDUInfo(
+        header, start, start + (before.data_offset - before.header_offset), before.data_size, guessed=True
+    )

@@ -391,6 +391,9 @@ def _table_reply(fields: dict, rows: list[dict], page: int, pagesize: int, statu
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; with Nagle's algorithm on, the client's delayed
+    # ACK holds the body back ~40 ms per reply, which a real archive server does not do.
+    disable_nagle_algorithm = True
     server: "_HTTPServer"
 
     def log_message(self, format, *args):  # quiet: the server keeps its own records
@@ -594,8 +597,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, path: Path, segments: list, fault: dict | None) -> bool:
         """Send the body, counting bytes in ``self._sent``; a drop fault stops after its byte
-        count (returns True), a stall fault pauses there."""
+        count (returns True), a stall fault pauses there.
+
+        Small pieces (multipart framing, short row spans) are gathered into writes of up to
+        ``_CHUNK`` bytes, as a real web server's buffered output would send them.
+        """
         limit = fault["after_bytes"] if fault else None
+        buffer = bytearray()
+
+        def flush():
+            if buffer:
+                self.wfile.write(buffer)
+                self._sent += len(buffer)
+                buffer.clear()
+
         with open(path, "rb") as fh:
             for segment in segments:
                 if isinstance(segment, bytes):
@@ -604,18 +619,20 @@ class _Handler(BaseHTTPRequestHandler):
                     fh.seek(segment[0])
                     pieces = _file_pieces(fh, segment[1])
                 for piece in pieces:
-                    if limit is not None and self._sent + len(piece) >= limit:
-                        head = limit - self._sent
-                        self.wfile.write(piece[:head])
-                        self._sent += head
+                    if limit is not None and self._sent + len(buffer) + len(piece) >= limit:
+                        head = limit - self._sent - len(buffer)
+                        buffer += piece[:head]
+                        flush()
                         self.wfile.flush()
                         if fault["kind"] == "drop":
                             return True
                         time.sleep(fault["seconds"])
                         limit = None
                         piece = piece[head:]
-                    self.wfile.write(piece)
-                    self._sent += len(piece)
+                    buffer += piece
+                    if len(buffer) >= _CHUNK:
+                        flush()
+        flush()
         return False
 
 
