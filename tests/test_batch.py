@@ -121,6 +121,10 @@ def test_a_second_run_skips_what_verifies_and_redoes_a_damaged_target(mast, cach
     mast.reset_stats()
     third = cutout_batch(targets, size=3, filters=["f814w"], out_dir=out)
     assert third.meta["targets_run"] == 0 and mast.requests() == []
+    # A larger box makes folders of the old box incomplete: all run again.
+    fourth = cutout_batch(targets, size=8, filters=["f814w"], out_dir=out)
+    assert fourth.meta["targets_run"] == 3 and list(fourth["status"]) == ["done", "done", "no data"]
+    assert [p.name for p in (out / "c").iterdir()] == ["mvm_query-ra10d0000-decn10d0000_6_cutout.ecsv"]
 
 
 def test_failed_targets_are_retried_only_when_asked(mast, cache, tmp_path):

@@ -26,13 +26,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import astropy.units as u
 import numpy as np
 from astropy.table import Table
 
 from .config import conf
-from .coords import parse_coord, parse_size
+from .coords import box_radius, parse_coord, parse_size
 from .errors import Cancelled, InvalidTargetsError, MVMCutError
-from .products import safe_filename
+from .products import QueryName, safe_filename
 from .retrieve import fits_problem
 
 __all__ = ["MANIFEST", "STATUSES", "Target", "read_targets", "cutout_batch", "default_workers"]
@@ -239,14 +240,25 @@ _TARGET_KEYS = ("id", "ra", "dec", "name", "size", "size_y", "filters", "instrum
 
 
 # -- the folder of one target ---------------------------------------------------------------------
-def _complete_files(folder: Path) -> list[str] | None:
-    """The files of a finished target folder, or None if it is missing or anything in it fails
-    to verify (a FITS file cut short, an unreadable query table, a leftover partial file)."""
+def _query_table_name(target: Target) -> str | None:
+    """The query table ``mvmcut cut`` writes for this target's box (None while a name is unresolved)."""
+    if target.ra is None or target.size is None:
+        return None
+    radius = math.ceil(box_radius(target.size * u.arcsec).to_value(u.arcsec))
+    return QueryName(target.ra, target.dec, radius).filename
+
+
+def _complete_files(folder: Path, query_table: str | None) -> list[str] | None:
+    """The files of a finished target folder, or None if it is missing, was made for another box
+    (its query table has another name), or anything in it fails to verify (a FITS file cut
+    short, an unreadable query table, a leftover partial file)."""
     if not folder.is_dir():
         return None
     files = sorted(p.name for p in folder.iterdir())
     tables = [name for name in files if name.endswith(".ecsv")]
     if len(tables) != 1 or any(not name.endswith((".fits", ".ecsv")) for name in files):
+        return None
+    if query_table is not None and tables[0] != query_table:
         return None
     try:
         Table.read(folder / tables[0], format="ascii.ecsv")
@@ -435,8 +447,10 @@ def _previous_records(out_dir: Path, targets: list[Target]) -> dict[str, _Record
             log.warning("Ignoring the unreadable manifest %s (%s).", path, exc)
     records = {}
     for target in targets:
-        files = _complete_files(out_dir / target.id)
         row = rows.get(target.id)
+        if target.ra is None and row is not None and np.isfinite(row["ra"]):  # a name resolved before
+            target.ra, target.dec = float(row["ra"]), float(row["dec"])
+        files = _complete_files(out_dir / target.id, _query_table_name(target))
         if files is not None:
             record = _Record(
                 target, status="no data" if not any(f.endswith(".fits") for f in files) else "done"
@@ -448,7 +462,6 @@ def _previous_records(out_dir: Path, targets: list[Target]) -> dict[str, _Record
                     int(row["requests"]),
                     float(row["seconds"]),
                 )
-                target.ra, target.dec = float(row["ra"]), float(row["dec"])
             records[target.id] = record
         elif row is not None and row["status"] == "failed":
             records[target.id] = _Record(target, status="failed", error=str(row["error"]))
