@@ -9,6 +9,7 @@ import pytest
 
 from glue_mvmcut import conf
 from glue_mvmcut.core.archive import using_server
+from glue_mvmcut.core.remote import LAYER_HEADERS
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 
@@ -73,3 +74,11 @@ def cache(tmp_path, monkeypatch):
     path = tmp_path / "cache"
     monkeypatch.setenv("MVMCUT_CACHE_DIR", str(path))
     return path
+
+
+@pytest.fixture(autouse=True)
+def _no_cached_headers():
+    """Each test starts without layer headers remembered from another test's cutouts."""
+    LAYER_HEADERS.clear()
+    yield
+    LAYER_HEADERS.clear()

@@ -137,3 +137,26 @@ def test_hostile_product_names_never_reach_the_disk(mast, cache, tmp_path, caplo
         for rec in mast.archives[0].layers:
             assert not (tmp_path / "out" / name.format(rec.filename)).exists()
             assert not (cache / name.format(rec.filename)).exists()
+
+
+def test_a_second_cutout_of_a_layer_reuses_its_headers_until_the_file_changes(lmc_archive, tmp_path):
+    archive_dir = tmp_path / "archive"
+    shutil.copytree(lmc_archive.directory, archive_dir)
+    with MastServer(archive_dir) as server, using_server(server.url):
+        first, second = TransferStats(), TransferStats()
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=first)
+        again = cut_layer(f"mast:HST/product/{FINE}", (84.9210, -69.1465), 4, stats=second)
+        assert (first.requests, second.requests) == (2, 1)  # the pixels only
+        assert _bytes(again) == _bytes(cut_layer(archive_dir / FINE, (84.9210, -69.1465), 4))
+        # The archive reprocesses the layer: a longer WHT header moves its pixels. The cached
+        # headers are found stale (size and Last-Modified differ) and read again.
+        with fits.open(archive_dir / FINE) as hdul:
+            for i in range(60):
+                hdul["WHT"].header.add_history(f"reprocessed ({i})")
+            hdul.writeto(tmp_path / FINE)
+        os.replace(tmp_path / FINE, archive_dir / FINE)
+        third = TransferStats()
+        changed = cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=third)
+        assert _bytes(changed) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
+        assert changed["WHT"].header["HISTORY"][0] == "reprocessed (0)"
+        assert third.requests == 1 + 4  # the stale read, then headers and pixels afresh

@@ -28,7 +28,7 @@ from .archive import file_url
 from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
-from .remote import HDUInfo, RemoteFITS
+from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS
 from .retrieve import TransferStats, fits_problem
 from .threadsafe import catch_warnings
 
@@ -184,7 +184,9 @@ def cut_layer(
         callable checked between requests.
     hdus : dict, optional
         For remote layers: what `layer_hdus` returned for this layer, so its headers are not
-        read again (e.g. shared by many cutouts of one layer).
+        read again (e.g. shared by many cutouts of one layer). Without it, headers this process
+        read before (`~glue_mvmcut.core.remote.LAYER_HEADERS`) are used when the file has not
+        changed since.
 
     Returns
     -------
@@ -205,8 +207,11 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        primary, headers_of, layer, read = _remote_layer(source, session, stats, cancel, hdus)
-        return _cut(primary, headers_of, layer, read, coord, size)
+        try:
+            return _cut(*_remote_layer(source, session, stats, cancel, hdus), coord, size)
+        except _StaleHeaders as exc:
+            log.info("%s changed on the server since its headers were read; reading them again.", exc)
+            return _cut(*_remote_layer(source, session, stats, cancel, hdus), coord, size)
     hdul, layer = open_layer(source)
     with hdul:
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
@@ -247,18 +252,37 @@ def layer_hdus(
     return _remote(source, session, stats, cancel).hdus(_EXTENSIONS)
 
 
+class _StaleHeaders(Exception):
+    """The layer changed on the server since its cached headers were read."""
+
+
 def _remote_layer(source: str, session, stats, cancel, hdus=None):
     remote = _remote(source, session, stats, cancel)
-    if hdus is None:
+    cached = LAYER_HEADERS.get(remote.url) if hdus is None else None
+    version = None
+    if cached is not None:
+        hdus, version = cached
+    elif hdus is None:
         # WHT's header is fetched with the pixels (one round trip less), so it is known for
         # sure only after `read`: hence headers as a callable.
         hdus = remote.hdus(_EXTENSIONS, guess_last=True)
     layer = layer_name(hdus["PRIMARY"].header, remote.name)
 
     def read(windows):
-        return remote.read_windows([(hdus[ext], rows, cols) for ext, (rows, cols) in windows])
+        pieces = remote.read_windows([(hdus[ext], rows, cols) for ext, (rows, cols) in windows])
+        if cached is not None and _differ(remote.version, version):
+            LAYER_HEADERS.drop(remote.url)
+            raise _StaleHeaders(remote.url)
+        if cached is None:
+            LAYER_HEADERS.put(remote.url, hdus, remote.version)
+        return pieces
 
     return hdus["PRIMARY"].header, lambda: {ext: hdus[ext].header for ext in _EXTENSIONS}, layer, read
+
+
+def _differ(now: tuple, then: tuple) -> bool:
+    """Whether two (size, Last-Modified) file versions disagree where both are known."""
+    return any(a is not None and b is not None and a != b for a, b in zip(now, then, strict=True))
 
 
 def _cut(primary_header, headers_of, layer: LayerName, read, coord, size) -> fits.HDUList:
