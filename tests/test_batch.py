@@ -270,3 +270,12 @@ def json_line(text: str) -> dict:
     import json
 
     return json.loads(text.strip().splitlines()[-1])
+
+
+def test_an_unreachable_archive_fails_every_target_with_the_reason(cache, tmp_path):
+    targets = Table(rows=[("a", *LMC), ("b", 10.0, 10.0)], names=["id", "ra", "dec"])
+    with using_server("http://127.0.0.1:9"):
+        manifest = cutout_batch(targets, size=2, out_dir=tmp_path / "out")
+    assert list(manifest["status"]) == ["failed", "failed"]
+    assert all(e.startswith("MVM query: cannot reach MAST at http://127.0.0.1:9") for e in manifest["error"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST]

@@ -320,8 +320,8 @@ def _resolve_task(name: str, settings: dict):
     _apply(settings)
     try:
         coord = resolve_name(name)
-    except MVMCutError as exc:
-        return str(exc)
+    except Exception as exc:  # the target fails, with the reason in the manifest; others go on
+        return _reason(exc)
     return coord.ra.deg, coord.dec.deg
 
 
@@ -382,9 +382,14 @@ def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, option
     except Exception as exc:  # one bad target never stops the others: its error goes in the manifest
         shutil.rmtree(partial, ignore_errors=True)
         record.status = "failed"
-        record.error = str(exc) if isinstance(exc, MVMCutError) else f"{type(exc).__name__}: {exc}"
+        record.error = _reason(exc)
     record.seconds = time.perf_counter() - started
     return record
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as the manifest records it: our own messages as they are, others with their type."""
+    return str(exc) if isinstance(exc, MVMCutError) else f"{type(exc).__name__}: {exc}"
 
 
 # -- the driver -----------------------------------------------------------------------------------
@@ -608,8 +613,8 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
     for group, future in zip(groups, queries, strict=True):
         try:
             layers.update(zip((t.id for t in group), future.result(), strict=True))
-        except MVMCutError as exc:
-            records.update({t.id: _Record(t, status="failed", error=str(exc)) for t in group})
+        except Exception as exc:  # e.g. MAST unreachable: this group's targets fail, others go on
+            records.update({t.id: _Record(t, status="failed", error=_reason(exc)) for t in group})
     todo = [t for t in todo if t.id in layers]
     # 3. The headers of every layer once (for ranged reads); 4. one task per target.
     uris = {str(r["productFilename"]): str(r["dataURI"]) for t in todo for r in layers[t.id]}
@@ -663,4 +668,4 @@ def _collect(future, target: Target) -> _Record:
     try:
         return future.result()
     except Exception as exc:  # e.g. KilledWorker, when workers kept dying while running it
-        return _Record(target, status="failed", error=f"{type(exc).__name__}: {exc}")
+        return _Record(target, status="failed", error=_reason(exc))

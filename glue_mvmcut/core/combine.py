@@ -73,15 +73,19 @@ def _integer_offset(wcs_in, wcs_out) -> tuple[int, int] | None:
 
 def _data_box(wht: np.ndarray) -> tuple[slice, slice] | None:
     """Row and column slices bounding the pixels with WHT > 0 (None if there are none)."""
-    has = wht > 0
-    rows, cols = np.flatnonzero(has.any(axis=1)), np.flatnonzero(has.any(axis=0))
+    # Maxima along each axis: no image-sized boolean temporary.
+    rows, cols = np.flatnonzero(wht.max(axis=1) > 0), np.flatnonzero(wht.max(axis=0) > 0)
     if not rows.size:
         return None
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _paste(total: np.ndarray, weights: np.ndarray, sci, wht, offset) -> None:
-    """Add ``wht * sci`` and ``wht`` into the output sums at an integer offset (clipped)."""
+def _paste(total: np.ndarray, weights: np.ndarray, sci, wht, offset, scratch: np.ndarray) -> None:
+    """Add ``wht * sci`` and ``wht`` into the output sums at an integer offset (clipped).
+
+    In place, through ``scratch`` (float64, at least the block's shape): no temporaries of the
+    block's size are allocated.
+    """
     dx, dy = offset
     ny, nx = total.shape
     y0, x0 = max(0, dy), max(0, dx)
@@ -89,10 +93,11 @@ def _paste(total: np.ndarray, weights: np.ndarray, sci, wht, offset) -> None:
     if y1 <= y0 or x1 <= x0:
         return
     src = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
-    w = wht[src].astype(np.float64)
-    w[w < 0] = 0.0
-    total[y0:y1, x0:x1] += w * sci[src]
+    w = scratch[: y1 - y0, : x1 - x0]
+    np.maximum(wht[src], 0.0, out=w)  # negative weights count as none
     weights[y0:y1, x0:x1] += w
+    w *= sci[src]
+    total[y0:y1, x0:x1] += w
 
 
 def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> fits.HDUList:
@@ -139,20 +144,23 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     sci = np.zeros(shape, np.float32)
     wht = np.zeros(shape, np.float32)
     # Row blocks keep the float64 sums small: peak memory is about the float32 outputs.
+    block = (min(_BLOCK_ROWS, shape[0]), shape[1])
+    total, weights, scratch = np.empty(block), np.empty(block), np.empty(block)
     for y0 in range(0, shape[0], _BLOCK_ROWS):
         rows = slice(y0, min(shape[0], y0 + _BLOCK_ROWS))
-        total = np.zeros((rows.stop - y0, shape[1]), np.float64)
-        weights = np.zeros_like(total)
+        n = rows.stop - y0
+        total[:n] = 0.0
+        weights[:n] = 0.0
         for sci_data, wht_data, (dx, dy) in pasted:
-            _paste(total, weights, sci_data, wht_data, (dx, dy - y0))
+            _paste(total[:n], weights[:n], sci_data, wht_data, (dx, dy - y0), scratch)
         if resampled is not None:
             mean, coverage = resampled[0][rows], resampled[1][rows]
             covered = coverage > 0
-            total[covered] += mean[covered] * coverage[covered]
-            weights[covered] += coverage[covered]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sci[rows] = np.where(weights > 0, total / weights, 0.0)
-        wht[rows] = weights
+            total[:n][covered] += mean[covered] * coverage[covered]
+            weights[:n][covered] += coverage[covered]
+        # sci stays 0 where no input has weight; elsewhere the float64 quotient, rounded once.
+        np.divide(total[:n], weights[:n], out=sci[rows], where=weights[:n] > 0, casting="same_kind")
+        wht[rows] = weights[:n]
     method = (
         "exact paste"
         if not off_grid
