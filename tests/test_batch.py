@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.table import Table
 
-from glue_mvmcut import Cancelled, InvalidTargetsError
+from glue_mvmcut import Cancelled, InvalidTargetsError, MVMCutError
 from glue_mvmcut.cli import main
 from glue_mvmcut.core.archive import using_server
 from glue_mvmcut.core.batch import MANIFEST, cutout_batch, read_targets
@@ -211,8 +211,13 @@ def test_a_cluster_of_processes_survives_a_killed_worker(mast, cache, tmp_path):
                 killed.append(next(iter(pids.values())))
                 os.kill(killed[0], signal.SIGKILL)
 
-        manifest = cutout_batch(
-            targets, size=2, filters=["f814w"], out_dir=tmp_path / "out", scheduler=client, progress=progress
+        manifest = cutout_batch(  # by address, as --scheduler tcp://host:port does
+            targets,
+            size=2,
+            filters=["f814w"],
+            out_dir=tmp_path / "out",
+            scheduler=cluster.scheduler_address,
+            progress=progress,
         )
     assert killed
     missing = [str(i) for i, s in zip(manifest["id"], manifest["status"], strict=True) if s != "done"]
@@ -279,3 +284,11 @@ def test_an_unreachable_archive_fails_every_target_with_the_reason(cache, tmp_pa
     assert list(manifest["status"]) == ["failed", "failed"]
     assert all(e.startswith("MVM query: cannot reach MAST at http://127.0.0.1:9") for e in manifest["error"])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MANIFEST]
+
+
+def test_an_unreachable_scheduler_is_named(tmp_path):
+    targets = Table(rows=[("a", *LMC)], names=["id", "ra", "dec"])
+    with pytest.raises(
+        MVMCutError, match=r"Cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*--scheduler"
+    ):
+        cutout_batch(targets, size=2, out_dir=tmp_path / "out", scheduler="tcp://127.0.0.1:9")
