@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
-from bench_fetch import LATENCY, WIDE, _serve
+from bench_fetch import LATENCY, WIDE, served
 
 from glue_mvmcut.cli import main as mvmcut
-from glue_mvmcut.core.archive import using_server
 from glue_mvmcut.core.batch import cutout_batch
 from glue_mvmcut.core.remote import LAYER_HEADERS
 from glue_mvmcut.testing.synth import build_archive
@@ -44,6 +43,11 @@ def _targets(n: int) -> Table:
     return Table({"id": [f"t{i:03d}" for i in range(n)], "ra": ra, "dec": dec})
 
 
+def _cut_args(row, out: Path) -> list[str]:
+    """``mvmcut`` arguments that cut one target into ``out/<id>``."""
+    return ["cut", f"{row['ra']}", f"{row['dec']}", "--size", str(SIZE), "--out", str(out / row["id"])]
+
+
 def _loop(targets: Table, out: Path) -> tuple[float, int]:
     """``mvmcut cut --json`` for each target in turn, each as if alone (in this process, so
     without start-up cost, but with no layer headers kept from the target before)."""
@@ -55,18 +59,7 @@ def _loop(targets: Table, out: Path) -> tuple[float, int]:
         LAYER_HEADERS.clear()
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
-            mvmcut(
-                [
-                    "cut",
-                    f"{row['ra']}",
-                    f"{row['dec']}",
-                    "--size",
-                    str(SIZE),
-                    "--out",
-                    str(out / row["id"]),
-                    "--json",
-                ]
-            )
+            mvmcut([*_cut_args(row, out), "--json"])
         moved += json.loads(buffer.getvalue())["bytes_fetched"]
     return time.perf_counter() - start, moved
 
@@ -81,16 +74,7 @@ def _shell_loop_seconds(targets: Table, out: Path, url: str) -> float:
     start = time.perf_counter()
     for row in targets:
         subprocess.run(
-            [
-                "mvmcut",
-                "cut",
-                f"{row['ra']}",
-                f"{row['dec']}",
-                "--size",
-                str(SIZE),
-                "--out",
-                str(out / row["id"]),
-            ],
+            ["mvmcut", *_cut_args(row, out)],
             check=True,
             capture_output=True,
             env=env,
@@ -105,37 +89,28 @@ def main() -> None:
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 100
     build_archive(archive_dir, WIDE)
     targets = _targets(n)
-    server, url = _serve(archive_dir)
-    try:
-        with using_server(url), tempfile.TemporaryDirectory() as scratch:
-            scratch = Path(scratch)
+    with served(archive_dir) as url, tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        print(f'{n} targets of {SIZE:g}", stand-in MAST at {url} with {LATENCY * 1000:.0f} ms per request\n')
+        loop_seconds, own_bytes = _loop(targets, scratch / "loop")
+        print(f"mvmcut cut in a loop (one process): {loop_seconds:.1f} s, {own_bytes / 1e6:.1f} MB moved")
+        sample = targets[:10]
+        shell = _shell_loop_seconds(sample, scratch / "shell", url)
+        print(f"mvmcut cut as a new process per target: {shell:.2f} s per target ({len(sample)} measured)\n")
+        print("| run | seconds | targets / s | speed-up vs loop | bytes moved | vs own ranged bytes |")
+        print("|---|---|---|---|---|---|")
+        row = f"| `mvmcut cut` x {n} | {loop_seconds:.1f} | {n / loop_seconds:.2f} | 1.0 |"
+        print(f"{row} {own_bytes / 1e6:.1f} MB | 1.00 |")
+        for workers in WORKERS:
+            start = time.perf_counter()
+            manifest = cutout_batch(targets, size=SIZE, out_dir=scratch / f"batch{workers}", workers=workers)
+            seconds = time.perf_counter() - start
+            moved = manifest.meta["bytes_fetched"]
+            done = int((manifest["status"] == "done").sum())
             print(
-                f'{n} targets of {SIZE:g}", stand-in MAST at {url} with {LATENCY * 1000:.0f} ms per request\n'
+                f"| batch, {workers} workers ({done} done) | {seconds:.1f} | {n / seconds:.2f} | "
+                f"{loop_seconds / seconds:.1f} | {moved / 1e6:.1f} MB | {moved / own_bytes:.2f} |"
             )
-            loop_seconds, own_bytes = _loop(targets, scratch / "loop")
-            print(f"mvmcut cut in a loop (one process): {loop_seconds:.1f} s, {own_bytes / 1e6:.1f} MB moved")
-            shell = _shell_loop_seconds(targets[:10], scratch / "shell", url)
-            print(f"mvmcut cut as a new process per target: {shell:.2f} s per target (10 measured)\n")
-            print("| run | seconds | targets / s | speed-up vs loop | bytes moved | vs own ranged bytes |")
-            print("|---|---|---|---|---|---|")
-            row = f"| `mvmcut cut` x {n} | {loop_seconds:.1f} | {n / loop_seconds:.2f} | 1.0 |"
-            print(f"{row} {own_bytes / 1e6:.1f} MB | 1.00 |")
-            for workers in WORKERS:
-                start = time.perf_counter()
-                manifest = cutout_batch(
-                    targets, size=SIZE, out_dir=scratch / f"batch{workers}", workers=workers
-                )
-                seconds = time.perf_counter() - start
-                moved = manifest.meta["bytes_fetched"]
-                done = int((manifest["status"] == "done").sum())
-                print(
-                    f"| batch, {workers} workers ({done} done) | {seconds:.1f} | {n / seconds:.2f} | "
-                    f"{loop_seconds / seconds:.1f} | {moved / 1e6:.1f} MB | {moved / own_bytes:.2f} |"
-                )
-    finally:
-        server.terminate()
-        server.wait()
-        server.stdout.close()
 
 
 if __name__ == "__main__":

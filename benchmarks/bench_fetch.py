@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from contextlib import contextmanager
 from pathlib import Path
 
 import astropy.units as u
@@ -40,13 +41,23 @@ LATENCY = 0.020
 SIZES = (20, 120)
 
 
-def _serve(archive_dir: Path):
+@contextmanager
+def served(archive_dir: Path):
+    """The stand-in MAST for ``archive_dir`` in its own process, LATENCY added per request, with
+    astroquery (and so glue-mvmcut) pointed at it; yields its URL."""
     process = subprocess.Popen(
         [sys.executable, "-m", "glue_mvmcut.testing.server", str(archive_dir), "--latency", str(LATENCY)],
         stdout=subprocess.PIPE,
         text=True,
     )
-    return process, process.stdout.readline().strip()
+    try:
+        url = process.stdout.readline().strip()
+        with using_server(url):
+            yield url
+    finally:
+        process.terminate()
+        process.wait()
+        process.stdout.close()
 
 
 def _needed_bytes(archive, coord, size) -> tuple[int, int]:
@@ -120,37 +131,31 @@ def main() -> None:
         print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, {rec.size / 1e9:.2f} GB")
     print(f"(archive ready in {built:.0f} s)")
     coord = SkyCoord(WIDE.ra, WIDE.dec, unit="deg")
-    server, url = _serve(archive_dir)
-    try:
-        with using_server(url), tempfile.TemporaryDirectory() as cache:
-            print(f"\nstand-in MAST at {url}, {LATENCY * 1000:.0f} ms added per request\n")
-            print(
-                "| box | mode | bytes moved | pixel + header bytes | ratio | requests | "
-                "seconds, headers read | seconds, headers cached | one request | "
-                "time ratio (read / cached) | peak Python memory |"
+    with served(archive_dir) as url, tempfile.TemporaryDirectory() as cache:
+        print(f"\nstand-in MAST at {url}, {LATENCY * 1000:.0f} ms added per request\n")
+        print(
+            "| box | mode | bytes moved | pixel + header bytes | ratio | requests | "
+            "seconds, headers read | seconds, headers cached | one request | "
+            "time ratio (read / cached) | peak Python memory |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        layers = query_layers(coord, max(SIZES))
+        for size in SIZES:
+            pixels, headers = _needed_bytes(archive, coord, size)
+            reference = _one_request_seconds(
+                file_url(f"mast:HST/product/{archive.layers[0].filename}"), pixels + headers
             )
-            print("|---|---|---|---|---|---|---|---|---|---|---|")
-            layers = query_layers(coord, max(SIZES))
-            for size in SIZES:
-                pixels, headers = _needed_bytes(archive, coord, size)
-                reference = _one_request_seconds(
-                    file_url(f"mast:HST/product/{archive.layers[0].filename}"), pixels + headers
+            for mode in ("ranged", "download"):
+                stats, first, best, peak = _run(
+                    layers, coord, size, mode, Path(cache), 3 if mode == "ranged" else 1
                 )
-                for mode in ("ranged", "download"):
-                    stats, first, best, peak = _run(
-                        layers, coord, size, mode, Path(cache), 3 if mode == "ranged" else 1
-                    )
-                    needed = pixels + headers
-                    print(
-                        f'| {size}" | {mode} | {stats.bytes / 1e6:.2f} MB | {needed / 1e6:.2f} MB | '
-                        f"{stats.bytes / needed:.2f} | {stats.requests} | {first:.2f} | {best:.2f} | "
-                        f"{reference:.3f} s | {first / reference:.1f} / {best / reference:.1f} | "
-                        f"{peak / 1e6:.0f} MB |"
-                    )
-    finally:
-        server.terminate()
-        server.wait()
-        server.stdout.close()
+                needed = pixels + headers
+                print(
+                    f'| {size}" | {mode} | {stats.bytes / 1e6:.2f} MB | {needed / 1e6:.2f} MB | '
+                    f"{stats.bytes / needed:.2f} | {stats.requests} | {first:.2f} | {best:.2f} | "
+                    f"{reference:.3f} s | {first / reference:.1f} / {best / reference:.1f} | "
+                    f"{peak / 1e6:.0f} MB |"
+                )
 
 
 if __name__ == "__main__":

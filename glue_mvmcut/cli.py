@@ -253,7 +253,7 @@ def _cut(args) -> None:
 
 
 def _batch(args) -> int:
-    from .core.batch import cutout_batch
+    from .core.batch import STATUSES, cutout_batch
 
     bar = _ProgressBar(unit="target")
     failed = 0
@@ -281,10 +281,7 @@ def _batch(args) -> int:
         )
     finally:
         bar.close()
-    counts = {
-        status: int((manifest["status"] == status).sum())
-        for status in ("done", "no data", "failed", "pending")
-    }
+    counts = {status: int((manifest["status"] == status).sum()) for status in STATUSES}
     ran, fetched = manifest.meta["targets_run"], manifest.meta["bytes_fetched"]
     path = Path(args.out) / "manifest.ecsv"
     if args.json:

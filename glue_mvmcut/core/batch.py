@@ -28,12 +28,14 @@ from pathlib import Path
 
 import astropy.units as u
 import numpy as np
+from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from .config import conf
-from .coords import box_radius, parse_coord, parse_size
+from .coords import parse_coord, parse_size
 from .errors import Cancelled, InvalidTargetsError, MVMCutError
-from .products import QueryName, safe_filename
+from .pipeline import cutout_mosaic, query_table_name, write_atomically
+from .products import safe_filename
 from .retrieve import fits_problem
 
 __all__ = ["MANIFEST", "STATUSES", "Target", "read_targets", "cutout_batch", "default_workers"]
@@ -149,6 +151,9 @@ def _cell(table: Table, column: str | None, row: int):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+_TARGET_KEYS = ("id", "ra", "dec", "name", "size", "size_y", "filters", "instruments")
+
+
 def _names(value) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -236,16 +241,12 @@ def read_targets(
     return out
 
 
-_TARGET_KEYS = ("id", "ra", "dec", "name", "size", "size_y", "filters", "instruments")
-
-
 # -- the folder of one target ---------------------------------------------------------------------
 def _query_table_name(target: Target) -> str | None:
     """The query table ``mvmcut cut`` writes for this target's box (None while a name is unresolved)."""
     if target.ra is None or target.size is None:
         return None
-    radius = math.ceil(box_radius(target.size * u.arcsec).to_value(u.arcsec))
-    return QueryName(target.ra, target.dec, radius).filename
+    return query_table_name(SkyCoord(target.ra, target.dec, unit="deg"), target.size * u.arcsec)
 
 
 def _complete_files(folder: Path, query_table: str | None) -> list[str] | None:
@@ -350,8 +351,6 @@ def _hdus_task(data_uri: str, settings: dict):
 def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, options: dict, settings: dict):
     """Run one target into ``<id>.part`` and rename it ``<id>`` when complete; return its record."""
     from distributed import Event
-
-    from .pipeline import cutout_mosaic
 
     _apply(settings)
     record = _Record(target)
@@ -481,14 +480,9 @@ def _write_manifest(out_dir: Path, records: dict[str, _Record], meta: dict) -> P
         dtype=[kind for _, kind in _MANIFEST_COLUMNS],
     )
     table.meta.update(meta)
-    path = out_dir / MANIFEST
-    partial = path.with_name(MANIFEST + ".part")
-    try:
-        table.write(partial, format="ascii.ecsv", overwrite=True)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    return write_atomically(
+        out_dir / MANIFEST, lambda path: table.write(path, format="ascii.ecsv", overwrite=True)
+    )
 
 
 def cutout_batch(
@@ -561,11 +555,8 @@ def cutout_batch(
     meta = {"targets_run": len(todo), "bytes_fetched": 0, "header_bytes": 0, "header_requests": 0}
     log.info("%d targets, %d to run.", len(plan), len(todo))
 
-    def manifest() -> Table:
-        return Table.read(_write_manifest(out, records, meta), format="ascii.ecsv")
-
     if not todo:
-        return manifest()
+        return Table.read(_write_manifest(out, records, meta), format="ascii.ecsv")
     from distributed import Client, Event
 
     client, cluster = _client(scheduler, workers)
@@ -575,12 +566,12 @@ def cutout_batch(
         _run(client, todo, records, out, options, meta, stop, progress, cancel)
     finally:
         meta["bytes_fetched"] = meta["header_bytes"] + sum(records[t.id].bytes for t in todo)
-        manifest()
+        path = _write_manifest(out, records, meta)
         if not isinstance(scheduler, Client):
             client.close()
         if cluster is not None:
             cluster.close()  # waits for its threads: nothing keeps writing after we return
-    return manifest()
+    return Table.read(path, format="ascii.ecsv")
 
 
 def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel) -> None:

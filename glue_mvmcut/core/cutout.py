@@ -291,8 +291,9 @@ def _cut(primary_header, headers_of, layer: LayerName, read, coord, size) -> fit
     ``headers_of()`` gives the SCI and WHT headers as known now (a remote layer's WHT header
     may arrive with its pixels); they are checked again after the read.
     """
-    shape = _check_extensions(layer.filename, headers_of())
-    wcs = _wcs(headers_of()["SCI"]).celestial
+    headers = headers_of()
+    shape = _check_extensions(layer.filename, headers)
+    wcs = _wcs(headers["SCI"]).celestial
     window = _window(wcs, shape, coord, size, layer.filename)
     pieces = read([(ext, window.large) for ext in _EXTENSIONS])
     headers = headers_of()

@@ -29,7 +29,15 @@ from .products import Band, QueryName, checked_product, safe_filename
 from .remote import RangeNotSupported
 from .retrieve import TransferStats, download_layer
 
-__all__ = ["FETCH_MODES", "CutoutResult", "cutout_mosaic", "write_fits", "write_query_table"]
+__all__ = [
+    "FETCH_MODES",
+    "CutoutResult",
+    "cutout_mosaic",
+    "write_atomically",
+    "write_fits",
+    "query_table_name",
+    "write_query_table",
+]
 
 #: How `cutout_mosaic` may fetch pixels.
 FETCH_MODES = ("auto", "ranged", "download")
@@ -77,31 +85,36 @@ class CutoutResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def write_fits(hdul: fits.HDUList, out_dir) -> Path:
-    """Write ``hdul`` to ``out_dir`` under its primary FILENAME, atomically (temporary name, then
-    rename), so an interrupted write never leaves a file that looks finished."""
-    name = safe_filename(hdul[0].header["FILENAME"])
-    target = Path(out_dir) / name
-    partial = target.with_name(name + ".part")
+def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``target`` with ``write(temporary_path)`` and rename it into place, so an interrupted
+    write never leaves a file that looks finished."""
+    partial = target.with_name(target.name + ".part")
     try:
-        hdul.writeto(partial, overwrite=True, output_verify="exception")
+        write(partial)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return target
+
+
+def write_fits(hdul: fits.HDUList, out_dir) -> Path:
+    """Write ``hdul`` to ``out_dir`` under its primary FILENAME, atomically."""
+    target = Path(out_dir) / safe_filename(hdul[0].header["FILENAME"])
+    return write_atomically(
+        target, lambda path: hdul.writeto(path, overwrite=True, output_verify="exception")
+    )
+
+
+def query_table_name(coord: SkyCoord, size: u.Quantity) -> str:
+    """``mvm_query-ra…-dec…_<radius>_cutout.ecsv`` for a box (radius in whole arcsec)."""
+    radius = math.ceil(box_radius(size).to_value(u.arcsec))
+    return QueryName(coord.ra.deg, coord.dec.deg, radius).filename
 
 
 def write_query_table(table: Table, coord: SkyCoord, size: u.Quantity, out_dir) -> Path:
-    """Write the query table as ``mvm_query-ra…-dec…_<radius>_cutout.ecsv`` (radius in whole arcsec)."""
-    radius = math.ceil(box_radius(size).to_value(u.arcsec))
-    target = Path(out_dir) / QueryName(coord.ra.deg, coord.dec.deg, radius).filename
-    partial = target.with_name(target.name + ".part")
-    try:
-        table.write(partial, format="ascii.ecsv", overwrite=True)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+    """Write the query table under `query_table_name`, atomically."""
+    target = Path(out_dir) / query_table_name(coord, size)
+    return write_atomically(target, lambda path: table.write(path, format="ascii.ecsv", overwrite=True))
 
 
 def _check_cancel(cancel: Callable[[], bool] | None) -> None:

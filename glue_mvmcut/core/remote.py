@@ -343,7 +343,7 @@ class RemoteFITS:
                 info.header, info.guessed = header, False
                 return True
         log.info("%s: %s is not laid out like the HDU before it; reading its header.", self.name, extname)
-        real = self.hdus(("SCI", extname)).get(extname)
+        real = self.hdus((extname,))[extname]
         info.header, info.data_offset, info.data_size = real.header, real.data_offset, real.data_size
         info.header_offset, info.guessed = real.header_offset, False
         return False

@@ -5,9 +5,10 @@ from pathlib import Path
 
 from qtpy import QtWidgets
 
+from ...core.batch import STATUSES, cutout_batch
 from ...core.products import safe_filename
 from ..loader import load_batch, targets_from_layer
-from .worker import WorkerDialog, arcsec_box
+from .worker import WorkerDialog, add_box_row
 
 __all__ = ["BatchDialog", "default_out_dir"]
 
@@ -36,7 +37,6 @@ class BatchDialog(WorkerDialog):
         super().__init__(app, parent)
         self.setWindowTitle("MVM cutouts for these rows")
         self.layer = layer
-        self.width_box, self.height_box = arcsec_box(_DEFAULT_SIZE), arcsec_box(_DEFAULT_SIZE)
         self.filters = QtWidgets.QLineEdit()
         self.filters.setPlaceholderText("all filters, or e.g. f814w, f160w")
         self.out_dir = QtWidgets.QLineEdit(str(default_out_dir(layer.label)))
@@ -44,11 +44,7 @@ class BatchDialog(WorkerDialog):
         self.loaded = []
 
         form = QtWidgets.QFormLayout()
-        sizes = QtWidgets.QHBoxLayout()
-        sizes.addWidget(self.width_box)
-        sizes.addWidget(QtWidgets.QLabel("×"))
-        sizes.addWidget(self.height_box)
-        form.addRow("Box (width × height)", sizes)
+        self.width_box, self.height_box = add_box_row(form, _DEFAULT_SIZE, _DEFAULT_SIZE)
         form.addRow("Filters", self.filters)
         form.addRow("Output folder", self.out_dir)
         buttons = QtWidgets.QHBoxLayout()
@@ -78,8 +74,6 @@ class BatchDialog(WorkerDialog):
 
     def start(self) -> None:
         """Run the batch (resuming any earlier run into the same folder) off the GUI thread."""
-        from ...core.batch import cutout_batch
-
         filters = [f.strip() for f in self.filters.text().replace(";", ",").split(",") if f.strip()]
         self.run(
             cutout_batch,
@@ -95,7 +89,7 @@ class BatchDialog(WorkerDialog):
 
     def _load(self, manifest) -> None:
         self.loaded = load_batch(self.app, manifest, self.out_dir.text().strip())
-        counts = {s: int((manifest["status"] == s).sum()) for s in ("done", "no data", "failed")}
+        counts = {s: int((manifest["status"] == s).sum()) for s in STATUSES}
         message = (
             f"Loaded {len(self.loaded)} mosaics of {counts['done']} targets, linked by WCS; "
             f"{counts['no data']} without MVM data"

@@ -10,7 +10,7 @@ from qtpy import QtCore, QtWidgets
 
 from ...core.errors import MVMCutError
 from ...core.products import LayerName
-from .worker import WorkerDialog, arcsec_box
+from .worker import WorkerDialog, add_box_row
 
 __all__ = ["MVMCutDialog", "open_viewers"]
 
@@ -52,7 +52,6 @@ class MVMCutDialog(WorkerDialog):
         self.target.setPlaceholderText("84.9208 -69.1467,  05:39:40.99 -69:08:48.1  or  NGC 1850")
         if ra is not None and dec is not None:
             self.target.setText(f"{ra:.6f} {dec:.6f}")
-        self.width_box, self.height_box = (arcsec_box(v) for v in (width, height))
         self.search_button = QtWidgets.QPushButton("Search")
         self.layers = QtWidgets.QTreeWidget()
         self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "MB"])
@@ -63,11 +62,7 @@ class MVMCutDialog(WorkerDialog):
 
         form = QtWidgets.QFormLayout()
         form.addRow("Target (RA Dec or name)", self.target)
-        sizes = QtWidgets.QHBoxLayout()
-        sizes.addWidget(self.width_box)
-        sizes.addWidget(QtWidgets.QLabel("×"))
-        sizes.addWidget(self.height_box)
-        form.addRow("Box (width × height)", sizes)
+        self.width_box, self.height_box = add_box_row(form, width, height)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.search_button)
         buttons.addStretch()

@@ -9,7 +9,7 @@ from qtpy import QtCore, QtWidgets
 
 from ...core.errors import Cancelled, MVMCutError
 
-__all__ = ["WorkerDialog", "arcsec_box"]
+__all__ = ["WorkerDialog", "add_box_row"]
 
 
 class _Progress(QtCore.QObject):
@@ -18,14 +18,24 @@ class _Progress(QtCore.QObject):
     changed = QtCore.Signal(int, int, str)
 
 
-def arcsec_box(value: float) -> QtWidgets.QDoubleSpinBox:
-    """A spin box for a box side in arcsec."""
+def _arcsec_box(value: float) -> QtWidgets.QDoubleSpinBox:
     box = QtWidgets.QDoubleSpinBox()
     box.setRange(0.1, 3600.0)
     box.setDecimals(1)
     box.setSuffix(" arcsec")
     box.setValue(value)
     return box
+
+
+def add_box_row(form: QtWidgets.QFormLayout, width: float, height: float):
+    """Add a "Box (width × height)" row of two arcsec spin boxes to ``form``; return them."""
+    width_box, height_box = _arcsec_box(width), _arcsec_box(height)
+    sizes = QtWidgets.QHBoxLayout()
+    sizes.addWidget(width_box)
+    sizes.addWidget(QtWidgets.QLabel("×"))
+    sizes.addWidget(height_box)
+    form.addRow("Box (width × height)", sizes)
+    return width_box, height_box
 
 
 class WorkerDialog(QtWidgets.QDialog):
