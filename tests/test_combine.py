@@ -1,5 +1,6 @@
 """Mosaics: WHT-weighted, exact where the grids coincide, resampled (without zero leakage) elsewhere."""
 
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
@@ -93,6 +94,44 @@ def test_zeros_in_a_chip_gap_are_never_averaged_in(lmc_archive):
     )
     # A plain mean over the four (the seed's CutoutsCombiner) would be 25% low there.
     assert np.all(values.mean(0) * 0.75 < mosaic["SCI"].data[pixels])
+
+
+def test_inputs_shifted_clipped_and_with_bad_weights_are_pasted_exactly(lmc_archive):
+    # Cutouts of one projection cell at other centres and sizes: whole-pixel offsets, partly off
+    # the output. Negative and NaN weights count as none; SCI under them (NaN here) is ignored.
+    records = _records(lmc_archive, F814W)
+    centres = [LMC, LMC.spherical_offsets_by(6 * u.arcsec, 0 * u.arcsec)]
+    centres += [LMC.spherical_offsets_by(-5 * u.arcsec, 7 * u.arcsec)] * 2
+    cutouts = [
+        cut_layer(lmc_archive.directory / r.filename, c, s)
+        for r, c, s in zip(records, centres, (20, 16, 12, 24), strict=True)
+    ]
+    bad = cutouts[1]
+    bad["WHT"].data[50:60] = -3.0
+    bad["WHT"].data[60:70] = np.nan
+    bad["SCI"].data[50:70] = np.nan
+    mosaic = combine_band(cutouts)
+    assert mosaic[0].header["COMBMETH"] == "exact paste"
+    out = WCS(mosaic["SCI"].header)
+    ny, nx = mosaic["SCI"].data.shape
+    total, weights, inputs = np.zeros((ny, nx)), np.zeros((ny, nx)), np.zeros((ny, nx), int)
+    for cutout in cutouts:  # each input pixel placed by its own WCS, one at a time
+        wcs = WCS(cutout["SCI"].header)
+        dx, dy = np.round(np.asarray(out.wcs.crpix) - np.asarray(wcs.wcs.crpix)).astype(int)
+        assert (dx, dy) != (0, 0) or cutout is cutouts[0]
+        for y, x in zip(*np.nonzero(cutout["WHT"].data > 0), strict=True):
+            if 0 <= y + dy < ny and 0 <= x + dx < nx:
+                w = float(cutout["WHT"].data[y, x])
+                total[y + dy, x + dx] += w * float(cutout["SCI"].data[y, x])
+                weights[y + dy, x + dx] += w
+                inputs[y + dy, x + dx] += 1
+    with np.errstate(invalid="ignore"):
+        expected = np.where(weights > 0, total / weights, 0).astype(np.float32)
+    np.testing.assert_array_equal(mosaic["SCI"].data, expected)
+    np.testing.assert_array_equal(mosaic["WHT"].data, weights.astype(np.float32))
+    assert not np.isnan(mosaic["SCI"].data).any()
+    # Both ways through: pixels where one input has data, and where several do.
+    assert (inputs == 1).sum() > 1000 and (inputs >= 2).sum() > 1000
 
 
 def _in_cutout(cutout, ra, dec):

@@ -10,9 +10,14 @@ pixel; skycells of another projection cell) are resampled onto that grid with re
 decision is made from the WCSs, never from names.
 """
 
+import functools
 import logging
+import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from astropy.io import fits
@@ -28,7 +33,7 @@ __all__ = ["band_of", "group_by_band", "combine_band", "combine_cutouts"]
 log = logging.getLogger(__name__)
 
 _RESAMPLERS: dict[str, Callable] = {"interp": reproject_interp, "exact": reproject_exact}
-_BLOCK_ROWS = 256
+_BLOCK_ROWS = 1024
 _PRIMARY_KEYS = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "D001SCAL", "RA_OBJ", "DEC_OBJ")
 
 
@@ -71,33 +76,103 @@ def _integer_offset(wcs_in, wcs_out) -> tuple[int, int] | None:
     return int(whole[0]), int(whole[1])
 
 
-def _data_box(wht: np.ndarray) -> tuple[slice, slice] | None:
-    """Row and column slices bounding the pixels with WHT > 0 (None if there are none)."""
-    # Maxima along each axis: no image-sized boolean temporary.
-    rows, cols = np.flatnonzero(wht.max(axis=1) > 0), np.flatnonzero(wht.max(axis=0) > 0)
-    if not rows.size:
-        return None
-    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+@dataclass(frozen=True)
+class _Piece:
+    """An input's pixels on the output grid: ``sci``/``wht`` cover output rows ``y0:y1``,
+    columns ``x0:x1``."""
+
+    sci: np.ndarray
+    wht: np.ndarray
+    y0: int
+    x0: int
+
+    @property
+    def y1(self) -> int:
+        return self.y0 + self.wht.shape[0]
+
+    @property
+    def x1(self) -> int:
+        return self.x0 + self.wht.shape[1]
+
+    def window(self, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
+        """SCI and WHT at output rows ``rows`` and columns ``cols`` (inside the piece)."""
+        box = (
+            slice(rows.start - self.y0, rows.stop - self.y0),
+            slice(cols.start - self.x0, cols.stop - self.x0),
+        )
+        return self.sci[box], self.wht[box]
 
 
-def _paste(total: np.ndarray, weights: np.ndarray, sci, wht, offset, scratch: np.ndarray) -> None:
-    """Add ``wht * sci`` and ``wht`` into the output sums at an integer offset (clipped).
+def _piece(sci: np.ndarray, wht: np.ndarray, offset: tuple[int, int], shape) -> _Piece | None:
+    """The part of an input that lands on the output (at whole-pixel ``offset``) and has data.
 
-    In place, through ``scratch`` (float64, at least the block's shape): no temporaries of the
-    block's size are allocated.
+    None if there is no such part. The box bounds the pixels whose WHT bits are not all zero
+    (a superset of WHT > 0 in any byte order: rows and columns of padding are skipped unread).
     """
     dx, dy = offset
-    ny, nx = total.shape
     y0, x0 = max(0, dy), max(0, dx)
-    y1, x1 = min(ny, dy + sci.shape[0]), min(nx, dx + sci.shape[1])
+    y1, x1 = min(shape[0], dy + wht.shape[0]), min(shape[1], dx + wht.shape[1])
     if y1 <= y0 or x1 <= x0:
-        return
+        return None
     src = (slice(y0 - dy, y1 - dy), slice(x0 - dx, x1 - dx))
-    w = scratch[: y1 - y0, : x1 - x0]
-    np.maximum(wht[src], 0.0, out=w)  # negative weights count as none
-    weights[y0:y1, x0:x1] += w
-    w *= sci[src]
-    total[y0:y1, x0:x1] += w
+    sci, wht = sci[src], wht[src]
+    # Maxima over the raw bits as unsigned integers: no byte swapping, no boolean temporary.
+    bits = wht.view(f"u{wht.dtype.itemsize}")
+    rows = np.flatnonzero(bits.max(axis=1))
+    if not rows.size:
+        return None
+    bits = bits[rows[0] : rows[-1] + 1]
+    cols = np.flatnonzero(bits.max(axis=0))
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    return _Piece(sci[box], wht[box], y0 + int(rows[0]), x0 + int(cols[0]))
+
+
+def _tasks(pieces: Sequence[_Piece], shape) -> list[tuple[slice, slice, list[_Piece]]]:
+    """Split the output into rectangles covered by the same pieces, in blocks of rows.
+
+    The rectangles come from cutting the output along every piece's edges; those no piece
+    covers are left out (they stay 0).
+    """
+    ys = sorted({0, shape[0], *(p.y0 for p in pieces), *(p.y1 for p in pieces)})
+    xs = sorted({0, shape[1], *(p.x0 for p in pieces), *(p.x1 for p in pieces)})
+    tasks = []
+    for ya, yb in pairwise(ys):
+        for xa, xb in pairwise(xs):
+            cover = [p for p in pieces if p.y0 <= ya and yb <= p.y1 and p.x0 <= xa and xb <= p.x1]
+            if cover:
+                tasks += [
+                    (slice(y, min(yb, y + _BLOCK_ROWS)), slice(xa, xb), cover)
+                    for y in range(ya, yb, _BLOCK_ROWS)
+                ]
+    return tasks
+
+
+def _fill(sci_out: np.ndarray, wht_out: np.ndarray, rows: slice, cols: slice, cover: list[_Piece]) -> None:
+    """Write the weighted mean and summed weight of ``cover`` into one output rectangle.
+
+    Negative and NaN weights count as none. With a single input the mean is its own SCI where
+    its WHT > 0: the same bits ``(w * s) / w`` gives (the float64 product of two float32 is exact),
+    without the arithmetic.
+    """
+    sci, wht = sci_out[rows, cols], wht_out[rows, cols]
+    if len(cover) == 1:
+        s, w = cover[0].window(rows, cols)
+        np.copyto(wht, w, casting="same_kind")
+        np.fmax(wht, 0.0, out=wht)
+        np.copyto(sci, s, casting="same_kind")
+        np.copyto(sci, 0.0, where=wht == 0)
+        return
+    weights, total, w = np.zeros(sci.shape), np.zeros(sci.shape), np.empty(sci.shape)
+    for piece in cover:
+        s, piece_wht = piece.window(rows, cols)
+        np.fmax(piece_wht, 0.0, out=w)
+        weights += w
+        # Only where the weight is > 0: SCI under no weight may be anything, NaN included.
+        np.multiply(w, s, out=w, where=w > 0)
+        total += w
+    # sci stays 0 where no input has weight; elsewhere the float64 quotient, rounded once.
+    np.divide(total, weights, out=sci, where=weights > 0, casting="same_kind")
+    np.copyto(wht, weights, casting="same_kind")
 
 
 def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> fits.HDUList:
@@ -125,42 +200,24 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     first = cutouts[0]
     wcs_out = _wcs(first["SCI"].header).celestial
     shape = first["SCI"].data.shape
-    pasted, off_grid = [], []
+    on_grid, off_grid = [], []
     for cutout in cutouts:
         wcs_in = _wcs(cutout["SCI"].header).celestial
         offset = _integer_offset(wcs_in, wcs_out)
         if offset is None:
             off_grid.append((cutout, wcs_in))
-        elif (box := _data_box(cutout["WHT"].data)) is not None:
-            rows, cols = box  # paste only where this input has data: cutouts are mostly padding
-            pasted.append(
-                (
-                    cutout["SCI"].data[rows, cols],
-                    cutout["WHT"].data[rows, cols],
-                    (offset[0] + cols.start, offset[1] + rows.start),
-                )
-            )
-    resampled = _resample(off_grid, wcs_out, shape, resample) if off_grid else None
+        else:
+            on_grid.append((cutout["SCI"].data, cutout["WHT"].data, offset))
+    if off_grid:
+        on_grid.append((*_resample(off_grid, wcs_out, shape, resample), (0, 0)))
+    pool = _pool()
+    pieces = [p for p in pool.map(lambda args: _piece(*args, shape), on_grid) if p is not None]
     sci = np.zeros(shape, np.float32)
     wht = np.zeros(shape, np.float32)
-    # Row blocks keep the float64 sums small: peak memory is about the float32 outputs.
-    block = (min(_BLOCK_ROWS, shape[0]), shape[1])
-    total, weights, scratch = np.empty(block), np.empty(block), np.empty(block)
-    for y0 in range(0, shape[0], _BLOCK_ROWS):
-        rows = slice(y0, min(shape[0], y0 + _BLOCK_ROWS))
-        n = rows.stop - y0
-        total[:n] = 0.0
-        weights[:n] = 0.0
-        for sci_data, wht_data, (dx, dy) in pasted:
-            _paste(total[:n], weights[:n], sci_data, wht_data, (dx, dy - y0), scratch)
-        if resampled is not None:
-            mean, coverage = resampled[0][rows], resampled[1][rows]
-            covered = coverage > 0
-            total[:n][covered] += mean[covered] * coverage[covered]
-            weights[:n][covered] += coverage[covered]
-        # sci stays 0 where no input has weight; elsewhere the float64 quotient, rounded once.
-        np.divide(total[:n], weights[:n], out=sci[rows], where=weights[:n] > 0, casting="same_kind")
-        wht[rows] = weights[:n]
+    # Rectangles of at most _BLOCK_ROWS rows, on all cores (numpy releases the GIL): the float64
+    # sums stay small, so peak memory is about the float32 outputs.
+    for _ in pool.map(lambda task: _fill(sci, wht, *task), _tasks(pieces, shape)):
+        pass
     method = (
         "exact paste"
         if not off_grid
@@ -171,8 +228,14 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     return _mosaic_hdul(cutouts, sci, wht, method)
 
 
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    """One thread per core, shared by every combine in the process (batches run many at once)."""
+    return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mvmcut-combine")
+
+
 def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.ndarray]:
-    """WHT-weighted mean and summed weight of the off-grid inputs on the output grid."""
+    """WHT-weighted mean and summed weight (0 where none) of the off-grid inputs on the output grid."""
     # reproject_and_coadd multiplies the *interpolated* SCI by interpolated weights, so an
     # output pixel next to a no-data (0) input pixel gets a value pulled toward 0 (a 5.0 edge
     # pixel comes out 3.35 at a 1/3 px shift). Marking no-data as NaN makes reproject drop
