@@ -55,8 +55,18 @@ def layer_name(primary: fits.Header, filename: str | None = None) -> LayerName:
     )
 
 
-def _check_extensions(name: str, headers: dict[str, fits.Header | None]) -> tuple[int, int]:
-    """Check SCI and WHT are 2-D images of one shape with a celestial WCS; return (ny, nx)."""
+def _check_extensions(name: str, headers: dict[str, fits.Header | None]) -> tuple[tuple[int, int], WCS]:
+    """Check SCI and WHT are 2-D images of one shape with a celestial WCS; return (ny, nx) and
+    SCI's celestial WCS."""
+    shape = _check_shapes(name, headers)
+    wcs = _wcs(headers["SCI"])
+    if not wcs.has_celestial:
+        raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
+    return shape, wcs.celestial
+
+
+def _check_shapes(name: str, headers: dict[str, fits.Header | None]) -> tuple[int, int]:
+    """Check SCI and WHT are 2-D images of one shape; return (ny, nx)."""
     shapes = set()
     for extname, header in headers.items():
         if header is None:
@@ -66,8 +76,6 @@ def _check_extensions(name: str, headers: dict[str, fits.Header | None]) -> tupl
         shapes.add((header["NAXIS2"], header["NAXIS1"]))
     if len(shapes) != 1:
         raise NotMVMFileError(f"{name}: SCI and WHT have different shapes {sorted(shapes)}.")
-    if not _wcs(headers["SCI"]).has_celestial:
-        raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
     return shapes.pop()
 
 
@@ -292,12 +300,11 @@ def _cut(primary_header, headers_of, layer: LayerName, read, coord, size) -> fit
     may arrive with its pixels); they are checked again after the read.
     """
     headers = headers_of()
-    shape = _check_extensions(layer.filename, headers)
-    wcs = _wcs(headers["SCI"]).celestial
+    shape, wcs = _check_extensions(layer.filename, headers)
     window = _window(wcs, shape, coord, size, layer.filename)
     pieces = read([(ext, window.large) for ext in _EXTENSIONS])
     headers = headers_of()
-    _check_extensions(layer.filename, headers)
+    _check_shapes(layer.filename, headers)  # SCI's header is as it was; WHT's may be new
     primary = primary_header.copy()
     name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
     primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")
