@@ -350,7 +350,7 @@ def _hdus_task(data_uri: str, settings: dict):
 
 def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, options: dict, settings: dict):
     """Run one target into ``<id>.part`` and rename it ``<id>`` when complete; return its record."""
-    from distributed import Event
+    from distributed import Event, get_client
 
     _apply(settings)
     record = _Record(target)
@@ -359,7 +359,9 @@ def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, option
     shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)  # it did not verify, or it would not run again
     started = time.perf_counter()
-    cancel = _Throttled(Event(options["cancel_event"]))
+    # The worker's client, found in the task's own thread: the event is also checked from the
+    # threads that fetch layers, where distributed cannot find it.
+    cancel = _Throttled(Event(options["cancel_event"], client=get_client()))
     try:
         result = cutout_mosaic(
             *target.box,
@@ -630,7 +632,9 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
     total = len(records)
     done = total - len(todo)
     try:
-        waiting = as_completed(futures)
+        # On our client's event loop: by default as_completed uses the process's default client,
+        # and a result lost with a killed worker was then awaited on two loops (RuntimeError).
+        waiting = as_completed(futures, loop=client.loop)
         while not waiting.is_empty():
             if cancel is not None and cancel():
                 raise Cancelled(f"Batch cancelled after {done} of {total} targets; run it again to finish.")
