@@ -15,7 +15,10 @@ version = release = glue_mvmcut.__version__
 exclude_patterns = ["_build"]
 html_static_path = ["_static"]
 html_title = f"glue-mvmcut {version}"
-html_theme_options = {"github_url": "https://github.com/glue-viz/glue-mvmcut", "logo": {"text": "glue-mvmcut"}}
+html_theme_options = {
+    "github_url": "https://github.com/glue-viz/glue-mvmcut",
+    "logo": {"text": "glue-mvmcut"},
+}
 numpydoc_show_class_members = False
 automodapi_toctreedirnm = "api_generated"
 automodsumm_inherited_members = False
