@@ -130,6 +130,11 @@ def test_a_second_run_skips_what_verifies_and_redoes_a_damaged_target(mast, cach
     fourth = cutout_batch(targets, size=8, filters=["f814w"], out_dir=out)
     assert fourth.meta["targets_run"] == 3 and list(fourth["status"]) == ["done", "done", "no data"]
     assert [p.name for p in (out / "c").iterdir()] == ["mvm_query-ra10d0000-decn10d0000_6_cutout.ecsv"]
+    assert fourth["selection"][0] == "8x8 arcsec; instruments: all; filters: f814w"
+    # Other filters, same box: the F814W folders do not count as done, every target runs again.
+    fifth = cutout_batch(targets, size=8, filters=["f160w"], out_dir=out)
+    assert fifth.meta["targets_run"] == 3 and list(fifth["status"]) == ["done", "done", "no data"]
+    assert all("_f160w" in f and "f814w" not in f for f in fifth["files"][0].split() if f.endswith(".fits"))
 
 
 def test_failed_targets_are_retried_only_when_asked(mast, cache, tmp_path):
@@ -266,7 +271,11 @@ def test_mvmcut_batch_prints_a_summary_and_fails_when_a_target_failed(mast, cach
     assert "off: Not a valid sky position" in captured.err
     assert "1 of 3 targets failed" in captured.err and "--retry-failed" in captured.err
     assert (
-        main(["batch", str(tmp_path / "t.csv"), "--size", "2", "--out", str(tmp_path / "o"), "--json"]) == 1
+        main(
+            ["batch", str(tmp_path / "t.csv"), "--size", "2", "--filters", "f658n"]
+            + ["--out", str(tmp_path / "o"), "--json"]
+        )
+        == 1
     )
     report = json_line(capsys.readouterr().out)
     assert (report["targets"], report["done"], report["run_now"], report["bytes_fetched"]) == (3, 1, 0, 0)

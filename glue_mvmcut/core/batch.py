@@ -12,8 +12,9 @@ cluster (an in-process one by default, or an existing one), in three rounds of t
    folder that is renamed to ``<id>`` only once complete.
 
 Tasks read from the archive, not from a local disk, and return small records. The batch
-manifest (``manifest.ecsv``) gets one row per target; running the same batch again skips
-targets whose folder is complete and verifies.
+manifest (``manifest.ecsv``) gets one row per target, with what it asked for (box,
+instruments, filters); running the same batch again skips targets whose folder is complete and
+verifies and that asked for the same.
 """
 
 import logging
@@ -54,6 +55,7 @@ _MANIFEST_COLUMNS = (
     ("target", str),
     ("ra", float),
     ("dec", float),
+    ("selection", str),
     ("status", str),
     ("n_files", int),
     ("files", str),
@@ -87,6 +89,13 @@ class Target:
         """(coord, (ny, nx)) for the pipeline."""
         return (self.ra, self.dec), self.size
 
+    @property
+    def selection(self) -> str:
+        """What this target asks for besides its position: box, instruments, filters."""
+        box = "?" if self.size is None else f"{self.size[0]:g}x{self.size[1]:g} arcsec"
+        picked = [", ".join(chosen) if chosen else "all" for chosen in (self.instruments, self.filters)]
+        return f"{box}; instruments: {picked[0]}; filters: {picked[1]}"
+
 
 @dataclass
 class _Record:
@@ -108,6 +117,7 @@ class _Record:
             "target": t.text,
             "ra": np.nan if t.ra is None else t.ra,
             "dec": np.nan if t.dec is None else t.dec,
+            "selection": t.selection,
             "status": self.status,
             "n_files": len(self.files),
             "files": " ".join(self.files),
@@ -456,6 +466,8 @@ def _previous_records(out_dir: Path, targets: list[Target]) -> dict[str, _Record
         row = rows.get(target.id)
         if target.ra is None and row is not None and np.isfinite(row["ra"]):  # a name resolved before
             target.ra, target.dec = float(row["ra"]), float(row["dec"])
+        if row is not None and "selection" in row.colnames and row["selection"] != target.selection:
+            continue  # made for other instruments or filters (or another box): run it again
         files = _complete_files(out_dir / target.id, _query_table_name(target))
         if files is not None:
             record = _Record(
@@ -525,7 +537,8 @@ def cutout_batch(
         Threads of the default cluster (default `default_workers`).
     retry_failed : bool, optional
         Run the targets that failed before again. Targets whose folder is complete and verifies
-        never run again; targets that have not finished (a crash, a cancel) always do.
+        never run again unless they now ask for another box, instruments or filters; targets
+        that have not finished (a crash, a cancel) always do.
     combine, resample, fetch
         As for `~glue_mvmcut.core.pipeline.cutout_mosaic`.
     progress : callable, optional
