@@ -91,8 +91,8 @@ class Target:
 
     @property
     def selection(self) -> str:
-        """What this target asks for besides its position: box, instruments, filters."""
-        box = "?" if self.size is None else f"{self.size[0]:g}x{self.size[1]:g} arcsec"
+        """What this target asks for besides its position: box (width x height), instruments, filters."""
+        box = "?" if self.size is None else f"{self.size[1]:g}x{self.size[0]:g} arcsec"
         picked = [", ".join(chosen) if chosen else "all" for chosen in (self.instruments, self.filters)]
         return f"{box}; instruments: {picked[0]}; filters: {picked[1]}"
 
