@@ -12,6 +12,7 @@ from astropy.io import fits
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
 from glue_mvmcut.core.archive import file_url, query_layers, using_server
 from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
 from glue_mvmcut.core.retrieve import TransferStats
 from glue_mvmcut.testing.server import MastServer
@@ -93,6 +94,26 @@ def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, 
     assert statuses.count(400) == 3 and statuses.count(206) == 1 + 6
     assert remote.ranges_per_request == 150
     assert remote.stats.requests == 10
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("part-length", "a multipart part is not as long as its Content-Range says"),
+        ("no-content-range", "a multipart part without Content-Range"),
+        ("no-boundary", "a multipart reply without a boundary"),
+    ],
+)
+def test_garbled_multipart_replies_are_named_never_used(mast, lmc_archive, tmp_path, kind, message):
+    mast.faults.garble(kind)
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
+    with pytest.raises(ArchiveError, match=f"Reading {FINE}: {message}. The archive's server misbehaved"):
+        remote.read_spans([(10_000, 10_010), (20_000, 20_010), (30_000, 30_010)])
+    # Through the pipeline: the cutout fails with that message and nothing is written.
+    mast.faults.garble(kind, count=100)
+    with pytest.raises(ArchiveError, match=message):
+        cutout_mosaic(LMC, 6, out_dir=tmp_path / "out", filters=["f814w"], fetch="ranged")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
 def test_servers_that_ignore_range(mast):

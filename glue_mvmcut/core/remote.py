@@ -218,7 +218,12 @@ class RemoteFITS:
             if first + stop - start > len(body):
                 raise ArchiveError(f"Reading {self.name}: a multipart part was cut short." + _ADVICE)
             parts[start] = body[first : first + stop - start]  # a copy: the body is freed sooner
-            at = body.find(delimiter, first + stop - start)
+            at = first + stop - start + 2  # after the part: CRLF, then the next delimiter
+            if not body.startswith(b"\r\n" + delimiter, at - 2):
+                raise ArchiveError(
+                    f"Reading {self.name}: a multipart part is not as long as its Content-Range says."
+                    + _ADVICE
+                )
         return parts
 
     @staticmethod

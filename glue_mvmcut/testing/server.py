@@ -44,6 +44,7 @@ RESOLVER_PATH = "/Santa-war/query"
 URI_PREFIX = "mast:HST/product/"
 _CHUNK = 1 << 20
 _RANGE_SPEC = re.compile(r"\s*(\d*)-(\d*)\s*")
+_GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
 
 # CAOM observation columns: name -> (type, separator). Every column a filter may name is here.
 _OBS_COLUMNS = {
@@ -164,6 +165,14 @@ class Faults:
     def drop(self, after_bytes: int, count: int = 1) -> None:
         """Close the connection after ``after_bytes`` of body on the next ``count`` file GETs."""
         self._add("drop", count, "download", after_bytes=after_bytes)
+
+    def garble(self, kind: str, count: int = 1) -> None:
+        """Garble the multi-range replies of the next ``count`` file GETs: ``"part-length"`` (the
+        first part's Content-Range claims a byte more than the part holds), ``"no-content-range"``
+        (the first part has none) or ``"no-boundary"`` (the Content-Type names no boundary)."""
+        if kind not in _GARBLE_KINDS:
+            raise ValueError(f"Unknown garble kind {kind!r}; one of {_GARBLE_KINDS}")
+        self._add("garble", count, "download", garble=kind)
 
     def stall(self, seconds: float, count: int = 1, scope: str = "any", after_bytes: int = 0) -> None:
         """Go silent for ``seconds`` (after the headers and ``after_bytes`` of body for file GETs)."""
@@ -426,7 +435,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Apply latency, failures and pre-body stalls.
 
         Returns whether the request was already answered (an injected failure) and the fault to
-        apply while sending a file body (a drop or a mid-body stall), if any.
+        apply while sending a file body (a drop, a mid-body stall or a garbled reply), if any.
         """
         owner = self.server.owner
         if owner.faults.latency:
@@ -542,6 +551,8 @@ class _Handler(BaseHTTPRequestHandler):
         answered, mid_body = self._apply_faults("download")
         if answered:
             return
+        garble = mid_body["garble"] if mid_body and mid_body["kind"] == "garble" else None
+        mid_body = None if garble else mid_body
         uri = unquote(parse_qs(parts.query).get("uri", [""])[0])
         name = uri[len(URI_PREFIX) :] if uri.startswith(URI_PREFIX) else None
         path = self.server.owner.catalogue.files.get(name)
@@ -575,13 +586,16 @@ class _Handler(BaseHTTPRequestHandler):
             content_type = "application/octet-stream"
         else:
             boundary = f"mvmcut{uuid.uuid4().hex}"
-            content_type = f"multipart/byteranges; boundary={boundary}"
+            content_type = "multipart/byteranges" + (
+                "" if garble == "no-boundary" else f"; boundary={boundary}"
+            )
             segments = []
-            for start, end in spans:
-                head = (
-                    f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
-                    f"Content-Range: bytes {start}-{end}/{size}\r\n\r\n"
-                )
+            for i, (start, end) in enumerate(spans):
+                claimed = end + 1 if garble == "part-length" and i == 0 else end
+                content_range = f"Content-Range: bytes {start}-{claimed}/{size}\r\n"
+                if garble == "no-content-range" and i == 0:
+                    content_range = ""
+                head = f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n{content_range}\r\n"
                 segments += [head.encode(), (start, end - start + 1)]
             segments.append(f"\r\n--{boundary}--\r\n".encode())
         length = sum(len(s) if isinstance(s, bytes) else s[1] for s in segments)
