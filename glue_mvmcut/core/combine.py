@@ -33,7 +33,8 @@ __all__ = ["band_of", "group_by_band", "combine_band", "combine_cutouts"]
 log = logging.getLogger(__name__)
 
 _RESAMPLERS: dict[str, Callable] = {"interp": reproject_interp, "exact": reproject_exact}
-_BLOCK_ROWS = 1024
+_BLOCK_ROWS = 256
+_CACHED_PIXELS = 1 << 17
 _PRIMARY_KEYS = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "D001SCAL", "RA_OBJ", "DEC_OBJ")
 
 
@@ -159,20 +160,26 @@ def _fill(sci_out: np.ndarray, wht_out: np.ndarray, rows: slice, cols: slice, co
         s, w = cover[0].window(rows, cols)
         np.copyto(wht, w, casting="same_kind")
         np.fmax(wht, 0.0, out=wht)
-        np.copyto(sci, s, casting="same_kind")
-        np.copyto(sci, 0.0, where=wht == 0)
+        np.copyto(sci, s, casting="same_kind", where=wht > 0)  # the output is 0 elsewhere
         return
-    weights, total, w = np.zeros(sci.shape), np.zeros(sci.shape), np.empty(sci.shape)
-    for piece in cover:
-        s, piece_wht = piece.window(rows, cols)
-        np.fmax(piece_wht, 0.0, out=w)
-        weights += w
-        # Only where the weight is > 0: SCI under no weight may be anything, NaN included.
-        np.multiply(w, s, out=w, where=w > 0)
-        total += w
-    # sci stays 0 where no input has weight; elsewhere the float64 quotient, rounded once.
-    np.divide(total, weights, out=sci, where=weights > 0, casting="same_kind")
-    np.copyto(wht, weights, casting="same_kind")
+    windows = [piece.window(rows, cols) for piece in cover]
+    # The float64 sums a few rows at a time (~1 MB per array), so that they stay in the cache.
+    step = max(1, _CACHED_PIXELS // sci.shape[1])
+    weights, total, w = (np.empty((step, sci.shape[1])) for _ in range(3))
+    for y in range(0, sci.shape[0], step):
+        part = slice(y, y + step)
+        n = len(sci[part])
+        weights[:n] = 0.0
+        total[:n] = 0.0
+        for s, piece_wht in windows:
+            np.fmax(piece_wht[part], 0.0, out=w[:n])
+            weights[:n] += w[:n]
+            # Only where the weight is > 0: SCI under no weight may be anything, NaN included.
+            np.multiply(w[:n], s[part], out=w[:n], where=w[:n] > 0)
+            total[:n] += w[:n]
+        # sci stays 0 where no input has weight; elsewhere the float64 quotient, rounded once.
+        np.divide(total[:n], weights[:n], out=sci[part], where=weights[:n] > 0, casting="same_kind")
+        np.copyto(wht[part], weights[:n], casting="same_kind")
 
 
 def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> fits.HDUList:
