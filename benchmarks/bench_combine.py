@@ -3,7 +3,7 @@
 Four cutouts of 6400 x 6400 px (256") of one band, where the four skycells of p0081 meet (a 140"
 disc of synthetic data): seconds, peak Python memory (tracemalloc: numpy arrays included) and the
 largest error against the WHT-weighted analytic truth, over pixels that have data. Time is the
-best of four runs; memory is measured in a fifth, traced run.
+best of four runs, ours and astrocut's taken in turn; memory is measured in a fifth, traced run.
 
     python benchmarks/bench_combine.py [ARCHIVE_DIR]
 """
@@ -31,22 +31,29 @@ QUAD = Field("quad", 84.9208, -69.1467, radius=140.0, layers=(LayerSpec("acs", "
 SIZE = [6400, 6400] * u.pix
 
 
-def _measure(function, runs: int = 4):
-    """(result, best seconds of ``runs`` untraced runs, peak traced memory of one more run).
+def _best_seconds(functions, rounds: int = 4) -> list[float]:
+    """Best seconds of each function over ``rounds`` rounds, taken in turn (ours, theirs, ours,
+    ...) so that both see the same load on this shared machine.
 
-    The first runs fault the memory-mapped cutout files into memory (1.2 s against 0.5 s for
-    ours here): the best run is the combiner's own speed.
+    The first rounds fault the memory-mapped cutout files into memory (1.2 s against 0.5 s for
+    ours in session 2): the best run is the combiner's own speed.
     """
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = function()
-        seconds.append(time.perf_counter() - start)
+    seconds = [[] for _ in functions]
+    for _ in range(rounds):
+        for function, times in zip(functions, seconds, strict=True):
+            start = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - start)
+    return [min(times) for times in seconds]
+
+
+def _peak(function):
+    """(result, peak traced Python memory) of one more run (tracemalloc slows allocation)."""
     tracemalloc.start()
-    function()
+    result = function()
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return result, min(seconds), peak
+    return result, peak
 
 
 def _truth(archive, mosaic_header, shape):
@@ -79,10 +86,12 @@ def main() -> None:
         files = [str(write_fits(c, folder)) for c in cutouts]
         os.sync()  # no write-back of the 1.3 GB just written during the timed runs
         # Both read the same cutout files (memory-mapped by astropy's default).
-        ours, ours_s, ours_peak = _measure(lambda: combine_band([fits.open(f) for f in files]))
-        theirs, theirs_s, theirs_peak = _measure(
-            lambda: CutoutsCombiner(files).combine(memory_only=True)  # as the seed called it
+        combiners = (
+            lambda: combine_band([fits.open(f) for f in files]),
+            lambda: CutoutsCombiner(files).combine(memory_only=True),  # as the seed called it
         )
+        ours_s, theirs_s = _best_seconds(combiners)
+        (ours, ours_peak), (theirs, theirs_peak) = (_peak(combiner) for combiner in combiners)
     truth, has_data = _truth(archive, ours["SCI"].header, ours["SCI"].data.shape)
     ours_err = np.max(np.abs(ours["SCI"].data[has_data] - truth[has_data]))
     theirs_sci = theirs[1].data
