@@ -266,6 +266,7 @@ class RemoteFITS:
                     fetched.update(future.result())
                 except _RangeHeaderTooLong as exc:
                     refused = exc
+            missing = [span for span in todo if span[0] not in fetched]
             if refused is not None:
                 self.ranges_per_request = max(1, size // 2)
                 log.info(
@@ -275,14 +276,11 @@ class RemoteFITS:
                     refused,
                     self.ranges_per_request,
                 )
-                todo = [span for span in todo if span[0] not in fetched]
-                continue
-            missing = [span for span in todo if span[0] not in fetched]
-            if missing and not self.multirange:
+            elif missing and not self.multirange:
                 raise ArchiveError(
                     f"Reading {self.name}: the server did not return bytes {missing[0]}." + _ADVICE
                 )
-            if missing:
+            elif missing:
                 log.info("%s: the server answers one range per request; switching.", self.name)
                 self.multirange = False
             todo = missing
