@@ -43,7 +43,8 @@ DOWNLOAD_PATH = "/api/v0.1/Download/file"
 RESOLVER_PATH = "/Santa-war/query"
 URI_PREFIX = "mast:HST/product/"
 _CHUNK = 1 << 20
-_RANGE_SPEC = re.compile(r"\s*(\d*)-(\d*)\s*")
+# One range of a "bytes=" list: a whole comma-separated item, so malformed items are skipped.
+_RANGE_SPECS = re.compile(r"(?:^|,)\s*(\d*)-(\d*)\s*(?=,|$)")
 _GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
 
 # CAOM observation columns: name -> (type, separator). Every column a filter may name is here.
@@ -627,57 +628,65 @@ class _Handler(BaseHTTPRequestHandler):
         ``_CHUNK`` bytes, as a real web server's buffered output would send them.
         """
         limit = fault["after_bytes"] if fault else None
-        buffer = bytearray()
+        pending: list[bytes] = []
+        pending_bytes = 0
 
         def flush():
-            if buffer:
-                self.wfile.write(buffer)
-                self._sent += len(buffer)
-                buffer.clear()
+            nonlocal pending_bytes
+            if pending:
+                self.wfile.write(b"".join(pending))
+                self._sent += pending_bytes
+                pending.clear()
+                pending_bytes = 0
 
         with open(path, "rb") as fh:
-            for segment in segments:
-                pieces = [segment] if isinstance(segment, bytes) else _file_pieces(fh.fileno(), *segment)
-                for piece in pieces:
-                    if limit is not None and self._sent + len(buffer) + len(piece) >= limit:
-                        head = limit - self._sent - len(buffer)
-                        buffer += piece[:head]
-                        flush()
-                        self.wfile.flush()
-                        if fault["kind"] == "drop":
-                            return True
-                        time.sleep(fault["seconds"])
-                        limit = None
-                        piece = piece[head:]
-                    buffer += piece
-                    if len(buffer) >= _CHUNK:
-                        flush()
+            for piece in _body_pieces(fh.fileno(), segments):
+                if limit is not None and self._sent + pending_bytes + len(piece) >= limit:
+                    head = limit - self._sent - pending_bytes
+                    pending.append(piece[:head])
+                    pending_bytes += head
+                    flush()
+                    self.wfile.flush()
+                    if fault["kind"] == "drop":
+                        return True
+                    time.sleep(fault["seconds"])
+                    limit = None
+                    piece = piece[head:]
+                pending.append(piece)
+                pending_bytes += len(piece)
+                if pending_bytes >= _CHUNK:
+                    flush()
         flush()
         return False
 
 
-def _file_pieces(fd: int, offset: int, length: int):
-    """``length`` bytes of the file from ``offset``, in blocks of at most ``_CHUNK``."""
-    while length > 0:
-        block = os.pread(fd, min(_CHUNK, length), offset)
-        if not block:
-            return
-        offset += len(block)
-        length -= len(block)
-        yield block
+def _body_pieces(fd: int, segments: list):
+    """The body's bytes, segment by segment: literal bytes as they are, (offset, length) of the
+    file in blocks of at most ``_CHUNK`` (a short read ends a segment: the file shrank)."""
+    for segment in segments:
+        if isinstance(segment, bytes):
+            yield segment
+            continue
+        offset, length = segment
+        while length > 0:
+            block = os.pread(fd, min(_CHUNK, length), offset)
+            if not block:
+                break
+            offset += len(block)
+            length -= len(block)
+            yield block
 
 
 def _parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
     """Satisfiable spans of a ``bytes=`` Range header as inclusive (start, end) pairs."""
-    if not header.strip().startswith("bytes="):
+    header = header.strip()
+    if not header.startswith("bytes="):
         return []
     spans = []
-    for part in header.strip()[len("bytes=") :].split(","):
-        match = _RANGE_SPEC.fullmatch(part)
-        if match is None or match.groups() == ("", ""):
-            continue
-        first, last = match.groups()
+    for first, last in _RANGE_SPECS.findall(header[len("bytes=") :]):
         if first == "":
+            if last == "":
+                continue
             start, end = max(0, size - int(last)), size - 1
         else:
             start = int(first)
