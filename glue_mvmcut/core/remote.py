@@ -111,10 +111,12 @@ class RemoteFITS:
         Incremented with every body byte and request.
     workers : int, optional
         Requests in flight at once.
-    ranges_per_request : int, optional
-        Spans per multi-range request. 300 keeps the ``Range`` header under ~6.6 KB, inside the
-        8 KB that Apache and nginx accept by default; a server that refuses a request of many
-        spans (HTTP 400, 413, 414 or 431) is asked again with half as many per request.
+    range_header_limit : int, optional
+        Longest ``Range`` header value to send, in characters: as many spans go into one request
+        as fit (spread evenly over the requests needed). 7600 stays inside the 8 KB per header
+        line that Apache and nginx accept by default (~340 spans of a 2 GB file); a server that
+        refuses a request of many spans (HTTP 400, 413, 414 or 431) is asked again with half
+        as long a header.
     merge_gap : int, optional
         Neighbouring spans closer than this many bytes are fetched as one.
     cancel : callable, optional
@@ -128,7 +130,7 @@ class RemoteFITS:
         session: requests.Session | None = None,
         stats: TransferStats | None = None,
         workers: int = 8,
-        ranges_per_request: int = 300,
+        range_header_limit: int = 7600,
         merge_gap: int = 16 * 1024,
         cancel: Callable[[], bool] | None = None,
     ):
@@ -136,7 +138,7 @@ class RemoteFITS:
         self.session = session if session is not None else http_session(pool_size=workers)
         self.stats = stats if stats is not None else TransferStats()
         self.workers = workers
-        self.ranges_per_request = ranges_per_request
+        self.range_header_limit = range_header_limit
         self.merge_gap = merge_gap
         self.cancel = cancel
         self.multirange = True  # until the server shows otherwise
@@ -270,7 +272,7 @@ class RemoteFITS:
     def _read_into(self, spans: np.ndarray, targets: list[memoryview]) -> None:
         """Write the bytes of span ``i`` of the (n, 2) array ``spans`` into ``targets[i]``.
 
-        Spans are merged (`_merge`) and asked for ``ranges_per_request`` at a time, by at most
+        Spans are merged (`_merge`) and asked for in batches (`_batches`), by at most
         ``workers`` requests in flight; each reply is written to its targets as it arrives, so
         no reply is held longer than its own request.
         """
@@ -295,8 +297,8 @@ class RemoteFITS:
 
         todo = list(range(len(merged)))
         while todo:
-            size = self.ranges_per_request if self.multirange else 1
-            batches = [todo[i : i + size] for i in range(0, len(todo), size)]
+            limit = self.range_header_limit
+            batches = self._batches(todo, merged)
             lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
             futures = [_request_pool().submit(self._lane, lane, merged, deliver) for lane in lanes]
             done, refused = set(), None
@@ -306,13 +308,13 @@ class RemoteFITS:
                 refused = refused or lane_refused
             missing = [m for m in todo if m not in done]
             if refused is not None:
-                self.ranges_per_request = max(1, size // 2)
+                self.range_header_limit = limit // 2
                 log.info(
-                    "%s: the server refused %d ranges in one request (HTTP %s); asking for %d.",
+                    "%s: the server refused a %d-character Range header (HTTP %s); sending at most %d.",
                     self.name,
-                    size,
+                    limit,
                     refused,
-                    self.ranges_per_request,
+                    self.range_header_limit,
                 )
             elif missing and not self.multirange:
                 raise ArchiveError(
@@ -322,6 +324,20 @@ class RemoteFITS:
                 log.info("%s: the server answers one range per request; switching.", self.name)
                 self.multirange = False
             todo = missing
+
+    def _batches(self, todo: list[int], merged: list[tuple[int, int]]) -> list[list[int]]:
+        """``todo`` (indices into ``merged``) in as few batches as keep each request's Range
+        header within ``range_header_limit``, of about equal length; one each for a server
+        that answers one range per request."""
+        if not self.multirange or len(todo) == 1:
+            return [[m] for m in todo]
+        bounds = np.array([merged[m] for m in todo], dtype=np.int64)
+        bounds[:, 1] -= 1  # "start-last,": each number's digits, a dash and a comma
+        lengths = (np.floor(np.log10(np.maximum(bounds, 1))) + 1).sum(axis=1) + 2
+        # Even shares of the whole, each short enough to stay within the limit with one more span.
+        count = -(-int(lengths.sum()) // max(1, self.range_header_limit - int(lengths.max())))
+        cuts = np.searchsorted(np.cumsum(lengths), lengths.sum() * np.arange(1, count) / count)
+        return [batch.tolist() for batch in np.split(np.asarray(todo), cuts) if batch.size]
 
     def _lane(self, batches: list[list[int]], merged, deliver) -> tuple[list[int], int | None]:
         """Request ``batches`` (of indices into ``merged``) one after another and deliver them.

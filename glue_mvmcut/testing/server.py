@@ -43,6 +43,7 @@ DOWNLOAD_PATH = "/api/v0.1/Download/file"
 RESOLVER_PATH = "/Santa-war/query"
 URI_PREFIX = "mast:HST/product/"
 _CHUNK = 1 << 20
+_PRELOAD = 16 << 20  # replies up to this long are read from the file before they are due
 # One range of a "bytes=" list: a whole comma-separated item, so malformed items are skipped.
 _RANGE_SPECS = re.compile(r"(?:^|,)\s*(\d*)-(\d*)\s*(?=,|$)")
 _GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
@@ -414,6 +415,19 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # quiet: the server keeps its own records
         pass
 
+    # The added latency runs from the request's arrival to the reply's first byte, while the
+    # server works: a real archive server has its reply ready long before a network delay ends,
+    # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
+    def parse_request(self):
+        self._due = time.monotonic() + self.server.owner.faults.latency
+        return super().parse_request()
+
+    def send_response(self, code, message=None):
+        delay = self._due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        super().send_response(code, message)
+
     # -- plumbing -------------------------------------------------------------------------------
     def _record(self, service, status, sent, byte_range=None):
         self.server.owner._record(
@@ -433,16 +447,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(200, json.dumps(obj).encode(), service=service)
 
     def _apply_faults(self, scope) -> tuple[bool, dict | None]:
-        """Apply latency, failures and pre-body stalls.
+        """Apply failures and pre-body stalls (which hold the reply back that much longer).
 
         Returns whether the request was already answered (an injected failure) and the fault to
         apply while sending a file body (a drop, a mid-body stall or a garbled reply), if any.
         """
-        owner = self.server.owner
-        if owner.faults.latency:
-            time.sleep(owner.faults.latency)
         mid_body = None
-        for fault in owner.faults.take(scope, self.command):
+        for fault in self.server.owner.faults.take(scope, self.command):
             if fault["kind"] == "fail":
                 self.close_connection = True
                 self._send_bytes(
@@ -450,7 +461,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
                 return True, None
             if fault["kind"] == "stall" and (scope != "download" or self.command != "GET"):
-                time.sleep(fault["seconds"])
+                self._due += fault["seconds"]
             else:
                 mid_body = fault
         return False, mid_body
@@ -600,6 +611,9 @@ class _Handler(BaseHTTPRequestHandler):
                 segments += [head.encode(), (start, end - start + 1)]
             segments.append(f"\r\n--{boundary}--\r\n".encode())
         length = sum(len(s) if isinstance(s, bytes) else s[1] for s in segments)
+        if self.command == "GET" and length <= _PRELOAD:  # read while the latency runs
+            with open(path, "rb") as fh:
+                segments = [b"".join(_body_pieces(fh.fileno(), segments))]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(length))
