@@ -1,5 +1,6 @@
 """The stand-in MAST server, through the real astroquery client and plain HTTP."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,16 @@ def test_range_requests(mast, lmc_archive):
     head = requests.head(url, timeout=10)
     assert head.headers["Accept-Ranges"] == "bytes" and int(head.headers["Content-Length"]) == len(data)
     assert mast.bytes_sent == 2880 + 100
+    # Several ranges, a malformed one among them (skipped): a multipart/byteranges reply.
+    multi = requests.get(url, headers={"Range": "bytes=0-9, junk ,-5,20-29"}, timeout=10)
+    assert multi.status_code == 206 and multi.headers["Content-Type"].startswith("multipart/byteranges")
+    size = len(data)
+    ranges = re.findall(rb"Content-Range: bytes (\d+)-(\d+)/(\d+)\r\n\r\n", multi.content)
+    spans = [(int(first), int(last), int(total)) for first, last, total in ranges]
+    assert spans == [(0, 9, size), (size - 5, size - 1, size), (20, 29, size)]
+    for first, last, _ in spans:
+        part = data[first : last + 1]
+        assert multi.content.count(b"\r\n\r\n" + part + b"\r\n--") == 1
     assert [r.range for r in mast.requests("download")][:2] == ["bytes=2880-5759", "bytes=-100"]
 
 
