@@ -300,10 +300,12 @@ class RemoteFITS:
             limit = self.range_header_limit
             batches = self._batches(todo, merged)
             lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
-            futures = [_request_pool().submit(self._lane, lane, merged, deliver) for lane in lanes]
+            futures = [_request_pool().submit(self._lane, lane, merged, deliver) for lane in lanes[1:]]
+            # The first lane runs in this thread, which would otherwise only wait: one thread
+            # hand-over less per read (the GIL passes between fewer threads).
+            outcomes = [self._lane(lanes[0], merged, deliver), *(future.result() for future in futures)]
             done, refused = set(), None
-            for future in futures:
-                delivered, lane_refused = future.result()
+            for delivered, lane_refused in outcomes:
                 done.update(delivered)
                 refused = refused or lane_refused
             missing = [m for m in todo if m not in done]
