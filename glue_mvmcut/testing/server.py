@@ -712,6 +712,10 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops connections when a client opens a dozen at once
+    # while the accepting thread waits for the GIL; the dropped ones come back ~1 s later (TCP's
+    # retransmission). Web servers listen with 511.
+    request_queue_size = 511
     owner: "MastServer"
 
     def handle_error(self, request, client_address):
