@@ -75,17 +75,17 @@ def _needed_bytes(archive, coord, size) -> tuple[int, int]:
     return pixels, headers
 
 
-def _one_request_seconds(url: str, nbytes: int) -> float:
+def _one_request_seconds(url: str, nbytes: int, repeats: int = 10) -> float:
     with http_session() as session:
         best = float("inf")
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             session.get(url, headers={"Range": f"bytes=0-{nbytes - 1}"}).content  # noqa: B018
             best = min(best, time.perf_counter() - start)
     return best
 
 
-def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 3):
+def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     """The pipeline's own path (layers cut concurrently), without the query and the combine.
 
     Returns the transfer stats of a cutout whose layers' headers must be read, the best seconds
@@ -147,12 +147,12 @@ def main() -> None:
             )
             for mode in ("ranged", "download"):
                 stats, first, best, peak = _run(
-                    layers, coord, size, mode, Path(cache), 3 if mode == "ranged" else 1
+                    layers, coord, size, mode, Path(cache), 10 if mode == "ranged" else 1
                 )
                 needed = pixels + headers
                 print(
                     f'| {size}" | {mode} | {stats.bytes / 1e6:.2f} MB | {needed / 1e6:.2f} MB | '
-                    f"{stats.bytes / needed:.2f} | {stats.requests} | {first:.2f} | {best:.2f} | "
+                    f"{stats.bytes / needed:.2f} | {stats.requests} | {first:.3f} | {best:.3f} | "
                     f"{reference:.3f} s | {first / reference:.1f} / {best / reference:.1f} | "
                     f"{peak / 1e6:.0f} MB |"
                 )
