@@ -10,7 +10,7 @@ import pytest
 from astropy.io import fits
 
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
-from glue_mvmcut.core.archive import file_url, query_layers, using_server
+from glue_mvmcut.core.archive import file_url, query_layers, shared_session, using_server
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
@@ -58,6 +58,24 @@ def test_a_wht_header_longer_than_scis_is_found_and_read_right(lmc_archive, tmp_
         assert _bytes(remote) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
         # The guess was wrong: WHT's real header, then its rows, cost two more requests.
         assert stats.requests == len(server.requests("download")) == 4
+
+
+def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
+    # Each cutout reads headers, then rows (one request each, in turn): two cutouts of two
+    # files, four requests, over at most one new connection (none if an earlier test left one).
+    _same_as_local(lmc_archive, FINE, LMC, 4)
+    _same_as_local(lmc_archive, COARSE, LMC, 8)
+    assert len(mast.requests("download")) == 4
+    assert mast.connections <= 1
+
+
+def test_the_shared_session_follows_the_settings():
+    session = shared_session()
+    assert shared_session() is session
+    with conf.set_temp("timeout", 7.5):
+        other = shared_session()
+        assert other is not session and other.get_adapter("https://mast.stsci.edu").timeout == 7.5
+    assert shared_session() is session
 
 
 @pytest.mark.parametrize("field", ["twocells", "polar", "ra0"])

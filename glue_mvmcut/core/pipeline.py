@@ -20,7 +20,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .archive import http_session, query_layers, resolve_target
+from .archive import query_layers, resolve_target, shared_session
 from .combine import combine_cutouts
 from .coords import box_radius, parse_size
 from .cutout import cut_layer
@@ -214,7 +214,7 @@ def cutout_mosaic(
     ]
     started = time.perf_counter()
     # A few layers at a time: each cut is mostly waiting on the network.
-    with fetcher, ThreadPoolExecutor(max_workers=LAYERS_AT_ONCE) as pool:
+    with ThreadPoolExecutor(max_workers=LAYERS_AT_ONCE) as pool:
         futures = [pool.submit(fetcher.cut, name, uri, coord, size, result.stats) for name, uri in products]
         try:
             for (name, _), future in zip(products, futures, strict=True):
@@ -258,15 +258,8 @@ class _Fetcher:
         self.fetch, self.cache, self.cancel = fetch, cache, cancel
         self.hdus = hdus or {}
         self.ranged = fetch != "download"
-        # Kept-alive connections shared by the layers cut at once (requests sessions are
-        # thread-safe for this use: one connection pool, one request per connection at a time).
-        self.session = http_session(pool_size=8 * LAYERS_AT_ONCE)
-
-    def __enter__(self) -> "_Fetcher":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.session.close()
+        # Kept-alive connections shared by the layers cut at once and by later cutouts.
+        self.session = shared_session()
 
     def cut(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList | None:
         """The cutout of one layer, or None when the box misses it."""

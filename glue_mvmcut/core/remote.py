@@ -30,7 +30,7 @@ import urllib3
 from astropy.io import fits
 from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
-from .archive import archive_errors, http_session
+from .archive import archive_errors, shared_session
 from .config import conf
 from .errors import ArchiveError, Cancelled, NotMVMFileError
 from .retrieve import BROKEN_TRANSFER, TransferStats
@@ -106,7 +106,8 @@ class RemoteFITS:
     url : str
         HTTP(S) address of the file.
     session : `requests.Session`, optional
-        Session to use (default: `~glue_mvmcut.core.archive.http_session`, with timeouts).
+        Session to use (default: `~glue_mvmcut.core.archive.shared_session`: timeouts, retries,
+        connections kept alive across files).
     stats : `~glue_mvmcut.core.retrieve.TransferStats`, optional
         Incremented with every body byte and request.
     workers : int, optional
@@ -135,7 +136,7 @@ class RemoteFITS:
         cancel: Callable[[], bool] | None = None,
     ):
         self.url = url
-        self.session = session if session is not None else http_session(pool_size=workers)
+        self.session = session if session is not None else shared_session()
         self.stats = stats if stats is not None else TransferStats()
         self.workers = workers
         self.range_header_limit = range_header_limit

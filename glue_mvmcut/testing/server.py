@@ -415,6 +415,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # quiet: the server keeps its own records
         pass
 
+    def setup(self):
+        super().setup()
+        self.server.owner._connected()
+
     # The added latency runs from the request's arrival to the reply's first byte, while the
     # server works: a real archive server has its reply ready long before a network delay ends,
     # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
@@ -749,6 +753,7 @@ class MastServer:
         self.catalogue = _Catalogue(self.archives)
         self.faults = Faults()
         self.records: list[RequestRecord] = []
+        self.connections = 0  # connections accepted since the last reset_stats
         self._records_lock = threading.Lock()
         self._busy = 0
         self._idle = threading.Condition()
@@ -765,6 +770,10 @@ class MastServer:
     def _record(self, record: RequestRecord) -> None:
         with self._records_lock:
             self.records.append(record)
+
+    def _connected(self) -> None:
+        with self._records_lock:
+            self.connections += 1
 
     @contextmanager
     def _in_flight(self):
@@ -800,10 +809,12 @@ class MastServer:
             return [r for r in self.records if service is None or r.service == service]
 
     def reset_stats(self) -> None:
-        """Forget the request records (after the requests under way are recorded)."""
+        """Forget the request records and the count of connections (after the requests under way
+        are recorded)."""
         self.settle()
         with self._records_lock:
             self.records.clear()
+            self.connections = 0
 
     def start(self) -> "MastServer":
         """Serve in a background thread."""
