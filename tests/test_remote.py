@@ -93,9 +93,28 @@ def test_http_urls_work_too(mast, lmc_archive):
 def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     mast.faults.multirange_supported = False
     stats = _same_as_local(lmc_archive, FINE, LMC, 2)
-    ranges = [r.range for r in mast.requests("download")]
-    assert all("," not in r for r in ranges[3:])  # after one refused multi-range: one span each
-    assert stats.requests > 3
+    headers, multi, rest = (r.range for r in mast.requests("download"))
+    assert headers == "bytes=0-16383"
+    # SCI's rows, WHT's header, WHT's rows in one request: the server sent only the first range.
+    sci_rows, wht_header, wht_rows = multi.removeprefix("bytes=").split(",")
+    # Each span now costs a request of its own, so the two still missing, 0.97 MB apart, are
+    # asked for as one (single_range_gap: 1 MB) -- one round trip instead of two.
+    assert rest == f"bytes={wht_header.split('-')[0]}-{wht_rows.split('-')[1]}"
+    assert stats.requests == 3
+
+
+def test_one_range_servers_get_close_spans_in_one_request(mast, lmc_archive):
+    mast.faults.multirange_supported = False
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), single_range_gap=200_000)
+    spans = [(start, start + 10) for start in (10_000, 110_000, 200_000, 1_500_000)]
+    got = remote.read_spans(spans)
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
+    # The first range of the multi-range request came back; of the rest, the two 90 KB apart
+    # come in one request, the one 1.3 MB further on in another (the two sent at once).
+    first, *rest = (r.range for r in mast.requests("download"))
+    assert first == "bytes=10000-10009,110000-110009,200000-200009,1500000-1500009"
+    assert sorted(rest) == ["bytes=110000-200009", "bytes=1500000-1500009"]
 
 
 def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, lmc_archive):

@@ -120,6 +120,10 @@ class RemoteFITS:
         as long a header.
     merge_gap : int, optional
         Neighbouring spans closer than this many bytes are fetched as one.
+    single_range_gap : int, optional
+        The same for a server that answers only one range per request, where every span costs
+        a request: with 8 in flight and a 100 ms round trip, a request is worth ~12 ms, the
+        time 1 MB (the default) takes at ~80 MB/s.
     cancel : callable, optional
         Checked between requests; returning True raises `~glue_mvmcut.core.errors.Cancelled`.
     """
@@ -133,6 +137,7 @@ class RemoteFITS:
         workers: int = 8,
         range_header_limit: int = 7600,
         merge_gap: int = 16 * 1024,
+        single_range_gap: int = 1 << 20,
         cancel: Callable[[], bool] | None = None,
     ):
         self.url = url
@@ -141,6 +146,7 @@ class RemoteFITS:
         self.workers = workers
         self.range_header_limit = range_header_limit
         self.merge_gap = merge_gap
+        self.single_range_gap = single_range_gap
         self.cancel = cancel
         self.multirange = True  # until the server shows otherwise
         self.size: int | None = None
@@ -273,13 +279,23 @@ class RemoteFITS:
     def _read_into(self, spans: np.ndarray, targets: list[memoryview]) -> None:
         """Write the bytes of span ``i`` of the (n, 2) array ``spans`` into ``targets[i]``.
 
-        Spans are merged (`_merge`) and asked for in batches (`_batches`), by at most
+        What a round of requests (`_read_round`) did not bring — a refused long Range header,
+        a server that answers one range per request — is asked for again, merged anew.
+        """
+        todo = np.lexsort((spans[:, 1], spans[:, 0]))  # spans still to read, in file order
+        while len(todo):
+            todo = self._read_round(spans, todo, targets)
+
+    def _read_round(self, spans: np.ndarray, todo: np.ndarray, targets: list[memoryview]) -> np.ndarray:
+        """One round of `_read_into` for the spans ``todo`` (indices, in file order); returns
+        those still missing.
+
+        The spans are merged (`_merge`) and asked for in batches (`_batches`), by at most
         ``workers`` requests in flight; each reply is written to its targets as it arrives, so
         no reply is held longer than its own request.
         """
-        order = np.lexsort((spans[:, 1], spans[:, 0]))
-        merged, groups = self._merge(spans[order])
-        starts, stops, order = spans[:, 0].tolist(), spans[:, 1].tolist(), order.tolist()
+        merged, groups = self._merge(spans[todo])
+        members, starts, stops = todo.tolist(), spans[:, 0].tolist(), spans[:, 1].tolist()
 
         def deliver(parts: dict[int, memoryview], batch: list[int]) -> list[int]:
             """Copy the merged spans ``batch`` that ``parts`` hold into their targets."""
@@ -291,42 +307,40 @@ class RemoteFITS:
                     data = _within(parts, first, stop)
                     if data is None:
                         continue
-                for k in order[groups[m] : groups[m + 1]]:
+                for k in members[groups[m] : groups[m + 1]]:
                     targets[k][:] = data[starts[k] - first : stops[k] - first]
                 done.append(m)
             return done
 
-        todo = list(range(len(merged)))
-        while todo:
-            limit = self.range_header_limit
-            batches = self._batches(todo, merged)
-            lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
-            futures = [_request_pool().submit(self._lane, lane, merged, deliver) for lane in lanes[1:]]
-            # The first lane runs in this thread, which would otherwise only wait: one thread
-            # hand-over less per read (the GIL passes between fewer threads).
-            outcomes = [self._lane(lanes[0], merged, deliver), *(future.result() for future in futures)]
-            done, refused = set(), None
-            for delivered, lane_refused in outcomes:
-                done.update(delivered)
-                refused = refused or lane_refused
-            missing = [m for m in todo if m not in done]
-            if refused is not None:
-                self.range_header_limit = limit // 2
-                log.info(
-                    "%s: the server refused a %d-character Range header (HTTP %s); sending at most %d.",
-                    self.name,
-                    limit,
-                    refused,
-                    self.range_header_limit,
-                )
-            elif missing and not self.multirange:
-                raise ArchiveError(
-                    f"Reading {self.name}: the server did not return bytes {merged[missing[0]]}." + _ADVICE
-                )
-            elif missing:
-                log.info("%s: the server answers one range per request; switching.", self.name)
-                self.multirange = False
-            todo = missing
+        limit = self.range_header_limit
+        batches = self._batches(list(range(len(merged))), merged)
+        lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
+        futures = [_request_pool().submit(self._lane, lane, merged, deliver) for lane in lanes[1:]]
+        # The first lane runs in this thread, which would otherwise only wait: one thread
+        # hand-over less per read (the GIL passes between fewer threads).
+        outcomes = [self._lane(lanes[0], merged, deliver), *(future.result() for future in futures)]
+        done, refused = set(), None
+        for delivered, lane_refused in outcomes:
+            done.update(delivered)
+            refused = refused or lane_refused
+        missing = [m for m in range(len(merged)) if m not in done]
+        if refused is not None:
+            self.range_header_limit = limit // 2
+            log.info(
+                "%s: the server refused a %d-character Range header (HTTP %s); sending at most %d.",
+                self.name,
+                limit,
+                refused,
+                self.range_header_limit,
+            )
+        elif missing and not self.multirange:
+            raise ArchiveError(
+                f"Reading {self.name}: the server did not return bytes {merged[missing[0]]}." + _ADVICE
+            )
+        elif missing:
+            log.info("%s: the server answers one range per request; switching.", self.name)
+            self.multirange = False
+        return np.array([k for m in missing for k in members[groups[m] : groups[m + 1]]], np.int64)
 
     def _batches(self, todo: list[int], merged: list[tuple[int, int]]) -> list[list[int]]:
         """``todo`` (indices into ``merged``) in as few batches as keep each request's Range
@@ -358,14 +372,17 @@ class RemoteFITS:
         return delivered, refused
 
     def _merge(self, spans: np.ndarray) -> tuple[list[tuple[int, int]], list[int]]:
-        """Sorted ``spans`` with overlapping ones and those less than ``merge_gap`` apart joined.
+        """Sorted ``spans`` with overlapping ones and those close together joined: less than
+        ``merge_gap`` apart, or ``single_range_gap`` for a server that answers one range per
+        request (each span then costs a request of its own).
 
         Returns the joined spans and where each one's spans begin in ``spans`` (plus its length).
         """
         if not len(spans):
             return [], [0]
+        gap = self.merge_gap if self.multirange else self.single_range_gap
         reach = np.maximum.accumulate(spans[:, 1])  # furthest byte of any span so far
-        first = np.flatnonzero(np.r_[True, spans[1:, 0] - reach[:-1] > self.merge_gap])
+        first = np.flatnonzero(np.r_[True, spans[1:, 0] - reach[:-1] > gap])
         stops = np.maximum.reduceat(spans[:, 1], first)
         merged = list(zip(spans[first, 0].tolist(), stops.tolist(), strict=True))
         return merged, [*first.tolist(), len(spans)]
