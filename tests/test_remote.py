@@ -117,6 +117,21 @@ def test_one_range_servers_get_close_spans_in_one_request(mast, lmc_archive):
     assert sorted(rest) == ["bytes=110000-200009", "bytes=1500000-1500009"]
 
 
+def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
+    # 300 rows of 10 KB back to back (3 MB, as a box as wide as the layer gives): joined, they
+    # would come as one reply; they end at every 1 MB of the file instead, a request each.
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), stretch=1 << 20)
+    spans = [(start, start + 10_000) for start in range(100_000, 3_100_000, 10_000)]
+    got = remote.read_spans(spans)
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
+    assert sorted(r.range for r in mast.requests("download")) == [
+        "bytes=100000-1049999",  # the first row starting past 1 MiB (1048576) starts the next
+        "bytes=1050000-2099999",
+        "bytes=2100000-3099999",
+    ]
+
+
 def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, lmc_archive):
     # 1000 spans 100 bytes apart, never merged, "10000-10010," and so on: 12-13 characters each.
     # Within 7600 characters they go in two requests of ~6.3 KB, which this server refuses (HTTP

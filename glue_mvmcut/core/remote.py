@@ -124,6 +124,10 @@ class RemoteFITS:
         The same for a server that answers only one range per request, where every span costs
         a request: with 8 in flight and a 100 ms round trip, a request is worth ~12 ms, the
         time 1 MB (the default) takes at ~80 MB/s.
+    stretch : int, optional
+        Joined spans end at every multiple of this many bytes of the file, and one request asks
+        for about this many at most (16 MB): the rows of a box as wide as the layer would
+        otherwise come as one reply of the whole array.
     cancel : callable, optional
         Checked between requests; returning True raises `~glue_mvmcut.core.errors.Cancelled`.
     """
@@ -138,6 +142,7 @@ class RemoteFITS:
         range_header_limit: int = 7600,
         merge_gap: int = 16 * 1024,
         single_range_gap: int = 1 << 20,
+        stretch: int = 16 << 20,
         cancel: Callable[[], bool] | None = None,
     ):
         self.url = url
@@ -147,6 +152,7 @@ class RemoteFITS:
         self.range_header_limit = range_header_limit
         self.merge_gap = merge_gap
         self.single_range_gap = single_range_gap
+        self.stretch = stretch
         self.cancel = cancel
         self.multirange = True  # until the server shows otherwise
         self.size: int | None = None
@@ -343,17 +349,16 @@ class RemoteFITS:
         return np.array([k for m in missing for k in members[groups[m] : groups[m + 1]]], np.int64)
 
     def _batches(self, todo: list[int], merged: list[tuple[int, int]]) -> list[list[int]]:
-        """``todo`` (indices into ``merged``) in as few batches as keep each request's Range
-        header within ``range_header_limit``, of about equal length; one each for a server
-        that answers one range per request."""
+        """``todo`` (indices into ``merged``) in few batches that keep each request's Range
+        header within ``range_header_limit`` and its reply within ``stretch`` bytes (or one span),
+        of about equal shares; one each for a server that answers one range per request."""
         if not self.multirange or len(todo) == 1:
             return [[m] for m in todo]
         bounds = np.array([merged[m] for m in todo], dtype=np.int64)
+        sizes = bounds[:, 1] - bounds[:, 0]
         bounds[:, 1] -= 1  # "start-last,": each number's digits, a dash and a comma
         lengths = (np.floor(np.log10(np.maximum(bounds, 1))) + 1).sum(axis=1) + 2
-        # Even shares of the whole, each short enough to stay within the limit with one more span.
-        count = -(-int(lengths.sum()) // max(1, self.range_header_limit - int(lengths.max())))
-        cuts = np.searchsorted(np.cumsum(lengths), lengths.sum() * np.arange(1, count) / count)
+        cuts = np.union1d(_even_cuts(lengths, self.range_header_limit), _even_cuts(sizes, self.stretch))
         return [batch.tolist() for batch in np.split(np.asarray(todo), cuts) if batch.size]
 
     def _lane(self, batches: list[list[int]], merged, deliver) -> tuple[list[int], int | None]:
@@ -374,7 +379,8 @@ class RemoteFITS:
     def _merge(self, spans: np.ndarray) -> tuple[list[tuple[int, int]], list[int]]:
         """Sorted ``spans`` with overlapping ones and those close together joined: less than
         ``merge_gap`` apart, or ``single_range_gap`` for a server that answers one range per
-        request (each span then costs a request of its own).
+        request (each span then costs a request of its own); a joined span ends where the next
+        span starts in another ``stretch`` of the file.
 
         Returns the joined spans and where each one's spans begin in ``spans`` (plus its length).
         """
@@ -382,7 +388,9 @@ class RemoteFITS:
             return [], [0]
         gap = self.merge_gap if self.multirange else self.single_range_gap
         reach = np.maximum.accumulate(spans[:, 1])  # furthest byte of any span so far
-        first = np.flatnonzero(np.r_[True, spans[1:, 0] - reach[:-1] > gap])
+        stretch = spans[:, 0] // self.stretch
+        apart = (spans[1:, 0] - reach[:-1] > gap) | (stretch[1:] != stretch[:-1])
+        first = np.flatnonzero(np.r_[True, apart])
         stops = np.maximum.reduceat(spans[:, 1], first)
         merged = list(zip(spans[first, 0].tolist(), stops.tolist(), strict=True))
         return merged, [*first.tolist(), len(spans)]
@@ -507,6 +515,17 @@ class RemoteFITS:
             + (np.arange(rows.start, rows.stop, dtype=np.int64) * info.header["NAXIS1"] + cols.start) * item
         )
         return np.column_stack([starts, starts + (cols.stop - cols.start) * item])
+
+
+def _even_cuts(weights: np.ndarray, budget: int) -> np.ndarray:
+    """Where to cut ``weights`` into the fewest runs of about equal sums that each stay within
+    ``budget`` (every weight alone if one leaves no room for another)."""
+    room = budget - int(weights.max())
+    if room <= 0:
+        return np.arange(1, len(weights))
+    total = int(weights.sum())
+    count = -(-total // room)  # a run ends before its share is passed, so exceeds it by < max
+    return np.searchsorted(np.cumsum(weights), total * np.arange(1, count) / count)
 
 
 def _within(parts: dict[int, memoryview], start: int, stop: int) -> memoryview | None:

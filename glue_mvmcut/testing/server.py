@@ -844,9 +844,15 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    parser.add_argument(
+        "--one-range",
+        action="store_true",
+        help="answer only the first range of a multi-range request, as some servers do",
+    )
     args = parser.parse_args(argv)
     server = MastServer(args.archive_dir, port=args.port)
     server.faults.latency = args.latency
+    server.faults.multirange_supported = not args.one_range
     print(server.url, flush=True)
     try:
         server._httpd.serve_forever()
