@@ -133,8 +133,8 @@ def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
 
 
 def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, lmc_archive):
-    # 1000 spans 100 bytes apart, never merged, "10000-10010," and so on: 12-13 characters each.
-    # Within 7600 characters they go in two requests of ~6.3 KB, which this server refuses (HTTP
+    # 1000 spans 100 bytes apart, never merged, "10000-10009," and so on: 12-14 characters each.
+    # Within 7600 characters they go in two requests of ~7 KB, which this server refuses (HTTP
     # 400, as Apache does over 8 KB); at 3800 in four, refused again; at 1900 (~150 spans) they pass.
     mast.faults.max_range_header = 3000
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
