@@ -94,7 +94,7 @@ def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     mast.faults.multirange_supported = False
     stats = _same_as_local(lmc_archive, FINE, LMC, 2)
     headers, multi, rest = (r.range for r in mast.requests("download"))
-    assert headers == "bytes=0-16383"
+    assert headers == "bytes=0-65535"
     # SCI's rows, WHT's header, WHT's rows in one request: the server sent only the first range.
     sci_rows, wht_header, wht_rows = multi.removeprefix("bytes=").split(",")
     # Each span now costs a request of its own, so the two still missing, 0.97 MB apart, are
@@ -210,6 +210,18 @@ def test_a_file_that_is_not_fits(mast, lmc_archive):
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
     with pytest.raises(NotMVMFileError, match=r"no FITS header at byte 100"):
         remote._header_at(100)
+
+
+def test_a_file_shorter_than_the_first_read_is_named_for_what_it_lacks(lmc_archive, tmp_path):
+    # 5760 bytes: a primary header and no extensions, served under an MVM layer's name.
+    archive_dir = tmp_path / "archive"
+    shutil.copytree(lmc_archive.directory, archive_dir)
+    fits.PrimaryHDU(header=fits.Header([("FILENAME", FINE)])).writeto(tmp_path / FINE)
+    os.replace(tmp_path / FINE, archive_dir / FINE)
+    with MastServer(archive_dir) as server, using_server(server.url):
+        with pytest.raises(NotMVMFileError, match=f"{FINE} is not an MVM layer: it has no SCI extension"):
+            cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
+        assert [r.range for r in server.requests("download")] == ["bytes=0-65535"]
 
 
 def test_hostile_product_names_never_reach_the_disk(mast, cache, tmp_path, caplog, monkeypatch):
