@@ -3,7 +3,9 @@
 Every test talks to the stand-in over 127.0.0.1 with the real astroquery client.
 """
 
+import multiprocessing
 import os
+import queue
 
 import pytest
 
@@ -82,3 +84,27 @@ def _no_cached_headers():
     LAYER_HEADERS.clear()
     yield
     LAYER_HEADERS.clear()
+
+
+@pytest.fixture
+def in_forked_child():
+    """``run(function)``: call ``function()`` in a child forked from this process (with the thread
+    pools and connections it has used) and return what it returns; fail if it hangs for 60 s."""
+
+    def run(function):
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        child = context.Process(target=lambda: results.put(function()))
+        child.start()
+        try:
+            result = results.get(timeout=60)  # before join: a large result fills the pipe
+        except queue.Empty:
+            pytest.fail("the forked child hung")
+        finally:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
+        assert child.exitcode == 0
+        return result
+
+    return run

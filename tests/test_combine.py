@@ -45,6 +45,13 @@ def _inside(rec, ra, dec):
     return (px > -0.5) & (py > -0.5) & (px < rec.shape[1] - 0.5) & (py < rec.shape[0] - 0.5)
 
 
+def test_a_forked_child_combines_with_threads_of_its_own(lmc_archive, in_forked_child):
+    cutouts, _ = _cutouts(lmc_archive, F814W, LMC, 20)
+    mosaic = combine_band(cutouts)  # the parent's combine threads exist
+    in_child = in_forked_child(lambda: combine_band(cutouts)["SCI"].data)
+    np.testing.assert_array_equal(in_child, mosaic["SCI"].data)
+
+
 def test_fine_cutouts_of_one_projection_cell_are_pasted_exactly(lmc_archive):
     cutouts, _ = _cutouts(lmc_archive, F814W, LMC, 20)
     mosaic = combine_band(cutouts)

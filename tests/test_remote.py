@@ -69,6 +69,19 @@ def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
     assert mast.connections <= 1
 
 
+def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_archive, in_forked_child):
+    # 10000 spans never merged: many requests, sent from the shared request threads.
+    spans = [(start, start + 10) for start in range(10_000, 1_010_000, 100)]
+
+    def read():
+        remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
+        return [bytes(data) for data in remote.read_spans(spans)]
+
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert read() == [local[a:b] for a, b in spans]  # the parent's threads and connections exist
+    assert in_forked_child(read) == [local[a:b] for a, b in spans]
+
+
 def test_the_shared_session_follows_the_settings():
     session = shared_session()
     assert shared_session() is session

@@ -9,6 +9,7 @@ package makes — queries and downloads — at MAST or at a stand-in.
 import functools
 import logging
 import math
+import os
 import re
 import warnings
 from contextlib import contextmanager
@@ -156,6 +157,10 @@ def shared_session() -> requests.Session:
 def _shared_session(timeout: float, retries: int, backoff: float) -> requests.Session:
     # Keyed by the settings the adapter captures, so a changed setting gets its own session.
     return http_session(timeout, pool_size=64)
+
+
+# A forked child must not share the parent's connections (two processes on one socket).
+os.register_at_fork(after_in_child=_shared_session.cache_clear)
 
 
 def observations(timeout: float | None = None) -> ObservationsClass:

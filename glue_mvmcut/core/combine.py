@@ -241,6 +241,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mvmcut-combine")
 
 
+# A forked child inherits the pool but not its threads: work queued there would wait forever.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.ndarray]:
     """WHT-weighted mean and summed weight (0 where none) of the off-grid inputs on the output grid."""
     # reproject_and_coadd multiplies the *interpolated* SCI by interpolated weights, so an

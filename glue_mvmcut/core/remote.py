@@ -16,6 +16,7 @@ fall back to a whole-file download.
 
 import functools
 import logging
+import os
 import re
 import threading
 import time
@@ -558,6 +559,10 @@ def _request_pool() -> ThreadPoolExecutor:
     """Threads for requests in flight, shared by every read in the process (no thread is started
     per read); each read keeps at most its ``workers`` requests in flight."""
     return ThreadPoolExecutor(64, thread_name_prefix="mvmcut-http")
+
+
+# A forked child inherits the pool but not its threads: work queued there would wait forever.
+os.register_at_fork(after_in_child=_request_pool.cache_clear)
 
 
 def _body(response: requests.Response) -> bytes:
