@@ -13,7 +13,7 @@ from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
 from glue_mvmcut.core.archive import file_url, query_layers, shared_session, using_server
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
+from glue_mvmcut.core.remote import LAYER_HEADERS, RangeNotSupported, RemoteFITS
 from glue_mvmcut.core.retrieve import TransferStats
 from glue_mvmcut.testing.server import MastServer
 
@@ -80,6 +80,12 @@ def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_
     local = (lmc_archive.directory / FINE).read_bytes()
     assert read() == [local[a:b] for a, b in spans]  # the parent's threads and connections exist
     assert in_forked_child(read) == [local[a:b] for a, b in spans]
+
+
+def test_a_forked_child_has_a_header_cache_of_its_own(in_forked_child):
+    # Another thread holds the cache's lock at the fork: the child must not wait for it.
+    with LAYER_HEADERS._lock:
+        assert in_forked_child(lambda: LAYER_HEADERS.get("http://nowhere/file.fits")) is None
 
 
 def test_the_shared_session_follows_the_settings():

@@ -561,10 +561,6 @@ def _request_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(64, thread_name_prefix="mvmcut-http")
 
 
-# A forked child inherits the pool but not its threads: work queued there would wait forever.
-os.register_at_fork(after_in_child=_request_pool.cache_clear)
-
-
 def _body(response: requests.Response) -> bytes:
     """The whole body of a streamed response in one read.
 
@@ -633,3 +629,14 @@ def _guess_next(before: HDUInfo, extname: str) -> HDUInfo:
     return HDUInfo(
         header, start, start + (before.data_offset - before.header_offset), before.data_size, guessed=True
     )
+
+
+def _renew_after_fork() -> None:
+    """In a forked child: a new request pool (the inherited one has no threads, so work queued
+    there would wait forever) and a new lock for the header cache (another thread of the
+    parent may have held it at the fork)."""
+    _request_pool.cache_clear()
+    LAYER_HEADERS._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)
