@@ -3,15 +3,17 @@
 A cutout of a multi-GB layer needs its headers and, in SCI and WHT, one short span of bytes per
 row of the box. `RemoteFITS` reads the headers with a few small requests and then fetches the row
 spans: neighbouring spans are merged when the gap between them is small, many spans go into one
-multi-range request (``Range: bytes=a-b,c-d,...``, answered ``multipart/byteranges``), and those
-requests run concurrently over the kept-alive connections of one ``requests`` session.
+multi-range request (``Range: bytes=a-b,c-d,...``, answered ``multipart/byteranges``) as long as
+its header and its reply stay within bounds, and those requests run concurrently over the
+kept-alive connections of the process's ``requests`` session. Each reply is written straight
+into the rows it holds.
 
 Hand-written because the libraries nearly do it but not quite: astropy's ``fits.open(url,
 use_fsspec=True)`` + ``.section`` reads one row per sequential request (or whole read-ahead
 blocks), fsspec's ``cat_ranges`` sends one request per span, and neither requests nor urllib3 parse
-``multipart/byteranges`` replies. Servers that ignore extra ranges are detected and served one
-span per request; servers that ignore ``Range`` altogether raise `RangeNotSupported` so callers can
-fall back to a whole-file download.
+``multipart/byteranges`` replies. Servers that ignore extra ranges are detected and asked for one
+span per request, spans up to 1 MB apart joined; servers that ignore ``Range`` altogether raise
+`RangeNotSupported` so callers can fall back to a whole-file download.
 """
 
 import functools
