@@ -1,6 +1,7 @@
 """The stand-in MAST server, through the real astroquery client and plain HTTP."""
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -147,6 +148,14 @@ def test_range_requests(mast, lmc_archive):
         part = data[first : last + 1]
         assert multi.content.count(b"\r\n\r\n" + part + b"\r\n--") == 1
     assert [r.range for r in mast.requests("download")][:2] == ["bytes=2880-5759", "bytes=-100"]
+
+
+def test_a_request_line_too_long_is_refused_at_once(mast):
+    # Refused before the request is parsed, on a fresh connection: HTTP 414, not a dead handler.
+    host, port = mast.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: here\r\n\r\n")
+        assert connection.recv(64).startswith(b"HTTP/1.1 414")
 
 
 def test_range_can_be_switched_off(mast, lmc_archive):

@@ -422,6 +422,8 @@ class _Handler(BaseHTTPRequestHandler):
     # The added latency runs from the request's arrival to the reply's first byte, while the
     # server works: a real archive server has its reply ready long before a network delay ends,
     # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
+    _due = 0.0  # errors sent before a request is parsed (e.g. a 414 for a huge line) go at once
+
     def parse_request(self):
         self._due = time.monotonic() + self.server.owner.faults.latency
         return super().parse_request()
