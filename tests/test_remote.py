@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 
+import numpy as np
 import pytest
 from astropy.io import fits
 
@@ -149,6 +150,28 @@ def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
         "bytes=1050000-2099999",
         "bytes=2100000-3099999",
     ]
+
+
+def test_batches_keep_every_request_within_its_header_and_reply_bounds():
+    # Random span sets (seeded): offsets of 3 to 11 digits, spans of up to 5 KB or 5 MB.
+    remote, rng = RemoteFITS("http://127.0.0.1/file.fits"), np.random.default_rng(7)
+    for trial in range(200):
+        n = int(rng.integers(1, 3000))
+        starts = np.sort(rng.integers(0, 10 ** int(rng.integers(3, 12)), n)).tolist()
+        lengths = rng.integers(1, 5_000_000 if trial % 2 else 5_000, n).tolist()
+        merged = [(start, start + length) for start, length in zip(starts, lengths, strict=True)]
+        remote.range_header_limit = int(rng.integers(30, 9000))
+        remote.stretch = int(rng.integers(1000, 20_000_000))
+        batches = remote._batches(list(range(n)), merged)
+        assert [m for batch in batches for m in batch] == list(range(n))
+        for batch in batches:
+            header = ",".join(f"{merged[m][0]}-{merged[m][1] - 1}" for m in batch)
+            size = sum(merged[m][1] - merged[m][0] for m in batch)
+            assert len(batch) == 1 or (len(header) <= remote.range_header_limit and size <= remote.stretch)
+    # Rows of a 20" cutout of a 1.65 GB layer: three requests of a third each.
+    rows = [(10**9 + i * 41_136, 10**9 + i * 41_136 + 2000) for i in range(1001)]
+    remote.range_header_limit, remote.stretch = 7600, 16 << 20
+    assert [len(batch) for batch in remote._batches(list(range(1001)), rows)] == [333, 334, 334]
 
 
 def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, lmc_archive):
