@@ -12,7 +12,7 @@ import math
 import os
 import re
 import warnings
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from urllib.parse import quote
 
 import numpy as np
@@ -428,7 +428,9 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
     client = observations()
     found = []
-    with archive_errors("MVM query"):
+    # Its session is closed when done: left to the garbage collector, its kept-alive socket
+    # would be closed by a finalizer at whatever point a collection runs.
+    with closing(client._session), archive_errors("MVM query"):
         for instrument in instruments or _INSTRUMENTS:
             # query_criteria is query_criteria_async + _parse_result (astroquery's async_to_sync);
             # split, so that only the parse, which warns on an empty answer, holds the warnings lock.

@@ -412,17 +412,23 @@ def default_workers() -> int:
 def _client(scheduler, workers: int | None):
     """(client, cluster): a client of ``scheduler``, or of a new in-process cluster, and the
     cluster this function started (None for an existing one)."""
+    import dask
     from distributed import Client, LocalCluster
 
     if isinstance(scheduler, Client):
         return scheduler, None
     if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=1,
-            threads_per_worker=workers or default_workers(),
-            processes=False,
-            dashboard_address=None,
-        )
+        # No worker profiler: it samples every thread with sys._current_frames every 10 ms, and on
+        # Python 3.11 a garbage collection inside that call whose finalizer releases the GIL (a
+        # socket closed) deadlocks the process if another thread is starting a thread meanwhile
+        # (seen in a test run: every thread waiting for the GIL). Nothing here reads its profiles.
+        with dask.config.set({"distributed.worker.profile.enabled": False}):
+            cluster = LocalCluster(
+                n_workers=1,
+                threads_per_worker=workers or default_workers(),
+                processes=False,
+                dashboard_address=None,
+            )
         return Client(cluster), cluster
     try:
         return Client(str(scheduler), timeout="10s"), None
