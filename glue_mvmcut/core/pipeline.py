@@ -20,7 +20,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .archive import query_layers, resolve_target, shared_session
+from .archive import query_layers, resolve_target
 from .combine import combine_cutouts
 from .coords import box_radius, parse_size
 from .cutout import cut_layer
@@ -258,8 +258,6 @@ class _Fetcher:
         self.fetch, self.cache, self.cancel = fetch, cache, cancel
         self.hdus = hdus or {}
         self.ranged = fetch != "download"
-        # Kept-alive connections shared by the layers cut at once and by later cutouts.
-        self.session = shared_session()
 
     def cut(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList | None:
         """The cutout of one layer, or None when the box misses it."""
@@ -271,7 +269,6 @@ class _Fetcher:
                         data_uri,
                         coord,
                         size,
-                        session=self.session,
                         stats=stats,
                         cancel=self.cancel,
                         hdus=self.hdus.get(name),

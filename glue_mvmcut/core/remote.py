@@ -322,7 +322,7 @@ class RemoteFITS:
             return done
 
         limit = self.range_header_limit
-        batches = self._batches(list(range(len(merged))), merged)
+        batches = self._batches(merged)
         lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
         futures = [_request_pool().submit(self._lane, lane, merged, deliver) for lane in lanes[1:]]
         # The first lane runs in this thread, which would otherwise only wait: one thread
@@ -351,18 +351,18 @@ class RemoteFITS:
             self.multirange = False
         return np.array([k for m in missing for k in members[groups[m] : groups[m + 1]]], np.int64)
 
-    def _batches(self, todo: list[int], merged: list[tuple[int, int]]) -> list[list[int]]:
-        """``todo`` (indices into ``merged``) in few batches that keep each request's Range
-        header within ``range_header_limit`` and its reply within ``stretch`` bytes (or one span),
-        of about equal shares; one each for a server that answers one range per request."""
-        if not self.multirange or len(todo) == 1:
-            return [[m] for m in todo]
-        bounds = np.array([merged[m] for m in todo], dtype=np.int64)
+    def _batches(self, merged: list[tuple[int, int]]) -> list[list[int]]:
+        """Indices into ``merged`` in few batches that keep each request's Range header within
+        ``range_header_limit`` and its reply within ``stretch`` bytes (or one span), of about
+        equal shares; one each for a server that answers one range per request."""
+        if not self.multirange or len(merged) == 1:
+            return [[m] for m in range(len(merged))]
+        bounds = np.array(merged, dtype=np.int64)
         sizes = bounds[:, 1] - bounds[:, 0]
         bounds[:, 1] -= 1  # "start-last,": each number's digits, a dash and a comma
         lengths = (np.floor(np.log10(np.maximum(bounds, 1))) + 1).sum(axis=1) + 2
         cuts = np.union1d(_even_cuts(lengths, self.range_header_limit), _even_cuts(sizes, self.stretch))
-        return [batch.tolist() for batch in np.split(np.asarray(todo), cuts) if batch.size]
+        return [batch.tolist() for batch in np.split(np.arange(len(merged)), cuts) if batch.size]
 
     def _lane(self, batches: list[list[int]], merged, deliver) -> tuple[list[int], int | None]:
         """Request ``batches`` (of indices into ``merged``) one after another and deliver them.
