@@ -126,3 +126,26 @@ def test_truncated_layers_are_refused(tmp_path, lmc_archive):
     truncated.write_bytes(data[: len(data) // 2])
     with pytest.raises(NotMVMFileError, match=F814W):
         cut_layer(truncated, LMC, 10)
+
+
+def test_cutout_headers_follow_their_data(tmp_path, lmc_archive):
+    # A layer stored as float64: the cutout is float32 and its headers say so before any write,
+    # and it writes the same bytes as HDUs built by astropy's constructors from the same parts.
+    layer = tmp_path / F814W
+    with fits.open(_layer(lmc_archive)) as original:
+        for ext in ("SCI", "WHT"):
+            original[ext].data = original[ext].data.astype(np.float64)
+        original.writeto(layer)
+    cutout = cut_layer(layer, LMC, (20, 12))
+    for ext in ("SCI", "WHT"):
+        header = cutout[ext].header
+        assert (header["BITPIX"], header["NAXIS1"], header["NAXIS2"]) == (-32, 300, 500)
+        assert cutout[ext].data.dtype == np.float32
+    rebuilt = fits.HDUList(
+        [fits.PrimaryHDU(header=cutout[0].header)]
+        + [fits.ImageHDU(cutout[ext].data, cutout[ext].header) for ext in ("SCI", "WHT")]
+    )
+    ours, theirs = tmp_path / "ours.fits", tmp_path / "theirs.fits"
+    cutout.writeto(ours)
+    rebuilt.writeto(theirs)
+    assert ours.read_bytes() == theirs.read_bytes()

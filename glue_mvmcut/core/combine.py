@@ -24,7 +24,7 @@ from astropy.io import fits
 from reproject import reproject_exact, reproject_interp
 from reproject.mosaicking import reproject_and_coadd
 
-from .cutout import _wcs
+from .cutout import _hdu, _wcs
 from .errors import InvalidNameError, NotMVMFileError
 from .products import Band, CombinedName, parse_product_name
 
@@ -288,7 +288,7 @@ def _mosaic_hdul(cutouts, sci, wht, method: str) -> fits.HDUList:
             header[f"ILAYR{i:03d}"] = cutout[0].header.get("ORIG_FLE", "")
             header[f"IEXT{i:03d}"] = f"{extname},1"
         header.add_history(f"glue_mvmcut: WHT-weighted mean of {len(cutouts)} cutouts ({method}).")
-        hdul.append(fits.ImageHDU(data=data, header=header))
+        hdul.append(_hdu(fits.ImageHDU, header, data))
     return hdul
 
 
