@@ -149,3 +149,14 @@ def test_cutout_headers_follow_their_data(tmp_path, lmc_archive):
     cutout.writeto(ours)
     rebuilt.writeto(theirs)
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_a_layer_without_a_celestial_wcs_is_refused(tmp_path, lmc_archive):
+    cut_layer(_layer(lmc_archive), LMC, 10)  # the layer's own WCS, now known to this process
+    layer = tmp_path / F814W
+    with fits.open(_layer(lmc_archive)) as original:
+        for key in ("CTYPE1", "CTYPE2"):
+            del original["SCI"].header[key]
+        original.writeto(layer)
+    with pytest.raises(NotMVMFileError, match=rf"{F814W}: the SCI extension has no celestial WCS"):
+        cut_layer(layer, LMC, 10)
