@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
-from bench_fetch import LATENCY, WIDE, served
+from bench_fetch import LATENCY, WIDE, forget_layers, served
 
 from glue_mvmcut.cli import main as mvmcut
 from glue_mvmcut.core.batch import cutout_batch
-from glue_mvmcut.core.remote import LAYER_HEADERS
 from glue_mvmcut.testing.synth import build_archive
 
 SIZE = 20.0
@@ -56,7 +55,7 @@ def _loop(targets: Table, out: Path) -> tuple[float, int]:
     moved = 0
     start = time.perf_counter()
     for row in targets:
-        LAYER_HEADERS.clear()
+        forget_layers()
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             mvmcut([*_cut_args(row, out), "--json"])

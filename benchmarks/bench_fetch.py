@@ -23,7 +23,7 @@ import astropy.units as u
 from astropy.coordinates import SkyCoord
 
 from glue_mvmcut.core.archive import file_url, http_session, query_layers, using_server
-from glue_mvmcut.core.cutout import _wcs, _window
+from glue_mvmcut.core.cutout import _celestial_wcs, _wcs, _window
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import LAYER_HEADERS, RemoteFITS
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
@@ -70,6 +70,12 @@ def served(archive_dir: Path, *options: str):
         process.stdout.close()
 
 
+def forget_layers() -> None:
+    """Forget what this process learned about the layers: their headers and their SCI WCSs."""
+    LAYER_HEADERS.clear()
+    _celestial_wcs.cache_clear()
+
+
 def _needed_bytes(archive, coord, size) -> tuple[int, int]:
     """Pixel bytes the box covers in every layer (SCI + WHT) and the layers' header bytes."""
     pixels = headers = 0
@@ -99,7 +105,7 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     """The pipeline's own path (layers cut concurrently), without the query and the combine.
 
     Returns the transfer stats of a cutout whose layers' headers must be read, the best seconds
-    of ``repeats`` such cutouts (header cache emptied before each), the best of ``repeats`` with
+    of ``repeats`` such cutouts (header and WCS caches emptied before each), the best of ``repeats`` with
     the headers cached in the process (only pixels move), and the peak Python memory of a
     separate call (tracemalloc slows allocation: never timed). An untimed first call warms the
     process (imports, first use of WCS and thread pools), which is not fetching.
@@ -109,7 +115,7 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     def timed(clear: bool) -> float:
         nonlocal stats
         if clear:
-            LAYER_HEADERS.clear()
+            forget_layers()
         for old in cache.glob("*"):
             old.unlink()
         start = time.perf_counter()
