@@ -26,7 +26,7 @@ from astropy.table import Table
 from bench_fetch import LATENCY, WIDE, forget_layers, served
 
 from glue_mvmcut.cli import main as mvmcut
-from glue_mvmcut.core.batch import cutout_batch
+from glue_mvmcut.core.batch import _Record, _write_manifest, cutout_batch, read_targets
 from glue_mvmcut.testing.synth import build_archive
 
 SIZE = 20.0
@@ -81,6 +81,22 @@ def _shell_loop_seconds(targets: Table, out: Path, url: str) -> float:
     return (time.perf_counter() - start) / len(targets)
 
 
+def _manifest_rewrites(out: Path) -> None:
+    """Seconds to rewrite the manifest of n targets (a row each, from the start), and what
+    rewriting it after every finished target would add up to over a run of n: n rewrites."""
+    print("\n| targets | one manifest rewrite | once per target, over the run |")
+    print("|---|---|---|")
+    for n in (100, 1000, 5000):
+        plan = read_targets(_targets(n), size=SIZE)
+        records = {target.id: _Record(target) for target in plan}
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            _write_manifest(out, records, {})
+            best = min(best, time.perf_counter() - start)
+        print(f"| {n} | {best * 1000:.1f} ms | {best * n:.1f} s |")
+
+
 def main() -> None:
     archive_dir = (
         Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "mvmcut-bench-wide"
@@ -110,6 +126,7 @@ def main() -> None:
                 f"| batch, {workers} workers ({done} done) | {seconds:.1f} | {n / seconds:.2f} | "
                 f"{loop_seconds / seconds:.1f} | {moved / 1e6:.1f} MB | {moved / own_bytes:.2f} |"
             )
+        _manifest_rewrites(scratch)
 
 
 if __name__ == "__main__":

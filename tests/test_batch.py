@@ -137,6 +137,21 @@ def test_a_second_run_skips_what_verifies_and_redoes_a_damaged_target(mast, cach
     assert all("_f160w" in f and "f814w" not in f for f in fifth["files"][0].split() if f.endswith(".fits"))
 
 
+def test_a_manifest_behind_the_folders_loses_no_work(mast, cache, tmp_path):
+    # While a batch runs its manifest is rewritten only now and then, so after a crash it may
+    # still call finished targets pending: their folders verify, and a second run keeps them.
+    targets = Table(rows=[("a", *LMC), ("b", *_offset(LMC, 15, 15))], names=["id", "ra", "dec"])
+    out = tmp_path / "out"
+    first = cutout_batch(targets, size=3, filters=["f814w"], out_dir=out, workers=2)
+    stale = Table.read(out / MANIFEST)
+    stale.replace_column("status", ["pending"] * len(stale))
+    stale.write(out / MANIFEST, format="ascii.ecsv", overwrite=True)
+    mast.reset_stats()
+    again = cutout_batch(targets, size=3, filters=["f814w"], out_dir=out)
+    assert again.meta["targets_run"] == 0 and mast.requests() == []
+    assert list(again["status"]) == ["done", "done"] and list(again["files"]) == list(first["files"])
+
+
 def test_failed_targets_are_retried_only_when_asked(mast, cache, tmp_path):
     targets = Table(rows=[("a", "lmc"), ("b", "Nowhere Nebula")], names=["id", "name"])
     out = tmp_path / "out"
