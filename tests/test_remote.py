@@ -44,6 +44,14 @@ def test_ranged_cutouts_are_identical_to_local_ones(mast, lmc_archive, name):
     assert stats.requests == len(mast.requests("download")) == 2
 
 
+@pytest.mark.parametrize("size, shape", [(0.01, (0, 0)), ((20, 0.01), (500, 0))])
+def test_boxes_narrower_than_a_pixel_are_cut_as_from_a_local_file(mast, lmc_archive, size, shape):
+    # Rounded to no rows or no columns: an empty cutout, no pixel bytes asked for.
+    stats = _same_as_local(lmc_archive, FINE, LMC, size)
+    assert cut_layer(lmc_archive.directory / FINE, LMC, size)["SCI"].data.shape == shape
+    assert stats.requests == 2 and all("," not in r.range for r in mast.requests("download"))
+
+
 def test_a_wht_header_longer_than_scis_is_found_and_read_right(lmc_archive, tmp_path):
     # The WHT header is guessed to be as long as SCI's; give it two more blocks of cards.
     archive_dir = tmp_path / "archive"

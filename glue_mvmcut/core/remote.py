@@ -292,6 +292,7 @@ class RemoteFITS:
         a server that answers one range per request — is asked for again, merged anew.
         """
         todo = np.lexsort((spans[:, 1], spans[:, 0]))  # spans still to read, in file order
+        todo = todo[spans[todo, 1] > spans[todo, 0]]  # an empty span needs no bytes
         while len(todo):
             todo = self._read_round(spans, todo, targets)
 
@@ -553,7 +554,7 @@ def _window_array(info: HDUInfo, rows: slice, cols: slice) -> tuple[np.ndarray, 
     array = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype)
     flat = memoryview(array.reshape(-1).view(np.uint8))
     row = array.shape[1] * dtype.itemsize
-    return array, [flat[at : at + row] for at in range(0, array.nbytes, row)]
+    return array, [flat[i * row : (i + 1) * row] for i in range(array.shape[0])]
 
 
 @functools.cache
