@@ -6,10 +6,8 @@ configuration item (``astroquery.cfg`` in the astropy config directory, or
 package makes — queries and downloads — at MAST or at a stand-in.
 """
 
-import functools
 import logging
 import math
-import os
 import re
 import warnings
 from contextlib import closing, contextmanager
@@ -31,7 +29,7 @@ from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMV
 from .footprints import region_hits_cone, region_polygon
 from .products import LayerName, safe_filename
 from .skycells import skycells_covering
-from .threadsafe import catch_warnings
+from .threadsafe import catch_warnings, per_process
 
 __all__ = [
     "LAYER_COLUMNS",
@@ -153,14 +151,10 @@ def shared_session() -> requests.Session:
     return _shared_session(_timeout(None), int(conf.retries), float(conf.backoff))
 
 
-@functools.lru_cache(maxsize=4)
+@per_process(maxsize=4)
 def _shared_session(timeout: float, retries: int, backoff: float) -> requests.Session:
     # Keyed by the settings the adapter captures, so a changed setting gets its own session.
     return http_session(timeout, pool_size=64)
-
-
-# A forked child must not share the parent's connections (two processes on one socket).
-os.register_at_fork(after_in_child=_shared_session.cache_clear)
 
 
 def observations(timeout: float | None = None) -> ObservationsClass:

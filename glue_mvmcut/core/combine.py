@@ -10,7 +10,6 @@ pixel; skycells of another projection cell) are resampled onto that grid with re
 decision is made from the WCSs, never from names.
 """
 
-import functools
 import logging
 import os
 from collections import defaultdict
@@ -27,6 +26,7 @@ from reproject.mosaicking import reproject_and_coadd
 from .cutout import _hdu, _wcs
 from .errors import InvalidNameError, NotMVMFileError
 from .products import Band, CombinedName, parse_product_name
+from .threadsafe import per_process
 
 __all__ = ["band_of", "group_by_band", "combine_band", "combine_cutouts"]
 
@@ -238,14 +238,10 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     return _mosaic_hdul(cutouts, sci, wht, method)
 
 
-@functools.cache
+@per_process()
 def _pool() -> ThreadPoolExecutor:
     """One thread per core, shared by every combine in the process (batches run many at once)."""
     return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mvmcut-combine")
-
-
-# A forked child inherits the pool but not its threads: work queued there would wait forever.
-os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,6 @@ span per request, spans up to 1 MB apart joined; servers that ignore ``Range`` a
 `RangeNotSupported` so callers can fall back to a whole-file download.
 """
 
-import functools
 import logging
 import os
 import re
@@ -37,6 +36,7 @@ from .archive import archive_errors, shared_session
 from .config import conf
 from .errors import ArchiveError, Cancelled, NotMVMFileError
 from .retrieve import BROKEN_TRANSFER, TransferStats
+from .threadsafe import per_process
 
 __all__ = ["RangeNotSupported", "HDUInfo", "RemoteFITS", "HeaderCache", "LAYER_HEADERS"]
 
@@ -557,7 +557,7 @@ def _window_array(info: HDUInfo, rows: slice, cols: slice) -> tuple[np.ndarray, 
     return array, [flat[i * row : (i + 1) * row] for i in range(array.shape[0])]
 
 
-@functools.cache
+@per_process()
 def _request_pool() -> ThreadPoolExecutor:
     """Threads for requests in flight, shared by every read in the process (no thread is started
     per read); each read keeps at most its ``workers`` requests in flight."""
@@ -634,12 +634,10 @@ def _guess_next(before: HDUInfo, extname: str) -> HDUInfo:
     )
 
 
-def _renew_after_fork() -> None:
-    """In a forked child: a new request pool (the inherited one has no threads, so work queued
-    there would wait forever) and a new lock for the header cache (another thread of the
-    parent may have held it at the fork)."""
-    _request_pool.cache_clear()
+def _renew_lock_after_fork() -> None:
+    """In a forked child: a new lock for the header cache (another thread of the parent may
+    have held it at the fork)."""
     LAYER_HEADERS._lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_renew_after_fork)
+os.register_at_fork(after_in_child=_renew_lock_after_fork)
