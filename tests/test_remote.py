@@ -11,10 +11,10 @@ import pytest
 from astropy.io import fits
 
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
-from glue_mvmcut.core.archive import file_url, query_layers, shared_session, using_server
+from glue_mvmcut.core.archive import file_url, query_layers, using_server
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import LAYER_HEADERS, RangeNotSupported, RemoteFITS
+from glue_mvmcut.core.remote import LAYER_HEADERS, RangeNotSupported, RemoteFITS, run
 from glue_mvmcut.core.retrieve import TransferStats
 from glue_mvmcut.testing.server import MastServer
 
@@ -97,15 +97,6 @@ def test_a_forked_child_has_a_header_cache_of_its_own(in_forked_child):
     # Another thread holds the cache's lock at the fork: the child must not wait for it.
     with LAYER_HEADERS._lock:
         assert in_forked_child(lambda: LAYER_HEADERS.get("http://nowhere/file.fits")) is None
-
-
-def test_the_shared_session_follows_the_settings():
-    session = shared_session()
-    assert shared_session() is session
-    with conf.set_temp("timeout", 7.5):
-        other = shared_session()
-        assert other is not session and other.get_adapter("https://mast.stsci.edu").timeout == 7.5
-    assert shared_session() is session
 
 
 @pytest.mark.parametrize("field", ["twocells", "polar", "ra0"])
@@ -261,7 +252,7 @@ def test_cancel_between_requests(mast):
 def test_a_file_that_is_not_fits(mast, lmc_archive):
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
     with pytest.raises(NotMVMFileError, match=r"no FITS header at byte 100"):
-        remote._header_at(100)
+        run(remote._header_at(100))
 
 
 def test_a_file_shorter_than_the_first_read_is_named_for_what_it_lacks(lmc_archive, tmp_path):

@@ -29,7 +29,7 @@ from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMV
 from .footprints import region_hits_cone, region_polygon
 from .products import LayerName, safe_filename
 from .skycells import skycells_covering
-from .threadsafe import catch_warnings, per_process
+from .threadsafe import catch_warnings
 
 __all__ = [
     "LAYER_COLUMNS",
@@ -37,7 +37,6 @@ __all__ = [
     "using_server",
     "file_url",
     "http_session",
-    "shared_session",
     "archive_errors",
     "observations",
     "query_layers",
@@ -108,7 +107,7 @@ class _TimeoutAdapter(requests.adapters.HTTPAdapter):
     fail before a reply; a body cut off mid-transfer is retried by the callers that stream it.
     """
 
-    def __init__(self, timeout: float, pool_size: int = 10):
+    def __init__(self, timeout: float):
         retry = Retry(
             total=int(conf.retries),
             backoff_factor=float(conf.backoff) / 2,  # urllib3 waits 0, 2f, 4f, ...
@@ -116,7 +115,7 @@ class _TimeoutAdapter(requests.adapters.HTTPAdapter):
             allowed_methods=frozenset({"GET", "HEAD", "POST"}),
             raise_on_status=False,
         )
-        super().__init__(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=retry)
+        super().__init__(max_retries=retry)
         self.timeout = timeout
 
     def send(self, request, **kwargs):
@@ -129,32 +128,14 @@ def _timeout(timeout: float | None) -> float:
     return float(conf.timeout if timeout is None else timeout)
 
 
-def http_session(timeout: float | None = None, pool_size: int = 10) -> requests.Session:
+def http_session(timeout: float | None = None) -> requests.Session:
     """A requests session whose every request times out after ``timeout`` s (default
-    ``glue_mvmcut.conf.timeout``) of silence, keeping up to ``pool_size`` connections alive."""
+    ``glue_mvmcut.conf.timeout``) of silence."""
     session = requests.Session()
-    adapter = _TimeoutAdapter(_timeout(timeout), pool_size=pool_size)
+    adapter = _TimeoutAdapter(_timeout(timeout))
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
-
-
-def shared_session() -> requests.Session:
-    """The process's session for reading archive files, under the timeout and retry settings in
-    force (``glue_mvmcut.conf``).
-
-    Its kept-alive connections serve every cutout of the process, so a second cutout (or the
-    next target of a batch) opens none: against MAST's HTTPS each new connection costs a TCP
-    and a TLS handshake, two or three round trips, before the first byte. Thread-safe for this
-    use (urllib3's pool hands each request its own connection); up to 64 connections per host.
-    """
-    return _shared_session(_timeout(None), int(conf.retries), float(conf.backoff))
-
-
-@per_process(maxsize=4)
-def _shared_session(timeout: float, retries: int, backoff: float) -> requests.Session:
-    # Keyed by the settings the adapter captures, so a changed setting gets its own session.
-    return http_session(timeout, pool_size=64)
 
 
 def observations(timeout: float | None = None) -> ObservationsClass:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import astropy.units as u
 import numpy as np
-import requests
 from astropy.io import fits
 from astropy.nddata import NoOverlapError
 from astropy.nddata.utils import overlap_slices
@@ -30,7 +29,7 @@ from .archive import file_url
 from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
-from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS
+from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS, run
 from .retrieve import TransferStats, fits_problem
 from .threadsafe import catch_warnings
 
@@ -200,7 +199,6 @@ def cut_layer(
     coord,
     size,
     *,
-    session: requests.Session | None = None,
     stats: TransferStats | None = None,
     cancel=None,
     hdus: dict[str, HDUInfo] | None = None,
@@ -218,10 +216,9 @@ def cut_layer(
     size : float, (ny, nx) pair, or `~astropy.units.Quantity`
         Plain numbers are arcsec; Quantities may be angular or in pixels (``u.pix``). Never
         transposed: the output shape is ``(ny, nx)``.
-    session, stats, cancel
-        For remote layers: the requests session to use, a
-        `~glue_mvmcut.core.retrieve.TransferStats` to count bytes and requests, and a cancel
-        callable checked between requests.
+    stats, cancel
+        For remote layers: a `~glue_mvmcut.core.retrieve.TransferStats` to count bytes and
+        requests, and a cancel callable checked between requests.
     hdus : dict, optional
         For remote layers: what `layer_hdus` returned for this layer, so its headers are not
         read again (e.g. shared by many cutouts of one layer). Without it, headers this process
@@ -247,33 +244,23 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        try:
-            return _cut(*_remote_layer(source, session, stats, cancel, hdus), coord, size)
-        except _StaleHeaders as exc:
-            log.info("%s changed on the server since its headers were read; reading them again.", exc)
-            return _cut(*_remote_layer(source, session, stats, cancel, hdus), coord, size)
+        return run(_cut_remote(source, coord, size, stats, cancel, hdus))
     hdul, layer = open_layer(source)
     with hdul:
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
-        return _cut(
-            hdul[0].header,
-            lambda: headers,
-            layer,
-            lambda windows: [hdul[e].data[w] for e, w in windows],
-            coord,
-            size,
-        )
+        window = _plan(layer, headers, coord, size)
+        cutout = _Cutout(hdul[0].header, layer, coord, window)
+        return cutout.finish(headers, [hdul[ext].data[window.large] for ext in _EXTENSIONS])
 
 
-def _remote(source: str, session, stats, cancel) -> RemoteFITS:
+def _remote(source: str, stats, cancel) -> RemoteFITS:
     url = file_url(source) if source.startswith("mast:") else source
-    return RemoteFITS(url, session=session, stats=stats, cancel=cancel)
+    return RemoteFITS(url, stats=stats, cancel=cancel)
 
 
 def layer_hdus(
     source: str,
     *,
-    session: requests.Session | None = None,
     stats: TransferStats | None = None,
     cancel=None,
 ) -> dict[str, HDUInfo]:
@@ -286,38 +273,56 @@ def layer_hdus(
     ----------
     source : str
         The layer's ``dataURI`` (``mast:HST/product/<file>``) or an http(s) URL.
-    session, stats, cancel
+    stats, cancel
         As for `cut_layer`.
     """
-    return _remote(source, session, stats, cancel).hdus(_EXTENSIONS)
+    return _remote(source, stats, cancel).hdus(_EXTENSIONS)
 
 
 class _StaleHeaders(Exception):
     """The layer changed on the server since its cached headers were read."""
 
 
-def _remote_layer(source: str, session, stats, cancel, hdus=None):
-    remote = _remote(source, session, stats, cancel)
+async def _cut_remote(source: str, coord, size, stats, cancel, hdus=None) -> fits.HDUList:
+    """`cut_layer` of a layer in the archive, on the I/O loop (`~glue_mvmcut.core.remote.run`)."""
+    try:
+        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus)
+    except _StaleHeaders as exc:
+        log.info("%s changed on the server since its headers were read; reading them again.", exc)
+        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus)
+
+
+async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.HDUList:
     cached = LAYER_HEADERS.get(remote.url) if hdus is None else None
     version = None
     if cached is not None:
         hdus, version = cached
     elif hdus is None:
         # WHT's header is fetched with the pixels (one round trip less), so it is known for
-        # sure only after `read`: hence headers as a callable.
-        hdus = remote.hdus(_EXTENSIONS, guess_last=True)
+        # sure only after the read.
+        hdus = await remote._hdus(_EXTENSIONS, guess_last=True)
     layer = layer_name(hdus["PRIMARY"].header, remote.name)
+    window = _plan(layer, {ext: hdus[ext].header for ext in _EXTENSIONS}, coord, size)
+    cutout = None
 
-    def read(windows):
-        pieces = remote.read_windows([(hdus[ext], rows, cols) for ext, (rows, cols) in windows])
-        if cached is not None and _differ(remote.version, version):
-            LAYER_HEADERS.drop(remote.url)
-            raise _StaleHeaders(remote.url)
-        if cached is None:
-            LAYER_HEADERS.put(remote.url, hdus, remote.version)
-        return pieces
+    def meanwhile():  # while the pixels are on their way: the parts of the output known already
+        nonlocal cutout
+        cutout = _Cutout(hdus["PRIMARY"].header, layer, coord, window)
+        for ext in _EXTENSIONS:
+            if not hdus[ext].guessed:
+                cutout.add(ext, hdus[ext].header)
 
-    return hdus["PRIMARY"].header, lambda: {ext: hdus[ext].header for ext in _EXTENSIONS}, layer, read
+    pieces = await remote._read_windows(
+        [(hdus[ext], *window.large) for ext in _EXTENSIONS], meanwhile=meanwhile
+    )
+    if cached is not None and _differ(remote.version, version):
+        LAYER_HEADERS.drop(remote.url)
+        raise _StaleHeaders(remote.url)
+    if cached is None:
+        LAYER_HEADERS.put(remote.url, hdus, remote.version)
+    headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
+    _check_shapes(layer.filename, headers)  # SCI's header is as it was; WHT's may be new
+    return cutout.finish(headers, pieces)
 
 
 def _differ(now: tuple, then: tuple) -> bool:
@@ -325,28 +330,45 @@ def _differ(now: tuple, then: tuple) -> bool:
     return any(a is not None and b is not None and a != b for a, b in zip(now, then, strict=True))
 
 
-def _cut(primary_header, headers_of, layer: LayerName, read, coord, size) -> fits.HDUList:
-    """Shared by local and remote layers: check, find the window, read it, build the HDUList.
-
-    ``headers_of()`` gives the SCI and WHT headers as known now (a remote layer's WHT header
-    may arrive with its pixels); they are checked again after the read.
-    """
-    headers = headers_of()
+def _plan(layer: LayerName, headers: dict[str, fits.Header], coord, size) -> _Window:
+    """Check the layer's SCI and WHT headers and find the box's window in it."""
     shape, wcs = _check_extensions(layer.filename, headers)
-    window = _window(wcs, shape, coord, size, layer.filename)
-    pieces = read([(ext, window.large) for ext in _EXTENSIONS])
-    headers = headers_of()
-    _check_shapes(layer.filename, headers)  # SCI's header is as it was; WHT's may be new
-    primary = primary_header.copy()
-    name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
-    primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")
-    primary["DEC_OBJ"] = (coord.dec.deg, "[deg] declination of the cutout centre")
-    primary["ORIG_FLE"] = layer.filename
-    primary["FILENAME"] = name
-    out = fits.HDUList([_hdu(fits.PrimaryHDU, primary)])
-    for ext, piece in zip(_EXTENSIONS, pieces, strict=True):
-        data = np.zeros(window.shape, np.float32)
-        data[window.small] = piece
-        out.append(_hdu(fits.ImageHDU, _cut_header(headers[ext], window, layer.filename), data))
-    log.debug("Cut %s: %s px", name, window.shape)
-    return out
+    return _window(wcs, shape, coord, size, layer.filename)
+
+
+class _Cutout:
+    """The cutout of one layer as it is built: PRIMARY at once, each extension from its layer
+    header (a remote layer's known headers while its pixels are on their way), pixels last.
+
+    Shared by local and remote layers, so both give identical files.
+    """
+
+    def __init__(self, primary_header: fits.Header, layer: LayerName, coord, window: _Window):
+        self.layer, self.window = layer, window
+        primary = primary_header.copy()
+        self.name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
+        primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")
+        primary["DEC_OBJ"] = (coord.dec.deg, "[deg] declination of the cutout centre")
+        primary["ORIG_FLE"] = layer.filename
+        primary["FILENAME"] = self.name
+        self.primary = _hdu(fits.PrimaryHDU, primary)
+        self.extensions: dict[str, tuple[fits.Header, fits.ImageHDU]] = {}
+
+    def add(self, ext: str, header: fits.Header) -> None:
+        """The extension made from the layer's ``header`` (0 = no data until `finish`)."""
+        data = np.zeros(self.window.shape, np.float32)
+        hdu = _hdu(fits.ImageHDU, _cut_header(header, self.window, self.layer.filename), data)
+        self.extensions[ext] = (header, hdu)
+
+    def finish(self, headers: dict[str, fits.Header], pieces) -> fits.HDUList:
+        """The HDUList, with each extension (made from ``headers`` if not yet) holding its piece
+        of the layer's pixels."""
+        out = fits.HDUList([self.primary])
+        for ext, piece in zip(_EXTENSIONS, pieces, strict=True):
+            if ext not in self.extensions or self.extensions[ext][0] is not headers[ext]:
+                self.add(ext, headers[ext])
+            hdu = self.extensions[ext][1]
+            hdu.data[self.window.small] = piece
+            out.append(hdu)
+        log.debug("Cut %s: %s px", self.name, self.window.shape)
+        return out
