@@ -10,6 +10,7 @@ RA_OBJ, DEC_OBJ, ORIG_FLE, FILENAME) and its extension headers with CRPIX shifte
 WCS is the layer's own.
 """
 
+import asyncio
 import copy
 import functools
 import logging
@@ -29,7 +30,7 @@ from .archive import file_url
 from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
-from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS, run
+from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS, after_urgent_work, run
 from .retrieve import TransferStats, fits_problem
 from .threadsafe import catch_warnings
 
@@ -142,15 +143,17 @@ class _Window:
         return (self.large[1].start - self.small[1].start, self.large[0].start - self.small[0].start)
 
 
+def _box_shape(wcs: WCS, size: u.Quantity) -> tuple[int, int]:
+    """The box's (ny, nx) in pixels of ``wcs``, rounded as `~astropy.nddata.Cutout2D` does."""
+    if size.unit == u.pix:
+        return tuple(int(np.round(v)) for v in size.value)
+    scales = proj_plane_pixel_scales(wcs) * u.Unit(wcs.wcs.cunit[0])
+    return tuple(int(np.round((side / scale).decompose())) for side, scale in zip(size, scales, strict=True))
+
+
 def _window(wcs: WCS, layer_shape, coord, size: u.Quantity, what: str) -> _Window:
     """The box's window in the layer, computed exactly as `~astropy.nddata.Cutout2D` does."""
-    if size.unit == u.pix:
-        shape = tuple(int(np.round(v)) for v in size.value)
-    else:
-        scales = proj_plane_pixel_scales(wcs) * u.Unit(wcs.wcs.cunit[0])
-        shape = tuple(
-            int(np.round((side / scale).decompose())) for side, scale in zip(size, scales, strict=True)
-        )
+    shape = _box_shape(wcs, size)
     x, y = skycoord_to_pixel(coord, wcs, mode="all")
     try:
         large, small = overlap_slices(layer_shape, shape, (float(y), float(x)), mode="partial")
@@ -294,27 +297,36 @@ async def _cut_remote(source: str, coord, size, stats, cancel, hdus=None) -> fit
 
 async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.HDUList:
     cached = LAYER_HEADERS.get(remote.url) if hdus is None else None
-    version = None
+    version, guess = None, None
     if cached is not None:
         hdus, version = cached
     elif hdus is None:
         # WHT's header is fetched with the pixels (one round trip less), so it is known for
         # sure only after the read.
-        hdus = await remote._hdus(_EXTENSIONS, guess_last=True)
+        reading = asyncio.ensure_future(remote._hdus(_EXTENSIONS, guess_last=True))
+        await after_urgent_work()  # the request leaves, then its wait is put to use
+        guess = _Guess.of(remote.name, coord, size)
+        hdus = await reading
     layer = layer_name(hdus["PRIMARY"].header, remote.name)
-    window = _plan(layer, {ext: hdus[ext].header for ext in _EXTENSIONS}, coord, size)
+    headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
+    window = guess.window(headers["SCI"]) if guess is not None else None
+    if window is None:
+        window = _plan(layer, headers, coord, size)
     cutout = None
 
-    def meanwhile():  # while the pixels are on their way: the parts of the output known already
+    def meanwhile():  # while the pixels are on their way: what is known already
         nonlocal cutout
-        cutout = _Cutout(hdus["PRIMARY"].header, layer, coord, window)
+        checked = _plan(layer, headers, coord, size) if guess is not None else window
+        cutout = _Cutout(hdus["PRIMARY"].header, layer, coord, checked)
         for ext in _EXTENSIONS:
             if not hdus[ext].guessed:
                 cutout.add(ext, hdus[ext].header)
 
-    pieces = await remote._read_windows(
-        [(hdus[ext], *window.large) for ext in _EXTENSIONS], meanwhile=meanwhile
-    )
+    windows = [(hdus[ext], *window.large) for ext in _EXTENSIONS]
+    pieces = await remote._read_windows(windows, meanwhile=meanwhile)
+    if cutout.window != window:  # the tessellation's guess was wrong: the right rows, now
+        log.info("%s: the box is not where its skycell's grid puts it; reading its rows again.", remote.name)
+        pieces = await remote._read_windows([(hdus[ext], *cutout.window.large) for ext in _EXTENSIONS])
     if cached is not None and _differ(remote.version, version):
         LAYER_HEADERS.drop(remote.url)
         raise _StaleHeaders(remote.url)
@@ -328,6 +340,43 @@ async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.H
 def _differ(now: tuple, then: tuple) -> bool:
     """Whether two (size, Last-Modified) file versions disagree where both are known."""
     return any(a is not None and b is not None and a != b for a, b in zip(now, then, strict=True))
+
+
+@dataclass
+class _Guess:
+    """Where the box falls on a layer's full skycell, from the tessellation alone: worked out
+    while the layer's headers are on their way, so that its rows can be asked for as soon as
+    they arrive. (`_plan`, from the headers, checks it while the rows are on their way.)
+
+    A layer is its skycell's grid trimmed to a subarray (MVM), so the box's place in the layer
+    is its place on the skycell shifted by the difference of their CRPIX.
+    """
+
+    x: float
+    y: float
+    shape: tuple[int, int]
+    crpix: tuple[float, float]
+
+    @classmethod
+    def of(cls, filename: str, coord, size) -> "_Guess | None":
+        """The guess for the layer ``filename``, None if that is no MVM layer name."""
+        try:
+            layer = LayerName.parse(filename)
+        except InvalidNameError:
+            return None
+        wcs = layer.skycell.wcs(layer.scale)
+        x, y = skycoord_to_pixel(coord, wcs, mode="all")
+        return cls(float(x), float(y), _box_shape(wcs, size), tuple(wcs.wcs.crpix.tolist()))
+
+    def window(self, sci: fits.Header) -> _Window | None:
+        """The box's window in the layer whose SCI header is ``sci``; None if it cannot say."""
+        try:
+            x = self.x - (self.crpix[0] - float(sci["CRPIX1"]))
+            y = self.y - (self.crpix[1] - float(sci["CRPIX2"]))
+            large, small = overlap_slices((sci["NAXIS2"], sci["NAXIS1"]), self.shape, (y, x), mode="partial")
+        except (KeyError, TypeError, ValueError, NoOverlapError):
+            return None
+        return _Window(self.shape, large, small)
 
 
 def _plan(layer: LayerName, headers: dict[str, fits.Header], coord, size) -> _Window:

@@ -335,13 +335,14 @@ class RemoteFITS:
         batches = self._batches(merged)
         lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
         sending = asyncio.gather(*[self._lane(lane, merged, deliver) for lane in lanes])
-        if meanwhile is not None:
-            # First each lane runs to its first wait (its request is sent), then whatever came
-            # in meanwhile (another layer's headers) goes first: it is on that layer's way.
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-            meanwhile()
-        outcomes = await sending
+        try:
+            if meanwhile is not None:
+                await after_urgent_work()  # the requests leave first
+                meanwhile()
+            outcomes = await sending
+        except BaseException:
+            sending.cancel()  # e.g. meanwhile() found the file unusable: its bytes are of no use
+            raise
         done, refused = set(), None
         for delivered, lane_refused in outcomes:
             done.update(delivered)
@@ -688,6 +689,18 @@ def _the_io() -> _IO:
         if _io is None:
             _io = _IO()
         return _io
+
+
+async def after_urgent_work() -> None:
+    """Wait until the I/O loop has done what is more urgent than the caller's next work.
+
+    A cut does some work while it waits for a reply (the output's headers, the next step's
+    guesses); other layers' replies and requests, waiting on the same loop, go first: that work
+    is on their way to the archive. A millisecond lets them come in, the yield after it lets
+    whatever they started (their requests) leave before the caller goes on.
+    """
+    await asyncio.sleep(0.001)
+    await asyncio.sleep(0)
 
 
 def run(coroutine: Coroutine):
