@@ -14,7 +14,7 @@ from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
 from glue_mvmcut.core.archive import file_url, query_layers, using_server
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import LAYER_HEADERS, RangeNotSupported, RemoteFITS, run
+from glue_mvmcut.core.remote import LAYER_HEADERS, RangeNotSupported, RemoteFITS, _parts_as_asked, run
 from glue_mvmcut.core.retrieve import TransferStats
 from glue_mvmcut.testing.server import MastServer
 
@@ -307,3 +307,55 @@ def test_a_second_cutout_of_a_layer_reuses_its_headers_until_the_file_changes(lm
         assert _bytes(changed) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
         assert changed["WHT"].header["HISTORY"][0] == "reprocessed (0)"
         assert third.requests == 1 + 4  # the stale read, then headers and pixels afresh
+
+
+def _multipart_body(boundary: str, parts: list[tuple[int, int, bytes]], size: int) -> bytes:
+    """A multipart/byteranges body of (start, last, data) parts, framed as Apache frames them."""
+    body = b"".join(
+        f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+        f"Content-Range: bytes {start}-{last}/{size}\r\n\r\n".encode()
+        + data
+        for start, last, data in parts
+    )
+    return body + f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_multipart_replies_as_asked_are_read_in_one_go_and_others_part_by_part():
+    remote, content_type = RemoteFITS("http://127.0.0.1/file.fits"), "multipart/byteranges; boundary=b0"
+    # Offsets around powers of ten, where the heads' lengths change.
+    spans = [(9, 12), (98, 101), (999, 1001), (10_000, 10_003)]
+    asked = [
+        (start, stop - 1, bytes(range(start % 200, start % 200 + stop - start))) for start, stop in spans
+    ]
+    body = _multipart_body("b0", asked, 123_456)
+    parts, total = _parts_as_asked(body, body.find(b"--b0"), b"b0", spans)
+    assert total == b"123456" and {k: bytes(v) for k, v in parts.items()} == {a: d for a, _, d in asked}
+    # The server joined the two middle spans (RFC 7233 allows it): not as asked, read part by part.
+    joined = [asked[0], (98, 1001, bytes(904)), asked[3]]
+    body = _multipart_body("b0", joined, 123_456)
+    assert _parts_as_asked(body, body.find(b"--b0"), b"b0", spans) is None
+    parts = remote._multipart(body, content_type, spans)
+    assert sorted(parts) == [9, 98, 10_000] and len(parts[98]) == 904 and remote.size == 123_456
+    # A later part's head that lies about its bytes fails the one-go check and then the walk.
+    lying = _multipart_body("b0", asked, 123_456).replace(b"bytes 999-1000/", b"bytes 999-1001/")
+    assert _parts_as_asked(lying, lying.find(b"--b0"), b"b0", spans) is None
+    with pytest.raises(ArchiveError, match="not as long as its Content-Range says"):
+        remote._multipart(lying, content_type, spans)
+
+
+def test_a_layer_off_its_skycells_grid_is_cut_right_all_the_same(lmc_archive, tmp_path, caplog):
+    # The rows are asked for where the tessellation puts the box; this layer's WCS lies 9 px
+    # (0.36") away from its skycell's, so the guess is found wrong and the right rows read.
+    archive_dir = tmp_path / "archive"
+    shutil.copytree(lmc_archive.directory, archive_dir)
+    with fits.open(archive_dir / FINE) as hdul:
+        for ext in ("SCI", "WHT"):
+            hdul[ext].header["CRVAL2"] += 0.0001
+        hdul.writeto(tmp_path / FINE)
+    os.replace(tmp_path / FINE, archive_dir / FINE)
+    with MastServer(archive_dir) as server, using_server(server.url), caplog.at_level(logging.INFO):
+        stats = TransferStats()
+        remote = cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=stats)
+        assert _bytes(remote) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
+        assert stats.requests == len(server.requests("download")) == 3  # headers, guessed rows, rows
+    assert "the box is not where its skycell's grid puts it" in caplog.text

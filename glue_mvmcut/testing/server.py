@@ -130,6 +130,7 @@ class RequestRecord:
     range: str | None
     status: int
     bytes_sent: int
+    arrived: float = 0.0  # time.monotonic() when the request was read
 
 
 class Faults:
@@ -422,10 +423,11 @@ class _Handler(BaseHTTPRequestHandler):
     # The added latency runs from the request's arrival to the reply's first byte, while the
     # server works: a real archive server has its reply ready long before a network delay ends,
     # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
-    _due = 0.0  # errors sent before a request is parsed (e.g. a 414 for a huge line) go at once
+    _due = _arrived = 0.0  # errors sent before a request is parsed (a 414 for a huge line) go at once
 
     def parse_request(self):
-        self._due = time.monotonic() + self.server.owner.faults.latency
+        self._arrived = time.monotonic()
+        self._due = self._arrived + self.server.owner.faults.latency
         return super().parse_request()
 
     def send_response(self, code, message=None):
@@ -437,7 +439,9 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing -------------------------------------------------------------------------------
     def _record(self, service, status, sent, byte_range=None):
         self.server.owner._record(
-            RequestRecord(self.command, urlsplit(self.path).path, service, byte_range, status, sent)
+            RequestRecord(
+                self.command, urlsplit(self.path).path, service, byte_range, status, sent, self._arrived
+            )
         )
 
     def _send_bytes(self, status, body: bytes, content_type="application/json", service=None):
@@ -811,10 +815,12 @@ class MastServer:
             return sum(r.bytes_sent for r in self.records if r.service == "download")
 
     def requests(self, service: str | None = None) -> list[RequestRecord]:
-        """Records of requests answered, optionally only those of one service."""
+        """Records of requests answered, optionally only those of one service, in the order they
+        arrived (a request is recorded when answered: a client may send the next one before)."""
         self.settle()
         with self._records_lock:
-            return [r for r in self.records if service is None or r.service == service]
+            records = [r for r in self.records if service is None or r.service == service]
+        return sorted(records, key=lambda r: r.arrived)
 
     def reset_stats(self) -> None:
         """Forget the request records and the count of connections (after the requests under way
