@@ -4,13 +4,14 @@ import re
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from astropy.coordinates import SkyCoord
 from astroquery.exceptions import NoResultsWarning
 
 from glue_mvmcut.core.archive import file_url, observations
-from glue_mvmcut.testing.server import MastServer, columns_config
+from glue_mvmcut.testing.server import MastServer, _parse_ranges, columns_config
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 SEED_CRITERIA = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
@@ -240,3 +241,17 @@ def test_context_manager_releases_the_port(lmc_archive):
         assert requests.head(f"{url}{'/api/v0.1/Download/file'}?uri={_layer_uri()}", timeout=10).ok
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.head(url, timeout=2)
+
+
+def test_plain_range_lists_are_parsed_as_any_other():
+    # "a-b,c-d,..." (as clients send it) takes numpy's parser; with spaces after the commas the
+    # same list takes the general one. Ends past the file are clipped, empty spans dropped.
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        starts, lengths = rng.integers(0, 10**12, 50), rng.integers(-5, 10**6, 50)
+        items = [f"{a}-{max(a + b, 0)}" for a, b in zip(starts.tolist(), lengths.tolist(), strict=True)]
+        size = int(rng.integers(1, 10**12))
+        plain = _parse_ranges("bytes=" + ",".join(items), size)
+        assert plain == _parse_ranges("bytes=" + ", ".join(items), size)
+        assert all(0 <= start <= end < size for start, end in plain)
+    assert _parse_ranges("bytes=1-99999999999999999999999", 100) == [(1, 99)]  # past int64

@@ -322,8 +322,13 @@ async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.H
             if not hdus[ext].guessed:
                 cutout.add(ext, hdus[ext].header)
 
+    def header_came(info: HDUInfo):  # WHT's header, with the first of the pixels
+        for ext in _EXTENSIONS:
+            if hdus[ext] is info and cutout is not None:
+                cutout.add(ext, info.header)
+
     windows = [(hdus[ext], *window.large) for ext in _EXTENSIONS]
-    pieces = await remote._read_windows(windows, meanwhile=meanwhile)
+    pieces = await remote._read_windows(windows, meanwhile=meanwhile, on_header=header_came)
     if cutout.window != window:  # the tessellation's guess was wrong: the right rows, now
         log.info("%s: the box is not where its skycell's grid puts it; reading its rows again.", remote.name)
         pieces = await remote._read_windows([(hdus[ext], *cutout.window.large) for ext in _EXTENSIONS])

@@ -287,24 +287,28 @@ class RemoteFITS:
         await self._read_into(spans, [memoryview(buffer) for buffer in out])
         return out
 
-    async def _read_into(self, spans: np.ndarray, targets: list[memoryview], meanwhile=None) -> None:
+    async def _read_into(
+        self, spans: np.ndarray, targets: list[memoryview], meanwhile=None, filled=None
+    ) -> None:
         """Write the bytes of span ``i`` of the (n, 2) array ``spans`` into ``targets[i]``.
 
         What a round of requests (`_read_round`) did not bring — a refused long Range header,
         a server that answers one range per request — is asked for again, merged anew.
         ``meanwhile()`` is called once the first round's requests are sent: work that would
-        otherwise delay them or wait for their replies.
+        otherwise delay them or wait for their replies; ``filled`` maps target indices to
+        callables, each called once its target is written.
         """
+        filled = {} if filled is None else filled
         todo = np.lexsort((spans[:, 1], spans[:, 0]))  # spans still to read, in file order
         todo = todo[spans[todo, 1] > spans[todo, 0]]  # an empty span needs no bytes
         while len(todo):
-            todo = await self._read_round(spans, todo, targets, meanwhile)
+            todo = await self._read_round(spans, todo, targets, meanwhile, filled)
             meanwhile = None
         if meanwhile is not None:
             meanwhile()
 
     async def _read_round(
-        self, spans: np.ndarray, todo: np.ndarray, targets: list[memoryview], meanwhile=None
+        self, spans: np.ndarray, todo: np.ndarray, targets: list[memoryview], meanwhile, filled
     ) -> np.ndarray:
         """One round of `_read_into` for the spans ``todo`` (indices, in file order); returns
         those still missing.
@@ -328,11 +332,19 @@ class RemoteFITS:
                         continue
                 for k in members[groups[m] : groups[m + 1]]:
                     targets[k][:] = data[starts[k] - first : stops[k] - first]
+                    if k in filled:
+                        filled.pop(k)()
                 done.append(m)
             return done
 
         limit = self.range_header_limit
         batches = self._batches(merged)
+        if filled:  # the batch whose bytes someone waits for (e.g. a header) is asked for first
+            waited = np.flatnonzero(np.isin(todo, list(filled)))
+            if len(waited):
+                m = int(np.searchsorted(groups, waited[0], side="right")) - 1
+                first = next(i for i, batch in enumerate(batches) if m in batch)
+                batches.insert(0, batches.pop(first))
         lanes = [batches[lane :: self.workers] for lane in range(min(self.workers, len(batches)))]
         sending = asyncio.gather(*[self._lane(lane, merged, deliver) for lane in lanes])
         try:
@@ -492,8 +504,9 @@ class RemoteFITS:
                 missing = [ext for ext in extnames if ext not in found]
                 raise NotMVMFileError(f"{self.name} is not an MVM layer: it has no {missing[0]} extension.")
 
-    async def _confirm(self, info: HDUInfo, extname: str, block: bytes) -> bool:
-        """Check a guessed HDU against its header bytes; fix ``info`` in place. True if the guess held."""
+    def _guess_held(self, info: HDUInfo, extname: str, block: bytes) -> bool:
+        """Check a guessed HDU against its header bytes: True, with ``info`` given its real
+        header, if the guess held."""
         found = self._parse_header(block, info.header_offset) if block else None
         if found is not None:
             header, length = found
@@ -507,10 +520,6 @@ class RemoteFITS:
             if same:
                 info.header, info.guessed = header, False
                 return True
-        log.info("%s: %s is not laid out like the HDU before it; reading its header.", self.name, extname)
-        real = (await self._hdus((extname,)))[extname]
-        info.header, info.data_offset, info.data_size = real.header, real.data_offset, real.data_size
-        info.header_offset, info.guessed = real.header_offset, False
         return False
 
     def read_windows(self, windows: list[tuple[HDUInfo, slice, slice]]) -> list[np.ndarray]:
@@ -523,9 +532,11 @@ class RemoteFITS:
         return run(self._read_windows(windows))
 
     async def _read_windows(
-        self, windows: list[tuple[HDUInfo, slice, slice]], meanwhile=None
+        self, windows: list[tuple[HDUInfo, slice, slice]], meanwhile=None, on_header=None
     ) -> list[np.ndarray]:
-        """`read_windows`; ``meanwhile()`` is called while the pixels are on their way."""
+        """`read_windows`; ``meanwhile()`` is called while the pixels are on their way, and
+        ``on_header(info)`` as soon as a guessed HDU's header has come and confirmed the guess
+        (while the rest may still be on its way)."""
         guessed = {id(info): info for info, _, _ in windows if info.guessed}
         header_spans = [(info.header_offset, info.data_offset) for info in guessed.values()]
         blocks = [bytearray(stop - start) for start, stop in header_spans]
@@ -537,10 +548,27 @@ class RemoteFITS:
             out.append(array)
             spans.append(self._row_spans(info, rows, cols))
             targets += rows_of_array
-        await self._read_into(np.concatenate(spans), targets, meanwhile)
-        for (key, info), block in zip(guessed.items(), blocks, strict=True):
-            if await self._confirm(info, str(info.header.get("EXTNAME", "")).strip().upper(), block):
+
+        def confirmer(info: HDUInfo, block: bytearray):
+            def confirm():
+                if self._guess_held(info, _extname(info), block) and on_header is not None:
+                    on_header(info)
+
+            return confirm
+
+        filled = {
+            k: confirmer(info, block)
+            for k, (info, block) in enumerate(zip(guessed.values(), blocks, strict=True))
+        }
+        await self._read_into(np.concatenate(spans), targets, meanwhile, filled)
+        for key, info in guessed.items():
+            if not info.guessed:  # confirmed as its header came
                 continue
+            extname = _extname(info)
+            log.info("%s: %s is not laid out like the HDU before it; reading its header.", self.name, extname)
+            real = (await self._hdus((extname,)))[extname]
+            info.header, info.data_offset, info.data_size = real.header, real.data_offset, real.data_size
+            info.header_offset, info.guessed = real.header_offset, False
             for i, (other, rows, cols) in enumerate(windows):
                 if id(other) == key:  # read again where they really are
                     out[i], rows_of_array = _window_array(info, rows, cols)
@@ -556,6 +584,10 @@ class RemoteFITS:
             + (np.arange(rows.start, rows.stop, dtype=np.int64) * info.header["NAXIS1"] + cols.start) * item
         )
         return np.column_stack([starts, starts + (cols.stop - cols.start) * item])
+
+
+def _extname(info: HDUInfo) -> str:
+    return str(info.header.get("EXTNAME", "")).strip().upper()
 
 
 def _even_cuts(weights: np.ndarray, budget: int) -> np.ndarray:

@@ -32,6 +32,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import numpy as np
+
 from ..core.footprints import region_hits_cone, region_polygon, separation_deg
 from .synth import Archive
 
@@ -46,6 +48,7 @@ _CHUNK = 1 << 20
 _PRELOAD = 16 << 20  # replies up to this long are read from the file before they are due
 # One range of a "bytes=" list: a whole comma-separated item, so malformed items are skipped.
 _RANGE_SPECS = re.compile(r"(?:^|,)\s*(\d*)-(\d*)\s*(?=,|$)")
+_PLAIN_RANGES = re.compile(r"\d{1,18}-\d{1,18}(?:,\d{1,18}-\d{1,18})*")  # numbers within int64
 _GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
 
 # CAOM observation columns: name -> (type, separator). Every column a filter may name is here.
@@ -712,6 +715,17 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
     header = header.strip()
     if not header.startswith("bytes="):
         return []
+    plain = header[len("bytes=") :]
+    if _PLAIN_RANGES.fullmatch(plain):  # "a-b,c-d,...", as clients send it: parsed by numpy
+        try:
+            pairs = np.array(plain.replace("-", ",").split(","), dtype=np.int64).reshape(-1, 2)
+        except OverflowError:  # numbers past int64: the general way below
+            pass
+        else:
+            pairs[:, 1] = np.minimum(pairs[:, 1], size - 1)
+            return [
+                tuple(pair) for pair in pairs[(pairs[:, 0] < size) & (pairs[:, 0] <= pairs[:, 1])].tolist()
+            ]
     spans = []
     for first, last in _RANGE_SPECS.findall(header[len("bytes=") :]):
         if first == "":
