@@ -33,7 +33,7 @@ import re
 import threading
 import urllib.request
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -505,14 +505,14 @@ class RemoteFITS:
                 missing = [ext for ext in extnames if ext not in found]
                 raise NotMVMFileError(f"{self.name} is not an MVM layer: it has no {missing[0]} extension.")
 
-    def _guess_held(self, info: HDUInfo, extname: str, block: bytes) -> bool:
+    def _guess_held(self, info: HDUInfo, block: bytes) -> bool:
         """Check a guessed HDU against its header bytes: True, with ``info`` given its real
         header, if the guess held."""
         found = self._parse_header(block, info.header_offset) if block else None
         if found is not None:
             header, length = found
             same = (
-                str(header.get("EXTNAME", "")).strip().upper() == extname
+                str(header.get("EXTNAME", "")).strip().upper() == _extname(info)
                 and info.header_offset + length == info.data_offset
                 and all(
                     header.get(key) == info.header.get(key) for key in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2")
@@ -552,7 +552,7 @@ class RemoteFITS:
 
         def confirmer(info: HDUInfo, block: bytearray):
             def confirm():
-                if self._guess_held(info, _extname(info), block) and on_header is not None:
+                if self._guess_held(info, block) and on_header is not None:
                     on_header(info)
 
             return confirm
@@ -767,7 +767,7 @@ def _proxy_for(scheme: str, host: str | None) -> str | None:
 
 async def _get(
     url: str, byte_range: str, proxy: str | None = None
-) -> tuple[int, str, "aiohttp.typedefs.LooseHeaders", bytes]:
+) -> tuple[int, str, Mapping[str, str], bytes]:
     """(status, reason, headers, body) of a GET of ``byte_range`` of ``url``; the body of a 206
     reply only (a server that ignores Range would send the whole file).
 

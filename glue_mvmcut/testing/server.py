@@ -717,15 +717,10 @@ def _parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
         return []
     plain = header[len("bytes=") :]
     if _PLAIN_RANGES.fullmatch(plain):  # "a-b,c-d,...", as clients send it: parsed by numpy
-        try:
-            pairs = np.array(plain.replace("-", ",").split(","), dtype=np.int64).reshape(-1, 2)
-        except OverflowError:  # numbers past int64: the general way below
-            pass
-        else:
-            pairs[:, 1] = np.minimum(pairs[:, 1], size - 1)
-            return [
-                tuple(pair) for pair in pairs[(pairs[:, 0] < size) & (pairs[:, 0] <= pairs[:, 1])].tolist()
-            ]
+        pairs = np.array(plain.replace("-", ",").split(","), dtype=np.int64).reshape(-1, 2)
+        pairs[:, 1] = np.minimum(pairs[:, 1], size - 1)
+        keep = (pairs[:, 0] < size) & (pairs[:, 0] <= pairs[:, 1])
+        return [tuple(pair) for pair in pairs[keep].tolist()]
     spans = []
     for first, last in _RANGE_SPECS.findall(header[len("bytes=") :]):
         if first == "":
