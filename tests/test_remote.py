@@ -14,7 +14,15 @@ from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
 from glue_mvmcut.core.archive import file_url, query_layers, using_server
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import LAYER_HEADERS, RangeNotSupported, RemoteFITS, _parts_as_asked, run
+from glue_mvmcut.core.remote import (
+    LAYER_HEADERS,
+    RangeNotSupported,
+    RemoteFITS,
+    _copy,
+    _parts_as_asked,
+    _Targets,
+    run,
+)
 from glue_mvmcut.core.retrieve import TransferStats
 from glue_mvmcut.testing.server import MastServer
 
@@ -320,27 +328,79 @@ def _multipart_body(boundary: str, parts: list[tuple[int, int, bytes]], size: in
     return body + f"\r\n--{boundary}--\r\n".encode()
 
 
+def _contents(parts) -> dict[int, bytes]:
+    """{first file byte: bytes} of every part of a reply."""
+    return {
+        start: bytes(parts.body[at : at + length])
+        for start, at, length in zip(
+            parts.starts.tolist(), parts.at.tolist(), parts.lengths.tolist(), strict=True
+        )
+    }
+
+
 def test_multipart_replies_as_asked_are_read_in_one_go_and_others_part_by_part():
     remote, content_type = RemoteFITS("http://127.0.0.1/file.fits"), "multipart/byteranges; boundary=b0"
     # Offsets around powers of ten, where the heads' lengths change.
     spans = [(9, 12), (98, 101), (999, 1001), (10_000, 10_003)]
+    ranges = b"9-11,98-100,999-1000,10000-10002"  # the Range header value they were asked with
     asked = [
         (start, stop - 1, bytes(range(start % 200, start % 200 + stop - start))) for start, stop in spans
     ]
     body = _multipart_body("b0", asked, 123_456)
-    parts, total = _parts_as_asked(body, body.find(b"--b0"), b"b0", spans)
-    assert total == b"123456" and {k: bytes(v) for k, v in parts.items()} == {a: d for a, _, d in asked}
+    for given in (None, ranges):  # the heads expected built from the spans, or from the header
+        parts, total = _parts_as_asked(body, body.find(b"--b0"), b"b0", spans, given)
+        assert total == b"123456" and _contents(parts) == {a: d for a, _, d in asked}
     # The server joined the two middle spans (RFC 7233 allows it): not as asked, read part by part.
     joined = [asked[0], (98, 1001, bytes(904)), asked[3]]
     body = _multipart_body("b0", joined, 123_456)
-    assert _parts_as_asked(body, body.find(b"--b0"), b"b0", spans) is None
-    parts = remote._multipart(body, content_type, spans)
+    assert _parts_as_asked(body, body.find(b"--b0"), b"b0", spans, ranges) is None
+    parts = _contents(remote._multipart(body, content_type, spans, ranges))
     assert sorted(parts) == [9, 98, 10_000] and len(parts[98]) == 904 and remote.size == 123_456
     # A later part's head that lies about its bytes fails the one-go check and then the walk.
     lying = _multipart_body("b0", asked, 123_456).replace(b"bytes 999-1000/", b"bytes 999-1001/")
-    assert _parts_as_asked(lying, lying.find(b"--b0"), b"b0", spans) is None
+    for given in (None, ranges):
+        assert _parts_as_asked(lying, lying.find(b"--b0"), b"b0", spans, given) is None
     with pytest.raises(ArchiveError, match="not as long as its Content-Range says"):
-        remote._multipart(lying, content_type, spans)
+        remote._multipart(lying, content_type, spans, ranges)
+    # Numbers that differ from those asked, each as long: framed alike, yet not as asked.
+    shifted = _multipart_body("b0", [asked[0], (97, 99, asked[1][2]), *asked[2:]], 123_456)
+    assert _parts_as_asked(shifted, shifted.find(b"--b0"), b"b0", spans, ranges) is None
+    assert sorted(_contents(remote._multipart(shifted, content_type, spans, ranges))) == [9, 97, 999, 10_000]
+
+
+def test_reply_bytes_reach_their_targets_run_by_run():
+    # Rows of two arrays and loose buffers, spaced evenly in the reply in stretches (as multipart
+    # parts are until their heads grow a digit), some overlapping: every byte lands where a
+    # copy span by span puts it.
+    rng = np.random.default_rng(3)
+    source = memoryview(rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    for trial in range(50):
+        targets, expected, at, lengths = _Targets(), [], [], []
+        position = int(rng.integers(0, 100))
+        for _ in range(int(rng.integers(1, 6))):
+            rows, width = int(rng.integers(1, 40)), int(rng.integers(1, 30))
+            if rng.random() < 0.5:  # an array's rows, back to back
+                buffer = np.zeros((rows, width), ">f4")
+                targets.add(buffer, np.arange(rows) * width * 4)
+                length = width * 4
+            else:  # a buffer per span
+                length = width
+                for _ in range(rows - 1):
+                    targets.add(bytearray(length), [0])
+                buffer = bytearray(length)
+                targets.add(buffer, [0])
+            step = length + int(rng.integers(-length // 2, 60))  # below the length: overlapping
+            for _ in range(rows):
+                at.append(position)
+                lengths.append(length)
+                position += step + (int(rng.integers(1, 3)) if rng.random() < 0.1 else 0)
+            expected.append(buffer)
+        at, lengths = np.array(at), np.array(lengths)
+        _copy(source, at, lengths, targets, np.arange(len(at)))
+        got = b"".join(bytes(buffer) for buffer in targets.buffers)
+        assert got == b"".join(
+            bytes(source[a : a + n]) for a, n in zip(at.tolist(), lengths.tolist(), strict=True)
+        ), trial
 
 
 def test_a_layer_off_its_skycells_grid_is_cut_right_all_the_same(lmc_archive, tmp_path, caplog):

@@ -170,9 +170,9 @@ class RemoteFITS:
         self.proxy = _proxy(url)
 
     # -- transport -----------------------------------------------------------------------------
-    async def _request(self, spans: list[tuple[int, int]]) -> dict[int, memoryview]:
-        """One GET for ``spans`` (start, stop) → the parts of the reply, {first byte: its bytes}
-        (views of the reply's body; the server may have merged or left out some spans).
+    async def _request(self, spans: np.ndarray) -> "_Parts":
+        """One GET for ``spans`` (an (n, 2) array of start, stop) → the parts of the reply (the
+        server may have merged or left out some spans).
 
         HTTP 5xx, failed connections, silences longer than ``conf.timeout`` and replies cut off
         mid-body are asked for again, up to ``conf.retries`` times with backoff.
@@ -193,11 +193,11 @@ class RemoteFITS:
                 with archive_errors(f"Reading {self.name}"):
                     raise
 
-    async def _request_once(self, spans: list[tuple[int, int]]) -> dict[int, memoryview]:
+    async def _request_once(self, spans: np.ndarray) -> "_Parts":
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"Reading {self.name} cancelled.")
-        value = "bytes=" + ",".join([f"{start}-{stop - 1}" for start, stop in spans])
-        status, reason, headers, body = await _get(self.url, value, self.proxy)
+        ranges = ",".join([f"{start}-{stop - 1}" for start, stop in spans.tolist()])
+        status, reason, headers, body = await _get(self.url, "bytes=" + ranges, self.proxy)
         self.stats.add(requests=1)
         if status in _HEADER_TOO_LONG and len(spans) > 1:
             raise _RangeHeaderTooLong(status)
@@ -215,7 +215,7 @@ class RemoteFITS:
         self.stats.add(len(body))
         content_type = headers.get("Content-Type", "")
         if content_type.startswith("multipart/byteranges"):
-            return self._multipart(body, content_type, spans)
+            return self._multipart(body, content_type, spans, ranges.encode())
         match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "").encode())
         if match is None:
             raise ArchiveError(f"Reading {self.name}: a 206 reply without a valid Content-Range." + _ADVICE)
@@ -226,30 +226,31 @@ class RemoteFITS:
             )
         if total != b"*":
             self.size = int(total)
-        return {start: memoryview(body)}
+        return _Parts(body, [start], [0], [len(body)])
 
-    def _multipart(self, body: bytes, content_type: str, spans=()) -> dict[int, memoryview]:
+    def _multipart(self, body: bytes, content_type: str, spans=(), ranges: bytes | None = None) -> "_Parts":
         """The parts of a ``multipart/byteranges`` body, each checked to end where the next
         delimiter (or the closing one) begins.
 
-        A reply that holds the ``spans`` asked for, in order and framed alike, is checked in
-        one go (`_parts_as_asked`); any other is walked part by part.
+        A reply that holds the ``spans`` asked for (``ranges``: their Range header value after
+        ``bytes=``), in order and framed alike, is checked in one go (`_parts_as_asked`); any
+        other is walked part by part.
         """
         boundary = re.search(r'boundary="?([^";]+)"?', content_type)
         if boundary is None:
             raise ArchiveError(f"Reading {self.name}: a multipart reply without a boundary." + _ADVICE)
         boundary = boundary[1].encode()
         delimiter = b"--" + boundary
-        view, parts, match = memoryview(body), {}, None
         at = body.find(delimiter)
         if at < 0:
             raise ArchiveError(f"Reading {self.name}: a multipart reply without its boundary." + _ADVICE)
-        as_asked = _parts_as_asked(body, at, boundary, spans)
+        as_asked = _parts_as_asked(body, at, boundary, spans, ranges)
         if as_asked is not None:
             parts, total = as_asked
             if total != b"*":
                 self.size = int(total)
             return parts
+        starts, data_at, lengths, match = [], [], [], None
         while not body.startswith(b"--", at + len(delimiter)):  # "--boundary--" closes the body
             match = _PART_HEAD.match(body, at)
             if match is None or match[1] != boundary:
@@ -258,7 +259,9 @@ class RemoteFITS:
             at = first + int(match[3]) + 1 - start
             if at > len(body):
                 raise ArchiveError(f"Reading {self.name}: a multipart part was cut short." + _ADVICE)
-            parts[start] = view[first:at]
+            starts.append(start)
+            data_at.append(first)
+            lengths.append(at - first)
             if not body.startswith(b"\r\n" + delimiter, at):
                 raise ArchiveError(
                     f"Reading {self.name}: a multipart part is not as long as its Content-Range says."
@@ -267,7 +270,7 @@ class RemoteFITS:
             at += 2
         if match is not None and match[4] != b"*":
             self.size = int(match[4])
-        return parts
+        return _Parts(body, starts, data_at, lengths)
 
     @property
     def version(self) -> tuple[int | None, str | None]:
@@ -275,29 +278,33 @@ class RemoteFITS:
         return self.size, self.last_modified
 
     # -- public reads --------------------------------------------------------------------------
-    def read_spans(self, spans) -> list[bytearray]:
+    def read_spans(self, spans) -> list[memoryview]:
         """Bytes of every (start, stop) span, fetched with as few round trips as the server allows.
 
-        ``spans`` is a sequence of pairs or an (n, 2) integer array.
+        ``spans`` is a sequence of pairs or an (n, 2) integer array. The bytes come as views of
+        one buffer, in the order of ``spans``.
         """
         return run(self._read_spans(spans))
 
-    async def _read_spans(self, spans) -> list[bytearray]:
+    async def _read_spans(self, spans) -> list[memoryview]:
         spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
-        out = [bytearray(int(stop - start)) for start, stop in spans.tolist()]
-        await self._read_into(spans, [memoryview(buffer) for buffer in out])
-        return out
+        lengths = np.maximum(spans[:, 1] - spans[:, 0], 0)
+        ends = np.cumsum(lengths)
+        targets = _Targets()
+        whole = targets.add(bytearray(int(ends[-1]) if len(ends) else 0), ends - lengths)
+        await self._read_into(spans, targets)
+        return [
+            whole[start:stop] for start, stop in zip((ends - lengths).tolist(), ends.tolist(), strict=True)
+        ]
 
-    async def _read_into(
-        self, spans: np.ndarray, targets: list[memoryview], meanwhile=None, filled=None
-    ) -> None:
-        """Write the bytes of span ``i`` of the (n, 2) array ``spans`` into ``targets[i]``.
+    async def _read_into(self, spans: np.ndarray, targets: "_Targets", meanwhile=None, filled=None) -> None:
+        """Write the bytes of span ``i`` of the (n, 2) array ``spans`` where ``targets`` puts them.
 
         What a round of requests (`_read_round`) did not bring — a refused long Range header,
         a server that answers one range per request — is asked for again, merged anew.
         ``meanwhile()`` is called once the first round's requests are sent: work that would
-        otherwise delay them or wait for their replies; ``filled`` maps target indices to
-        callables, each called once its target is written.
+        otherwise delay them or wait for their replies; ``filled`` maps span indices to
+        callables, each called once its span is written.
         """
         filled = {} if filled is None else filled
         todo = np.lexsort((spans[:, 1], spans[:, 0]))  # spans still to read, in file order
@@ -309,7 +316,7 @@ class RemoteFITS:
             meanwhile()
 
     async def _read_round(
-        self, spans: np.ndarray, todo: np.ndarray, targets: list[memoryview], meanwhile, filled
+        self, spans: np.ndarray, todo: np.ndarray, targets: "_Targets", meanwhile, filled
     ) -> np.ndarray:
         """One round of `_read_into` for the spans ``todo`` (indices, in file order); returns
         those still missing.
@@ -319,24 +326,22 @@ class RemoteFITS:
         no reply is held longer than its own request.
         """
         merged, groups = self._merge(spans[todo])
-        members, starts, stops = todo.tolist(), spans[:, 0].tolist(), spans[:, 1].tolist()
 
-        def deliver(parts: dict[int, memoryview], batch: list[int]) -> list[int]:
-            """Copy the merged spans ``batch`` that ``parts`` hold into their targets."""
-            done = []
-            for m in batch:
-                first, stop = merged[m]
-                data = parts.get(first)
-                if data is None or len(data) < stop - first:
-                    data = _within(parts, first, stop)
-                    if data is None:
-                        continue
-                for k in members[groups[m] : groups[m + 1]]:
-                    targets[k][:] = data[starts[k] - first : stops[k] - first]
-                    if k in filled:
-                        filled.pop(k)()
-                done.append(m)
-            return done
+        def deliver(parts: _Parts, batch: np.ndarray) -> np.ndarray:
+            """Copy the merged spans ``batch`` that ``parts`` hold to their targets; returns those."""
+            found = parts.locate(merged[batch])
+            held, found = batch[found >= 0], found[found >= 0]
+            counts = groups[held + 1] - groups[held]
+            # The spans joined in each held merged span, and where their bytes are in the reply.
+            members = todo[
+                np.arange(counts.sum()) + np.repeat(groups[held] - np.cumsum(counts) + counts, counts)
+            ]
+            at = np.repeat(found - merged[held, 0], counts) + spans[members, 0]
+            _copy(parts.body, at, spans[members, 1] - spans[members, 0], targets, members)
+            if filled:
+                for k in np.intersect1d(list(filled), members).tolist():
+                    filled.pop(k)()
+            return held
 
         limit = self.range_header_limit
         batches = self._batches(merged)
@@ -356,11 +361,11 @@ class RemoteFITS:
         except BaseException:
             sending.cancel()  # e.g. meanwhile() found the file unusable: its bytes are of no use
             raise
-        done, refused = set(), None
+        done, refused = [np.zeros(0, np.int64)], None
         for delivered, lane_refused in outcomes:
-            done.update(delivered)
+            done += delivered
             refused = refused or lane_refused
-        missing = [m for m in range(len(merged)) if m not in done]
+        missing = np.setdiff1d(np.arange(len(merged)), np.concatenate(done))
         if refused is not None:
             self.range_header_limit = limit // 2
             log.info(
@@ -370,61 +375,62 @@ class RemoteFITS:
                 refused,
                 self.range_header_limit,
             )
-        elif missing and not self.multirange:
+        elif len(missing) and not self.multirange:
             raise ArchiveError(
-                f"Reading {self.name}: the server did not return bytes {merged[missing[0]]}." + _ADVICE
+                f"Reading {self.name}: the server did not return bytes {tuple(merged[missing[0]].tolist())}."
+                + _ADVICE
             )
-        elif missing:
+        elif len(missing):
             log.info("%s: the server answers one range per request; switching.", self.name)
             self.multirange = False
-        return np.array([k for m in missing for k in members[groups[m] : groups[m + 1]]], np.int64)
+        return np.concatenate([np.zeros(0, np.int64)] + [todo[groups[m] : groups[m + 1]] for m in missing])
 
-    def _batches(self, merged: list[tuple[int, int]]) -> list[list[int]]:
-        """Indices into ``merged`` in few batches that keep each request's Range header within
-        ``range_header_limit`` and its reply within ``stretch`` bytes (or one span), of about
-        equal shares; one each for a server that answers one range per request."""
+    def _batches(self, merged) -> list[np.ndarray]:
+        """Indices into ``merged`` (an (n, 2) array of spans) in few batches that keep each
+        request's Range header within ``range_header_limit`` and its reply within ``stretch``
+        bytes (or one span), of about equal shares; one each for a server that answers one range
+        per request."""
         if not self.multirange or len(merged) == 1:
-            return [[m] for m in range(len(merged))]
+            return list(np.arange(len(merged)).reshape(-1, 1))
         bounds = np.array(merged, dtype=np.int64)
         sizes = bounds[:, 1] - bounds[:, 0]
         bounds[:, 1] -= 1  # "start-last,": each number's digits, a dash and a comma
         lengths = _digits(bounds).sum(axis=1) + 2
         cuts = np.union1d(_even_cuts(lengths, self.range_header_limit), _even_cuts(sizes, self.stretch))
-        return [batch.tolist() for batch in np.split(np.arange(len(merged)), cuts) if batch.size]
+        return [batch for batch in np.split(np.arange(len(merged)), cuts) if batch.size]
 
-    async def _lane(self, batches: list[list[int]], merged, deliver) -> tuple[list[int], int | None]:
+    async def _lane(self, batches: list[np.ndarray], merged: np.ndarray, deliver) -> tuple[list, int | None]:
         """Request ``batches`` (of indices into ``merged``) one after another and deliver them.
 
-        Returns the indices delivered and the HTTP status of a refused long Range header, if any.
+        Returns the arrays of indices delivered and the HTTP status of a refused long Range
+        header, if any.
         """
         delivered, refused = [], None
         for batch in batches:
             try:
-                got = await self._request([merged[m] for m in batch])
+                parts = await self._request(merged[batch])
             except _RangeHeaderTooLong as exc:
                 refused = exc.args[0]
                 continue
-            delivered += deliver(got, batch)
+            delivered.append(deliver(parts, batch))
         return delivered, refused
 
-    def _merge(self, spans: np.ndarray) -> tuple[list[tuple[int, int]], list[int]]:
+    def _merge(self, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Sorted ``spans`` with overlapping ones and those close together joined: less than
         ``merge_gap`` apart, or ``single_range_gap`` for a server that answers one range per
         request (each span then costs a request of its own); a joined span ends where the next
         span starts in another ``stretch`` of the file.
 
-        Returns the joined spans and where each one's spans begin in ``spans`` (plus its length).
+        Returns the joined spans, an (m, 2) array, and where each one's spans begin in ``spans``
+        (plus its length).
         """
-        if not len(spans):
-            return [], [0]
         gap = self.merge_gap if self.multirange else self.single_range_gap
         reach = np.maximum.accumulate(spans[:, 1])  # furthest byte of any span so far
         stretch = spans[:, 0] // self.stretch
         apart = (spans[1:, 0] - reach[:-1] > gap) | (stretch[1:] != stretch[:-1])
         first = np.flatnonzero(np.r_[True, apart])
-        stops = np.maximum.reduceat(spans[:, 1], first)
-        merged = list(zip(spans[first, 0].tolist(), stops.tolist(), strict=True))
-        return merged, [*first.tolist(), len(spans)]
+        merged = np.column_stack([spans[first, 0], np.maximum.reduceat(spans[:, 1], first)])
+        return merged, np.r_[first, len(spans)]
 
     def read(self, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the file)."""
@@ -432,7 +438,7 @@ class RemoteFITS:
 
     async def _read(self, start: int, length: int) -> bytes:
         if self.size is None:  # the reply tells the file's size, and ends early at its end
-            data = (await self._request([(start, start + length)])).get(start)
+            data = (await self._request(np.array([[start, start + length]]))).starting_at(start)
             if data is not None and (len(data) == length or start + len(data) == self.size):
                 return bytes(data)
         if self.size is not None:
@@ -539,16 +545,17 @@ class RemoteFITS:
         ``on_header(info)`` as soon as a guessed HDU's header has come and confirmed the guess
         (while the rest may still be on its way)."""
         guessed = {id(info): info for info, _, _ in windows if info.guessed}
-        header_spans = [(info.header_offset, info.data_offset) for info in guessed.values()]
-        blocks = [bytearray(stop - start) for start, stop in header_spans]
-        spans = [np.array(header_spans, np.int64).reshape(-1, 2)]
-        targets = [memoryview(block) for block in blocks]
-        out = []
+        header_spans = np.array(
+            [(info.header_offset, info.data_offset) for info in guessed.values()], np.int64
+        )
+        targets = _Targets()
+        blocks = [bytearray(stop - start) for start, stop in header_spans.tolist()]
+        for block in blocks:
+            targets.add(block, [0])
+        spans, out = [header_spans.reshape(-1, 2)], []
         for info, rows, cols in windows:
-            array, rows_of_array = _window_array(info, rows, cols)
-            out.append(array)
+            out.append(self._window_into(targets, info, rows, cols))
             spans.append(self._row_spans(info, rows, cols))
-            targets += rows_of_array
 
         def confirmer(info: HDUInfo, block: bytearray):
             def confirm():
@@ -572,9 +579,19 @@ class RemoteFITS:
             info.header_offset, info.guessed = real.header_offset, False
             for i, (other, rows, cols) in enumerate(windows):
                 if id(other) == key:  # read again where they really are
-                    out[i], rows_of_array = _window_array(info, rows, cols)
-                    await self._read_into(self._row_spans(info, rows, cols), rows_of_array)
+                    again = _Targets()
+                    out[i] = self._window_into(again, info, rows, cols)
+                    await self._read_into(self._row_spans(info, rows, cols), again)
         return out
+
+    @staticmethod
+    def _window_into(targets: "_Targets", info: HDUInfo, rows: slice, cols: slice) -> np.ndarray:
+        """An empty big-endian array for ``data[rows, cols]`` of ``info``, its rows added to
+        ``targets`` (one span per row, as `_row_spans` gives them)."""
+        dtype = np.dtype(BITPIX2DTYPE[info.header["BITPIX"]]).newbyteorder(">")
+        array = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype)
+        targets.add(array, np.arange(array.shape[0]) * (array.shape[1] * dtype.itemsize))
+        return array
 
     @staticmethod
     def _row_spans(info: HDUInfo, rows: slice, cols: slice) -> np.ndarray:
@@ -610,16 +627,108 @@ def _digits(numbers: np.ndarray) -> np.ndarray:
     return 1 + np.searchsorted(_POWERS_OF_TEN, numbers, side="right")
 
 
+class _Parts:
+    """The parts of one reply: part ``i`` holds the file's bytes from ``starts[i]`` on,
+    ``lengths[i]`` of them, at ``at[i]`` in ``body``."""
+
+    def __init__(self, body: bytes, starts, at, lengths):
+        order = np.argsort(starts, kind="stable")
+        self.body = memoryview(body)
+        self.starts = np.asarray(starts, np.int64)[order]
+        self.at = np.asarray(at, np.int64)[order]
+        self.lengths = np.asarray(lengths, np.int64)[order]
+
+    def locate(self, spans: np.ndarray) -> np.ndarray:
+        """Where in ``body`` each (start, stop) span of ``spans`` begins, -1 for a span that no
+        one part holds whole (a server may merge spans, or leave some out)."""
+        part = np.searchsorted(self.starts, spans[:, 0], side="right") - 1
+        known = np.maximum(part, 0)
+        held = (part >= 0) & (spans[:, 1] <= self.starts[known] + self.lengths[known])
+        return np.where(held, self.at[known] + spans[:, 0] - self.starts[known], -1)
+
+    def starting_at(self, start: int) -> memoryview | None:
+        """The part that begins at file byte ``start``, if any."""
+        part = int(np.searchsorted(self.starts, start))
+        if part == len(self.starts) or self.starts[part] != start:
+            return None
+        return self.body[self.at[part] : self.at[part] + self.lengths[part]]
+
+
+class _Targets:
+    """Where the bytes of each span go: span ``i`` fills ``buffers[buffer[i]]`` from byte
+    ``offset[i]`` on. Built with `add`, a buffer at a time, in the order of the spans."""
+
+    def __init__(self):
+        self.buffers: list[memoryview] = []
+        self._buffer: list[np.ndarray] = []
+        self._offset: list[np.ndarray] = []
+
+    def add(self, buffer, offsets) -> memoryview:
+        """Add ``buffer`` (a bytearray or a C-contiguous array) for the next ``len(offsets)`` spans, which
+        begin at those byte ``offsets`` in it; returns it as a flat view of bytes."""
+        offsets = np.asarray(offsets, np.int64)
+        self._buffer.append(np.full(len(offsets), len(self.buffers)))
+        self._offset.append(offsets)
+        flat = buffer.reshape(-1).view(np.uint8) if isinstance(buffer, np.ndarray) else buffer
+        self.buffers.append(memoryview(flat))
+        return self.buffers[-1]
+
+    @functools.cached_property
+    def buffer(self) -> np.ndarray:
+        return np.concatenate(self._buffer)
+
+    @functools.cached_property
+    def offset(self) -> np.ndarray:
+        return np.concatenate(self._offset)
+
+
+def _copy(source: memoryview, at: np.ndarray, lengths: np.ndarray, targets: _Targets, spans: np.ndarray):
+    """Copy ``source[at[j]:at[j] + lengths[j]]`` to the target of span ``spans[j]``, for every j.
+
+    Spans in a row that are equally long, evenly spaced in ``source`` and back to back in one
+    buffer — a cutout's rows, answered as asked — go in one strided numpy copy: a row at a time
+    in Python costs ~1 µs each, ~0.3 ms per reply of a cutout.
+    """
+    if not len(spans):
+        return
+    buffer, offset = targets.buffer[spans], targets.offset[spans]
+    step = np.diff(at)
+    linked = (
+        (buffer[1:] == buffer[:-1])
+        & (lengths[1:] == lengths[:-1])
+        & (offset[1:] == offset[:-1] + lengths[:-1])
+        & (step > 0)
+    )
+    # A run ends where a link is missing or the step changes (e.g. where the heads of multipart
+    # parts grow a digit).
+    ends = ~linked
+    ends[1:] |= linked[:-1] & (step[1:] != step[:-1])
+    firsts = np.flatnonzero(np.r_[True, ends])
+    source_bytes = np.frombuffer(source, np.uint8)
+    for first, stop in zip(firsts.tolist(), [*firsts[1:].tolist(), len(spans)], strict=True):
+        count, length, start = stop - first, int(lengths[first]), int(at[first])
+        into, begin = targets.buffers[buffer[first]], int(offset[first])
+        if count == 1:
+            into[begin : begin + length] = source[start : start + length]
+            continue
+        rows = np.lib.stride_tricks.as_strided(
+            source_bytes[start:], (count, length), (int(step[first]), 1), writeable=False
+        )
+        np.frombuffer(into, np.uint8)[begin : begin + count * length].reshape(count, length)[...] = rows
+
+
 def _parts_as_asked(
-    body: bytes, at: int, boundary: bytes, spans
-) -> tuple[dict[int, memoryview], bytes] | None:
+    body: bytes, at: int, boundary: bytes, spans, ranges: bytes | None = None
+) -> tuple[_Parts, bytes] | None:
     """The parts of a multipart body that answers ``spans`` exactly as asked — one part per
     span, in order, every part's head framed like the first — with the file size its
     Content-Ranges give; None for any other body.
 
     Walking ~330 parts one by one costs ~0.5 ms of Python per reply of a cutout. Here the first
     part's head is parsed, every part's position computed from it, and all the bytes between
-    the parts (heads, line breaks, closing delimiter) compared at once with what they must be.
+    the parts (heads, line breaks, closing delimiter) compared at once with what they must be:
+    built from ``ranges``, the Range header value the spans were asked for with (after
+    ``bytes=``), when given.
     """
     first = _PART_HEAD.match(body, at)
     if not len(spans) or first is None or first[1] != boundary:
@@ -648,38 +757,22 @@ def _parts_as_asked(
     found = (
         b"".join([view[gap_start:gap_stop] for gap_start, gap_stop in gaps]) + body[int(data_end[-1]) : end]
     )
-    expected = (
-        b"\r\n".join(
-            [
-                b"%s%d%s%d%s%s%s" % (prefix, a, dash, b, slash, total, suffix)
-                for a, b in zip(starts.tolist(), lasts.tolist(), strict=True)
-            ]
+    tail = slash + total + suffix
+    if ranges is not None and dash == b"-":  # "a-b,c-d,...": every head's numbers, as sent
+        expected = prefix + ranges.replace(b",", tail + b"\r\n" + prefix) + tail + closing
+    else:
+        expected = (
+            b"\r\n".join(
+                [
+                    b"%s%d%s%d%s" % (prefix, a, dash, b, tail)
+                    for a, b in zip(starts.tolist(), lasts.tolist(), strict=True)
+                ]
+            )
+            + closing
         )
-        + closing
-    )
     if found != expected:
         return None
-    parts = {
-        a: view[d:e] for a, d, e in zip(starts.tolist(), data_at.tolist(), data_end.tolist(), strict=True)
-    }
-    return parts, total
-
-
-def _within(parts: dict[int, memoryview], start: int, stop: int) -> memoryview | None:
-    """Bytes ``start:stop`` from whichever part holds them all (a server may merge spans), or None."""
-    for part_start, data in parts.items():
-        if part_start <= start and stop <= part_start + len(data):
-            return data[start - part_start : stop - part_start]
-    return None
-
-
-def _window_array(info: HDUInfo, rows: slice, cols: slice) -> tuple[np.ndarray, list[memoryview]]:
-    """An empty big-endian array for ``data[rows, cols]`` of ``info`` and views of its rows' bytes."""
-    dtype = np.dtype(BITPIX2DTYPE[info.header["BITPIX"]]).newbyteorder(">")
-    array = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype)
-    flat = memoryview(array.reshape(-1).view(np.uint8))
-    row = array.shape[1] * dtype.itemsize
-    return array, [flat[i * row : (i + 1) * row] for i in range(array.shape[0])]
+    return _Parts(body, starts, data_at, lengths), total
 
 
 class _IO:
