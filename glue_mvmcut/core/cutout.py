@@ -30,7 +30,7 @@ from .archive import file_url
 from .coords import parse_coord, parse_size
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .products import CutoutName, LayerName
-from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS, after_urgent_work, run
+from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS, Urgent, after_urgent_work, run
 from .retrieve import TransferStats, fits_problem
 from .threadsafe import catch_warnings
 
@@ -296,6 +296,12 @@ async def _cut_remote(source: str, coord, size, stats, cancel, hdus=None) -> fit
 
 
 async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.HDUList:
+    # Urgent until the pixel requests leave: other layers' work that fills a wait yields to it.
+    with Urgent() as urgency:
+        return await _cut_remote_urgently(remote, coord, size, hdus, urgency)
+
+
+async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: Urgent) -> fits.HDUList:
     cached = LAYER_HEADERS.get(remote.url) if hdus is None else None
     version, guess = None, None
     if cached is not None:
@@ -328,7 +334,7 @@ async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.H
                 cutout.add(ext, info.header)
 
     windows = [(hdus[ext], *window.large) for ext in _EXTENSIONS]
-    pieces = await remote._read_windows(windows, meanwhile=meanwhile, on_header=header_came)
+    pieces = await remote._read_windows(windows, meanwhile=meanwhile, on_header=header_came, urgency=urgency)
     if cutout.window != window:  # the tessellation's guess was wrong: the right rows, now
         log.info("%s: the box is not where its skycell's grid puts it; reading its rows again.", remote.name)
         pieces = await remote._read_windows([(hdus[ext], *cutout.window.large) for ext in _EXTENSIONS])

@@ -297,26 +297,29 @@ class RemoteFITS:
             whole[start:stop] for start, stop in zip((ends - lengths).tolist(), ends.tolist(), strict=True)
         ]
 
-    async def _read_into(self, spans: np.ndarray, targets: "_Targets", meanwhile=None, filled=None) -> None:
+    async def _read_into(
+        self, spans: np.ndarray, targets: "_Targets", meanwhile=None, filled=None, urgency=None
+    ) -> None:
         """Write the bytes of span ``i`` of the (n, 2) array ``spans`` where ``targets`` puts them.
 
         What a round of requests (`_read_round`) did not bring — a refused long Range header,
         a server that answers one range per request — is asked for again, merged anew.
-        ``meanwhile()`` is called once the first round's requests are sent: work that would
-        otherwise delay them or wait for their replies; ``filled`` maps span indices to
-        callables, each called once its span is written.
+        ``meanwhile()`` is called once the first round's requests are sent (which ends the
+        caller's ``urgency``, an `Urgent`) and no other urgent work is under way (or the
+        replies are in): work that would otherwise delay requests or wait for replies;
+        ``filled`` maps span indices to callables, each called once its span is written.
         """
         filled = {} if filled is None else filled
         todo = np.lexsort((spans[:, 1], spans[:, 0]))  # spans still to read, in file order
         todo = todo[spans[todo, 1] > spans[todo, 0]]  # an empty span needs no bytes
         while len(todo):
-            todo = await self._read_round(spans, todo, targets, meanwhile, filled)
+            todo = await self._read_round(spans, todo, targets, meanwhile, filled, urgency)
             meanwhile = None
         if meanwhile is not None:
             meanwhile()
 
     async def _read_round(
-        self, spans: np.ndarray, todo: np.ndarray, targets: "_Targets", meanwhile, filled
+        self, spans: np.ndarray, todo: np.ndarray, targets: "_Targets", meanwhile, filled, urgency=None
     ) -> np.ndarray:
         """One round of `_read_into` for the spans ``todo`` (indices, in file order); returns
         those still missing.
@@ -355,7 +358,7 @@ class RemoteFITS:
         sending = asyncio.gather(*[self._lane(lane, merged, deliver) for lane in lanes])
         try:
             if meanwhile is not None:
-                await after_urgent_work()  # the requests leave first
+                await after_urgent_work(urgency, sending)  # the requests leave first
                 meanwhile()
             outcomes = await sending
         except BaseException:
@@ -539,11 +542,11 @@ class RemoteFITS:
         return run(self._read_windows(windows))
 
     async def _read_windows(
-        self, windows: list[tuple[HDUInfo, slice, slice]], meanwhile=None, on_header=None
+        self, windows: list[tuple[HDUInfo, slice, slice]], meanwhile=None, on_header=None, urgency=None
     ) -> list[np.ndarray]:
-        """`read_windows`; ``meanwhile()`` is called while the pixels are on their way, and
-        ``on_header(info)`` as soon as a guessed HDU's header has come and confirmed the guess
-        (while the rest may still be on its way)."""
+        """`read_windows`; ``meanwhile()`` is called while the pixels are on their way (see
+        `_read_into`, which ends ``urgency``), and ``on_header(info)`` as soon as a guessed HDU's
+        header has come and confirmed the guess (while the rest may still be on its way)."""
         guessed = {id(info): info for info, _, _ in windows if info.guessed}
         header_spans = np.array(
             [(info.header_offset, info.data_offset) for info in guessed.values()], np.int64
@@ -568,7 +571,7 @@ class RemoteFITS:
             k: confirmer(info, block)
             for k, (info, block) in enumerate(zip(guessed.values(), blocks, strict=True))
         }
-        await self._read_into(np.concatenate(spans), targets, meanwhile, filled)
+        await self._read_into(np.concatenate(spans), targets, meanwhile, filled, urgency)
         for key, info in guessed.items():
             if not info.guessed:  # confirmed as its header came
                 continue
@@ -782,6 +785,9 @@ class _IO:
 
     def __init__(self):
         self.pid = os.getpid()
+        self.urgent = 0  # `Urgent` work under way, and an event set while there is none
+        self.calm = asyncio.Event()
+        self.calm.set()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="mvmcut-io", daemon=True).start()
         self.session = self.run(self._open())
@@ -817,16 +823,55 @@ def _the_io() -> _IO:
         return _io
 
 
-async def after_urgent_work() -> None:
+class Urgent:
+    """Marks work on the I/O loop as urgent from its making until `done` (or the end of a
+    ``with`` block): reading a layer's headers and sending the requests for its pixels.
+
+    Each millisecond those requests wait costs the cutout a millisecond at its end, while work
+    that only fills a wait (a cut's output headers, its WCS check: ~3-5 ms of Python per layer)
+    can as well run later: `after_urgent_work` holds it back while urgent work is under way.
+    Used on the I/O loop only.
+    """
+
+    def __init__(self):
+        self._io = _the_io()
+        self._io.urgent += 1
+        self._io.calm.clear()
+        self._active = True
+
+    def done(self) -> None:
+        """The urgent work is over (idempotent)."""
+        if self._active:
+            self._active = False
+            self._io.urgent -= 1
+            if not self._io.urgent:
+                self._io.calm.set()
+
+    def __enter__(self) -> "Urgent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done()
+
+
+async def after_urgent_work(urgency: Urgent | None = None, until: asyncio.Future | None = None) -> None:
     """Wait until the I/O loop has done what is more urgent than the caller's next work.
 
-    A cut does some work while it waits for a reply (the output's headers, the next step's
-    guesses); other layers' replies and requests, waiting on the same loop, go first: that work
-    is on their way to the archive. A millisecond lets them come in, the yield after it lets
-    whatever they started (their requests) leave before the caller goes on.
+    A millisecond lets replies that are due come in, the yield after it lets whatever they
+    started, and the caller's own requests, leave. Then the caller's ``urgency`` is over, and
+    with ``until`` the wait goes on while other work is urgent (`Urgent`: other layers'
+    headers on their way, or their requests about to leave), or until ``until`` is done (the
+    caller's replies are in: its work is due).
     """
     await asyncio.sleep(0.001)
     await asyncio.sleep(0)
+    if urgency is not None:
+        urgency.done()
+    io = _the_io()
+    if until is not None and io.urgent and not until.done():
+        calm = asyncio.ensure_future(io.calm.wait())
+        await asyncio.wait([calm, until], return_when=asyncio.FIRST_COMPLETED)
+        calm.cancel()
 
 
 def run(coroutine: Coroutine):
