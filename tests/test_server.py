@@ -2,6 +2,8 @@
 
 import re
 import socket
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,23 @@ def test_a_request_line_too_long_is_refused_at_once(mast):
     with socket.create_connection((host, int(port)), timeout=10) as connection:
         connection.sendall(b"GET /" + b"x" * 70_000 + b" HTTP/1.1\r\nHost: here\r\n\r\n")
         assert connection.recv(64).startswith(b"HTTP/1.1 414")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel stamps arrivals on Linux")
+def test_latency_runs_from_a_requests_arrival_however_late_it_is_read(mast):
+    # The new connection's handler is held before it reads (as the GIL holds one behind the
+    # others' work): the reply still comes `latency` after the request arrived.
+    mast.faults.latency = 0.5
+    host, port = mast.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        with mast._records_lock:  # taken by the handler's setup, before it reads
+            sent = time.monotonic()
+            connection.sendall(b"GET /Santa-war/query?name=lmc HTTP/1.1\r\nHost: here\r\n\r\n")
+            time.sleep(0.4)
+        assert connection.recv(64).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+    assert sent <= mast.requests("resolver")[0].arrived < sent + 0.1
+    assert 0.5 <= answered - sent < 0.8  # counted from the read: 0.9
 
 
 def test_range_can_be_switched_off(mast, lmc_archive):

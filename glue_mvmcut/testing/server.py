@@ -17,11 +17,13 @@ manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR --port N
 
 import argparse
 import email.utils
+import io
 import json
 import math
 import os
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -422,14 +424,18 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.server.owner._connected()
+        self._reader = _StampedReader.attach(self)
 
     # The added latency runs from the request's arrival to the reply's first byte, while the
     # server works: a real archive server has its reply ready long before a network delay ends,
     # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
+    # Arrival is when the kernel received the request (`_StampedReader`), not when this
+    # handler's thread, after waiting for the GIL behind the others' work, reads it.
     _due = _arrived = 0.0  # errors sent before a request is parsed (a 414 for a huge line) go at once
 
     def parse_request(self):
-        self._arrived = time.monotonic()
+        received = self._reader.received if self._reader is not None else None
+        self._arrived = time.monotonic() if received is None else received
         self._due = self._arrived + self.server.owner.faults.latency
         return super().parse_request()
 
@@ -690,6 +696,51 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
 
+class _StampedReader(io.RawIOBase):
+    """A connection's reading end that notes when the kernel received the bytes it reads
+    (``SO_TIMESTAMPNS``, Linux only): with six handler threads taking turns for the GIL, a request
+    was read up to ~2 ms after it came, and its reply sent that much later."""
+
+    SO_TIMESTAMPNS = 35  # Linux's value; Python's socket module does not name it
+    _ANCILLARY = socket.CMSG_SPACE(16)  # one struct timespec
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self.received: float | None = None  # on the time.monotonic() clock
+
+    @classmethod
+    def stamp(cls, sock: socket.socket) -> bool:
+        """Have the kernel stamp what ``sock`` receives; False where it cannot."""
+        if not sys.platform.startswith("linux"):
+            return False
+        sock.setsockopt(socket.SOL_SOCKET, cls.SO_TIMESTAMPNS, 1)
+        return True
+
+    @classmethod
+    def attach(cls, handler: BaseHTTPRequestHandler) -> "_StampedReader | None":
+        """Make ``handler`` read its requests through a new reader; None where the kernel cannot
+        stamp them."""
+        if not cls.stamp(handler.connection):
+            return None
+        reader = cls(handler.connection)
+        handler.rfile = io.BufferedReader(reader)
+        return reader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int | None:
+        try:
+            count, ancillary, _, _ = self._sock.recvmsg_into([buffer], self._ANCILLARY)
+        except BlockingIOError:
+            return None
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == self.SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])  # CLOCK_REALTIME
+                self.received = time.monotonic() - (time.time() - seconds - nanoseconds * 1e-9)
+        return count
+
+
 def _body_pieces(fd: int, segments: list):
     """The body's bytes, segment by segment: literal bytes as they are, (offset, length) of the
     file in blocks of at most ``_CHUNK`` (a short read ends a segment: the file shrank)."""
@@ -742,6 +793,10 @@ class _HTTPServer(ThreadingHTTPServer):
     # retransmission). Web servers listen with 511.
     request_queue_size = 511
     owner: "MastServer"
+
+    def server_bind(self):
+        super().server_bind()
+        _StampedReader.stamp(self.socket)  # accepted connections inherit it: their first bytes too
 
     def handle_error(self, request, client_address):
         # A client hanging up mid-body (as one must on a 200 reply to a Range request) is normal.
