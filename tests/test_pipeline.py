@@ -12,6 +12,7 @@ from glue_mvmcut import (
     NoMVMDataWarning,
     cutout_mosaic,
 )
+from glue_mvmcut.core import pipeline
 from glue_mvmcut.core.archive import query_layers
 
 LMC = (84.9208, -69.1467)
@@ -86,6 +87,23 @@ def test_auto_falls_back_to_downloads_when_range_is_ignored(mast, cache, lmc_arc
 
     with pytest.raises(RangeNotSupported, match="ignores Range requests"):
         cutout_mosaic(LMC, 8, filters=["f658n"], combine=False, fetch="ranged")
+
+
+@pytest.mark.parametrize("at_once", [1, 4])
+def test_ranged_cuts_read_at_most_layers_at_once(mast, cache, monkeypatch, at_once):
+    # Each cut reads headers, then pixels: with one layer at a time, every file's requests
+    # arrive together; with four, the four files' headers arrive before any of their pixels.
+    monkeypatch.setattr(pipeline, "LAYERS_AT_ONCE", at_once)
+    layers = query_layers(LMC, 8, filters=["f658n"])
+    mast.reset_stats()
+    result = cutout_mosaic(LMC, 8, layers=layers, combine=False, fetch="ranged")
+    assert len(result.cutouts) == 4
+    files = [r.file for r in mast.requests("download")]  # in the order they arrived
+    assert len(files) == 8
+    if at_once == 1:
+        assert files == [f for f in dict.fromkeys(files) for _ in range(2)]
+    else:
+        assert set(files[:4]) == set(files[4:]) and len(set(files)) == 4
 
 
 def test_selected_layers_only(mast, cache):

@@ -1,10 +1,12 @@
 """Ranged cutouts straight from the archive: identical to local ones, a fraction of the bytes,
 and correct under every fault the stand-in server can inject."""
 
+import asyncio
 import io
 import logging
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +14,8 @@ from astropy.io import fits
 
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
 from glue_mvmcut.core.archive import file_url, query_layers, using_server
-from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.coords import parse_coord, parse_size
+from glue_mvmcut.core.cutout import cut_layer, cut_remote
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import (
     LAYER_HEADERS,
@@ -22,6 +25,7 @@ from glue_mvmcut.core.remote import (
     _parts_as_asked,
     _Targets,
     run,
+    submit,
 )
 from glue_mvmcut.core.retrieve import TransferStats
 from glue_mvmcut.testing.server import MastServer
@@ -84,6 +88,21 @@ def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
     _same_as_local(lmc_archive, COARSE, LMC, 8)
     assert len(mast.requests("download")) == 4
     assert mast.connections <= 1
+
+
+@pytest.mark.parametrize("after", [0.1, 0.6])  # its headers, then its pixels on their way
+def test_a_cancelled_cut_leaves_nothing_running(mast, after):
+    # As the pipeline cancels the other layers' cuts when one fails.
+    mast.faults.latency = 0.5
+    job = submit(cut_remote(f"mast:HST/product/{FINE}", parse_coord(LMC), parse_size(6)))
+    time.sleep(after)
+    job.cancel()
+    time.sleep(0.05)
+
+    async def tasks():
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    assert run(tasks()) == []
 
 
 def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_archive, in_forked_child):

@@ -247,7 +247,7 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        return run(_cut_remote(source, coord, size, stats, cancel, hdus))
+        return run(cut_remote(source, coord, size, stats=stats, cancel=cancel, hdus=hdus))
     hdul, layer = open_layer(source)
     with hdul:
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
@@ -286,8 +286,11 @@ class _StaleHeaders(Exception):
     """The layer changed on the server since its cached headers were read."""
 
 
-async def _cut_remote(source: str, coord, size, stats, cancel, hdus=None) -> fits.HDUList:
-    """`cut_layer` of a layer in the archive, on the I/O loop (`~glue_mvmcut.core.remote.run`)."""
+async def cut_remote(source: str, coord, size, *, stats=None, cancel=None, hdus=None) -> fits.HDUList:
+    """`cut_layer` of a layer in the archive, as a coroutine for the I/O loop
+    (`~glue_mvmcut.core.remote.run` or `~glue_mvmcut.core.remote.submit`); ``coord`` an ICRS
+    `~astropy.coordinates.SkyCoord` and ``size`` a ``(ny, nx)`` Quantity, as
+    `~glue_mvmcut.core.coords.parse_coord` and `~glue_mvmcut.core.coords.parse_size` give them."""
     try:
         return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus)
     except _StaleHeaders as exc:
@@ -309,10 +312,11 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
     elif hdus is None:
         # WHT's header is fetched with the pixels (one round trip less), so it is known for
         # sure only after the read.
-        reading = asyncio.ensure_future(remote._hdus(_EXTENSIONS, guess_last=True))
-        await after_urgent_work()  # the request leaves, then its wait is put to use
-        guess = _Guess.of(remote.name, coord, size)
-        hdus = await reading
+        async def guessed():
+            await after_urgent_work()  # the request leaves, then its wait is put to use
+            return _Guess.of(remote.name, coord, size)
+
+        hdus, guess = await asyncio.gather(remote._hdus(_EXTENSIONS, guess_last=True), guessed())
     layer = layer_name(hdus["PRIMARY"].header, remote.name)
     headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
     window = guess.window(headers["SCI"]) if guess is not None else None

@@ -5,12 +5,14 @@ Progress goes to a callable ``progress(done, total, message)``; a callable ``can
 returns True stops the work between units, leaving no partial file behind.
 """
 
+import asyncio
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +25,10 @@ from astropy.table import Table
 from .archive import query_layers, resolve_target
 from .combine import combine_cutouts
 from .coords import box_radius, parse_size
-from .cutout import cut_layer
+from .cutout import cut_layer, cut_remote
 from .errors import Cancelled, OutsideFootprintError
 from .products import Band, QueryName, checked_product, safe_filename
-from .remote import RangeNotSupported
+from .remote import RangeNotSupported, submit
 from .retrieve import TransferStats, download_layer
 
 __all__ = [
@@ -213,22 +215,17 @@ def cutout_mosaic(
         (checked_product(str(r["productFilename"]), str(r["dataURI"])), str(r["dataURI"])) for r in layers
     ]
     started = time.perf_counter()
-    # A few layers at a time: each cut is mostly waiting on the network.
-    with ThreadPoolExecutor(max_workers=LAYERS_AT_ONCE) as pool:
-        futures = [pool.submit(fetcher.cut, name, uri, coord, size, result.stats) for name, uri in products]
-        try:
-            for (name, _), future in zip(products, futures, strict=True):
-                cutout = future.result()
-                if cutout is None or not np.any(cutout["WHT"].data > 0):
-                    log.info("%s has no data in the box; skipped.", name)
-                    result.skipped.append(name)
-                else:
-                    result.cutouts.append(cutout)
-                steps.report(f"cut {name}")
-                steps.check()
-        finally:
-            for future in futures:
-                future.cancel()
+    with closing(
+        fetcher.cutouts(products, coord, size, result.stats)
+    ) as cutouts:  # closed: the rest cancelled
+        for name, cutout in cutouts:
+            if cutout is None or not np.any(cutout["WHT"].data > 0):
+                log.info("%s has no data in the box; skipped.", name)
+                result.skipped.append(name)
+            else:
+                result.cutouts.append(cutout)
+            steps.report(f"cut {name}")
+            steps.check()
     steps.timed("cut", started)
     if combine:
         steps.check()
@@ -259,29 +256,62 @@ class _Fetcher:
         self.hdus = hdus or {}
         self.ranged = fetch != "download"
 
-    def cut(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList | None:
-        """The cutout of one layer, or None when the box misses it."""
+    def cutouts(
+        self, products: Sequence[tuple[str, str]], coord: SkyCoord, size: u.Quantity, stats: TransferStats
+    ) -> Iterator[tuple[str, fits.HDUList | None]]:
+        """(name, cutout) of every (name, dataURI) layer in turn, the cutout None when the box
+        misses the layer.
+
+        Ranged cuts all start at once as coroutines on the I/O loop (no thread each: the first
+        requests leave within a millisecond), at most `LAYERS_AT_ONCE` reading at a time;
+        downloads run `LAYERS_AT_ONCE` at a time in threads.
+        """
+        gate = asyncio.Semaphore(LAYERS_AT_ONCE)
+        with ThreadPoolExecutor(max_workers=LAYERS_AT_ONCE) as pool:
+            jobs = [self._start(pool, gate, name, uri, coord, size, stats) for name, uri in products]
+            try:
+                for k, (name, _) in enumerate(products):
+                    try:
+                        try:
+                            cutout = jobs[k].result()
+                        except RangeNotSupported:
+                            if self.fetch == "ranged":
+                                raise
+                            self._to_downloads(pool, jobs, k, products, coord, size, stats)
+                            cutout = jobs[k].result()
+                    except OutsideFootprintError:
+                        cutout = None
+                    yield name, cutout
+            finally:
+                for job in jobs:
+                    job.cancel()
+
+    def _start(self, pool, gate, name, data_uri, coord, size, stats) -> Future:
         _check_cancel(self.cancel)
-        try:
-            if self.ranged:
-                try:
-                    return cut_layer(
-                        data_uri,
-                        coord,
-                        size,
-                        stats=stats,
-                        cancel=self.cancel,
-                        hdus=self.hdus.get(name),
-                    )
-                except RangeNotSupported:
-                    if self.fetch == "ranged":
-                        raise
-                    log.info("The archive ignores Range requests: downloading whole layers from now on.")
-                    self.ranged = False
-            path = download_layer(name, data_uri, cache=self.cache, cancel=self.cancel, stats=stats)
-            return cut_layer(path, coord, size)
-        except OutsideFootprintError:
-            return None
+        if not self.ranged:
+            return pool.submit(self._downloaded, name, data_uri, coord, size, stats)
+
+        async def cut():
+            async with gate:
+                return await cut_remote(
+                    data_uri, coord, size, stats=stats, cancel=self.cancel, hdus=self.hdus.get(name)
+                )
+
+        return submit(cut())
+
+    def _to_downloads(self, pool, jobs: list[Future], first: int, products, coord, size, stats) -> None:
+        """Cut the layers from ``first`` on from whole files, but those already cut by ranges."""
+        if self.ranged:
+            log.info("The archive ignores Range requests: downloading whole layers from now on.")
+            self.ranged = False
+        for k in range(first, len(jobs)):
+            if k == first or not jobs[k].done() or isinstance(jobs[k].exception(), RangeNotSupported):
+                jobs[k].cancel()
+                jobs[k] = pool.submit(self._downloaded, *products[k], coord, size, stats)
+
+    def _downloaded(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList:
+        path = download_layer(name, data_uri, cache=self.cache, cancel=self.cancel, stats=stats)
+        return cut_layer(path, coord, size)
 
 
 def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:

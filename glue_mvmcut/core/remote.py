@@ -26,6 +26,7 @@ span per request, spans up to 1 MB apart joined; servers that ignore ``Range`` a
 
 import asyncio
 import atexit
+import concurrent.futures
 import functools
 import logging
 import os
@@ -870,8 +871,10 @@ async def after_urgent_work(urgency: Urgent | None = None, until: asyncio.Future
     io = _the_io()
     if until is not None and io.urgent and not until.done():
         calm = asyncio.ensure_future(io.calm.wait())
-        await asyncio.wait([calm, until], return_when=asyncio.FIRST_COMPLETED)
-        calm.cancel()
+        try:
+            await asyncio.wait([calm, until], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            calm.cancel()
 
 
 def run(coroutine: Coroutine):
@@ -880,6 +883,11 @@ def run(coroutine: Coroutine):
     Called from any thread but the loop's own.
     """
     return _the_io().run(coroutine)
+
+
+def submit(coroutine: Coroutine) -> concurrent.futures.Future:
+    """Start ``coroutine`` on the process's I/O loop; its future (cancelling it cancels it)."""
+    return asyncio.run_coroutine_threadsafe(coroutine, _the_io().loop)
 
 
 @atexit.register

@@ -135,7 +135,8 @@ class RequestRecord:
     range: str | None
     status: int
     bytes_sent: int
-    arrived: float = 0.0  # time.monotonic() when the request was read
+    arrived: float = 0.0  # time.monotonic() when the request arrived
+    file: str | None = None  # the product a download asked for
 
 
 class Faults:
@@ -447,9 +448,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------------
     def _record(self, service, status, sent, byte_range=None):
+        file = parse_qs(urlsplit(self.path).query).get("uri", [""])[0].removeprefix(URI_PREFIX) or None
         self.server.owner._record(
             RequestRecord(
-                self.command, urlsplit(self.path).path, service, byte_range, status, sent, self._arrived
+                self.command, urlsplit(self.path).path, service, byte_range, status, sent, self._arrived, file
             )
         )
 
