@@ -118,9 +118,30 @@ def test_archives_are_deterministic(tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_layer_headers_are_as_long_as_real_mvm_ones(lmc_archive):
+    # ~250 primary cards (drizzle keywords for each of 19 inputs), ~150 in SCI and WHT.
+    with fits.open(lmc_archive.directory / lmc_archive.layers[0].filename) as hdul:
+        assert [len(hdu.header) for hdu in hdul[:3]] == [248, 143, 142]
+        assert hdul[0].header["D019DEXP"] == 500.0 and hdul[0].header["D001SCAL"] == 0.04
+        assert hdul["SCI"].header["IEXP019"] == "ib008119q" and hdul["WHT"].header["IROT001"] == 0.0001
+
+
+def test_an_archive_of_another_format_is_written_anew(tmp_path):
+    archive = synth.build_archive(tmp_path, "tiny")
+    (rec,) = archive.layers
+    layer, manifest = tmp_path / rec.filename, tmp_path / "manifest.json"
+    written = layer.read_bytes()
+    layer.write_bytes(b"an older layer")
+    synth.build_archive(tmp_path, "tiny")  # the same format: reused as it is
+    assert layer.read_bytes() == b"an older layer"
+    manifest.write_text(manifest.read_text().replace(f'"format": {synth.FORMAT}', '"format": 1'))
+    synth.build_archive(tmp_path, "tiny")
+    assert layer.read_bytes() == written and json.loads(manifest.read_text())["format"] == synth.FORMAT
+
+
 def test_command_line_writes_an_archive(tmp_path, capsys):
     synth.main([str(tmp_path), "--field", "tiny"])
-    assert capsys.readouterr().out.startswith("1 layers, 0.3 MB in ")
+    assert capsys.readouterr().out.startswith("1 layers, 0.4 MB in ")
     assert (tmp_path / "manifest.json").exists()
     assert not list(tmp_path.glob("*.part"))
     assert synth.Archive.load(tmp_path).field == synth.FIELDS["tiny"]

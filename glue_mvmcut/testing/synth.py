@@ -35,6 +35,9 @@ from ..core.skycells import SCALES, SKYCELL_SIDE, SkyCell, skycells_covering
 __all__ = ["LayerSpec", "Field", "FIELDS", "LayerRecord", "Archive", "build_archive", "sky"]
 
 MANIFEST = "manifest.json"
+#: Written into the manifest; an archive written in another format is written anew (2: layers
+#: with headers as long as real MVM layers').
+FORMAT = 2
 _ROWS_PER_CHUNK = 64  # ~20 MB of float64 temporaries per chunk for a 20000-px-wide layer
 
 
@@ -280,6 +283,46 @@ def _subarray(f: Field, skycell: SkyCell) -> tuple[int, int, int, int] | None:
     return x0, x1, y0, y1
 
 
+# Real MVM layers' headers are long: the primary carries drizzle keywords for every input
+# exposure (D001DATA, D001DEXP, ... for each), ~250 cards in all, and SCI and WHT ~150 cards each.
+# The synthetic ones are as long, so that reading and parsing them costs what it does in the
+# archive; the extra cards are modelled on the real ones, their values made up.
+_INPUT_EXPOSURES = 19
+_DRIZZLE_KEYWORDS = (
+    ("DATA", "{root}_flc.fits[sci,1]", "drizzle input data"),
+    ("DEXP", 500.0, "drizzle input image exposure time (s)"),
+    ("OUDA", "{layer}", ""),  # drizzle output data image (no room for the comment)
+    ("OUWE", "{layer}", ""),  # drizzle output weighting image
+    ("OUCO", "", "drizzle output context image"),
+    ("MASK", "{root}_sci1_single_mask.fits", "drizzle input weighting image"),
+    ("WTSC", 1.0, "drizzle weighting scale factor"),
+    ("KERN", "square", "drizzle form of weight distribution kernel"),
+    ("PIXF", 1.0, "drizzle linear size of drop"),
+    ("ISCL", 0.05, "drizzle input image scale"),
+    ("EXKY", "EXPTIME", "drizzle exposure keyword name in input"),
+    ("FVAL", "INDEF", "drizzle fill value for zero weight output pix"),
+)
+# SCI and WHT: photometry, and for every input exposure its name, time, sky and alignment.
+_PHOTOMETRY = (
+    ("PHOTMODE", "ACS WFC1 F814W MJD#59000", "observation configuration"),
+    ("PHOTFLAM", 7.07e-20, "inverse sensitivity, ergs/cm2/A/e-"),
+    ("PHOTFNU", 1.52e-07, "inverse sensitivity, Jy*sec/e-"),
+    ("PHOTZPT", -21.1, "ST magnitude zero point"),
+    ("PHOTPLAM", 8045.5, "pivot wavelength (Angstroms)"),
+    ("PHOTBW", 654.0, "RMS bandwidth of filter plus detector"),
+    ("WCSNAME", "IDC_47u1234qj-FIT_SVM_GAIAeDR3", "name of the world coordinate system"),
+    ("MDRIZSKY", 12.3, "sky value computed by AstroDrizzle"),
+)
+_INPUT_KEYWORDS = (
+    ("IEXP", "{root}", "input exposure"),
+    ("ITIM", 500.0, "input exposure time (s)"),
+    ("ISKY", 12.3, "input sky level (e-/s)"),
+    ("IDX", 0.012, "input alignment shift in x (pix)"),
+    ("IDY", -0.007, "input alignment shift in y (pix)"),
+    ("IROT", 0.0001, "input alignment rotation (deg)"),
+)
+
+
 def _image_header(wcs: WCS, extname: str, shape, unit: str | None) -> fits.Header:
     header = fits.ImageHDU(data=np.zeros((1, 1), np.float32)).header
     header["NAXIS1"], header["NAXIS2"] = shape[1], shape[0]
@@ -294,7 +337,18 @@ def _image_header(wcs: WCS, extname: str, shape, unit: str | None) -> fits.Heade
     for (i, j), value in np.ndenumerate(wcs.wcs.cd):
         header[f"CD{i + 1}_{j + 1}"] = value
     header["RADESYS"] = "ICRS"
+    for key, value, comment in _PHOTOMETRY:
+        header[key] = (value, comment)
+    for k in range(1, _INPUT_EXPOSURES + 1):
+        for prefix, value, comment in _INPUT_KEYWORDS:
+            text = value.format(root=_exposure(k)) if isinstance(value, str) else value
+            header[f"{prefix}{k:03d}"] = (text, comment)
     return header
+
+
+def _exposure(k: int) -> str:
+    """An exposure-like name for a layer's k-th input."""
+    return f"ib0081{k:02d}q"
 
 
 def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
@@ -312,6 +366,12 @@ def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
         header[key] = rec.weight
     header["MEANNEXP"] = header["MEDNEXP"] = 2
     header["SYNTHETC"] = (True, "glue_mvmcut.testing.synth archive")
+    for k in range(1, _INPUT_EXPOSURES + 1):
+        root = _exposure(k)
+        for suffix, value, comment in _DRIZZLE_KEYWORDS:
+            if f"D{k:03d}{suffix}" not in header:
+                text = value.format(root=root, layer=rec.filename) if isinstance(value, str) else value
+                header[f"D{k:03d}{suffix}"] = (text, comment)
     return header
 
 
@@ -363,7 +423,7 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
     """Write the synthetic archive of a field (a `Field` or a name in `FIELDS`) into ``out_dir``.
 
     Deterministic: the same field always gives the same bytes. An existing complete archive
-    (its manifest present) is reused unless ``overwrite``.
+    (its manifest present, of this `FORMAT`) is reused unless ``overwrite``.
 
     Returns
     -------
@@ -371,7 +431,9 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
     """
     out = Path(out_dir)
     if (out / MANIFEST).exists() and not overwrite:
-        return Archive.load(out)
+        if json.loads((out / MANIFEST).read_text()).get("format") == FORMAT:
+            return Archive.load(out)
+        overwrite = True  # written in another format: every layer anew
     f = FIELDS[field_] if isinstance(field_, str) else field_
     out.mkdir(parents=True, exist_ok=True)
     skycells = [s for s in skycells_covering((f.ra, f.dec), 2 * f.radius + 2) if _subarray(f, s)]
@@ -417,7 +479,12 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
         if overwrite or not path.exists():
             _write_layer(path, archive, rec)
         rec.size = path.stat().st_size
-    manifest = {"field": asdict(f), "layers": [asdict(rec) for rec in layers], "decoys": archive.decoys}
+    manifest = {
+        "format": FORMAT,
+        "field": asdict(f),
+        "layers": [asdict(rec) for rec in layers],
+        "decoys": archive.decoys,
+    }
     tmp = out / (MANIFEST + ".part")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / MANIFEST)
