@@ -41,27 +41,33 @@ log = logging.getLogger(__name__)
 _EXTENSIONS = ("SCI", "WHT")
 
 
-def layer_name(primary: fits.Header, filename: str | None = None) -> LayerName:
+def layer_name(primary: fits.Header | HDUInfo, filename: str | None = None) -> LayerName:
     """The MVM layer a file holds, from its file name or, failing that, its FILENAME keyword."""
-    candidates = [filename] if filename else []
-    candidates.append(str(primary.get("FILENAME", "")))
-    for candidate in candidates:
+    if filename:
         try:
-            return LayerName.parse(candidate)
+            return LayerName.parse(filename)
         except InvalidNameError:
-            continue
-    shown = filename or candidates[-1] or "this file"
+            pass
+    keyword = str(primary.get("FILENAME", ""))
+    try:
+        return LayerName.parse(keyword)
+    except InvalidNameError:
+        pass
+    shown = filename or keyword or "this file"
     raise NotMVMFileError(
         f"{shown} is not an MVM layer: neither its name nor its FILENAME keyword is an MVM layer "
         "name such as hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits."
     )
 
 
-def _check_extensions(name: str, headers: dict[str, fits.Header | None]) -> tuple[tuple[int, int], WCS]:
+def _check_extensions(
+    name: str, headers: dict[str, fits.Header | HDUInfo | None]
+) -> tuple[tuple[int, int], WCS]:
     """Check SCI and WHT are 2-D images of one shape with a celestial WCS; return (ny, nx) and
     SCI's celestial WCS."""
     shape = _check_shapes(name, headers)
-    wcs = _celestial_wcs(headers["SCI"].tostring())
+    sci = headers["SCI"]
+    wcs = _celestial_wcs(sci.cards.decode("ascii") if isinstance(sci, HDUInfo) else sci.tostring())
     if wcs is None:
         raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
     return shape, copy.deepcopy(wcs)
@@ -76,7 +82,7 @@ def _celestial_wcs(header_text: str) -> WCS | None:
     get copies (astropy before 8.0 let threads race on one WCS), and this one is set up (``wcs.set``)
     here, so copying it reads it only.
     """
-    wcs = _wcs(fits.Header.fromstring(header_text))
+    wcs = _wcs(header_text)  # given text, astropy skips a round of writing the header out
     if not wcs.has_celestial:
         return None
     wcs = wcs.celestial
@@ -84,7 +90,7 @@ def _celestial_wcs(header_text: str) -> WCS | None:
     return wcs
 
 
-def _check_shapes(name: str, headers: dict[str, fits.Header | None]) -> tuple[int, int]:
+def _check_shapes(name: str, headers: dict[str, fits.Header | HDUInfo | None]) -> tuple[int, int]:
     """Check SCI and WHT are 2-D images of one shape; return (ny, nx)."""
     shapes = set()
     for extname, header in headers.items():
@@ -123,7 +129,7 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
     return hdul, name
 
 
-def _wcs(header: fits.Header) -> WCS:
+def _wcs(header: fits.Header | str) -> WCS:
     with catch_warnings():
         warnings.simplefilter("ignore", FITSFixedWarning)  # e.g. "RADECSYS -> RADESYS" notes
         return WCS(header)
@@ -165,9 +171,18 @@ def _window(wcs: WCS, layer_shape, coord, size: u.Quantity, what: str) -> _Windo
     return _Window(shape, large, small)
 
 
-def _cut_header(header: fits.Header, window: _Window, layer_file: str) -> fits.Header:
+def _fresh(header: fits.Header | HDUInfo) -> fits.Header:
+    """A header of one's own with the cards of ``header``: a remote layer's parsed anew from
+    the cards read, which takes half as long as copying a parsed one (0.2 vs 0.4 ms for ~150
+    cards)."""
+    return (
+        fits.Header.fromstring(header.cards.decode("ascii")) if isinstance(header, HDUInfo) else header.copy()
+    )
+
+
+def _cut_header(header: fits.Header | HDUInfo, window: _Window, layer_file: str) -> fits.Header:
     """The layer's extension header for the cutout: new NAXIS, CRPIX shifted, provenance."""
-    out = header.copy()
+    out = _fresh(header)
     ny, nx = window.shape
     dx, dy = window.offset
     out["NAXIS1"], out["NAXIS2"] = nx, ny
@@ -317,25 +332,29 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
             return _Guess.of(remote.name, coord, size)
 
         hdus, guess = await asyncio.gather(remote._hdus(_EXTENSIONS, guess_last=True), guessed())
-    layer = layer_name(hdus["PRIMARY"].header, remote.name)
-    headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
-    window = guess.window(headers["SCI"]) if guess is not None else None
+    # Up to the requests, keywords are read from the headers' cards one by one: astropy parses
+    # whole headers meanwhile, for the output.
+    layer = layer_name(hdus["PRIMARY"], remote.name)
+    known = {ext: hdus[ext] for ext in _EXTENSIONS}
+    window = guess.window(hdus["SCI"]) if guess is not None else None
     if window is None:
-        window = _plan(layer, headers, coord, size)
+        window = _plan(layer, known, coord, size)
     cutout = None
 
-    def meanwhile():  # while the pixels are on their way: what is known already
+    async def meanwhile():  # while the pixels are on their way: what is known already
         nonlocal cutout
-        checked = _plan(layer, headers, coord, size) if guess is not None else window
-        cutout = _Cutout(hdus["PRIMARY"].header, layer, coord, checked)
+        checked = _plan(layer, known, coord, size) if guess is not None else window
+        await asyncio.sleep(0)  # each step of ~1-3 ms lets replies that came in go first
+        cutout = _Cutout(hdus["PRIMARY"], layer, coord, checked)
         for ext in _EXTENSIONS:
-            if not hdus[ext].guessed:
-                cutout.add(ext, hdus[ext].header)
+            if not known[ext].guessed:
+                await asyncio.sleep(0)
+                cutout.add(ext, known[ext])
 
     def header_came(info: HDUInfo):  # WHT's header, with the first of the pixels
         for ext in _EXTENSIONS:
-            if hdus[ext] is info and cutout is not None:
-                cutout.add(ext, info.header)
+            if known[ext] is info and cutout is not None:
+                cutout.add(ext, info)
 
     windows = [(hdus[ext], *window.large) for ext in _EXTENSIONS]
     pieces = await remote._read_windows(windows, meanwhile=meanwhile, on_header=header_came, urgency=urgency)
@@ -347,9 +366,8 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
         raise _StaleHeaders(remote.url)
     if cached is None:
         LAYER_HEADERS.put(remote.url, hdus, remote.version)
-    headers = {ext: hdus[ext].header for ext in _EXTENSIONS}
-    _check_shapes(layer.filename, headers)  # SCI's header is as it was; WHT's may be new
-    return cutout.finish(headers, pieces)
+    _check_shapes(layer.filename, known)  # SCI's header is as it was; WHT's may be new
+    return cutout.finish(known, pieces)
 
 
 def _differ(now: tuple, then: tuple) -> bool:
@@ -383,7 +401,7 @@ class _Guess:
         x, y = skycoord_to_pixel(coord, wcs, mode="all")
         return cls(float(x), float(y), _box_shape(wcs, size), tuple(wcs.wcs.crpix.tolist()))
 
-    def window(self, sci: fits.Header) -> _Window | None:
+    def window(self, sci: fits.Header | HDUInfo) -> _Window | None:
         """The box's window in the layer whose SCI header is ``sci``; None if it cannot say."""
         try:
             x = self.x - (self.crpix[0] - float(sci["CRPIX1"]))
@@ -394,7 +412,7 @@ class _Guess:
         return _Window(self.shape, large, small)
 
 
-def _plan(layer: LayerName, headers: dict[str, fits.Header], coord, size) -> _Window:
+def _plan(layer: LayerName, headers: dict[str, fits.Header | HDUInfo], coord, size) -> _Window:
     """Check the layer's SCI and WHT headers and find the box's window in it."""
     shape, wcs = _check_extensions(layer.filename, headers)
     return _window(wcs, shape, coord, size, layer.filename)
@@ -407,24 +425,24 @@ class _Cutout:
     Shared by local and remote layers, so both give identical files.
     """
 
-    def __init__(self, primary_header: fits.Header, layer: LayerName, coord, window: _Window):
+    def __init__(self, primary_header: fits.Header | HDUInfo, layer: LayerName, coord, window: _Window):
         self.layer, self.window = layer, window
-        primary = primary_header.copy()
+        primary = _fresh(primary_header)
         self.name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
         primary["RA_OBJ"] = (coord.ra.deg, "[deg] right ascension of the cutout centre")
         primary["DEC_OBJ"] = (coord.dec.deg, "[deg] declination of the cutout centre")
         primary["ORIG_FLE"] = layer.filename
         primary["FILENAME"] = self.name
         self.primary = _hdu(fits.PrimaryHDU, primary)
-        self.extensions: dict[str, tuple[fits.Header, fits.ImageHDU]] = {}
+        self.extensions: dict[str, tuple[fits.Header | HDUInfo, fits.ImageHDU]] = {}
 
-    def add(self, ext: str, header: fits.Header) -> None:
+    def add(self, ext: str, header: fits.Header | HDUInfo) -> None:
         """The extension made from the layer's ``header`` (0 = no data until `finish`)."""
         data = np.zeros(self.window.shape, np.float32)
         hdu = _hdu(fits.ImageHDU, _cut_header(header, self.window, self.layer.filename), data)
         self.extensions[ext] = (header, hdu)
 
-    def finish(self, headers: dict[str, fits.Header], pieces) -> fits.HDUList:
+    def finish(self, headers: dict[str, fits.Header | HDUInfo], pieces) -> fits.HDUList:
         """The HDUList, with each extension (made from ``headers`` if not yet) holding its piece
         of the layer's pixels."""
         out = fits.HDUList([self.primary])
