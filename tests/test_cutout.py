@@ -8,7 +8,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from glue_mvmcut import NotMVMFileError, OutsideFootprintError
-from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.cutout import _celestial_wcs, _plain_wcs, cut_layer
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 F814W = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
@@ -160,3 +160,35 @@ def test_a_layer_without_a_celestial_wcs_is_refused(tmp_path, lmc_archive):
         original.writeto(layer)
     with pytest.raises(NotMVMFileError, match=rf"{F814W}: the SCI extension has no celestial WCS"):
         cut_layer(layer, LMC, 10)
+
+
+@pytest.mark.parametrize("field", ["lmc", "polar", "ra0"])
+def test_wcs_read_by_wcslib_alone_is_astropys(archives, field):
+    # Undistorted layers (all MVM layers) are read by wcslib alone; their positions are exactly
+    # those of astropy's WCS(header), over the whole skycell and beyond.
+    archive = archives[field]
+    for rec in archive.layers:
+        with fits.open(archive.directory / rec.filename) as hdul:
+            text = hdul["SCI"].header.tostring()
+        assert _plain_wcs(text) is not None
+        ours, astropys = _celestial_wcs(text), WCS(text).celestial
+        pixels = np.mgrid[-2000:25000:1500, -2000:25000:1500].reshape(2, -1).T.astype(float)
+        world = astropys.wcs_pix2world(pixels, 0)
+        assert np.array_equal(ours.wcs_pix2world(pixels, 0), world)
+        assert np.array_equal(ours.all_world2pix(world, 0), astropys.all_world2pix(world, 0))
+
+
+def test_distorted_wcs_is_read_by_astropy(lmc_archive):
+    # SIP terms are astropy's to apply: such a header goes the whole way through WCS(header).
+    with fits.open(lmc_archive.directory / lmc_archive.layers[0].filename) as hdul:
+        header = hdul["SCI"].header.copy()
+    header["CTYPE1"], header["CTYPE2"] = "RA---TAN-SIP", "DEC--TAN-SIP"
+    header["A_ORDER"] = header["B_ORDER"] = 2
+    header["A_2_0"], header["B_0_2"] = 1e-6, -2e-6
+    text = header.tostring()
+    assert _plain_wcs(text) is None
+    ours = _celestial_wcs(text)
+    assert ours.sip is not None and ours.sip.a_order == 2
+    pixel = [[5000.0, 7000.0]]
+    assert np.array_equal(ours.all_pix2world(pixel, 0), WCS(text).all_pix2world(pixel, 0))
+    assert not np.allclose(ours.all_pix2world(pixel, 0), ours.wcs_pix2world(pixel, 0), rtol=0, atol=1e-6)

@@ -736,10 +736,13 @@ class _StampedReader(io.RawIOBase):
             count, ancillary, _, _ = self._sock.recvmsg_into([buffer], self._ANCILLARY)
         except BlockingIOError:
             return None
+        self.received = None
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == self.SO_TIMESTAMPNS and len(data) >= 16:
                 seconds, nanoseconds = struct.unpack("qq", data[:16])  # CLOCK_REALTIME
-                self.received = time.monotonic() - (time.time() - seconds - nanoseconds * 1e-9)
+                age = time.time() - seconds - nanoseconds * 1e-9
+                # None for a stamp the kernel did not take (0) or one that makes no sense.
+                self.received = time.monotonic() - age if 0 <= age < 60 else None
         return count
 
 
