@@ -215,9 +215,8 @@ def cutout_mosaic(
         (checked_product(str(r["productFilename"]), str(r["dataURI"])), str(r["dataURI"])) for r in layers
     ]
     started = time.perf_counter()
-    with closing(
-        fetcher.cutouts(products, coord, size, result.stats)
-    ) as cutouts:  # closed: the rest cancelled
+    # Closed however this loop ends: the cuts still under way are cancelled then.
+    with closing(fetcher.cutouts(products, coord, size, result.stats)) as cutouts:
         for name, cutout in cutouts:
             if cutout is None or not np.any(cutout["WHT"].data > 0):
                 log.info("%s has no data in the box; skipped.", name)
