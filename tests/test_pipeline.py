@@ -1,11 +1,14 @@
 """cutout_mosaic end to end: stand-in MAST, real astroquery, files on disk."""
 
+import asyncio
+
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.table import Table
 
 from glue_mvmcut import (
+    ArchiveError,
     Cancelled,
     InvalidCoordinateError,
     InvalidSizeError,
@@ -14,6 +17,7 @@ from glue_mvmcut import (
 )
 from glue_mvmcut.core import pipeline
 from glue_mvmcut.core.archive import query_layers
+from glue_mvmcut.core.remote import run
 
 LMC = (84.9208, -69.1467)
 TOKEN = "ra84d9208-decs69d1467"
@@ -104,6 +108,21 @@ def test_ranged_cuts_read_at_most_layers_at_once(mast, cache, monkeypatch, at_on
         assert files == [f for f in dict.fromkeys(files) for _ in range(2)]
     else:
         assert set(files[:4]) == set(files[4:]) and len(set(files)) == 4
+
+
+def test_a_failed_run_leaves_no_cut_running(mast, cache):
+    # Eight layers, four reading at a time: the first garbled reply ends the run; the cuts still
+    # reading or waiting to read have stopped by then (a late one sent requests into the next
+    # test, taking a fault meant for it).
+    mast.faults.latency = 0.05
+    mast.faults.garble("no-boundary", count=1000)
+    with pytest.raises(ArchiveError, match="a multipart reply without a boundary"):
+        cutout_mosaic(LMC, 6, filters=["f814w"], combine=False, fetch="ranged")
+
+    async def tasks():
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    assert run(tasks()) == []
 
 
 def test_selected_layers_only(mast, cache):

@@ -28,7 +28,7 @@ from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
 from .errors import Cancelled, OutsideFootprintError
 from .products import Band, QueryName, checked_product, safe_filename
-from .remote import RangeNotSupported, submit
+from .remote import RangeNotSupported, run, submit
 from .retrieve import TransferStats, download_layer
 
 __all__ = [
@@ -266,8 +266,9 @@ class _Fetcher:
         downloads run `LAYERS_AT_ONCE` at a time in threads.
         """
         gate = asyncio.Semaphore(LAYERS_AT_ONCE)
+        started: list[asyncio.Task] = []  # the ranged cuts that began on the I/O loop
         with ThreadPoolExecutor(max_workers=LAYERS_AT_ONCE) as pool:
-            jobs = [self._start(pool, gate, name, uri, coord, size, stats) for name, uri in products]
+            jobs = [self._start(pool, gate, started, name, uri, coord, size, stats) for name, uri in products]
             try:
                 for k, (name, _) in enumerate(products):
                     try:
@@ -284,13 +285,17 @@ class _Fetcher:
             finally:
                 for job in jobs:
                     job.cancel()
+                # Cancelling a job only asks its task to stop: wait until the cuts have, so
+                # none sends a request once this run is over (the pool waits for downloads).
+                run(_stopped(started))
 
-    def _start(self, pool, gate, name, data_uri, coord, size, stats) -> Future:
+    def _start(self, pool, gate, started, name, data_uri, coord, size, stats) -> Future:
         _check_cancel(self.cancel)
         if not self.ranged:
             return pool.submit(self._downloaded, name, data_uri, coord, size, stats)
 
         async def cut():
+            started.append(asyncio.current_task())
             async with gate:
                 return await cut_remote(
                     data_uri, coord, size, stats=stats, cancel=self.cancel, hdus=self.hdus.get(name)
@@ -311,6 +316,13 @@ class _Fetcher:
     def _downloaded(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList:
         path = download_layer(name, data_uri, cache=self.cache, cancel=self.cancel, stats=stats)
         return cut_layer(path, coord, size)
+
+
+async def _stopped(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` and wait until every one has stopped."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:
