@@ -3,6 +3,7 @@
 Every test talks to the stand-in over 127.0.0.1 with the real astroquery client.
 """
 
+import asyncio
 import multiprocessing
 import os
 import queue
@@ -11,7 +12,7 @@ import pytest
 
 from glue_mvmcut import conf
 from glue_mvmcut.core.archive import using_server
-from glue_mvmcut.core.remote import LAYER_HEADERS
+from glue_mvmcut.core.remote import LAYER_HEADERS, run
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 
@@ -108,3 +109,13 @@ def in_forked_child():
         return result
 
     return run
+
+
+@pytest.fixture
+def loop_tasks():
+    """``loop_tasks()``: the tasks on the process's I/O loop (but the one asking)."""
+
+    async def tasks():
+        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+
+    return lambda: run(tasks())

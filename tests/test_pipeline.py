@@ -1,7 +1,5 @@
 """cutout_mosaic end to end: stand-in MAST, real astroquery, files on disk."""
 
-import asyncio
-
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -17,7 +15,6 @@ from glue_mvmcut import (
 )
 from glue_mvmcut.core import pipeline
 from glue_mvmcut.core.archive import query_layers
-from glue_mvmcut.core.remote import run
 
 LMC = (84.9208, -69.1467)
 TOKEN = "ra84d9208-decs69d1467"
@@ -110,7 +107,7 @@ def test_ranged_cuts_read_at_most_layers_at_once(mast, cache, monkeypatch, at_on
         assert set(files[:4]) == set(files[4:]) and len(set(files)) == 4
 
 
-def test_a_failed_run_leaves_no_cut_running(mast, cache):
+def test_a_failed_run_leaves_no_cut_running(mast, cache, loop_tasks):
     # Eight layers, four reading at a time: the first garbled reply ends the run; the cuts still
     # reading or waiting to read have stopped by then (a late one sent requests into the next
     # test, taking a fault meant for it).
@@ -118,11 +115,7 @@ def test_a_failed_run_leaves_no_cut_running(mast, cache):
     mast.faults.garble("no-boundary", count=1000)
     with pytest.raises(ArchiveError, match="a multipart reply without a boundary"):
         cutout_mosaic(LMC, 6, filters=["f814w"], combine=False, fetch="ranged")
-
-    async def tasks():
-        return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-
-    assert run(tasks()) == []
+    assert loop_tasks() == []
 
 
 def test_selected_layers_only(mast, cache):
