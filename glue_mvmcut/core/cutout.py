@@ -70,7 +70,7 @@ def _check_extensions(
     SCI's celestial WCS."""
     shape = _check_shapes(name, headers)
     sci = headers["SCI"]
-    wcs = _celestial_wcs(sci.cards.decode("ascii") if isinstance(sci, HDUInfo) else sci.tostring())
+    wcs = _celestial_wcs(_text(sci))
     if wcs is None:
         raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
     return shape, copy.deepcopy(wcs)
@@ -206,6 +206,11 @@ def _window(wcs: WCS, layer_shape, coord, size: u.Quantity, what: str) -> _Windo
     return _Window(shape, large, small)
 
 
+def _text(header: fits.Header | HDUInfo) -> str:
+    """A header's cards as text: a remote layer's as read, a parsed header's written out."""
+    return header.cards.decode("ascii") if isinstance(header, HDUInfo) else header.tostring()
+
+
 def _edited(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.Header:
     """A header of one's own: ``header``'s cards with each ``(keyword, value[, comment])`` of
     ``settings`` set as ``header[keyword] = value`` (or ``(value, comment)``) sets it, parsed once.
@@ -215,7 +220,7 @@ def _edited(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.Header
     (its comment kept unless one is given), a new one goes after the last card that is not
     commentary or blank, taking the place of a trailing blank card if there is one.
     """
-    text = header.cards.decode("ascii") if isinstance(header, HDUInfo) else header.tostring()
+    text = _text(header)
     cards = [text[at : at + _CARD] for at in range(0, len(text), _CARD)]
     cards = cards[: cards.index(_END)] if _END in cards else cards
     for keyword, value, *comment in settings:

@@ -125,10 +125,7 @@ class HDUInfo:
         if "header" in self.__dict__:
             return self.header[keyword]
         if keyword not in self._values:
-            key = f"{keyword:8}= ".encode()
-            at = self.cards.find(key)
-            while at > 0 and at % _CARD:  # a card's image starts every 80 bytes
-                at = self.cards.find(key, at + 1)
+            at = _find_card(self.cards, f"{keyword:8}= ".encode())
             if at < 0:
                 raise KeyError(keyword)
             self._values[keyword] = fits.Card.fromstring(self.cards[at : at + _CARD].decode("ascii")).value
@@ -152,6 +149,14 @@ class HDUInfo:
     def end(self) -> int:
         """Offset of the next HDU."""
         return self.data_offset + -(-self.data_size // BLOCK) * BLOCK
+
+
+def _find_card(data: bytes, start: bytes) -> int:
+    """Offset of the first card image in ``data`` that begins with ``start``, -1 if none."""
+    at = data.find(start)
+    while at > 0 and at % _CARD:  # a card's image starts every 80 bytes
+        at = data.find(start, at + 1)
+    return at
 
 
 def _data_size(header) -> int:
@@ -530,9 +535,7 @@ class RemoteFITS:
         """(cards, length) if ``data`` holds a whole header, None if its END card is further on."""
         if not data or data[:8].strip() not in (b"SIMPLE", b"XTENSION"):
             raise NotMVMFileError(f"{self.name}: no FITS header at byte {offset}.")
-        end = data.find(_END_CARD)
-        while end > 0 and end % _CARD:  # a card's image starts every 80 bytes
-            end = data.find(_END_CARD, end + 1)
+        end = _find_card(data, _END_CARD)
         if end < 0:
             return None
         return bytes(data[: end + _CARD]), -(-(end + _CARD) // BLOCK) * BLOCK

@@ -704,6 +704,7 @@ class _StampedReader(io.RawIOBase):
     was read up to ~2 ms after it came, and its reply sent that much later."""
 
     SO_TIMESTAMPNS = 35  # Linux's value; Python's socket module does not name it
+    AVAILABLE = sys.platform.startswith("linux")
     _ANCILLARY = socket.CMSG_SPACE(16)  # one struct timespec
 
     def __init__(self, sock: socket.socket):
@@ -713,7 +714,7 @@ class _StampedReader(io.RawIOBase):
     @classmethod
     def stamp(cls, sock: socket.socket) -> bool:
         """Have the kernel stamp what ``sock`` receives; False where it cannot."""
-        if not sys.platform.startswith("linux"):
+        if not cls.AVAILABLE:
             return False
         sock.setsockopt(socket.SOL_SOCKET, cls.SO_TIMESTAMPNS, 1)
         return True
@@ -721,8 +722,8 @@ class _StampedReader(io.RawIOBase):
     @classmethod
     def attach(cls, handler: BaseHTTPRequestHandler) -> "_StampedReader | None":
         """Make ``handler`` read its requests through a new reader; None where the kernel cannot
-        stamp them."""
-        if not cls.stamp(handler.connection):
+        stamp them (its connection is stamped as the listening socket is: `stamp`)."""
+        if not cls.AVAILABLE:
             return None
         reader = cls(handler.connection)
         handler.rfile = io.BufferedReader(reader)

@@ -339,16 +339,18 @@ def _image_header(wcs: WCS, extname: str, shape, unit: str | None) -> fits.Heade
     header["RADESYS"] = "ICRS"
     for key, value, comment in _PHOTOMETRY:
         header[key] = (value, comment)
-    for k in range(1, _INPUT_EXPOSURES + 1):
-        for prefix, value, comment in _INPUT_KEYWORDS:
-            text = value.format(root=_exposure(k)) if isinstance(value, str) else value
-            header[f"{prefix}{k:03d}"] = (text, comment)
+    _add_per_input(header, "{key}{k:03d}", _INPUT_KEYWORDS)
     return header
 
 
-def _exposure(k: int) -> str:
-    """An exposure-like name for a layer's k-th input."""
-    return f"ib0081{k:02d}q"
+def _add_per_input(header: fits.Header, name: str, cards, **values) -> None:
+    """For every input exposure k, the (key, value, comment) ``cards`` named ``name`` (formatted
+    with key and k); text values formatted with the exposure's name (``root``) and ``values``."""
+    for k in range(1, _INPUT_EXPOSURES + 1):
+        root = f"ib0081{k:02d}q"  # an exposure-like name
+        for key, value, comment in cards:
+            text = value.format(root=root, **values) if isinstance(value, str) else value
+            header[name.format(key=key, k=k)] = (text, comment)
 
 
 def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
@@ -366,12 +368,7 @@ def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
         header[key] = rec.weight
     header["MEANNEXP"] = header["MEDNEXP"] = 2
     header["SYNTHETC"] = (True, "glue_mvmcut.testing.synth archive")
-    for k in range(1, _INPUT_EXPOSURES + 1):
-        root = _exposure(k)
-        for suffix, value, comment in _DRIZZLE_KEYWORDS:
-            if f"D{k:03d}{suffix}" not in header:
-                text = value.format(root=root, layer=rec.filename) if isinstance(value, str) else value
-                header[f"D{k:03d}{suffix}"] = (text, comment)
+    _add_per_input(header, "D{k:03d}{key}", _DRIZZLE_KEYWORDS, layer=rec.filename)
     return header
 
 
