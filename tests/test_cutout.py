@@ -44,7 +44,7 @@ def test_cutout_structure_and_headers(lmc_archive):
     assert (primary["RA_OBJ"], primary["DEC_OBJ"]) == pytest.approx((84.9208, -69.1467))
     assert (primary["INSTRUME"], primary["FILTER"], primary["SCELLID"]) == ("ACS", "F814W", "p0081x14y15")
     for ext in ("SCI", "WHT"):
-        assert cutout[ext].data.dtype == np.float32 and cutout[ext].data.shape == (500, 500)
+        assert cutout[ext].data.dtype == np.dtype(">f4") and cutout[ext].data.shape == (500, 500)
         assert cutout[ext].header["ORIG_FLE"] == F814W and "CD1_1" in cutout[ext].header
     # The cutout centre is the target, to well under a pixel.
     centre = WCS(cutout["SCI"].header).pixel_to_world(249.5, 249.5)
@@ -140,7 +140,7 @@ def test_cutout_headers_follow_their_data(tmp_path, lmc_archive):
     for ext in ("SCI", "WHT"):
         header = cutout[ext].header
         assert (header["BITPIX"], header["NAXIS1"], header["NAXIS2"]) == (-32, 300, 500)
-        assert cutout[ext].data.dtype == np.float32
+        assert cutout[ext].data.dtype == np.dtype(">f4")
     rebuilt = fits.HDUList(
         [fits.PrimaryHDU(header=cutout[0].header)]
         + [fits.ImageHDU(cutout[ext].data, cutout[ext].header) for ext in ("SCI", "WHT")]

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.wcs import WCS
 
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
 from glue_mvmcut.core.archive import file_url, query_layers, using_server
@@ -429,3 +430,37 @@ def test_a_layer_off_its_skycells_grid_is_cut_right_all_the_same(lmc_archive, tm
         assert _bytes(remote) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
         assert stats.requests == len(server.requests("download")) == 3  # headers, guessed rows, rows
     assert "the box is not where its skycell's grid puts it" in caplog.text
+
+
+def test_rows_are_read_into_the_array_given_where_they_can_be(mast, lmc_archive):
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    sci = remote.hdus()["SCI"]
+    with fits.open(lmc_archive.directory / FINE) as hdul:
+        truth = hdul["SCI"].data[10:20, 5:25]
+    held = np.full((15, 30), -1, ">f4")
+    (window,) = remote.read_windows(
+        [(sci, slice(10, 20), slice(5, 25))], into=[(held, (slice(3, 13), slice(2, 22)))]
+    )
+    assert np.shares_memory(window, held) and np.array_equal(window, truth)
+    # The rest of the array is left as it was.
+    assert (held[:3] == -1).all() and (held[13:] == -1).all() and (held[:, :2] == -1).all()
+    # An array of another type (or byte order) cannot take the file's bytes: a new one is read.
+    for other in (np.zeros((10, 20), "<f4"), np.zeros((10, 20), ">f8")):
+        (window,) = remote.read_windows(
+            [(sci, slice(10, 20), slice(5, 25))], into=[(other, (slice(0, 10), slice(0, 20)))]
+        )
+        assert not np.shares_memory(window, other) and np.array_equal(window, truth) and not other.any()
+    with pytest.raises(ValueError, match=r"\(10, 19\) pixels to hold a \(10, 20\) window of SCI"):
+        remote.read_windows([(sci, slice(10, 20), slice(5, 25))], into=[(held, (slice(3, 13), slice(2, 21)))])
+
+
+def test_boxes_that_leave_the_layer_are_cut_as_from_a_local_file(mast, lmc_archive):
+    # The rows are read into the cutout's arrays, 0 where the box leaves the layer.
+    with fits.open(lmc_archive.directory / FINE) as hdul:
+        ny, nx = hdul["SCI"].data.shape
+        corner = WCS(hdul["SCI"].header).pixel_to_world(nx - 40, -30)
+    cutout = cut_layer(f"mast:HST/product/{FINE}", corner, 6)
+    assert _bytes(cutout) == _bytes(cut_layer(lmc_archive.directory / FINE, corner, 6))
+    sci = cutout["SCI"].data
+    assert sci.shape == (150, 150) and sci[104:, :115].all()
+    assert not sci[:104].any() and not sci[:, 115:].any()

@@ -76,6 +76,8 @@ class _RangeHeaderTooLong(Exception):
 #: Replies of servers to a request header longer than they accept: 400 (Apache, nginx),
 #: 413/414, 431 (Request Header Fields Too Large).
 _HEADER_TOO_LONG = (400, 413, 414, 431)
+#: Where a window's pixels go: an array and the (rows, cols) slices of it that hold them.
+_Into = tuple[np.ndarray, tuple[slice, slice]]
 
 
 _ADVICE = " The archive's server misbehaved: try again, or fetch whole files (--fetch download)."
@@ -589,21 +591,31 @@ class RemoteFITS:
                 return True
         return False
 
-    def read_windows(self, windows: list[tuple[HDUInfo, slice, slice]]) -> list[np.ndarray]:
+    def read_windows(
+        self, windows: list[tuple[HDUInfo, slice, slice]], into: list[_Into | None] | None = None
+    ) -> list[np.ndarray]:
         """``data[rows, cols]`` of 2-D image HDUs, one row span each, all fetched together.
 
         The header of a guessed HDU (see `hdus`) comes in the same requests; if the guess was
         wrong, its rows are fetched again where they really are. Returns big-endian arrays of
-        each HDU's BITPIX type.
+        each HDU's BITPIX type: new ones, or where ``into`` (one entry per window) gives an
+        ``(array, (rows, cols))``, ``array[rows, cols]`` itself, written as the replies come (a
+        C-contiguous array of that type; else a new one is returned).
         """
-        return run(self._read_windows(windows))
+        return run(self._read_windows(windows, into=into))
 
     async def _read_windows(
-        self, windows: list[tuple[HDUInfo, slice, slice]], meanwhile=None, on_header=None, urgency=None
+        self,
+        windows: list[tuple[HDUInfo, slice, slice]],
+        meanwhile=None,
+        on_header=None,
+        urgency=None,
+        into: list[_Into | None] | None = None,
     ) -> list[np.ndarray]:
         """`read_windows`; ``meanwhile()`` is awaited while the pixels are on their way (see
         `_read_into`, which ends ``urgency``), and ``on_header(info)`` as soon as a guessed HDU's
         header has come and confirmed the guess (while the rest may still be on its way)."""
+        into = into or [None] * len(windows)
         guessed = {id(info): info for info, _, _ in windows if info.guessed}
         header_spans = np.array(
             [(info.header_offset, info.data_offset) for info in guessed.values()], np.int64
@@ -613,8 +625,8 @@ class RemoteFITS:
         for block in blocks:
             targets.add(block, [0])
         spans, out = [header_spans.reshape(-1, 2)], []
-        for info, rows, cols in windows:
-            out.append(self._window_into(targets, info, rows, cols))
+        for (info, rows, cols), where in zip(windows, into, strict=True):
+            out.append(self._window_into(targets, info, rows, cols, where))
             spans.append(self._row_spans(info, rows, cols))
 
         def confirmer(info: HDUInfo, block: bytearray):
@@ -639,18 +651,28 @@ class RemoteFITS:
             for i, (other, rows, cols) in enumerate(windows):
                 if id(other) == key:  # read again where they really are
                     again = _Targets()
-                    out[i] = self._window_into(again, info, rows, cols)
+                    out[i] = self._window_into(again, info, rows, cols, into[i])
                     await self._read_into(self._row_spans(info, rows, cols), again)
         return out
 
     @staticmethod
-    def _window_into(targets: "_Targets", info: HDUInfo, rows: slice, cols: slice) -> np.ndarray:
-        """An empty big-endian array for ``data[rows, cols]`` of ``info``, its rows added to
-        ``targets`` (one span per row, as `_row_spans` gives them)."""
+    def _window_into(
+        targets: "_Targets", info: HDUInfo, rows: slice, cols: slice, into: _Into | None = None
+    ) -> np.ndarray:
+        """The big-endian array that is to hold ``data[rows, cols]`` of ``info``, its rows added
+        to ``targets`` (one span per row, as `_row_spans` gives them): ``array[at]`` of ``into``
+        = ``(array, at)`` if it can (see `read_windows`), else a new one."""
         dtype = np.dtype(BITPIX2DTYPE[info["BITPIX"]]).newbyteorder(">")
-        array = np.empty((rows.stop - rows.start, cols.stop - cols.start), dtype)
-        targets.add(array, np.arange(array.shape[0]) * (array.shape[1] * dtype.itemsize))
-        return array
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        if into is None or into[0].dtype != dtype or not into[0].flags.c_contiguous:
+            into = (np.empty(shape, dtype), (slice(0, shape[0]), slice(0, shape[1])))
+        array, (at_rows, at_cols) = into
+        window = array[at_rows, at_cols]
+        if window.shape != shape:
+            raise ValueError(f"{window.shape} pixels to hold a {shape} window of {info.name}.")
+        first = at_rows.indices(array.shape[0])[0] * array.shape[1] + at_cols.indices(array.shape[1])[0]
+        targets.add(array, (first + np.arange(shape[0]) * array.shape[1]) * dtype.itemsize)
+        return window
 
     @staticmethod
     def _row_spans(info: HDUInfo, rows: slice, cols: slice) -> np.ndarray:
