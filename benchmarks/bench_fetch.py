@@ -23,9 +23,9 @@ import astropy.units as u
 from astropy.coordinates import SkyCoord
 
 from glue_mvmcut.core.archive import file_url, http_session, query_layers, using_server
-from glue_mvmcut.core.cutout import _celestial_wcs, _wcs, _window
+from glue_mvmcut.core.cutout import _card_image, _celestial_wcs, _wcs, _window
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import LAYER_HEADERS, RemoteFITS
+from glue_mvmcut.core.remote import LAYER_HEADERS, RemoteFITS, _card_value
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
 
 WIDE = Field(
@@ -71,9 +71,12 @@ def served(archive_dir: Path, *options: str):
 
 
 def forget_layers() -> None:
-    """Forget what this process learned about the layers: their headers and their SCI WCSs."""
+    """Forget what this process learned about the layers: their headers, their SCI WCSs, the
+    values of their header cards and the cards made for their cutouts."""
     LAYER_HEADERS.clear()
     _celestial_wcs.cache_clear()
+    _card_value.cache_clear()
+    _card_image.cache_clear()
 
 
 def _needed_bytes(archive, coord, size) -> tuple[int, int]:

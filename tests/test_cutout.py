@@ -8,7 +8,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from glue_mvmcut import NotMVMFileError, OutsideFootprintError
-from glue_mvmcut.core.cutout import _celestial_wcs, _plain_wcs, cut_layer
+from glue_mvmcut.core.cutout import _celestial_wcs, _edited, _plain_wcs, cut_layer
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 F814W = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
@@ -192,3 +192,24 @@ def test_distorted_wcs_is_read_by_astropy(lmc_archive):
     pixel = [[5000.0, 7000.0]]
     assert np.array_equal(ours.all_pix2world(pixel, 0), WCS(text).all_pix2world(pixel, 0))
     assert not np.allclose(ours.all_pix2world(pixel, 0), ours.wcs_pix2world(pixel, 0), rtol=0, atol=1e-6)
+
+
+def test_cutout_headers_are_edited_as_astropy_sets_keywords():
+    # Cards are edited as text, their images remembered (SCI and WHT get the same new cards):
+    # the result is what header[keyword] = value gives, True and 1 told apart.
+    header = fits.Header()
+    header["NAXIS1"] = (10284, "length of data axis 1")
+    header["FLAG"] = (False, "a flag")
+    header["HISTORY"] = "drizzled"
+    header.append(fits.Card())  # a trailing blank card, which a new card takes the place of
+    for settings in (
+        [("NAXIS1", 500), ("FLAG", True), ("NEW", 1.5, "a new card")],
+        [("NAXIS1", 500), ("FLAG", 1), ("NEW", 1, "a new card")],
+    ):
+        expected = header.copy()
+        for keyword, value, *comment in settings:
+            expected[keyword] = (value, *comment)
+        edited = _edited(header, settings)
+        assert edited.tostring() == expected.tostring()
+        assert [type(edited[keyword]) for keyword, *_ in settings] == [type(v) for _, v, *_ in settings]
+    assert edited.comments["NAXIS1"] == "length of data axis 1" and len(edited) == len(header)

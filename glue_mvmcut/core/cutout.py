@@ -227,19 +227,30 @@ def _edited(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.Header
         key = f"{keyword:8}="
         at = next((k for k, card in enumerate(cards) if card.startswith(key)), None)
         if at is not None:
-            if not comment:
-                comment = [fits.Card.fromstring(cards[at]).comment]
-            cards[at] = fits.Card(keyword, value, *comment).image
+            cards[at] = _card_image(keyword, value, comment[0] if comment else None, cards[at])
             continue
         at = len(cards)
         while at and not cards[at - 1].strip():  # trailing blank cards
             at -= 1
         while at and cards[at - 1][:8].rstrip() in ("", "COMMENT", "HISTORY"):
             at -= 1
-        cards.insert(at, fits.Card(keyword, value, *comment).image)
+        cards.insert(at, _card_image(keyword, value, comment[0] if comment else None))
         if not cards[-1].strip():
             del cards[-1]
     return fits.Header.fromstring("".join(cards) + _END)
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _card_image(keyword: str, value, comment: str | None, old: str | None = None) -> str:
+    """The image of the card ``keyword = value / comment``, as astropy makes it; with no
+    ``comment``, that of the card ``old`` it replaces, if any.
+
+    A cutout's SCI and WHT get the same new cards, and a batch's cutouts of a layer many alike;
+    astropy takes ~20 µs to make one.
+    """
+    if comment is None and old is not None:
+        comment = fits.Card.fromstring(old).comment
+    return fits.Card(keyword, value, comment).image
 
 
 def _cut_header(header: fits.Header | HDUInfo, window: _Window, layer_file: str) -> fits.Header:
