@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mvmcut",
         description="Hubble Multi-visit Mosaic cutouts and mosaics from MAST.",
-        epilog="MAST is reached through astroquery's [mast] server setting (astroquery.cfg).",
+        epilog="MAST is reached through astroquery's [mast] server setting (astroquery.cfg in "
+        "astropy's configuration directory, e.g. ~/.config/astropy; errors reaching MAST name the file).",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

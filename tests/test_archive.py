@@ -12,6 +12,7 @@ from astropy.coordinates import SkyCoord
 from glue_mvmcut import ArchiveError, InvalidCoordinateError, NoMVMDataWarning, conf
 from glue_mvmcut.core.archive import (
     LAYER_COLUMNS,
+    astroquery_config_file,
     query_layers,
     query_layers_near,
     resolve_name,
@@ -95,12 +96,13 @@ def test_a_silent_server_times_out(mast):
         query_layers(LMC, 20)
 
 
-def test_an_unreachable_server_is_named():
+def test_an_unreachable_server_is_named_with_the_file_that_sets_it():
     with (
         using_server("http://127.0.0.1:9"),
-        pytest.raises(ArchiveError, match=r"cannot reach MAST at http://127.0.0.1:9"),
+        pytest.raises(ArchiveError, match=r"cannot reach MAST at http://127.0.0.1:9") as raised,
     ):
         query_layers(LMC, 20)
+    assert str(raised.value).endswith(f"[mast] server setting in {astroquery_config_file()}.")
 
 
 def test_server_url_follows_astroquery_configuration(mast):
@@ -127,6 +129,15 @@ def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp
     assert "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits" in result.stdout
     assert len(mast.requests("Mast.Caom.Filtered.Position")) == 2
     assert len(mast.requests("Mast.Caom.Products")) == 1
+    # The file errors name as the one to check is the one read.
+    named = subprocess.run(
+        [sys.executable, "-c", "import glue_mvmcut.core.archive as a; print(a.astroquery_config_file())"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert named.stdout.strip() == str(config / "astroquery.cfg")
 
 
 @pytest.mark.parametrize("field", ["lmc", "twocells", "polar", "ra0"])

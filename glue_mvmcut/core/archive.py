@@ -1,9 +1,9 @@
 """MAST through ``astroquery.mast``: which MVM layers overlap a box on the sky.
 
 This is the only module that imports astroquery. The server is astroquery's own ``[mast] server``
-configuration item (``astroquery.cfg`` in the astropy config directory, or
-``astroquery.mast.conf.set_temp``), read at every call, so one setting points every request this
-package makes — queries and downloads — at MAST or at a stand-in.
+configuration item (in `astroquery_config_file`, or ``astroquery.mast.conf.set_temp``), read at
+every call, so one setting points every request this package makes — queries and downloads — at
+MAST or at a stand-in.
 """
 
 import logging
@@ -11,11 +11,13 @@ import math
 import re
 import warnings
 from contextlib import closing, contextmanager
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import requests
 import urllib3
+from astropy.config import get_config_dir
 from astropy.coordinates import SkyCoord
 from astropy.table import Table, vstack
 from astroquery.exceptions import NoResultsWarning, RemoteServiceError
@@ -34,6 +36,7 @@ from .threadsafe import catch_warnings
 __all__ = [
     "LAYER_COLUMNS",
     "server_url",
+    "astroquery_config_file",
     "using_server",
     "file_url",
     "http_session",
@@ -84,6 +87,13 @@ _POSITION_LIKE = re.compile(r"^\s*[-+]?\d[\d\s+\-.:,°'\"hdms]*$", re.IGNORECASE
 def server_url() -> str:
     """The MAST server astroquery is configured to use now (``[mast] server``), without a trailing /."""
     return str(mast_conf.server).rstrip("/")
+
+
+def astroquery_config_file() -> Path:
+    """Where astroquery reads its settings (``[mast] server`` among them): ``astroquery.cfg`` in
+    astropy's configuration directory (``~/.config/astropy``; ``$XDG_CONFIG_HOME/astropy`` where
+    that variable names a directory; ``~/.astropy/config`` where an older astropy made it)."""
+    return Path(get_config_dir("astropy")) / "astroquery.cfg"
 
 
 @contextmanager
@@ -192,14 +202,14 @@ def archive_errors(what: str, service: str | None = None):
             raise ArchiveError(too_slow) from exc
         raise ArchiveError(
             f"{what}: cannot reach {service} ({exc.__class__.__name__}). "
-            "Check the network and the [mast] server setting in astroquery.cfg."
+            f"Check the network and the [mast] server setting in {astroquery_config_file()}."
         ) from exc
     except requests.exceptions.Timeout as exc:
         raise ArchiveError(too_slow) from exc
     except requests.exceptions.HTTPError as exc:
         raise ArchiveError(
             f"{what}: {service} answered {exc}. Try again later; if it keeps failing, check the "
-            "[mast] server setting in astroquery.cfg."
+            f"[mast] server setting in {astroquery_config_file()}."
         ) from exc
     except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
         raise ArchiveError(f"{what}: the transfer from {service} failed ({exc}). Try again.") from exc
