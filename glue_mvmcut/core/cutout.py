@@ -223,18 +223,19 @@ def _edited(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.Header
     text = _text(header)
     cards = [text[at : at + _CARD] for at in range(0, len(text), _CARD)]
     cards = cards[: cards.index(_END)] if _END in cards else cards
-    for keyword, value, *comment in settings:
+    for keyword, value, *given in settings:
+        comment = given[0] if given else None
         key = f"{keyword:8}="
         at = next((k for k, card in enumerate(cards) if card.startswith(key)), None)
         if at is not None:
-            cards[at] = _card_image(keyword, value, comment[0] if comment else None, cards[at])
+            cards[at] = _card_image(keyword, value, comment, cards[at])
             continue
         at = len(cards)
         while at and not cards[at - 1].strip():  # trailing blank cards
             at -= 1
         while at and cards[at - 1][:8].rstrip() in ("", "COMMENT", "HISTORY"):
             at -= 1
-        cards.insert(at, _card_image(keyword, value, comment[0] if comment else None))
+        cards.insert(at, _card_image(keyword, value, comment))
         if not cards[-1].strip():
             del cards[-1]
     return fits.Header.fromstring("".join(cards) + _END)
