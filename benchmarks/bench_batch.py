@@ -26,7 +26,9 @@ from astropy.table import Table
 from bench_fetch import LATENCY, WIDE, forget_layers, served
 
 from glue_mvmcut.cli import main as mvmcut
-from glue_mvmcut.core.batch import _Record, _write_manifest, cutout_batch, read_targets
+from glue_mvmcut.core.batch import cutout_batch
+from glue_mvmcut.core.manifest import Record, write_manifest
+from glue_mvmcut.core.targets import read_targets
 from glue_mvmcut.testing.synth import build_archive
 
 SIZE = 20.0
@@ -88,11 +90,11 @@ def _manifest_rewrites(out: Path) -> None:
     print("|---|---|---|")
     for n in (100, 1000, 5000):
         plan = read_targets(_targets(n), size=SIZE)
-        records = {target.id: _Record(target) for target in plan}
+        records = {target.id: Record(target) for target in plan}
         best = float("inf")
         for _ in range(3):
             start = time.perf_counter()
-            _write_manifest(out, records, {})
+            write_manifest(out, records, {})
             best = min(best, time.perf_counter() - start)
         print(f"| {n} | {best * 1000:.1f} ms | {best * n:.1f} s |")
 

@@ -20,12 +20,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import astropy.units as u
+import numpy as np
 from astropy.coordinates import SkyCoord
+from astropy.nddata import Cutout2D
 
-from glue_mvmcut.core.archive import file_url, http_session, query_layers, using_server
-from glue_mvmcut.core.cutout import _card_image, _celestial_wcs, _wcs, _window
+from glue_mvmcut.core.endpoints import file_url, using_server
+from glue_mvmcut.core.fitsheaders import forget_headers, read_wcs
+from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import LAYER_HEADERS, RemoteFITS, _card_value
+from glue_mvmcut.core.remote import RemoteFITS
+from glue_mvmcut.core.transport import http_session, run
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
 
 WIDE = Field(
@@ -70,26 +74,23 @@ def served(archive_dir: Path, *options: str):
         process.stdout.close()
 
 
-def forget_layers() -> None:
-    """Forget what this process learned about the layers: their headers, their SCI WCSs, the
-    values of their header cards and the cards made for their cutouts."""
-    LAYER_HEADERS.clear()
-    _celestial_wcs.cache_clear()
-    _card_value.cache_clear()
-    _card_image.cache_clear()
-
-
 def _needed_bytes(archive, coord, size) -> tuple[int, int]:
     """Pixel bytes the box covers in every layer (SCI + WHT) and the layers' header bytes."""
     pixels = headers = 0
     for rec in archive.layers:
         remote = RemoteFITS(file_url(f"mast:HST/product/{rec.filename}"))
-        hdus = remote.hdus()
-        window = _window(
-            _wcs(hdus["SCI"].header).celestial, rec.shape, coord, [size, size] * u.arcsec, rec.filename
+        hdus = run(remote.read_headers())
+        # The box's window on the layer, as Cutout2D places it (an array of the layer's shape
+        # that takes no memory stands in for its pixels).
+        box = Cutout2D(
+            np.broadcast_to(np.float32(0), rec.shape),
+            coord,
+            [size, size] * u.arcsec,
+            wcs=read_wcs(hdus["SCI"].header).celestial,
+            mode="partial",
         )
-        rows, cols = window.large
-        pixels += 2 * 4 * (rows.stop - rows.start) * (cols.stop - cols.start)
+        (y0, y1), (x0, x1) = box.bbox_original
+        pixels += 2 * 4 * (y1 - y0 + 1) * (x1 - x0 + 1)
         headers += sum(info.data_offset - info.header_offset for info in hdus.values())
     return pixels, headers
 
@@ -118,7 +119,7 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     def timed(clear: bool) -> float:
         nonlocal stats
         if clear:
-            forget_layers()
+            forget_headers()
         for old in cache.glob("*"):
             old.unlink()
         start = time.perf_counter()

@@ -4,7 +4,7 @@ the stand-in MAST, in a scratch folder, exactly as they would against MAST."""
 
 import pytest
 
-from glue_mvmcut.core.archive import using_server
+from glue_mvmcut.core.endpoints import using_server
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 

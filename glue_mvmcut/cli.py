@@ -132,14 +132,14 @@ def _print_layers(table) -> None:
 
 
 def _box(args):
-    from .core.archive import resolve_target
+    from .core.mast import resolve_target
 
     coord = resolve_target(" ".join(part.strip() for part in args.target))
     return coord, (args.size_y if args.size_y is not None else args.size, args.size)
 
 
 def _query(args) -> None:
-    from .core.archive import query_layers
+    from .core.mast import query_layers
 
     coord, size = _box(args)
     table = query_layers(coord, size, instruments=_split(args.instruments), filters=_split(args.filters))
@@ -307,7 +307,7 @@ def _batch(args) -> int:
 
 
 def _demo(args) -> None:
-    from .core.archive import using_server
+    from .core.endpoints import using_server
     from .testing.server import MastServer
     from .testing.synth import build_archive
 

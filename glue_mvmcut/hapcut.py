@@ -24,13 +24,13 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.table import Table
 
-from .core.archive import query_layers
 from .core.combine import combine_cutouts
 from .core.coords import parse_coord, parse_size
 from .core.cutout import cut_layer
+from .core.download import download_layer
+from .core.mast import query_layers
+from .core.names import safe_filename
 from .core.pipeline import write_fits, write_query_table
-from .core.products import safe_filename
-from .core.retrieve import download_layer
 
 __all__ = ["mvm_id_filenames", "mvm_retrieve_files", "make_the_cut", "mvm_combine"]
 
@@ -58,7 +58,7 @@ def mvm_id_filenames(sky_coord, cutout_size, log_level=logging.INFO, *, output_d
     Returns
     -------
     `~astropy.table.Table`
-        One row per layer file (see `~glue_mvmcut.core.archive.query_layers`).
+        One row per layer file (see `~glue_mvmcut.core.mast.query_layers`).
     """
     _set_level(log_level)
     coord, size = parse_coord(sky_coord), parse_size(cutout_size)

@@ -1,12 +1,13 @@
 """PNG quick-looks of mosaics and cutouts (matplotlib, no pyplot, no display needed)."""
 
-import os
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterval
 from astropy.wcs import WCS
+
+from .core.files import write_atomically
 
 __all__ = ["save_quicklook"]
 
@@ -30,11 +31,6 @@ def save_quicklook(hdul: fits.HDUList, path, *, title: str | None = None) -> Pat
     axes.set_xlabel("Right Ascension")
     axes.set_ylabel("Declination")
     axes.set_title(title or hdul[0].header.get("FILENAME", ""), fontsize=8)
-    target = Path(path)
-    partial = target.with_name(target.name + ".part")
-    try:
-        figure.savefig(partial, format="png", bbox_inches="tight")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
+    return write_atomically(
+        Path(path), lambda partial: figure.savefig(partial, format="png", bbox_inches="tight")
+    )

@@ -11,8 +11,9 @@ import queue
 import pytest
 
 from glue_mvmcut import conf
-from glue_mvmcut.core.archive import using_server
-from glue_mvmcut.core.remote import LAYER_HEADERS, run
+from glue_mvmcut.core.endpoints import using_server
+from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
+from glue_mvmcut.core.transport import run
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 

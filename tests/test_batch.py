@@ -12,10 +12,10 @@ from astropy.table import Table
 
 from glue_mvmcut import Cancelled, InvalidTargetsError, MVMCutError
 from glue_mvmcut.cli import main
-from glue_mvmcut.core.archive import using_server
 from glue_mvmcut.core.batch import MANIFEST, cutout_batch, read_targets
-from glue_mvmcut.core.remote import LAYER_HEADERS
-from glue_mvmcut.core.retrieve import fits_problem
+from glue_mvmcut.core.endpoints import using_server
+from glue_mvmcut.core.files import fits_problem
+from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
 from glue_mvmcut.testing.server import MastServer
 
 distributed = pytest.importorskip("distributed")

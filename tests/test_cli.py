@@ -73,7 +73,7 @@ def test_no_data_is_said_plainly(mast, capsys):
 
 
 def test_unreachable_archive_is_an_error(capsys):
-    from glue_mvmcut.core.archive import using_server
+    from glue_mvmcut.core.endpoints import using_server
 
     with using_server("http://127.0.0.1:9"):
         assert main(["query", "1", "2", "--size", "5"]) == 1

@@ -9,7 +9,7 @@ from astropy.wcs import WCS
 
 from glue_mvmcut.core.combine import band_of, combine_band, combine_cutouts
 from glue_mvmcut.core.cutout import cut_layer
-from glue_mvmcut.core.products import Band
+from glue_mvmcut.core.names import Band
 from glue_mvmcut.testing import synth
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")

@@ -8,7 +8,8 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from glue_mvmcut import NotMVMFileError, OutsideFootprintError
-from glue_mvmcut.core.cutout import _celestial_wcs, _edited, _plain_wcs, cut_layer
+from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.fitsheaders import celestial_wcs, edited_header, plain_wcs
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 F814W = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
@@ -170,8 +171,8 @@ def test_wcs_read_by_wcslib_alone_is_astropys(archives, field):
     for rec in archive.layers:
         with fits.open(archive.directory / rec.filename) as hdul:
             text = hdul["SCI"].header.tostring()
-        assert _plain_wcs(text) is not None
-        ours, astropys = _celestial_wcs(text), WCS(text).celestial
+        assert plain_wcs(text) is not None
+        ours, astropys = celestial_wcs(text), WCS(text).celestial
         pixels = np.mgrid[-2000:25000:1500, -2000:25000:1500].reshape(2, -1).T.astype(float)
         world = astropys.wcs_pix2world(pixels, 0)
         assert np.array_equal(ours.wcs_pix2world(pixels, 0), world)
@@ -186,8 +187,8 @@ def test_distorted_wcs_is_read_by_astropy(lmc_archive):
     header["A_ORDER"] = header["B_ORDER"] = 2
     header["A_2_0"], header["B_0_2"] = 1e-6, -2e-6
     text = header.tostring()
-    assert _plain_wcs(text) is None
-    ours = _celestial_wcs(text)
+    assert plain_wcs(text) is None
+    ours = celestial_wcs(text)
     assert ours.sip is not None and ours.sip.a_order == 2
     pixel = [[5000.0, 7000.0]]
     assert np.array_equal(ours.all_pix2world(pixel, 0), WCS(text).all_pix2world(pixel, 0))
@@ -209,7 +210,7 @@ def test_cutout_headers_are_edited_as_astropy_sets_keywords():
         expected = header.copy()
         for keyword, value, *comment in settings:
             expected[keyword] = (value, *comment)
-        edited = _edited(header, settings)
+        edited = edited_header(header, settings)
         assert edited.tostring() == expected.tostring()
         assert [type(edited[keyword]) for keyword, *_ in settings] == [type(v) for _, v, *_ in settings]
     assert edited.comments["NAXIS1"] == "length of data axis 1" and len(edited) == len(header)

@@ -20,7 +20,7 @@ LMC = (84.9208, -69.1467)
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory, _server):
-    from glue_mvmcut.core.archive import using_server
+    from glue_mvmcut.core.endpoints import using_server
 
     out = tmp_path_factory.mktemp("glue")
     with using_server(_server.url):

@@ -14,7 +14,7 @@ from glue_mvmcut import (
     cutout_mosaic,
 )
 from glue_mvmcut.core import pipeline
-from glue_mvmcut.core.archive import query_layers
+from glue_mvmcut.core.mast import query_layers
 
 LMC = (84.9208, -69.1467)
 TOKEN = "ra84d9208-decs69d1467"

@@ -13,21 +13,15 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
-from glue_mvmcut.core.archive import file_url, query_layers, using_server
+from glue_mvmcut.core.byteranges import Targets, copy_parts, parse_multipart, parts_as_asked
 from glue_mvmcut.core.coords import parse_coord, parse_size
 from glue_mvmcut.core.cutout import cut_layer, cut_remote
+from glue_mvmcut.core.endpoints import file_url, using_server
+from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
+from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.core.pipeline import cutout_mosaic
-from glue_mvmcut.core.remote import (
-    LAYER_HEADERS,
-    RangeNotSupported,
-    RemoteFITS,
-    _copy,
-    _parts_as_asked,
-    _Targets,
-    run,
-    submit,
-)
-from glue_mvmcut.core.retrieve import TransferStats
+from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
+from glue_mvmcut.core.transport import TransferStats, run, submit
 from glue_mvmcut.testing.server import MastServer
 
 LMC = (84.9208, -69.1467)
@@ -107,7 +101,7 @@ def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_
 
     def read():
         remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
-        return [bytes(data) for data in remote.read_spans(spans)]
+        return [bytes(data) for data in run(remote.read_spans(spans))]
 
     local = (lmc_archive.directory / FINE).read_bytes()
     assert read() == [local[a:b] for a, b in spans]  # the parent's threads and connections exist
@@ -151,7 +145,7 @@ def test_one_range_servers_get_close_spans_in_one_request(mast, lmc_archive):
     mast.faults.multirange_supported = False
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), single_range_gap=200_000)
     spans = [(start, start + 10) for start in (10_000, 110_000, 200_000, 1_500_000)]
-    got = remote.read_spans(spans)
+    got = run(remote.read_spans(spans))
     local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     # The first range of the multi-range request came back; of the rest, the two 90 KB apart
@@ -166,7 +160,7 @@ def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
     # would come as one reply; they end at every 1 MB of the file instead, a request each.
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), stretch=1 << 20)
     spans = [(start, start + 10_000) for start in range(100_000, 3_100_000, 10_000)]
-    got = remote.read_spans(spans)
+    got = run(remote.read_spans(spans))
     local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     assert sorted(r.range for r in mast.requests("download")) == [
@@ -205,7 +199,7 @@ def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, 
     mast.faults.max_range_header = 3000
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
     spans = [(start, start + 10) for start in range(10_000, 110_000, 100)]
-    got = remote.read_spans(spans)
+    got = run(remote.read_spans(spans))
     local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     requests = mast.requests("download")
@@ -229,7 +223,7 @@ def test_garbled_multipart_replies_are_named_never_used(mast, lmc_archive, tmp_p
     mast.faults.garble(kind)
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
     with pytest.raises(ArchiveError, match=f"Reading {FINE}: {message}. The archive's server misbehaved"):
-        remote.read_spans([(10_000, 10_010), (20_000, 20_010), (30_000, 30_010)])
+        run(remote.read_spans([(10_000, 10_010), (20_000, 20_010), (30_000, 30_010)]))
     # Through the pipeline: the cutout fails with that message and nothing is written.
     mast.faults.garble(kind, count=100)
     with pytest.raises(ArchiveError, match=message):
@@ -354,7 +348,7 @@ def _contents(parts) -> dict[int, bytes]:
 
 
 def test_multipart_replies_as_asked_are_read_in_one_go_and_others_part_by_part():
-    remote, content_type = RemoteFITS("http://127.0.0.1/file.fits"), "multipart/byteranges; boundary=b0"
+    content_type = "multipart/byteranges; boundary=b0"
     # Offsets around powers of ten, where the heads' lengths change.
     spans = [(9, 12), (98, 101), (999, 1001), (10_000, 10_003)]
     ranges = b"9-11,98-100,999-1000,10000-10002"  # the Range header value they were asked with
@@ -363,24 +357,25 @@ def test_multipart_replies_as_asked_are_read_in_one_go_and_others_part_by_part()
     ]
     body = _multipart_body("b0", asked, 123_456)
     for given in (None, ranges):  # the heads expected built from the spans, or from the header
-        parts, total = _parts_as_asked(body, body.find(b"--b0"), b"b0", spans, given)
+        parts, total = parts_as_asked(body, body.find(b"--b0"), b"b0", spans, given)
         assert total == b"123456" and _contents(parts) == {a: d for a, _, d in asked}
     # The server joined the two middle spans (RFC 7233 allows it): not as asked, read part by part.
     joined = [asked[0], (98, 1001, bytes(904)), asked[3]]
     body = _multipart_body("b0", joined, 123_456)
-    assert _parts_as_asked(body, body.find(b"--b0"), b"b0", spans, ranges) is None
-    parts = _contents(remote._multipart(body, content_type, spans, ranges))
-    assert sorted(parts) == [9, 98, 10_000] and len(parts[98]) == 904 and remote.size == 123_456
+    assert parts_as_asked(body, body.find(b"--b0"), b"b0", spans, ranges) is None
+    parts, total = parse_multipart(body, content_type, spans, ranges)
+    parts = _contents(parts)
+    assert sorted(parts) == [9, 98, 10_000] and len(parts[98]) == 904 and total == b"123456"
     # A later part's head that lies about its bytes fails the one-go check and then the walk.
     lying = _multipart_body("b0", asked, 123_456).replace(b"bytes 999-1000/", b"bytes 999-1001/")
     for given in (None, ranges):
-        assert _parts_as_asked(lying, lying.find(b"--b0"), b"b0", spans, given) is None
+        assert parts_as_asked(lying, lying.find(b"--b0"), b"b0", spans, given) is None
     with pytest.raises(ArchiveError, match="not as long as its Content-Range says"):
-        remote._multipart(lying, content_type, spans, ranges)
+        parse_multipart(lying, content_type, spans, ranges)
     # Numbers that differ from those asked, each as long: framed alike, yet not as asked.
     shifted = _multipart_body("b0", [asked[0], (97, 99, asked[1][2]), *asked[2:]], 123_456)
-    assert _parts_as_asked(shifted, shifted.find(b"--b0"), b"b0", spans, ranges) is None
-    assert sorted(_contents(remote._multipart(shifted, content_type, spans, ranges))) == [9, 97, 999, 10_000]
+    assert parts_as_asked(shifted, shifted.find(b"--b0"), b"b0", spans, ranges) is None
+    assert sorted(_contents(parse_multipart(shifted, content_type, spans, ranges)[0])) == [9, 97, 999, 10_000]
 
 
 def test_reply_bytes_reach_their_targets_run_by_run():
@@ -390,7 +385,7 @@ def test_reply_bytes_reach_their_targets_run_by_run():
     rng = np.random.default_rng(3)
     source = memoryview(rng.integers(0, 256, 200_000, dtype=np.uint8).tobytes())
     for trial in range(50):
-        targets, at, lengths = _Targets(), [], []
+        targets, at, lengths = Targets(), [], []
         position = int(rng.integers(0, 100))
         for _ in range(int(rng.integers(1, 6))):
             rows, width = int(rng.integers(1, 40)), int(rng.integers(1, 30))
@@ -407,7 +402,7 @@ def test_reply_bytes_reach_their_targets_run_by_run():
                 lengths.append(length)
                 position += step + (int(rng.integers(1, 3)) if rng.random() < 0.1 else 0)
         at, lengths = np.array(at), np.array(lengths)
-        _copy(source, at, lengths, targets, np.arange(len(at)))
+        copy_parts(source, at, lengths, targets, np.arange(len(at)))
         got = b"".join(bytes(buffer) for buffer in targets.buffers)
         assert got == b"".join(
             bytes(source[a : a + n]) for a, n in zip(at.tolist(), lengths.tolist(), strict=True)
@@ -434,24 +429,30 @@ def test_a_layer_off_its_skycells_grid_is_cut_right_all_the_same(lmc_archive, tm
 
 def test_rows_are_read_into_the_array_given_where_they_can_be(mast, lmc_archive):
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
-    sci = remote.hdus()["SCI"]
+    sci = run(remote.read_headers())["SCI"]
     with fits.open(lmc_archive.directory / FINE) as hdul:
         truth = hdul["SCI"].data[10:20, 5:25]
     held = np.full((15, 30), -1, ">f4")
-    (window,) = remote.read_windows(
-        [(sci, slice(10, 20), slice(5, 25))], into=[(held, (slice(3, 13), slice(2, 22)))]
+    (window,) = run(
+        remote.read_windows([(sci, slice(10, 20), slice(5, 25))], into=[(held, (slice(3, 13), slice(2, 22)))])
     )
     assert np.shares_memory(window, held) and np.array_equal(window, truth)
     # The rest of the array is left as it was.
     assert (held[:3] == -1).all() and (held[13:] == -1).all() and (held[:, :2] == -1).all()
     # An array of another type (or byte order) cannot take the file's bytes: a new one is read.
     for other in (np.zeros((10, 20), "<f4"), np.zeros((10, 20), ">f8")):
-        (window,) = remote.read_windows(
-            [(sci, slice(10, 20), slice(5, 25))], into=[(other, (slice(0, 10), slice(0, 20)))]
+        (window,) = run(
+            remote.read_windows(
+                [(sci, slice(10, 20), slice(5, 25))], into=[(other, (slice(0, 10), slice(0, 20)))]
+            )
         )
         assert not np.shares_memory(window, other) and np.array_equal(window, truth) and not other.any()
     with pytest.raises(ValueError, match=r"\(10, 19\) pixels to hold a \(10, 20\) window of SCI"):
-        remote.read_windows([(sci, slice(10, 20), slice(5, 25))], into=[(held, (slice(3, 13), slice(2, 21)))])
+        run(
+            remote.read_windows(
+                [(sci, slice(10, 20), slice(5, 25))], into=[(held, (slice(3, 13), slice(2, 21)))]
+            )
+        )
 
 
 def test_boxes_that_leave_the_layer_are_cut_as_from_a_local_file(mast, lmc_archive):

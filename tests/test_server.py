@@ -12,8 +12,10 @@ import requests
 from astropy.coordinates import SkyCoord
 from astroquery.exceptions import NoResultsWarning
 
-from glue_mvmcut.core.archive import file_url, observations
-from glue_mvmcut.testing.server import MastServer, _parse_ranges, columns_config
+from glue_mvmcut.core.endpoints import file_url
+from glue_mvmcut.core.mast import observations
+from glue_mvmcut.testing.portal import columns_config
+from glue_mvmcut.testing.server import MastServer, parse_ranges
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 SEED_CRITERIA = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
@@ -270,7 +272,7 @@ def test_plain_range_lists_are_parsed_as_any_other():
         starts, lengths = rng.integers(0, 10**12, 50), rng.integers(-5, 10**6, 50)
         items = [f"{a}-{max(a + b, 0)}" for a, b in zip(starts.tolist(), lengths.tolist(), strict=True)]
         size = int(rng.integers(1, 10**12))
-        plain = _parse_ranges("bytes=" + ",".join(items), size)
-        assert plain == _parse_ranges("bytes=" + ", ".join(items), size)
+        plain = parse_ranges("bytes=" + ",".join(items), size)
+        assert plain == parse_ranges("bytes=" + ", ".join(items), size)
         assert all(0 <= start <= end < size for start, end in plain)
-    assert _parse_ranges("bytes=1-99999999999999999999999", 100) == [(1, 99)]  # past int64
+    assert parse_ranges("bytes=1-99999999999999999999999", 100) == [(1, 99)]  # past int64

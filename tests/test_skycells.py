@@ -1,4 +1,5 @@
-"""The skycell tessellation against DESIGN.md's check values and a brute-force oracle."""
+"""The skycell tessellation against the check values of drizzlepac's MVM tessellation (p1889x07y19,
+p0081x14y14 fine and coarse, the LMC point in four skycells) and a brute-force oracle."""
 
 from functools import lru_cache
 

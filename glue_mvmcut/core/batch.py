@@ -1,9 +1,10 @@
 """Many targets: the cutouts and mosaics of every row of a table, run on Dask.
 
-`cutout_batch` reads a target table, plans the work and runs it on a ``dask.distributed``
-cluster (an in-process one by default, or an existing one), in three rounds of tasks:
+`cutout_batch` reads a target table (`~glue_mvmcut.core.targets`), plans the work and runs it
+on a ``dask.distributed`` cluster (an in-process one by default, or an existing one), in three
+rounds of tasks:
 
-1. one MAST query per group of nearby targets (`~glue_mvmcut.core.archive.query_layers_near`),
+1. one MAST query per group of nearby targets (`~glue_mvmcut.core.mast.query_layers_near`),
    after resolving object names;
 2. one header read per layer that any target needs (`~glue_mvmcut.core.cutout.layer_hdus`), so
    neighbouring targets share it;
@@ -12,280 +13,46 @@ cluster (an in-process one by default, or an existing one), in three rounds of t
    folder that is renamed to ``<id>`` only once complete.
 
 Tasks read from the archive, not from a local disk, and return small records. The batch
-manifest (``manifest.ecsv``) gets one row per target, with what it asked for (box,
+manifest (`~glue_mvmcut.core.manifest`) gets one row per target, with what it asked for (box,
 instruments, filters); running the same batch again skips targets whose folder is complete and
 verifies and that asked for the same.
 """
 
 import logging
-import math
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import astropy.units as u
-import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table
+from astroquery.mast import conf as mast_conf
 
 from .config import conf
-from .coords import parse_coord, parse_size
-from .errors import Cancelled, InvalidTargetsError, MVMCutError
-from .pipeline import cutout_mosaic, query_table_name, write_atomically
-from .products import safe_filename
-from .retrieve import fits_problem
+from .cutout import layer_hdus
+from .endpoints import resolver_url, server_url
+from .errors import Cancelled, MVMCutError
+from .files import write_atomically
+from .manifest import MANIFEST, STATUSES, Record, previous_records, write_manifest
+from .mast import query_layers_near, resolve_name
+from .pipeline import cutout_mosaic
+from .targets import Target, read_targets
+from .transport import TransferStats
 
 __all__ = ["MANIFEST", "STATUSES", "Target", "read_targets", "cutout_batch", "default_workers"]
 
 log = logging.getLogger(__name__)
 
-#: Name of the batch manifest in the output folder.
-MANIFEST = "manifest.ecsv"
-#: Status of a target in the manifest; ``pending`` ones have not run yet (e.g. after a cancel).
-STATUSES = ("done", "no data", "failed", "pending")
 #: Targets within this many arcsec of a group's first target share its MAST query.
 GROUP_RADIUS = 120.0
 #: While a batch runs, its manifest is rewritten at least this many seconds apart.
 _MANIFEST_EVERY = 1.0
-_MANIFEST_COLUMNS = (
-    ("id", str),
-    ("row", int),
-    ("target", str),
-    ("ra", float),
-    ("dec", float),
-    ("selection", str),
-    ("status", str),
-    ("n_files", int),
-    ("files", str),
-    ("bytes", np.int64),
-    ("requests", int),
-    ("seconds", float),
-    ("error", str),
-)
-
-
-@dataclass
-class Target:
-    """One row of a target table, checked.
-
-    ``ra``/``dec`` are None until a ``name`` is resolved; ``error`` says why the row cannot run.
-    """
-
-    row: int
-    id: str
-    text: str
-    size: tuple[float, float] | None
-    ra: float | None = None
-    dec: float | None = None
-    name: str | None = None
-    instruments: tuple[str, ...] | None = None
-    filters: tuple[str, ...] | None = None
-    error: str | None = None
-
-    @property
-    def box(self):
-        """(coord, (ny, nx)) for the pipeline."""
-        return (self.ra, self.dec), self.size
-
-    @property
-    def selection(self) -> str:
-        """What this target asks for besides its position: box (width x height), instruments, filters."""
-        box = "?" if self.size is None else f"{self.size[1]:g}x{self.size[0]:g} arcsec"
-        picked = [", ".join(chosen) if chosen else "all" for chosen in (self.instruments, self.filters)]
-        return f"{box}; instruments: {picked[0]}; filters: {picked[1]}"
-
-
-@dataclass
-class _Record:
-    """The outcome of one target: a manifest row."""
-
-    target: Target
-    status: str = "pending"
-    files: list[str] = field(default_factory=list)
-    bytes: int = 0
-    requests: int = 0
-    seconds: float = 0.0
-    error: str = ""
-
-    def row(self) -> dict:
-        t = self.target
-        return {
-            "id": t.id,
-            "row": t.row,
-            "target": t.text,
-            "ra": np.nan if t.ra is None else t.ra,
-            "dec": np.nan if t.dec is None else t.dec,
-            "selection": t.selection,
-            "status": self.status,
-            "n_files": len(self.files),
-            "files": " ".join(self.files),
-            "bytes": self.bytes,
-            "requests": self.requests,
-            "seconds": round(self.seconds, 3),
-            "error": self.error,
-        }
-
-
-# -- reading targets ------------------------------------------------------------------------------
-def _read_table(targets) -> Table:
-    if isinstance(targets, Table):
-        return targets
-    path = Path(targets)
-    if not path.is_file():
-        raise InvalidTargetsError(f"No target table at {path}.")
-    suffix = "".join(path.suffixes[-2:]).lower()
-    fmt = {".csv": "ascii.csv", ".ecsv": "ascii.ecsv"}.get(path.suffix.lower())
-    if fmt is None and (".fits" in suffix or ".fit" in suffix):
-        fmt = "fits"
-    try:
-        return Table.read(path, format=fmt) if fmt else Table.read(path)
-    except Exception as exc:  # astropy raises many kinds for unreadable tables
-        raise InvalidTargetsError(f"Cannot read the target table {path}: {exc}") from exc
-
-
-def _cell(table: Table, column: str | None, row: int):
-    """A table cell as a plain Python value, or None when the column is absent or the cell empty."""
-    if column is None:
-        return None
-    value = table[column][row]
-    if value is np.ma.masked or (np.ma.isMaskedArray(value) and value.mask.all()):
-        return None
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str):
-        value = value.strip()
-        return value or None
-    value = value.item() if hasattr(value, "item") else value
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-_TARGET_KEYS = ("id", "ra", "dec", "name", "size", "size_y", "filters", "instruments")
-
-
-def _names(value) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    parts = [part.strip() for part in str(value).replace(";", ",").split(",") if part.strip()]
-    return tuple(parts) or None
-
-
-def read_targets(
-    targets,
-    *,
-    size=None,
-    size_y=None,
-    instruments: Sequence[str] | None = None,
-    filters: Sequence[str] | None = None,
-) -> list[Target]:
-    """Read and check a target table; problems with single rows are kept as `Target.error`.
-
-    Parameters
-    ----------
-    targets : `~astropy.table.Table` or path
-        A table (or a CSV, ECSV or FITS file) with columns ``ra`` and ``dec`` (degrees, or
-        sexagesimal strings with RA in hours) or ``name`` (resolved by MAST's resolver), and
-        optionally ``id`` (the output folder name; default the row number, ``0001`` …),
-        ``size`` and ``size_y`` (arcsec), ``filters`` and ``instruments`` (comma-separated).
-        Column names are case-insensitive; empty cells take the defaults.
-    size, size_y : float, optional
-        Box width and height (arcsec) for rows without their own (``size_y`` defaults to
-        ``size``).
-    instruments, filters : sequence of str, optional
-        Defaults for rows without their own.
-
-    Returns
-    -------
-    list of `Target`
-
-    Raises
-    ------
-    InvalidTargetsError
-        If the table cannot be read, has neither ``ra``/``dec`` nor ``name`` columns, or repeats
-        an ``id``.
-    """
-    table = _read_table(targets)
-    columns = {name.lower(): name for name in table.colnames}
-    if not ({"ra", "dec"} <= columns.keys() or "name" in columns):
-        raise InvalidTargetsError(
-            f"The target table needs columns 'ra' and 'dec', or 'name'; it has {', '.join(table.colnames)}."
-        )
-    width = max(4, len(str(len(table))))
-    out, seen = [], {}
-    for row in range(len(table)):
-        cell = {key: _cell(table, columns.get(key), row) for key in _TARGET_KEYS}
-        target_id = str(cell["id"]) if cell["id"] is not None else f"{row + 1:0{width}d}"
-        if target_id in seen:
-            raise InvalidTargetsError(f"The id {target_id!r} is used by rows {seen[target_id]} and {row}.")
-        seen[target_id] = row
-        ra, dec, name = cell["ra"], cell["dec"], cell["name"]
-        text = f"{ra} {dec}" if ra is not None and dec is not None else (name or "")
-        target = Target(
-            row=row,
-            id=target_id,
-            text=text,
-            size=None,
-            name=name,
-            instruments=_names(cell["instruments"]) or (tuple(instruments) if instruments else None),
-            filters=_names(cell["filters"]) or (tuple(filters) if filters else None),
-        )
-        try:
-            safe_filename(target_id)
-            width_arcsec = cell["size"] if cell["size"] is not None else size
-            height_arcsec = cell["size_y"] if cell["size_y"] is not None else size_y
-            if width_arcsec is None:
-                raise InvalidTargetsError("no box size: give a 'size' column or a default size.")
-            if height_arcsec is None:
-                height_arcsec = width_arcsec
-            ny, nx = parse_size((float(height_arcsec), float(width_arcsec))).value
-            target.size = (float(ny), float(nx))
-            if ra is not None and dec is not None:
-                coord = parse_coord(ra, dec)
-                target.ra, target.dec, target.name = coord.ra.deg, coord.dec.deg, None
-            elif name is None:
-                raise InvalidTargetsError("neither a position (ra, dec) nor a name.")
-        except (MVMCutError, ValueError) as exc:
-            target.error = str(exc)
-        out.append(target)
-    return out
-
-
-# -- the folder of one target ---------------------------------------------------------------------
-def _query_table_name(target: Target) -> str | None:
-    """The query table ``mvmcut cut`` writes for this target's box (None while a name is unresolved)."""
-    if target.ra is None or target.size is None:
-        return None
-    return query_table_name(SkyCoord(target.ra, target.dec, unit="deg"), target.size * u.arcsec)
-
-
-def _complete_files(folder: Path, query_table: str | None) -> list[str] | None:
-    """The files of a finished target folder, or None if it is missing, was made for another box
-    (its query table has another name), or anything in it fails to verify (a FITS file cut
-    short, an unreadable query table, a leftover partial file)."""
-    if not folder.is_dir():
-        return None
-    files = sorted(p.name for p in folder.iterdir())
-    tables = [name for name in files if name.endswith(".ecsv")]
-    if len(tables) != 1 or any(not name.endswith((".fits", ".ecsv")) for name in files):
-        return None
-    if query_table is not None and tables[0] != query_table:
-        return None
-    try:
-        Table.read(folder / tables[0], format="ascii.ecsv")
-    except Exception:  # any unreadable table means: not complete
-        return None
-    if any(fits_problem(folder / name) for name in files if name.endswith(".fits")):
-        return None
-    return files
 
 
 def _settings() -> dict:
     """Configuration the tasks need, captured where the batch starts (workers may be elsewhere)."""
-    from .archive import resolver_url, server_url
-
     return {
         "server": server_url(),
         "resolver": resolver_url(),
@@ -299,10 +66,6 @@ def _apply(settings: dict) -> None:
     Items are set only where they differ, so a worker in the caller's own process (the default
     cluster) changes nothing; a worker process elsewhere keeps them for the rest of its life.
     """
-    from astroquery.mast import conf as mast_conf
-
-    from .archive import resolver_url, server_url
-
     if server_url() != settings["server"]:
         mast_conf.server = settings["server"]
     if resolver_url() != settings["resolver"]:
@@ -328,8 +91,6 @@ class _Throttled:
 
 # -- tasks (run on Dask workers) -----------------------------------------------------------------
 def _resolve_task(name: str, settings: dict):
-    from .archive import resolve_name
-
     _apply(settings)
     try:
         coord = resolve_name(name)
@@ -339,17 +100,12 @@ def _resolve_task(name: str, settings: dict):
 
 
 def _query_task(boxes, instruments, filters, settings):
-    from .archive import query_layers_near
-
     _apply(settings)
     return query_layers_near(boxes, instruments=instruments, filters=filters)
 
 
 def _hdus_task(data_uri: str, settings: dict):
     """Headers of one layer, or None (the target then reads them itself and reports any error)."""
-    from .cutout import layer_hdus
-    from .retrieve import TransferStats
-
     _apply(settings)
     stats = TransferStats()
     try:
@@ -365,16 +121,16 @@ def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, option
     from distributed import Event, get_client
 
     _apply(settings)
-    record = _Record(target)
+    record = Record(target)
     final = Path(out_dir) / target.id
-    partial = final.with_name(target.id + ".part")
-    shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(final, ignore_errors=True)  # it did not verify, or it would not run again
     started = time.perf_counter()
     # The worker's client, found in the task's own thread: the event is also checked from the
     # threads that fetch layers, where distributed cannot find it.
     cancel = _Throttled(Event(options["cancel_event"], client=get_client()))
-    try:
+
+    def run_into(partial: Path) -> None:
+        shutil.rmtree(partial, ignore_errors=True)  # left by a run that was killed
         result = cutout_mosaic(
             *target.box,
             layers=layers,
@@ -385,16 +141,16 @@ def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, option
             fetch=options["fetch"],
             cancel=cancel,
         )
-        os.replace(partial, final)
         record.files = sorted(p.name for paths in result.paths.values() for p in paths)
         record.status = "done" if result.cutouts else "no data"
         record.bytes, record.requests = result.stats.bytes, result.stats.requests
+
+    try:
+        write_atomically(final, run_into)
     except Cancelled:
-        shutil.rmtree(partial, ignore_errors=True)
-        record.status = "pending"
+        record.status, record.files = "pending", []
     except Exception as exc:  # one bad target never stops the others: its error goes in the manifest
-        shutil.rmtree(partial, ignore_errors=True)
-        record.status = "failed"
+        record.status, record.files = "failed", []
         record.error = _reason(exc)
     record.seconds = time.perf_counter() - started
     return record
@@ -443,8 +199,6 @@ def _client(scheduler, workers: int | None):
 
 def _groups(targets: list[Target]) -> list[list[Target]]:
     """Targets with the same instruments and filters, each within GROUP_RADIUS of its group's first."""
-    from astropy.coordinates import SkyCoord
-
     groups: list[list[Target]] = []
     firsts: list[tuple] = []
     for target in targets:
@@ -458,53 +212,6 @@ def _groups(targets: list[Target]) -> list[list[Target]]:
             groups.append([target])
             firsts.append((key, here))
     return groups
-
-
-def _previous_records(out_dir: Path, targets: list[Target]) -> dict[str, _Record]:
-    """Records of the targets a previous run finished (their folders verify) or saw fail."""
-    path = out_dir / MANIFEST
-    rows = {}
-    if path.is_file():
-        try:
-            rows = {str(r["id"]): r for r in Table.read(path, format="ascii.ecsv")}
-        except Exception as exc:  # a damaged manifest is rebuilt from the folders
-            log.warning("Ignoring the unreadable manifest %s (%s).", path, exc)
-    records = {}
-    for target in targets:
-        row = rows.get(target.id)
-        if target.ra is None and row is not None and np.isfinite(row["ra"]):  # a name resolved before
-            target.ra, target.dec = float(row["ra"]), float(row["dec"])
-        if row is not None and "selection" in row.colnames and row["selection"] != target.selection:
-            continue  # made for other instruments or filters (or another box): run it again
-        files = _complete_files(out_dir / target.id, _query_table_name(target))
-        if files is not None:
-            record = _Record(
-                target, status="no data" if not any(f.endswith(".fits") for f in files) else "done"
-            )
-            record.files = files
-            if row is not None and row["status"] == record.status:
-                record.bytes, record.requests, record.seconds = (
-                    int(row["bytes"]),
-                    int(row["requests"]),
-                    float(row["seconds"]),
-                )
-            records[target.id] = record
-        elif row is not None and row["status"] == "failed":
-            records[target.id] = _Record(target, status="failed", error=str(row["error"]))
-    return records
-
-
-def _write_manifest(out_dir: Path, records: dict[str, _Record], meta: dict) -> Path:
-    """Write the manifest atomically (temporary name, then rename)."""
-    table = Table(
-        rows=[r.row() for r in records.values()],
-        names=[name for name, _ in _MANIFEST_COLUMNS],
-        dtype=[kind for _, kind in _MANIFEST_COLUMNS],
-    )
-    table.meta.update(meta)
-    return write_atomically(
-        out_dir / MANIFEST, lambda path: table.write(path, format="ascii.ecsv", overwrite=True)
-    )
 
 
 def cutout_batch(
@@ -567,19 +274,19 @@ def cutout_batch(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
-    records = {t.id: _Record(t) for t in plan}
-    previous = _previous_records(out, plan)
+    records = {t.id: Record(t) for t in plan}
+    previous = previous_records(out, plan)
     records.update(previous)
     todo = [t for t in plan if t.id not in previous or (retry_failed and previous[t.id].status == "failed")]
     for target in todo:
         if target.error:
-            records[target.id] = _Record(target, status="failed", error=target.error)
+            records[target.id] = Record(target, status="failed", error=target.error)
     todo = [t for t in todo if not t.error]
     meta = {"targets_run": len(todo), "bytes_fetched": 0, "header_bytes": 0, "header_requests": 0}
     log.info("%d targets, %d to run.", len(plan), len(todo))
 
     if not todo:
-        return Table.read(_write_manifest(out, records, meta), format="ascii.ecsv")
+        return Table.read(write_manifest(out, records, meta), format="ascii.ecsv")
     from distributed import Client, Event
 
     client, cluster = _client(scheduler, workers)
@@ -589,7 +296,7 @@ def cutout_batch(
         _run(client, todo, records, out, options, meta, stop, progress, cancel)
     finally:
         meta["bytes_fetched"] = meta["header_bytes"] + sum(records[t.id].bytes for t in todo)
-        path = _write_manifest(out, records, meta)
+        path = write_manifest(out, records, meta)
         if not isinstance(scheduler, Client):
             client.close()
         if cluster is not None:
@@ -609,7 +316,7 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
     )
     for target, found in zip(named, resolved, strict=True):
         if isinstance(found, str):
-            records[target.id] = _Record(target, status="failed", error=found)
+            records[target.id] = Record(target, status="failed", error=found)
         else:
             target.ra, target.dec = found
     todo = [t for t in todo if t.ra is not None]
@@ -628,7 +335,7 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
         try:
             layers.update(zip((t.id for t in group), future.result(), strict=True))
         except Exception as exc:  # e.g. MAST unreachable: this group's targets fail, others go on
-            records.update({t.id: _Record(t, status="failed", error=_reason(exc)) for t in group})
+            records.update({t.id: Record(t, status="failed", error=_reason(exc)) for t in group})
     todo = [t for t in todo if t.id in layers]
     # 3. The headers of every layer once (for ranged reads); 4. one task per target.
     uris = {str(r["productFilename"]): str(r["dataURI"]) for t in todo for r in layers[t.id]}
@@ -669,7 +376,7 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
                     progress(done, total, f"{record.target.id}: {record.status}")
             if batch and time.monotonic() >= next_write:
                 started = time.monotonic()
-                _write_manifest(out, records, meta)
+                write_manifest(out, records, meta)
                 # A rewrite costs more as the table grows (5 ms at 100 rows, 80-90 ms at 5000:
                 # once per target, 5000 targets spent ~7 min on it): spaced to take ~5 % of the run.
                 # The last one comes when the run ends; a crash in between loses no work, as
@@ -687,9 +394,9 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
         meta["header_requests"] += nrequests
 
 
-def _collect(future, target: Target) -> _Record:
+def _collect(future, target: Target) -> Record:
     """The record a target task returned, or a failed one if the task itself was lost."""
     try:
         return future.result()
     except Exception as exc:  # e.g. KilledWorker, when workers kept dying while running it
-        return _Record(target, status="failed", error=_reason(exc))
+        return Record(target, status="failed", error=_reason(exc))

@@ -23,9 +23,9 @@ from astropy.io import fits
 from reproject import reproject_exact, reproject_interp
 from reproject.mosaicking import reproject_and_coadd
 
-from .cutout import _hdu, _wcs
 from .errors import InvalidNameError, NotMVMFileError
-from .products import Band, CombinedName, parse_product_name
+from .fitsheaders import hdu_with_header, read_wcs
+from .names import Band, CombinedName, parse_product_name
 from .threadsafe import per_process
 
 __all__ = ["band_of", "group_by_band", "combine_band", "combine_cutouts"]
@@ -208,11 +208,11 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     if len(bands) != 1:
         raise ValueError(f"combine_band got cutouts of several bands: {sorted(b.label() for b in bands)}")
     first = cutouts[0]
-    wcs_out = _wcs(first["SCI"].header).celestial
+    wcs_out = read_wcs(first["SCI"].header).celestial
     shape = first["SCI"].data.shape
     on_grid, off_grid = [], []
     for cutout in cutouts:
-        wcs_in = _wcs(cutout["SCI"].header).celestial
+        wcs_in = read_wcs(cutout["SCI"].header).celestial
         offset = _integer_offset(wcs_in, wcs_out)
         if offset is None:
             off_grid.append((cutout, wcs_in))
@@ -287,7 +287,7 @@ def _mosaic_hdul(cutouts, sci, wht, method: str) -> fits.HDUList:
             header[f"ILAYR{i:03d}"] = cutout[0].header.get("ORIG_FLE", "")
             header[f"IEXT{i:03d}"] = f"{extname},1"
         header.add_history(f"glue_mvmcut: WHT-weighted mean of {len(cutouts)} cutouts ({method}).")
-        hdul.append(_hdu(fits.ImageHDU, header, data))
+        hdul.append(hdu_with_header(fits.ImageHDU, header, data))
     return hdul
 
 

@@ -12,10 +12,7 @@ WCS is the layer's own.
 
 import asyncio
 import copy
-import functools
 import logging
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,24 +21,23 @@ import numpy as np
 from astropy.io import fits
 from astropy.nddata import NoOverlapError
 from astropy.nddata.utils import overlap_slices
-from astropy.wcs import WCS, FITSFixedWarning, Wcsprm
+from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
 
-from .archive import file_url
 from .coords import parse_coord, parse_size
+from .endpoints import file_url
 from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
-from .products import CutoutName, LayerName
-from .remote import LAYER_HEADERS, HDUInfo, RemoteFITS, Urgent, after_urgent_work, run
-from .retrieve import TransferStats, fits_problem
-from .threadsafe import catch_warnings
+from .files import fits_problem
+from .fitsheaders import LAYER_HEADERS, HDUInfo, celestial_wcs, edited_header, hdu_with_header, header_text
+from .names import CutoutName, LayerName
+from .remote import RemoteFITS
+from .transport import TransferStats, Urgent, after_urgent_work, run
 
 __all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name"]
 
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = ("SCI", "WHT")
-_CARD = 80  # bytes of a FITS header card
-_END = "END".ljust(_CARD)
 
 
 def layer_name(primary: fits.Header | HDUInfo, filename: str | None = None) -> LayerName:
@@ -70,29 +66,10 @@ def _check_extensions(
     SCI's celestial WCS."""
     shape = _check_shapes(name, headers)
     sci = headers["SCI"]
-    wcs = _celestial_wcs(_text(sci))
+    wcs = celestial_wcs(header_text(sci))
     if wcs is None:
         raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
     return shape, copy.deepcopy(wcs)
-
-
-@functools.lru_cache(maxsize=64)
-def _celestial_wcs(header_text: str) -> WCS | None:
-    """The celestial WCS of a header, None if it has none; kept for the next cutout of the layer.
-
-    Reading an MVM SCI header's WCS takes ~0.3 ms (~3 ms where `_plain_wcs` cannot), a copy of
-    it 0.03 ms: a batch cuts each layer for many targets, and a layer's header text is the same
-    however often it is read. Callers get copies (astropy before 8.0 let threads race on one
-    WCS), and this one is set up (``wcs.set``) here, so copying it reads it only.
-    """
-    wcs = _plain_wcs(header_text)
-    if wcs is None:
-        wcs = _wcs(header_text)
-    if not wcs.has_celestial:
-        return None
-    wcs = wcs.celestial
-    wcs.wcs.set()
-    return wcs
 
 
 def _check_shapes(name: str, headers: dict[str, fits.Header | HDUInfo | None]) -> tuple[int, int]:
@@ -134,42 +111,6 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
     return hdul, name
 
 
-def _wcs(header: fits.Header | str) -> WCS:
-    with catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)  # e.g. "RADECSYS -> RADESYS" notes
-        return WCS(header)
-
-
-# Cards that may hold a distortion astropy reads beyond wcslib: SIP (A_/B_/AP_/BP_), lookup
-# tables (CPDIS/CQDIS/CPERR/CQERR, DP/DQ records, D2IM), AXISCORR, pre-2012 SCAMP PV terms, and
-# CTYPEs naming a distortion.
-_DISTORTION_KEYWORDS = (
-    "A_", "B_", "AP_", "BP_", "CPDIS", "CQDIS", "CPERR", "CQERR", "DP1", "DP2", "DQ1", "DQ2", "D2IM",
-    "AXISCORR", "PV1_", "PV2_",
-)  # fmt: skip
-_DISTORTED_CTYPE = re.compile(r"CTYPE[^=]{0,3}=\s*'[^']*(?:SIP|TPV|TNX|ZPX)")
-
-
-def _plain_wcs(header_text: str) -> WCS | None:
-    """The WCS of a header read by wcslib alone, None if it may hold a distortion beyond wcslib's.
-
-    ``WCS(header)`` spends ~3 ms of Python on an MVM SCI header of ~150 cards (it writes the
-    header out and parses it again, twice, looking for SIP and lookup-table distortions); wcslib
-    reads it in ~0.25 ms. Where there are none of those, that is all there is to read.
-    """
-    cards = range(0, len(header_text), _CARD)
-    if any(header_text.startswith(_DISTORTION_KEYWORDS, at) for at in cards):
-        return None
-    if _DISTORTED_CTYPE.search(header_text):
-        return None
-    with catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        wcs = WCS(naxis=2)
-        wcs.wcs = Wcsprm(header=header_text.encode("ascii"), relax=True)
-        wcs.fix()  # as WCS(header) does
-    return wcs
-
-
 @dataclass
 class _Window:
     """Where the box falls: its shape and the matching slices of the layer and of the cutout."""
@@ -206,59 +147,11 @@ def _window(wcs: WCS, layer_shape, coord, size: u.Quantity, what: str) -> _Windo
     return _Window(shape, large, small)
 
 
-def _text(header: fits.Header | HDUInfo) -> str:
-    """A header's cards as text: a remote layer's as read, a parsed header's written out."""
-    return header.cards.decode("ascii") if isinstance(header, HDUInfo) else header.tostring()
-
-
-def _edited(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.Header:
-    """A header of one's own: ``header``'s cards with each ``(keyword, value[, comment])`` of
-    ``settings`` set as ``header[keyword] = value`` (or ``(value, comment)``) sets it, parsed once.
-
-    Setting keywords on a parsed ~150-card header costs ~40 µs of astropy's Python each (and
-    copying it ~0.4 ms); here the cards are edited as text: a keyword there is set in place
-    (its comment kept unless one is given), a new one goes after the last card that is not
-    commentary or blank, taking the place of a trailing blank card if there is one.
-    """
-    text = _text(header)
-    cards = [text[at : at + _CARD] for at in range(0, len(text), _CARD)]
-    cards = cards[: cards.index(_END)] if _END in cards else cards
-    for keyword, value, *given in settings:
-        comment = given[0] if given else None
-        key = f"{keyword:8}="
-        at = next((k for k, card in enumerate(cards) if card.startswith(key)), None)
-        if at is not None:
-            cards[at] = _card_image(keyword, value, comment, cards[at])
-            continue
-        at = len(cards)
-        while at and not cards[at - 1].strip():  # trailing blank cards
-            at -= 1
-        while at and cards[at - 1][:8].rstrip() in ("", "COMMENT", "HISTORY"):
-            at -= 1
-        cards.insert(at, _card_image(keyword, value, comment))
-        if not cards[-1].strip():
-            del cards[-1]
-    return fits.Header.fromstring("".join(cards) + _END)
-
-
-@functools.lru_cache(maxsize=1024, typed=True)
-def _card_image(keyword: str, value, comment: str | None, old: str | None = None) -> str:
-    """The image of the card ``keyword = value / comment``, as astropy makes it; with no
-    ``comment``, that of the card ``old`` it replaces, if any.
-
-    A cutout's SCI and WHT get the same new cards, and a batch's cutouts of a layer many alike;
-    astropy takes ~20 µs to make one.
-    """
-    if comment is None and old is not None:
-        comment = fits.Card.fromstring(old).comment
-    return fits.Card(keyword, value, comment).image
-
-
 def _cut_header(header: fits.Header | HDUInfo, window: _Window, layer_file: str) -> fits.Header:
     """The layer's extension header for the cutout: new NAXIS, CRPIX shifted, provenance."""
     ny, nx = window.shape
     dx, dy = window.offset
-    return _edited(
+    return edited_header(
         header,
         [
             ("NAXIS1", nx),
@@ -271,19 +164,6 @@ def _cut_header(header: fits.Header | HDUInfo, window: _Window, layer_file: str)
             ("O_EXT_NM", header.get("EXTNAME", ""), "extension of the layer"),
         ],
     )
-
-
-def _hdu(kind, header: fits.Header, data: np.ndarray | None = None):
-    """A ``kind`` HDU of ``data`` with ``header`` (a layer's, already in FITS order) as it is.
-
-    Given a header, astropy's HDU constructors copy it and rebuild it card by card (~2 ms per
-    HDU for an MVM layer's ~250 cards, half of building a cutout); the headers here are already
-    copies of the layer's, so they are set as they are (the setter makes BITPIX and NAXIS follow
-    ``data``).
-    """
-    hdu = kind(data=data)
-    hdu.header = header
-    return hdu
 
 
 def _is_remote(source) -> bool:
@@ -313,12 +193,12 @@ def cut_layer(
         Plain numbers are arcsec; Quantities may be angular or in pixels (``u.pix``). Never
         transposed: the output shape is ``(ny, nx)``.
     stats, cancel
-        For remote layers: a `~glue_mvmcut.core.retrieve.TransferStats` to count bytes and
+        For remote layers: a `~glue_mvmcut.core.transport.TransferStats` to count bytes and
         requests, and a cancel callable checked between requests.
     hdus : dict, optional
         For remote layers: what `layer_hdus` returned for this layer, so its headers are not
         read again (e.g. shared by many cutouts of one layer). Without it, headers this process
-        read before (`~glue_mvmcut.core.remote.LAYER_HEADERS`) are used when the file has not
+        read before (`~glue_mvmcut.core.fitsheaders.LAYER_HEADERS`) are used when the file has not
         changed since.
 
     Returns
@@ -373,7 +253,7 @@ def layer_hdus(
     stats, cancel
         As for `cut_layer`.
     """
-    return _remote(source, stats, cancel).hdus(_EXTENSIONS)
+    return run(_remote(source, stats, cancel).read_headers(_EXTENSIONS))
 
 
 class _StaleHeaders(Exception):
@@ -382,7 +262,7 @@ class _StaleHeaders(Exception):
 
 async def cut_remote(source: str, coord, size, *, stats=None, cancel=None, hdus=None) -> fits.HDUList:
     """`cut_layer` of a layer in the archive, as a coroutine for the I/O loop
-    (`~glue_mvmcut.core.remote.run` or `~glue_mvmcut.core.remote.submit`); ``coord`` an ICRS
+    (`~glue_mvmcut.core.transport.run` or `~glue_mvmcut.core.transport.submit`); ``coord`` an ICRS
     `~astropy.coordinates.SkyCoord` and ``size`` a ``(ny, nx)`` Quantity, as
     `~glue_mvmcut.core.coords.parse_coord` and `~glue_mvmcut.core.coords.parse_size` give them."""
     try:
@@ -410,7 +290,7 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
             await after_urgent_work()  # the request leaves, then its wait is put to use
             return _Guess.of(remote.name, coord, size)
 
-        hdus, guess = await asyncio.gather(remote._hdus(_EXTENSIONS, guess_last=True), guessed())
+        hdus, guess = await asyncio.gather(remote.read_headers(_EXTENSIONS, guess_last=True), guessed())
     # Up to the requests, keywords are read from the headers' cards one by one: astropy parses
     # whole headers meanwhile, for the output.
     layer = layer_name(hdus["PRIMARY"], remote.name)
@@ -437,7 +317,7 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
                 cutout.add(ext, info)
 
     windows = [(hdus[ext], *window.large) for ext in _EXTENSIONS]
-    pieces = await remote._read_windows(
+    pieces = await remote.read_windows(
         windows,
         meanwhile=meanwhile,
         on_header=header_came,
@@ -446,7 +326,7 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
     )
     if cutout.window != window:  # the tessellation's guess was wrong: the right rows, now
         log.info("%s: the box is not where its skycell's grid puts it; reading its rows again.", remote.name)
-        pieces = await remote._read_windows(
+        pieces = await remote.read_windows(
             [(hdus[ext], *cutout.window.large) for ext in _EXTENSIONS],
             into=[(cutout.hdus[ext].data, cutout.window.small) for ext in _EXTENSIONS],
         )
@@ -530,7 +410,7 @@ class _Cutout:
     ):
         self.layer, self.window = layer, window
         self.name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
-        primary = _edited(
+        primary = edited_header(
             primary_header,
             [
                 ("RA_OBJ", coord.ra.deg, "[deg] right ascension of the cutout centre"),
@@ -539,7 +419,7 @@ class _Cutout:
                 ("FILENAME", self.name),
             ],
         )
-        self.primary = _hdu(fits.PrimaryHDU, primary)
+        self.primary = hdu_with_header(fits.PrimaryHDU, primary)
         # The extensions' HDUs are made now, ~0.3 ms of astropy's each: a header that comes with
         # the pixels (a remote WHT's) then only needs editing. Their data: ``pixels`` (the
         # arrays remote reads write into) or 0 until `finish`.

@@ -2,7 +2,7 @@
 
 MAST decides which observations a cone query returns by whether the cone touches each
 observation's footprint. `region_hits_cone` makes the same decision locally, so one query over a
-wider cone can serve several nearby boxes (see `~glue_mvmcut.core.archive.query_layers_near`);
+wider cone can serve several nearby boxes (see `~glue_mvmcut.core.mast.query_layers_near`);
 the stand-in MAST server answers cone queries with it too.
 """
 

@@ -8,7 +8,6 @@ returns True stops the work between units, leaving no partial file behind.
 import asyncio
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,20 +21,21 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .archive import query_layers, resolve_target
 from .combine import combine_cutouts
 from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
+from .download import download_layer
 from .errors import Cancelled, OutsideFootprintError
-from .products import Band, QueryName, checked_product, safe_filename
-from .remote import RangeNotSupported, run, submit
-from .retrieve import TransferStats, download_layer
+from .files import write_atomically
+from .mast import query_layers, resolve_target
+from .names import Band, QueryName, checked_product, safe_filename
+from .remote import RangeNotSupported
+from .transport import TransferStats, run, submit
 
 __all__ = [
     "FETCH_MODES",
     "CutoutResult",
     "cutout_mosaic",
-    "write_atomically",
     "write_fits",
     "query_table_name",
     "write_query_table",
@@ -60,16 +60,16 @@ class CutoutResult:
     coord, size
         The box: centre (ICRS) and ``(ny, nx)`` size in arcsec.
     layers : `~astropy.table.Table`
-        The layers the archive reported (see `~glue_mvmcut.core.archive.query_layers`).
+        The layers the archive reported (see `~glue_mvmcut.core.mast.query_layers`).
     cutouts : list of `~astropy.io.fits.HDUList`
         One per layer that has data in the box.
     mosaics : dict
-        `~glue_mvmcut.core.products.Band` → mosaic HDUList.
+        `~glue_mvmcut.core.names.Band` → mosaic HDUList.
     skipped : list of str
         Layers reported by the archive but with no data in the box.
     paths : dict
         Files written, under ``"query"``, ``"cutouts"`` and ``"mosaics"`` (empty without out_dir).
-    stats : `~glue_mvmcut.core.retrieve.TransferStats`
+    stats : `~glue_mvmcut.core.transport.TransferStats`
         Bytes and requests spent fetching layers.
     seconds : dict
         Wall-clock seconds per step: ``query``, ``cut`` (fetching included), ``combine``,
@@ -85,18 +85,6 @@ class CutoutResult:
     paths: dict[str, list[Path]] = field(default_factory=lambda: {"query": [], "cutouts": [], "mosaics": []})
     stats: TransferStats = field(default_factory=TransferStats)
     seconds: dict[str, float] = field(default_factory=dict)
-
-
-def write_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``target`` with ``write(temporary_path)`` and rename it into place, so an interrupted
-    write never leaves a file that looks finished."""
-    partial = target.with_name(target.name + ".part")
-    try:
-        write(partial)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
 
 
 def write_fits(hdul: fits.HDUList, out_dir) -> Path:
@@ -166,13 +154,13 @@ def cutout_mosaic(
     ----------
     coord : `~astropy.coordinates.SkyCoord`, str or (ra, dec)
         Centre of the box: anything `~glue_mvmcut.core.coords.parse_coord` reads, or an object
-        name for MAST's resolver (see `~glue_mvmcut.core.archive.resolve_target`).
+        name for MAST's resolver (see `~glue_mvmcut.core.mast.resolve_target`).
     size : float, (ny, nx) pair, or angular `~astropy.units.Quantity`
         Box size; plain numbers are arcseconds.
     instruments, filters : sequence of str, optional
         Restrict the query (default: ACS and WFC3, every filter).
     layers : `~astropy.table.Table`, optional
-        Use these rows of a previous `~glue_mvmcut.core.archive.query_layers` result instead of
+        Use these rows of a previous `~glue_mvmcut.core.mast.query_layers` result instead of
         querying (e.g. after a user unticked some).
     hdus : mapping, optional
         Layer file name → `~glue_mvmcut.core.cutout.layer_hdus` of that layer: headers already
@@ -182,7 +170,7 @@ def cutout_mosaic(
     combine : bool, optional
         Make mosaics (default True).
     cache : path-like, optional
-        Download cache (default `~glue_mvmcut.core.retrieve.cache_dir`).
+        Download cache (default `~glue_mvmcut.core.download.cache_dir`).
     resample : {'exact', 'interp'}, optional
         Resampler for cutouts that are not on the mosaic's pixel grid (default: flux-conserving
         ``exact``; see `~glue_mvmcut.core.combine.combine_band`).

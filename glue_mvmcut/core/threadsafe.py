@@ -10,7 +10,7 @@ lock. Keep the blocks short: never wait on the network inside one.
 Thread pools are made once per process (`per_process`). A child forked from the process
 (Linux's default for `multiprocessing`) inherits them but must not use them: a pool's threads do
 not survive the fork, so work queued there would wait forever. (The I/O loop of ranged reads,
-with its kept-alive connections, is renewed the same way in `~glue_mvmcut.core.remote`, which
+with its kept-alive connections, is renewed the same way in `~glue_mvmcut.core.transport`, which
 also keeps the parent's loop from being closed or collected in the child.)
 """
 

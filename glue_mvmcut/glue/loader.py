@@ -22,7 +22,7 @@ from glue.core import Data
 from glue.core.data_collection import DataCollection
 
 from ..core.errors import InvalidNameError
-from ..core.products import CombinedName, parse_product_name
+from ..core.names import CombinedName, parse_product_name
 
 __all__ = [
     "MVM_FACTORY_LABEL",

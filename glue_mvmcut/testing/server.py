@@ -1,25 +1,20 @@
 """A stand-in MAST server on 127.0.0.1 that the real astroquery client talks to unchanged.
 
-It answers what ``astroquery.mast.Observations`` sends (DESIGN.md §3):
+It speaks HTTP for `~glue_mvmcut.testing.portal` (what MAST's portal and name resolver answer)
+and serves the archive's files:
 
-- ``POST /portal/Mashup/Mashup.asmx/columnsconfig`` (``colConfigId=Mast.Caom.Cone``),
-- ``POST /api/v0/invoke`` with ``Mast.Caom.Filtered.Position`` / ``Mast.Caom.Filtered``
-  (filters with wildcards, ``COUNT_BIG(*)``, a real cone-versus-footprint test) and
-  ``Mast.Caom.Products`` (with previews, trailers and single-visit products as decoys),
-- ``GET /Santa-war/query?name=...`` (MAST's name resolver): each served field's name, e.g.
-  ``lmc``, resolves to its centre,
 - ``HEAD``/``GET /api/v0.1/Download/file?uri=mast:HST/product/<file>`` with ``Range`` (206;
   several ranges give a ``multipart/byteranges`` reply, as real HTTP servers send).
 
-It counts requests and bytes, and injects faults on demand (`Faults`). Use it as a context
-manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR --port N``.
+It counts requests and bytes, and injects faults on demand (`~glue_mvmcut.testing.faults.Faults`).
+Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR
+--port N``.
 """
 
 import argparse
 import email.utils
 import io
 import json
-import math
 import os
 import re
 import socket
@@ -36,93 +31,25 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from ..core.footprints import region_hits_cone, region_polygon, separation_deg
+from .faults import Faults
+from .portal import (
+    COLUMNS_CONFIG_PATH,
+    DOWNLOAD_PATH,
+    INVOKE_PATH,
+    RESOLVER_PATH,
+    URI_PREFIX,
+    Catalogue,
+    columns_config,
+)
 from .synth import Archive
 
-__all__ = ["MastServer", "Faults", "RequestRecord"]
+__all__ = ["MastServer", "RequestRecord", "parse_ranges"]
 
-INVOKE_PATH = "/api/v0/invoke"
-COLUMNS_CONFIG_PATH = "/portal/Mashup/Mashup.asmx/columnsconfig"
-DOWNLOAD_PATH = "/api/v0.1/Download/file"
-RESOLVER_PATH = "/Santa-war/query"
-URI_PREFIX = "mast:HST/product/"
 _CHUNK = 1 << 20
 _PRELOAD = 16 << 20  # replies up to this long are read from the file before they are due
 # One range of a "bytes=" list: a whole comma-separated item, so malformed items are skipped.
 _RANGE_SPECS = re.compile(r"(?:^|,)\s*(\d*)-(\d*)\s*(?=,|$)")
 _PLAIN_RANGES = re.compile(r"\d{1,18}-\d{1,18}(?:,\d{1,18}-\d{1,18})*")  # numbers within int64
-_GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
-
-# CAOM observation columns: name -> (type, separator). Every column a filter may name is here.
-_OBS_COLUMNS = {
-    "intentType": ("string", None),
-    "obs_collection": ("string", ";"),
-    "provenance_name": ("string", None),
-    "instrument_name": ("string", None),
-    "project": ("string", ";"),
-    "filters": ("string", ";"),
-    "wavelength_region": ("string", ";"),
-    "target_name": ("string", None),
-    "target_classification": ("string", ";"),
-    "obs_id": ("string", None),
-    "s_ra": ("float", None),
-    "s_dec": ("float", None),
-    "dataproduct_type": ("string", None),
-    "proposal_pi": ("string", None),
-    "calib_level": ("int", None),
-    "t_min": ("float", None),
-    "t_max": ("float", None),
-    "t_exptime": ("float", None),
-    "em_min": ("float", None),
-    "em_max": ("float", None),
-    "obs_title": ("string", None),
-    "t_obs_release": ("float", None),
-    "proposal_id": ("string", None),
-    "proposal_type": ("string", None),
-    "sequence_number": ("int", None),
-    "s_region": ("string", None),
-    "jpegURL": ("string", None),
-    "dataURL": ("string", None),
-    "dataRights": ("string", None),
-    "mtFlag": ("boolean", None),
-    "srcDen": ("float", None),
-    "obsid": ("string", None),
-    "objID": ("string", None),
-}
-_PRODUCT_COLUMNS = {
-    "obsID": "string",
-    "obs_collection": "string",
-    "dataproduct_type": "string",
-    "obs_id": "string",
-    "description": "string",
-    "type": "string",
-    "dataURI": "string",
-    "productType": "string",
-    "productGroupDescription": "string",
-    "productSubGroupDescription": "string",
-    "productDocumentationURL": "string",
-    "project": "string",
-    "prvversion": "string",
-    "proposal_id": "string",
-    "productFilename": "string",
-    "size": "int",
-    "parent_obsid": "string",
-    "dataRights": "string",
-    "calib_level": "int",
-    "filters": "string",
-}
-_VOT_TYPES = {"string": "char", "float": "double", "int": "int", "boolean": "boolean"}
-
-
-def columns_config() -> dict:
-    """The ``Mast.Caom.Cone`` columns config: what astroquery needs to build filters."""
-    config = {"_selected_": {"text": "selected", "add": True, "type": "boolean", "hidden": True}}
-    for name, (kind, separator) in _OBS_COLUMNS.items():
-        entry = {"text": name, "vot.datatype": _VOT_TYPES[kind], "vot.ID": name, "vot.name": name}
-        if separator:
-            entry["separator"] = separator
-        config[name] = entry
-    return config
 
 
 @dataclass
@@ -137,279 +64,6 @@ class RequestRecord:
     bytes_sent: int
     arrived: float = 0.0  # time.monotonic() when the request arrived
     file: str | None = None  # the product a download asked for
-
-
-class Faults:
-    """Fault switches. Each counted fault applies to the next ``count`` matching requests.
-
-    ``scope`` is ``"download"`` (HEAD/GET of files), ``"query"`` (invoke and columnsconfig)
-    or ``"any"``. Plain switches: ``latency`` (seconds added to every request),
-    ``range_supported`` (False: answer Range requests with the whole file, 200),
-    ``multirange_supported`` (False: honour only the first range of a multi-range request),
-    ``max_range_header`` (a ``Range`` header longer than this many characters is refused with
-    HTTP 400, as Apache and nginx refuse header fields over 8 KB; 0: no limit),
-    ``executing`` (number of ``EXECUTING`` replies owed before answering queries),
-    ``hostile_names`` (True: list skycell products under names that try to leave a folder).
-    """
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        """Switch every fault off."""
-        with self._lock:
-            self._pending: list[dict] = []
-            self.latency = 0.0
-            self.range_supported = True
-            self.multirange_supported = True
-            self.max_range_header = 0
-            self.executing = 0
-            self.hostile_names = False
-
-    def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
-        """Answer the next ``count`` requests with HTTP ``status``."""
-        self._add("fail", count, scope, status=status)
-
-    def drop(self, after_bytes: int, count: int = 1) -> None:
-        """Close the connection after ``after_bytes`` of body on the next ``count`` file GETs."""
-        self._add("drop", count, "download", after_bytes=after_bytes)
-
-    def garble(self, kind: str, count: int = 1) -> None:
-        """Garble the multi-range replies of the next ``count`` file GETs: ``"part-length"`` (the
-        first part's Content-Range claims a byte more than the part holds), ``"no-content-range"``
-        (the first part has none) or ``"no-boundary"`` (the Content-Type names no boundary)."""
-        if kind not in _GARBLE_KINDS:
-            raise ValueError(f"Unknown garble kind {kind!r}; one of {_GARBLE_KINDS}")
-        self._add("garble", count, "download", garble=kind)
-
-    def stall(self, seconds: float, count: int = 1, scope: str = "any", after_bytes: int = 0) -> None:
-        """Go silent for ``seconds`` (after the headers and ``after_bytes`` of body for file GETs)."""
-        self._add("stall", count, scope, seconds=seconds, after_bytes=after_bytes)
-
-    def _add(self, kind, count, scope, **params):
-        if scope not in ("any", "download", "query"):
-            raise ValueError(f"Unknown fault scope {scope!r}")
-        with self._lock:
-            self._pending.append({"kind": kind, "count": count, "scope": scope, **params})
-
-    def take(self, scope: str, method: str) -> list[dict]:
-        """Consume the faults that apply to one request of ``scope``."""
-        taken = []
-        with self._lock:
-            for fault in self._pending:
-                if fault["count"] <= 0 or fault["scope"] not in ("any", scope):
-                    continue
-                if fault["kind"] == "drop" and method != "GET":
-                    continue
-                fault["count"] -= 1
-                taken.append(fault)
-            self._pending = [f for f in self._pending if f["count"] > 0]
-        return taken
-
-    def take_executing(self) -> bool:
-        """True (and one fewer left) while ``EXECUTING`` replies are still owed."""
-        with self._lock:
-            if self.executing > 0:
-                self.executing -= 1
-                return True
-            return False
-
-
-class _Catalogue:
-    """The observations and products the server knows, built from archive manifests."""
-
-    def __init__(self, archives: list[Archive]):
-        self.observations = []
-        self.products: dict[str, list[dict]] = {}
-        self.files: dict[str, Path] = {}
-        for archive in archives:
-            self._add(archive)
-        self._regions = {obs["obsid"]: region_polygon(obs["s_region"]) for obs in self.observations}
-
-    def _add(self, archive: Archive) -> None:
-        for rec in archive.layers:
-            self.files[rec.filename] = archive.directory / rec.filename
-            obs = self._observation(
-                obs_id=rec.obs_id,
-                obsid=rec.obsid,
-                project="HAP",
-                instrument=f"{rec.instrument.upper()}/{rec.detector.upper()}",
-                filt=rec.filter.upper(),
-                s_ra=rec.s_ra,
-                s_dec=rec.s_dec,
-                s_region=rec.s_region,
-                exptime=rec.weight,
-            )
-            obs["dataURL"] = URI_PREFIX + rec.filename
-            self.observations.append(obs)
-            preview = rec.filename.replace(".fits", ".jpg")
-            subgroup = rec.kind.upper()
-            self.products[rec.obsid] = [
-                self._product(obs, rec.filename, subgroup, "SCIENCE", rec.size),
-                self._product(obs, preview, subgroup, "PREVIEW", 51234),
-                self._product(obs, rec.obs_id + "_trl.txt", "TRL", "AUXILIARY", 4321),
-            ]
-        for decoy in archive.decoys:
-            obs = self._observation(
-                obs_id=decoy["obs_id"],
-                obsid=decoy["obsid"],
-                project=decoy["project"],
-                instrument=decoy["instrument"],
-                filt=decoy["filter"],
-                s_ra=decoy["s_ra"],
-                s_dec=decoy["s_dec"],
-                s_region=decoy["s_region"],
-                exptime=1000.0,
-            )
-            self.observations.append(obs)
-            self.products[decoy["obsid"]] = [
-                self._product(
-                    obs,
-                    name,
-                    name.rsplit("_", 1)[-1].split(".")[0].upper(),
-                    "SCIENCE" if name.endswith(".fits") else "AUXILIARY",
-                    1234567,
-                )
-                for name in decoy["products"]
-            ]
-        # Real MAST lists a visit's single-visit products under the skycell layers built from it.
-        svm = next((d for d in archive.decoys if d["project"] == "HAP"), None)
-        if svm is not None:
-            for rec in archive.layers:
-                self.products[rec.obsid].append(self.products[svm["obsid"]][0])
-
-    @staticmethod
-    def _observation(*, obs_id, obsid, project, instrument, filt, s_ra, s_dec, s_region, exptime):
-        return {
-            "intentType": "science",
-            "obs_collection": "HST",
-            "provenance_name": "HAP-MVM" if obs_id.startswith("hst_skycell") else "CALACS",
-            "instrument_name": instrument,
-            "project": project,
-            "filters": filt,
-            "wavelength_region": "IR" if "/IR" in instrument else "OPTICAL",
-            "target_name": "ANY",
-            "target_classification": "",
-            "obs_id": obs_id,
-            "s_ra": s_ra,
-            "s_dec": s_dec,
-            "dataproduct_type": "image",
-            "proposal_pi": "",
-            "calib_level": 3,
-            "t_min": 56000.0,
-            "t_max": 59000.0,
-            "t_exptime": exptime,
-            "em_min": 700.0,
-            "em_max": 900.0,
-            "obs_title": "",
-            "t_obs_release": 59001.0,
-            "proposal_id": "",
-            "proposal_type": "",
-            "sequence_number": None,
-            "s_region": s_region,
-            "jpegURL": None,
-            "dataURL": None,
-            "dataRights": "PUBLIC",
-            "mtFlag": False,
-            "srcDen": None,
-            "obsid": obsid,
-            "objID": str(int(obsid) + 10**9),
-        }
-
-    @staticmethod
-    def _product(obs, filename, subgroup, product_type, size):
-        return {
-            "obsID": obs["obsid"],
-            "obs_collection": "HST",
-            "dataproduct_type": "image",
-            "obs_id": filename.rsplit("_", 1)[0],
-            "description": f"{subgroup} {product_type.lower()}",
-            "type": "D",
-            "dataURI": URI_PREFIX + filename,
-            "productType": product_type,
-            "productGroupDescription": "Minimum Recommended Products" if product_type == "SCIENCE" else "",
-            "productSubGroupDescription": subgroup,
-            "productDocumentationURL": "",
-            "project": obs["project"],
-            "prvversion": "1.0",
-            "proposal_id": "",
-            "productFilename": filename,
-            "size": size,
-            "parent_obsid": obs["obsid"],
-            "dataRights": "PUBLIC",
-            "calib_level": 3,
-            "filters": obs["filters"],
-        }
-
-    def query(self, filters: list[dict], position: str | None) -> list[dict]:
-        rows = [obs for obs in self.observations if all(_matches(obs, f) for f in filters)]
-        if position:
-            ra, dec, radius = (float(v) for v in position.split(","))
-            rows = [
-                dict(obs, distance=separation_deg(ra, dec, obs["s_ra"], obs["s_dec"]) * 3600.0)
-                for obs in rows
-                if region_hits_cone(self._regions[obs["obsid"]], ra, dec, radius)
-            ]
-        return rows
-
-
-_HOSTILE_PATTERNS = ("../../{}", "/tmp/{}", "{}\n.fits", "sub\\..\\..\\{}")
-
-
-def _hostile(rows: list[dict]) -> list[dict]:
-    """Products whose skycell layer names try to climb out of the download folder."""
-    out, replaced = [], 0
-    for row in rows:
-        name = row["productFilename"]
-        if name.startswith("hst_skycell") and name.endswith(".fits"):
-            bad = _HOSTILE_PATTERNS[replaced % len(_HOSTILE_PATTERNS)].format(name)
-            row = dict(row, productFilename=bad, dataURI=URI_PREFIX + bad)
-            replaced += 1
-        out.append(row)
-    return out
-
-
-def _like(pattern: str, value: str) -> bool:
-    regex = ".*".join(re.escape(part) for part in pattern.split("%"))
-    return re.fullmatch(regex, value, flags=re.IGNORECASE) is not None
-
-
-def _matches(obs: dict, flt: dict) -> bool:
-    name = flt["paramName"]
-    if name not in _OBS_COLUMNS:
-        return False
-    value = obs.get(name)
-    values = flt.get("values", [])
-    if values and isinstance(values[0], dict):  # continuous: [{"min": a, "max": b}]
-        return value is not None and float(values[0]["min"]) <= float(value) <= float(values[0]["max"])
-    separator = _OBS_COLUMNS[name][1]
-    parts = str(value).split(separator) if separator else [str(value)]
-    wanted = {str(v).lower() for v in values}
-    hit = any(part.lower() in wanted for part in parts)
-    if flt.get("freeText"):
-        hit = hit or any(_like(flt["freeText"], part) for part in parts)
-    return hit
-
-
-def _table_reply(fields: dict, rows: list[dict], page: int, pagesize: int, status: str = "COMPLETE"):
-    total = len(rows)
-    pages = max(1, math.ceil(total / pagesize))
-    chunk = rows[(page - 1) * pagesize : page * pagesize]
-    return {
-        "status": status,
-        "msg": "",
-        "fields": [{"name": n, "type": t} for n, t in fields.items()],
-        "data": [{n: r.get(n) for n in fields} for r in chunk],
-        "paging": {
-            "page": page,
-            "pageSize": pagesize,
-            "pagesFiltered": pages,
-            "rows": len(chunk),
-            "rowsFiltered": total,
-            "rowsTotal": total,
-        },
-    }
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -529,52 +183,22 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             request = json.loads(form["request"])
             service = request["service"]
-            params = request.get("params", {})
         except (KeyError, ValueError):
             self._send_json({"status": "ERROR", "msg": "malformed request", "data": [], "fields": []})
             return
-        catalogue = self.server.owner.catalogue
-        page, pagesize = int(request.get("page", 1)), int(request.get("pagesize", 50000))
-        if self.server.owner.faults.take_executing():
+        faults = self.server.owner.faults
+        if faults.take_executing():
             self._send_json({"status": "EXECUTING", "msg": "", "data": [], "fields": []}, service=service)
             return
-        if service in ("Mast.Caom.Filtered.Position", "Mast.Caom.Filtered"):
-            rows = catalogue.query(params.get("filters", []), params.get("position"))
-            if params.get("columns") == "COUNT_BIG(*)":
-                reply = _table_reply({"Column1": "string"}, [{"Column1": len(rows)}], 1, 1)
-            else:
-                fields = {name: kind for name, (kind, _) in _OBS_COLUMNS.items()}
-                if params.get("position"):
-                    fields["distance"] = "float"
-                reply = _table_reply(fields, rows, page, pagesize)
-        elif service == "Mast.Caom.Products":
-            wanted = [v.strip() for v in str(params.get("obsid", "")).split(",") if v.strip()]
-            rows = [p for obsid in wanted for p in catalogue.products.get(obsid, [])]
-            if self.server.owner.faults.hostile_names:
-                rows = _hostile(rows)
-            reply = _table_reply(_PRODUCT_COLUMNS, rows, page, pagesize)
-        else:
-            reply = {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
+        reply = self.server.owner.catalogue.invoke(request, hostile_names=faults.hostile_names)
         self._send_json(reply, service=service)
 
     def _resolve(self):
         answered, _ = self._apply_faults("query")
         if answered:
             return
-        name = parse_qs(urlsplit(self.path).query).get("name", [""])[0].strip().lower()
-        found = [
-            {
-                "searchString": name,
-                "resolver": "SIMBAD",
-                "cached": True,
-                "canonicalName": f"SYNTHETIC {archive.field.name.upper()}",
-                "ra": archive.field.ra,
-                "decl": archive.field.dec,
-            }
-            for archive in self.server.owner.archives
-            if archive.field.name.lower() == name
-        ]
-        self._send_json({"resolvedCoordinate": found[:1]}, service="resolver")
+        name = parse_qs(urlsplit(self.path).query).get("name", [""])[0]
+        self._send_json(self.server.owner.catalogue.resolve(name), service="resolver")
 
     def _download(self):
         parts = urlsplit(self.path)
@@ -602,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         spans = [(0, size - 1)]
         if byte_range and faults.range_supported:
-            spans = _parse_ranges(byte_range, size)
+            spans = parse_ranges(byte_range, size)
             if not spans:
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
@@ -767,7 +391,7 @@ def _body_pieces(fd: int, segments: list):
             yield block
 
 
-def _parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
+def parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
     """Satisfiable spans of a ``bytes=`` Range header as inclusive (start, end) pairs."""
     header = header.strip()
     if not header.startswith("bytes="):
@@ -832,7 +456,7 @@ class MastServer:
         if not isinstance(archives, (list, tuple)):
             archives = [archives]
         self.archives = [a if isinstance(a, Archive) else Archive.load(a) for a in archives]
-        self.catalogue = _Catalogue(self.archives)
+        self.catalogue = Catalogue(self.archives)
         self.faults = Faults()
         self.records: list[RequestRecord] = []
         self.connections = 0  # connections accepted since the last reset_stats

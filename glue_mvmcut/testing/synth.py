@@ -18,7 +18,6 @@ size are written in row chunks, never held in memory whole.
 import argparse
 import json
 import math
-import os
 import zlib
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -29,7 +28,8 @@ from astropy.io import fits
 from astropy.table import Table
 from astropy.wcs import WCS
 
-from ..core.products import LayerName
+from ..core.files import write_atomically
+from ..core.names import LayerName
 from ..core.skycells import SCALES, SKYCELL_SIDE, SkyCell, skycells_covering
 
 __all__ = ["LayerSpec", "Field", "FIELDS", "LayerRecord", "Archive", "build_archive", "sky"]
@@ -373,10 +373,13 @@ def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
 
 
 def _write_layer(path: Path, archive: Archive, rec: LayerRecord) -> None:
-    """Write one layer in row chunks to ``path`` (via a temporary name)."""
+    """Write one layer in row chunks to ``path`` (atomically)."""
+    write_atomically(path, lambda part: _write_layer_to(part, archive, rec))
+
+
+def _write_layer_to(part: Path, archive: Archive, rec: LayerRecord) -> None:
     wcs = rec.wcs()
     ny, nx = rec.shape
-    part = path.with_name(path.name + ".part")
     part.unlink(missing_ok=True)
     observed = 0
     # Primary first, then SCI and WHT streamed (two passes: one per extension), then HDRTAB.
@@ -404,7 +407,6 @@ def _write_layer(path: Path, archive: Archive, rec: LayerRecord) -> None:
     fits.append(part, fits.table_to_hdu(hdrtab).data, header=fits.Header([("EXTNAME", "HDRTAB")]))
     with fits.open(part, mode="update") as hdul:
         hdul[0].header["NPIXFRAC"] = round(observed / (nx * ny), 6)
-    os.replace(part, path)
 
 
 def _footprint(rec: LayerRecord) -> tuple[float, float, str]:
@@ -482,9 +484,7 @@ def build_archive(out_dir, field_: str | Field = "lmc", *, overwrite: bool = Fal
         "layers": [asdict(rec) for rec in layers],
         "decoys": archive.decoys,
     }
-    tmp = out / (MANIFEST + ".part")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    write_atomically(out / MANIFEST, lambda part: part.write_text(json.dumps(manifest, indent=1)))
     return archive
 
 

@@ -28,12 +28,9 @@ def open_dialog(session, data_collection=None, **values):
 
     ``values`` (ra, dec, width, height) pre-fill it, e.g. from a box drawn in a viewer.
     """
-    from .dialog import MVMCutDialog  # the dialog and viewers load only when asked for
+    from .dialog import show_dialog  # the dialog and viewers load only when asked for
 
-    app = session.application
-    dialog = MVMCutDialog(app, parent=app, **values)
-    dialog.show()
-    return dialog
+    return show_dialog(session.application, **values)
 
 
 def import_dialog() -> list:

@@ -6,7 +6,7 @@ from pathlib import Path
 from qtpy import QtWidgets
 
 from ...core.batch import STATUSES, cutout_batch
-from ...core.products import safe_filename
+from ...core.names import safe_filename
 from ..loader import load_batch, targets_from_layer
 from .worker import WorkerDialog, add_box_row
 

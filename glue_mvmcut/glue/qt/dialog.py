@@ -9,17 +9,17 @@ from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore, QtWidgets
 
 from ...core.errors import MVMCutError
-from ...core.products import LayerName
+from ...core.names import LayerName
 from .worker import WorkerDialog, add_box_row
 
-__all__ = ["MVMCutDialog", "open_viewers"]
+__all__ = ["MVMCutDialog", "open_viewers", "show_dialog"]
 
 _DEFAULT_SIZE = 20.0
 
 
 def _find_layers(target: str, size):
     """Resolve ``target`` (a position or an object name) and list the MVM layers over the box."""
-    from ...core.archive import query_layers, resolve_target
+    from ...core.mast import query_layers, resolve_target
 
     coord = resolve_target(target)
     return coord, query_layers(coord, size)
@@ -182,3 +182,11 @@ class MVMCutDialog(WorkerDialog):
         self.loaded = add_result(self.app, result)
         open_viewers(self.app, self.loaded)
         self.finish(f"Loaded {len(result.mosaics)} mosaics and {len(result.cutouts)} cutouts, linked by WCS.")
+
+
+def show_dialog(app, **values) -> MVMCutDialog:
+    """Show the dialog on the Glue application ``app``; ``values`` (ra, dec, width, height)
+    pre-fill it, e.g. from a box drawn in a viewer."""
+    dialog = MVMCutDialog(app, parent=app, **values)
+    dialog.show()
+    return dialog

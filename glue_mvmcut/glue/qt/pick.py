@@ -34,7 +34,7 @@ class MVMPickTool(RectangleMode):
         self._open(roi.xmin, roi.xmax, roi.ymin, roi.ymax)
 
     def _open(self, xmin: float, xmax: float, ymin: float, ymax: float) -> None:
-        from . import open_dialog
+        from .dialog import show_dialog  # the dialog and viewers load only when asked for
 
         reference = self.viewer.state.reference_data
         coords = getattr(reference, "coords", None)
@@ -46,4 +46,4 @@ class MVMPickTool(RectangleMode):
             return
         # The ROI is in pixel coordinates of the reference data (x = last numpy axis).
         ra, dec, width, height = box_from_pixels(coords.celestial, xmin, xmax, ymin, ymax)
-        self.dialog = open_dialog(self.viewer.session, ra=ra, dec=dec, width=width, height=height)
+        self.dialog = show_dialog(self.viewer.session.application, ra=ra, dec=dec, width=width, height=height)

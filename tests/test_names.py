@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from glue_mvmcut import InvalidCoordinateError, InvalidNameError
-from glue_mvmcut.core.products import (
+from glue_mvmcut.core.names import (
     Band,
     CombinedName,
     CutoutName,

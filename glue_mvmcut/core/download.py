@@ -1,32 +1,29 @@
-"""Getting bytes from the archive: whole-file downloads into a cache, verified before use.
+"""Whole-file downloads into a cache, verified before use.
 
 A download goes to ``<name>.part``, resumes with ``Range`` where a broken transfer stopped, and is
-renamed to its real name only once its size equals the server's and its FITS structure is whole,
-so a file under its final name is always complete. Product names from the server are
-untrusted: anything that is not a bare MVM layer file name is refused before a byte is written.
+renamed to its real name only once its size equals the server's and its FITS structure is whole
+(`~glue_mvmcut.core.files.write_atomically`), so a file under its final name is always complete.
+Product names from the server are untrusted: anything that is not a bare MVM layer file name is
+refused before a byte is written.
 """
 
 import logging
 import os
-import threading
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 from astropy.config import get_cache_dir_path
-from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
 
-from .archive import archive_errors, file_url, http_session
 from .config import conf
+from .endpoints import file_url
 from .errors import ArchiveError, Cancelled
-from .products import checked_product
-from .threadsafe import catch_warnings
+from .files import fits_problem, write_atomically
+from .names import checked_product
+from .transport import RETRYABLE, Retries, TransferStats, http_session, transport_errors
 
-__all__ = ["TransferStats", "cache_dir", "download_layer", "fits_problem"]
+__all__ = ["cache_dir", "download_layer"]
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +31,6 @@ log = logging.getLogger(__name__)
 _CHUNK = 64 * 1024
 
 Progress = Callable[[int, int, str], None]
-
-
-@dataclass
-class TransferStats:
-    """Bytes and HTTP requests spent on the archive (safe to share between threads)."""
-
-    bytes: int = 0
-    requests: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, nbytes: int = 0, requests: int = 0) -> None:
-        """Count ``nbytes`` more body bytes and ``requests`` more requests."""
-        with self._lock:
-            self.bytes += nbytes
-            self.requests += requests
 
 
 def cache_dir(directory=None) -> Path:
@@ -103,10 +85,18 @@ def download_layer(
     """
     name = checked_product(filename, data_uri)
     target = cache_dir(cache) / name
-    partial = target.with_name(name + ".part")
     url = file_url(data_uri)
     stats = stats if stats is not None else TransferStats()
-    with http_session(timeout) as session, archive_errors(f"Downloading {name}"):
+
+    def fetch_whole(partial: Path) -> None:
+        _fetch(session, url, partial, expected, name, progress, cancel, stats)
+        problem = fits_problem(partial)
+        if problem:
+            raise ArchiveError(
+                f"Downloading {name}: the bytes received are not a whole FITS file ({problem})."
+            )
+
+    with http_session(timeout) as session, transport_errors(f"Downloading {name}"):
         head = session.head(url, allow_redirects=True)
         stats.add(requests=1)
         head.raise_for_status()
@@ -114,31 +104,16 @@ def download_layer(
         if target.exists() and not overwrite and target.stat().st_size == expected:
             log.info("%s is already in the cache (%d bytes).", name, expected)
             return target
-        try:
-            _fetch(session, url, partial, expected, name, progress, cancel, stats)
-            problem = fits_problem(partial)
-            if problem:
-                raise ArchiveError(
-                    f"Downloading {name}: the bytes received are not a whole FITS file ({problem})."
-                )
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        write_atomically(target, fetch_whole)
     log.info("Downloaded %s (%d bytes).", name, expected)
     return target
 
 
-BROKEN_TRANSFER = (
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-)
-
-
 def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, stats) -> None:
     """GET ``url`` into ``partial``; when the body breaks off, resume from the last byte with
-    ``Range`` (or start again if the server ignores it), up to ``conf.retries`` times."""
-    done, failures = 0, 0
+    ``Range`` (or start again if the server ignores it), as `~glue_mvmcut.core.transport.Retries`
+    allows."""
+    done, retries = 0, Retries(f"Downloading {name}")
     partial.unlink(missing_ok=True)
     while done < expected:
         headers = {"Range": f"bytes={done}-"} if done else {}
@@ -162,34 +137,11 @@ def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, s
                 raise ArchiveError(f"Downloading {name}: got {done} bytes where MAST announced {expected}.")
             if done < expected:
                 raise requests.exceptions.ChunkedEncodingError(f"body ended at byte {done} of {expected}")
-        except BROKEN_TRANSFER as exc:
-            failures += 1
-            if failures > int(conf.retries):
+        except RETRYABLE as exc:
+            wait = retries.failed(exc)
+            if wait is None:
                 raise ArchiveError(
-                    f"Downloading {name}: the transfer broke off {failures} times (last at byte {done} of "
-                    f"{expected}: {exc}); nothing was kept."
+                    f"Downloading {name}: the transfer broke off {retries.failures} times (last at byte "
+                    f"{done} of {expected}: {exc}); nothing was kept."
                 ) from exc
-            wait = float(conf.backoff) * 2 ** (failures - 1)
-            log.info("%s broke off at byte %d (%s); resuming in %.1f s.", name, done, exc, wait)
             time.sleep(wait)
-
-
-def fits_problem(path: Path) -> str | None:
-    """What is wrong with a FITS file's structure (truncated, unreadable), or None if it is whole."""
-    size = path.stat().st_size
-    try:
-        with catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", AstropyWarning)
-            with fits.open(path, memmap=True) as hdul:
-                hdul.readall()
-                ends = [hdul.fileinfo(i)["datLoc"] + hdul.fileinfo(i)["datSpan"] for i in range(len(hdul))]
-    except Exception as exc:
-        return f"unreadable: {exc}"
-    for warning in caught:  # astropy only warns when a file is cut short
-        if "truncated" in str(warning.message):
-            return str(warning.message)
-    # A whole FITS file ends exactly where its last HDU's padded data ends; astropy silently drops
-    # an HDU whose data was cut short, so a shorter total means a truncated file.
-    if max(ends) != size:
-        return f"{size} bytes, but its complete HDUs end at byte {max(ends)}"
-    return None

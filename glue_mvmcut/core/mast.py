@@ -1,9 +1,10 @@
-"""MAST through ``astroquery.mast``: which MVM layers overlap a box on the sky.
+"""MAST through ``astroquery.mast``: which MVM layers overlap a box on the sky, and where named
+objects are.
 
-This is the only module that imports astroquery. The server is astroquery's own ``[mast] server``
-configuration item (in `astroquery_config_file`, or ``astroquery.mast.conf.set_temp``), read at
-every call, so one setting points every request this package makes — queries and downloads — at
-MAST or at a stand-in.
+Queries go through astroquery's ``ObservationsClass`` (`observations`), aimed at the server in
+force now (`~glue_mvmcut.core.endpoints.server_url`) and given the transport's timeouts and
+retries. The few astroquery internals this needs are touched in one section below, each with
+the astroquery behaviour it works around.
 """
 
 import logging
@@ -11,40 +12,28 @@ import math
 import re
 import warnings
 from contextlib import closing, contextmanager
-from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
-import requests
-import urllib3
-from astropy.config import get_config_dir
 from astropy.coordinates import SkyCoord
 from astropy.table import Table, vstack
 from astroquery.exceptions import NoResultsWarning, RemoteServiceError
 from astroquery.mast import ObservationsClass
-from astroquery.mast import conf as mast_conf
-from urllib3.util.retry import Retry
 
 from .config import conf
 from .coords import box_radius, parse_coord, parse_size
+from .endpoints import PORTAL_PATHS, resolver_url, server_url
 from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
 from .footprints import region_hits_cone, region_polygon
-from .products import LayerName, safe_filename
+from .names import LayerName, safe_filename
 from .skycells import skycells_covering
 from .threadsafe import catch_warnings
+from .transport import http_session, transport_errors, with_timeouts
 
 __all__ = [
     "LAYER_COLUMNS",
-    "server_url",
-    "astroquery_config_file",
-    "using_server",
-    "file_url",
-    "http_session",
-    "archive_errors",
     "observations",
     "query_layers",
     "query_layers_near",
-    "resolver_url",
     "resolve_name",
     "resolve_target",
 ]
@@ -68,94 +57,24 @@ LAYER_COLUMNS = (
     "s_dec",
     "s_region",
 )
-_PORTAL_PATHS = {
-    "MAST_REQUEST_URL": "/api/v0/invoke",
-    "COLUMNS_CONFIG_URL": "/portal/Mashup/Mashup.asmx/columnsconfig",
-    "MAST_DOWNLOAD_URL": "/api/v0.1/Download/file",
-    "MAST_BUNDLE_URL": "/api/v0.1/Download/bundle",
-}
 _INSTRUMENTS = ("ACS", "WFC3")
-#: The public MAST server and its name resolver.
-MAST_SERVER = "https://mast.stsci.edu"
-MAST_RESOLVER_URL = "https://mastresolver.stsci.edu/Santa-war/query"
-#: Where a mirror or stand-in of MAST answers name resolution.
-RESOLVER_PATH = "/Santa-war/query"
+# The columns of MAST's replies this module reads.
+_OBSERVATION_COLUMNS = ("obsid", "obs_id", "s_ra", "s_dec", "s_region")
+_PRODUCT_COLUMNS = ("obsID", "parent_obsid", "productFilename", "dataURI", "size")
 # Text made of numbers, separators and sexagesimal units is a (bad) position, never a name.
 _POSITION_LIKE = re.compile(r"^\s*[-+]?\d[\d\s+\-.:,°'\"hdms]*$", re.IGNORECASE)
 
 
-def server_url() -> str:
-    """The MAST server astroquery is configured to use now (``[mast] server``), without a trailing /."""
-    return str(mast_conf.server).rstrip("/")
-
-
-def astroquery_config_file() -> Path:
-    """Where astroquery reads its settings (``[mast] server`` among them): ``astroquery.cfg`` in
-    astropy's configuration directory (``~/.config/astropy``; ``$XDG_CONFIG_HOME/astropy`` where
-    that variable names a directory; ``~/.astropy/config`` where an older astropy made it)."""
-    return Path(get_config_dir("astropy")) / "astroquery.cfg"
-
-
-@contextmanager
-def using_server(url: str):
-    """Point astroquery, and so glue-mvmcut, at ``url`` for the duration of a ``with`` block."""
-    with mast_conf.set_temp("server", url):
-        yield
-
-
-def file_url(data_uri: str) -> str:
-    """Download URL of a product ``dataURI`` (``mast:HST/product/<file>``) on the current server."""
-    return f"{server_url()}{_PORTAL_PATHS['MAST_DOWNLOAD_URL']}?uri={quote(data_uri, safe=':/')}"
-
-
-class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    """Gives every request a timeout and retries (urllib3 ``Retry``) with backoff.
-
-    astroquery 0.4.11 passes ``timeout=None`` to requests for portal queries and downloads, so a
-    server that stops answering hangs the caller forever; its ``conf.timeout`` only bounds the
-    total time spent polling ``EXECUTING`` replies. Retries cover HTTP 5xx and connections that
-    fail before a reply; a body cut off mid-transfer is retried by the callers that stream it.
-    """
-
-    def __init__(self, timeout: float):
-        retry = Retry(
-            total=int(conf.retries),
-            backoff_factor=float(conf.backoff) / 2,  # urllib3 waits 0, 2f, 4f, ...
-            status_forcelist=(500, 502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD", "POST"}),
-            raise_on_status=False,
-        )
-        super().__init__(max_retries=retry)
-        self.timeout = timeout
-
-    def send(self, request, **kwargs):
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
-
-
-def _timeout(timeout: float | None) -> float:
-    return float(conf.timeout if timeout is None else timeout)
-
-
-def http_session(timeout: float | None = None) -> requests.Session:
-    """A requests session whose every request times out after ``timeout`` s (default
-    ``glue_mvmcut.conf.timeout``) of silence."""
-    session = requests.Session()
-    adapter = _TimeoutAdapter(_timeout(timeout))
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
+# -- astroquery's internals: every use of them is in this section ---------------------------------
 def observations(timeout: float | None = None) -> ObservationsClass:
     """A fresh astroquery ``ObservationsClass`` aimed at the configured server, with timeouts.
 
-    astroquery computes its portal URLs once, from ``conf.server`` at import; this instance gets
-    them from the value in force now, so ``using_server`` and a config file written after import
-    both take effect. Its column-config cache is per instance, so a change of server never reuses
-    another server's columns. A fresh instance per call also keeps threads apart (astroquery keeps
-    per-query state on the instance).
+    astroquery computes its portal URLs once, from ``conf.server`` at import (class attributes
+    of ``PortalAPI`` since astroquery PR #2193); this instance gets them from the value in force
+    now, so ``using_server`` and a config file written after import both take effect. Its
+    column-config cache is per instance, so a change of server never reuses another server's
+    columns. A fresh instance per call also keeps threads apart (astroquery keeps per-query
+    state on the instance).
 
     Parameters
     ----------
@@ -163,57 +82,50 @@ def observations(timeout: float | None = None) -> ObservationsClass:
         Seconds for connecting and for each read; default ``glue_mvmcut.conf.timeout``.
     """
     client = ObservationsClass()
-    portal = client._portal_api_connection
+    portal = client._portal_api_connection  # astroquery exposes no other handle on its URLs
     base = server_url()
-    for attribute, path in _PORTAL_PATHS.items():
+    for attribute, path in PORTAL_PATHS.items():
         setattr(portal, attribute, base + path)
-    portal._column_configs = {}
+    portal._column_configs = {}  # cached per server by astroquery: start empty for this one
     portal.TIMEOUT = float(conf.query_timeout)  # bounds astroquery's EXECUTING polling loop
-    adapter = _TimeoutAdapter(_timeout(timeout))
-    client._session.mount("http://", adapter)
-    client._session.mount("https://", adapter)
+    # astroquery 0.4.11 sends every request with timeout=None: a silent server hangs it forever.
+    with_timeouts(client._session, timeout)
     return client
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Whether a requests error is, underneath urllib3's retry wrapping, a timeout."""
-    reason = exc.args[0] if exc.args else None
-    reason = getattr(reason, "reason", reason)  # MaxRetryError -> the last error
-    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
-        return False
-    return isinstance(exc, requests.exceptions.Timeout) or isinstance(reason, urllib3.exceptions.TimeoutError)
+def _session(client: ObservationsClass):
+    """The requests session of ``client``, to close when done: left to the garbage collector,
+    its kept-alive socket would be closed by a finalizer at whatever point a collection runs."""
+    return client._session
 
 
+def _parse_quietly(client: ObservationsClass, responses) -> Table:
+    """The table of a query's replies, without astroquery's warning for an empty one.
+
+    ``query_criteria`` is ``query_criteria_async`` + ``_parse_result`` (astroquery's
+    ``async_to_sync``); split, so that only the parse, which warns, holds the warnings lock
+    (`~glue_mvmcut.core.threadsafe.catch_warnings`) and the requests do not.
+    """
+    with catch_warnings():
+        # An empty answer is not an error here; callers say so once.
+        warnings.simplefilter("ignore", NoResultsWarning)
+        return client._parse_result(responses)
+
+
+# -- errors ------------------------------------------------------------------------------------------
 @contextmanager
-def archive_errors(what: str, service: str | None = None):
-    """Turn transport and protocol failures into `ArchiveError` naming the service.
-
-    ``service`` names who was asked (default: "MAST at <server>").
+def _from_mast(what: str, service: str | None = None):
+    """Turn what can go wrong in a call to MAST (through astroquery, or the resolver) into
+    `ArchiveError`: transport failures (`~glue_mvmcut.core.transport.transport_errors`), MAST's
+    own errors, a query still running after ``conf.query_timeout``, and replies that cannot be
+    read (astroquery parses them inside its calls). Wrap only calls to MAST and the reading of
+    their replies: a failure in anything else is a bug, not the archive's.
     """
     service = service or f"MAST at {server_url()}"
-    too_slow = (
-        f"{what}: {service} did not answer within {conf.timeout} s. "
-        "Try again later, or raise glue_mvmcut.conf.timeout."
-    )
     try:
-        yield
-    except requests.exceptions.ConnectionError as exc:
-        if _timed_out(exc):
-            raise ArchiveError(too_slow) from exc
-        raise ArchiveError(
-            f"{what}: cannot reach {service} ({exc.__class__.__name__}). "
-            f"Check the network and the [mast] server setting in {astroquery_config_file()}."
-        ) from exc
-    except requests.exceptions.Timeout as exc:
-        raise ArchiveError(too_slow) from exc
-    except requests.exceptions.HTTPError as exc:
-        raise ArchiveError(
-            f"{what}: {service} answered {exc}. Try again later; if it keeps failing, check the "
-            f"[mast] server setting in {astroquery_config_file()}."
-        ) from exc
-    except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
-        raise ArchiveError(f"{what}: the transfer from {service} failed ({exc}). Try again.") from exc
-    except TimeoutError as exc:
+        with transport_errors(what, service):
+            yield
+    except TimeoutError as exc:  # astroquery's own, when EXECUTING replies outlast TIMEOUT
         raise ArchiveError(
             f"{what}: {service} was still working on the query after "
             f"{conf.query_timeout} s. Try again later, or raise glue_mvmcut.conf.query_timeout."
@@ -221,20 +133,24 @@ def archive_errors(what: str, service: str | None = None):
     except RemoteServiceError as exc:
         raise ArchiveError(f"{what}: {service} reported an error: {exc}. Try again later.") from exc
     except (ValueError, KeyError, TypeError) as exc:  # a body that is not the JSON expected
-        raise ArchiveError(
-            f"{what}: {service} sent an unreadable reply ({exc}). Check that the [mast] server "
-            "setting points at MAST or a mirror of it, then try again."
-        ) from exc
+        raise _unreadable(what, service, exc) from exc
 
 
-def resolver_url() -> str:
-    """URL of the name resolver in force now (``glue_mvmcut.conf.resolver``, see there)."""
-    if conf.resolver:
-        return str(conf.resolver)
-    server = server_url()
-    return MAST_RESOLVER_URL if server == MAST_SERVER else server + RESOLVER_PATH
+def _unreadable(what: str, service: str, problem) -> ArchiveError:
+    return ArchiveError(
+        f"{what}: {service} sent an unreadable reply ({problem}). Check that the [mast] server "
+        "setting points at MAST or a mirror of it, then try again."
+    )
 
 
+def _check_columns(table: Table, columns, what: str) -> None:
+    """Refuse a reply table that lacks a column this module reads."""
+    missing = [name for name in columns if name not in table.colnames]
+    if missing:
+        raise _unreadable(what, f"MAST at {server_url()}", f"no column {missing[0]!r}")
+
+
+# -- name resolution ---------------------------------------------------------------------------------
 def resolve_name(name: str, *, timeout: float | None = None) -> SkyCoord:
     """Resolve an object name to an ICRS position with MAST's name resolver (SANTA).
 
@@ -259,10 +175,7 @@ def resolve_name(name: str, *, timeout: float | None = None) -> SkyCoord:
     """
     url = resolver_url()
     params = {"name": name, "outputFormat": "json", "resolveAll": "false"}
-    with (
-        http_session(timeout) as session,
-        archive_errors(f"Resolving {name!r}", f"the name resolver at {url}"),
-    ):
+    with http_session(timeout) as session, _from_mast(f"Resolving {name!r}", f"the name resolver at {url}"):
         reply = session.get(url, params=params)
         reply.raise_for_status()
         found = reply.json().get("resolvedCoordinate") or []
@@ -413,23 +326,18 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
     client = observations()
     found = []
-    # Its session is closed when done: left to the garbage collector, its kept-alive socket
-    # would be closed by a finalizer at whatever point a collection runs.
-    with closing(client._session), archive_errors("MVM query"):
+    with closing(_session(client)):
         for instrument in instruments or _INSTRUMENTS:
-            # query_criteria is query_criteria_async + _parse_result (astroquery's async_to_sync);
-            # split, so that only the parse, which warns on an empty answer, holds the warnings lock.
-            responses = client.query_criteria_async(
-                coordinates=centre,
-                radius=f"{radius} arcsec",
-                instrument_name=f"{instrument.upper()}*",
-                **criteria,
-            )
-            with catch_warnings():
-                # An empty answer is not an error here; callers say so once.
-                warnings.simplefilter("ignore", NoResultsWarning)
-                table = client._parse_result(responses)
+            with _from_mast("MVM query"):
+                responses = client.query_criteria_async(
+                    coordinates=centre,
+                    radius=f"{radius} arcsec",
+                    instrument_name=f"{instrument.upper()}*",
+                    **criteria,
+                )
+                table = _parse_quietly(client, responses)
             if len(table):
+                _check_columns(table, _OBSERVATION_COLUMNS, "MVM query")
                 found.append(table)
         if not found:
             return None, None
@@ -439,11 +347,13 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
         ]
         if not len(observations_table):
             return None, None
-        products = client.filter_products(
-            client.get_product_list(observations_table),
-            productSubGroupDescription=["DRZ", "DRC"],
-            extension="fits",
-        )
+        with _from_mast("MVM query"):
+            products = client.filter_products(
+                client.get_product_list(observations_table),
+                productSubGroupDescription=["DRZ", "DRC"],
+                extension="fits",
+            )
+    _check_columns(products, _PRODUCT_COLUMNS, "MVM query")
     return observations_table, products
 
 

@@ -10,17 +10,8 @@ import pytest
 from astropy.coordinates import SkyCoord
 
 from glue_mvmcut import ArchiveError, InvalidCoordinateError, NoMVMDataWarning, conf
-from glue_mvmcut.core.archive import (
-    LAYER_COLUMNS,
-    astroquery_config_file,
-    query_layers,
-    query_layers_near,
-    resolve_name,
-    resolve_target,
-    resolver_url,
-    server_url,
-    using_server,
-)
+from glue_mvmcut.core.endpoints import astroquery_config_file, resolver_url, server_url, using_server
+from glue_mvmcut.core.mast import LAYER_COLUMNS, query_layers, query_layers_near, resolve_name, resolve_target
 from glue_mvmcut.core.skycells import skycells_covering
 
 LMC = (84.9208, -69.1467)
@@ -131,7 +122,7 @@ def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp
     assert len(mast.requests("Mast.Caom.Products")) == 1
     # The file errors name as the one to check is the one read.
     named = subprocess.run(
-        [sys.executable, "-c", "import glue_mvmcut.core.archive as a; print(a.astroquery_config_file())"],
+        [sys.executable, "-c", "import glue_mvmcut.core.endpoints as a; print(a.astroquery_config_file())"],
         capture_output=True,
         text=True,
         env=env,

@@ -3,8 +3,9 @@
 import pytest
 
 from glue_mvmcut import ArchiveError, Cancelled, UnsafeNameError
-from glue_mvmcut.core.products import safe_filename
-from glue_mvmcut.core.retrieve import TransferStats, cache_dir, download_layer
+from glue_mvmcut.core.download import cache_dir, download_layer
+from glue_mvmcut.core.names import safe_filename
+from glue_mvmcut.core.transport import TransferStats
 
 NAME = "hst_skycell-p0081x14y14_wfc3_ir_f160w_coarse-all_drz.fits"
 URI = f"mast:HST/product/{NAME}"

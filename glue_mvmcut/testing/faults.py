@@ -1,0 +1,85 @@
+"""Fault switches for the stand-in MAST server: failures, drops, stalls, garbled replies, and
+servers that ignore ``Range`` or honour one range per request."""
+
+import threading
+
+__all__ = ["GARBLE_KINDS", "Faults"]
+
+GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
+
+
+class Faults:
+    """Fault switches. Each counted fault applies to the next ``count`` matching requests.
+
+    ``scope`` is ``"download"`` (HEAD/GET of files), ``"query"`` (invoke and columnsconfig)
+    or ``"any"``. Plain switches: ``latency`` (seconds added to every request),
+    ``range_supported`` (False: answer Range requests with the whole file, 200),
+    ``multirange_supported`` (False: honour only the first range of a multi-range request),
+    ``max_range_header`` (a ``Range`` header longer than this many characters is refused with
+    HTTP 400, as Apache and nginx refuse header fields over 8 KB; 0: no limit),
+    ``executing`` (number of ``EXECUTING`` replies owed before answering queries),
+    ``hostile_names`` (True: list skycell products under names that try to leave a folder).
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Switch every fault off."""
+        with self._lock:
+            self._pending: list[dict] = []
+            self.latency = 0.0
+            self.range_supported = True
+            self.multirange_supported = True
+            self.max_range_header = 0
+            self.executing = 0
+            self.hostile_names = False
+
+    def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
+        """Answer the next ``count`` requests with HTTP ``status``."""
+        self._add("fail", count, scope, status=status)
+
+    def drop(self, after_bytes: int, count: int = 1) -> None:
+        """Close the connection after ``after_bytes`` of body on the next ``count`` file GETs."""
+        self._add("drop", count, "download", after_bytes=after_bytes)
+
+    def garble(self, kind: str, count: int = 1) -> None:
+        """Garble the multi-range replies of the next ``count`` file GETs: ``"part-length"`` (the
+        first part's Content-Range claims a byte more than the part holds), ``"no-content-range"``
+        (the first part has none) or ``"no-boundary"`` (the Content-Type names no boundary)."""
+        if kind not in GARBLE_KINDS:
+            raise ValueError(f"Unknown garble kind {kind!r}; one of {GARBLE_KINDS}")
+        self._add("garble", count, "download", garble=kind)
+
+    def stall(self, seconds: float, count: int = 1, scope: str = "any", after_bytes: int = 0) -> None:
+        """Go silent for ``seconds`` (after the headers and ``after_bytes`` of body for file GETs)."""
+        self._add("stall", count, scope, seconds=seconds, after_bytes=after_bytes)
+
+    def _add(self, kind, count, scope, **params):
+        if scope not in ("any", "download", "query"):
+            raise ValueError(f"Unknown fault scope {scope!r}")
+        with self._lock:
+            self._pending.append({"kind": kind, "count": count, "scope": scope, **params})
+
+    def take(self, scope: str, method: str) -> list[dict]:
+        """Consume the faults that apply to one request of ``scope``."""
+        taken = []
+        with self._lock:
+            for fault in self._pending:
+                if fault["count"] <= 0 or fault["scope"] not in ("any", scope):
+                    continue
+                if fault["kind"] == "drop" and method != "GET":
+                    continue
+                fault["count"] -= 1
+                taken.append(fault)
+            self._pending = [f for f in self._pending if f["count"] > 0]
+        return taken
+
+    def take_executing(self) -> bool:
+        """True (and one fewer left) while ``EXECUTING`` replies are still owed."""
+        with self._lock:
+            if self.executing > 0:
+                self.executing -= 1
+                return True
+            return False
