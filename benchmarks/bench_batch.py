@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 from astropy.table import Table
-from bench_fetch import LATENCY, WIDE, forget_layers, served
+from bench_fetch import LATENCY, WIDE, served
 
 from glue_mvmcut.cli import main as mvmcut
 from glue_mvmcut.core.batch import cutout_batch
+from glue_mvmcut.core.fitsheaders import forget_headers
 from glue_mvmcut.core.manifest import Record, write_manifest
 from glue_mvmcut.core.targets import read_targets
 from glue_mvmcut.testing.synth import build_archive
@@ -57,7 +58,7 @@ def _loop(targets: Table, out: Path) -> tuple[float, int]:
     moved = 0
     start = time.perf_counter()
     for row in targets:
-        forget_layers()
+        forget_headers()
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             mvmcut([*_cut_args(row, out), "--json"])

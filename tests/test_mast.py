@@ -87,6 +87,27 @@ def test_a_silent_server_times_out(mast):
         query_layers(LMC, 20)
 
 
+@pytest.mark.parametrize("column", ["s_region", "parent_obsid", "productFilename"])
+def test_a_reply_without_a_column_that_is_read_is_named(mast, column):
+    # Observations, products, and a product column astroquery reads itself (it names it alone).
+    mast.faults.missing_columns = {column}
+    with pytest.raises(
+        ArchiveError, match=rf"MVM query: MAST at .* sent an unreadable reply \((no column )?'{column}'\)"
+    ):
+        query_layers(LMC, 20)
+
+
+def test_a_failure_of_our_own_is_not_blamed_on_the_archive(mast, monkeypatch):
+    # Only calls to MAST and the reading of their replies become "unreadable reply": a bug in
+    # what glue-mvmcut does with a good reply stays the bug it is.
+    def broken(tables):
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr("glue_mvmcut.core.mast.vstack", broken)
+    with pytest.raises(TypeError, match="a bug of ours"):
+        query_layers(LMC, 20)
+
+
 def test_an_unreachable_server_is_named_with_the_file_that_sets_it():
     with (
         using_server("http://127.0.0.1:9"),

@@ -353,7 +353,8 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
                 productSubGroupDescription=["DRZ", "DRC"],
                 extension="fits",
             )
-    _check_columns(products, _PRODUCT_COLUMNS, "MVM query")
+    if len(products):
+        _check_columns(products, _PRODUCT_COLUMNS, "MVM query")
     return observations_table, products
 
 

@@ -18,7 +18,8 @@ class Faults:
     ``max_range_header`` (a ``Range`` header longer than this many characters is refused with
     HTTP 400, as Apache and nginx refuse header fields over 8 KB; 0: no limit),
     ``executing`` (number of ``EXECUTING`` replies owed before answering queries),
-    ``hostile_names`` (True: list skycell products under names that try to leave a folder).
+    ``hostile_names`` (True: list skycell products under names that try to leave a folder),
+    ``missing_columns`` (names of columns left out of the portal's table replies).
     """
 
     def __init__(self):
@@ -35,6 +36,7 @@ class Faults:
             self.max_range_header = 0
             self.executing = 0
             self.hostile_names = False
+            self.missing_columns: set[str] = set()
 
     def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
         """Answer the next ``count`` requests with HTTP ``status``."""

@@ -248,8 +248,10 @@ class Catalogue:
             ]
         return rows
 
-    def invoke(self, request: dict, *, hostile_names: bool = False) -> dict:
-        """The reply to an ``/api/v0/invoke`` request (its decoded ``request`` JSON)."""
+    def invoke(self, request: dict, *, hostile_names: bool = False, missing_columns=()) -> dict:
+        """The reply to an ``/api/v0/invoke`` request (its decoded ``request`` JSON); with
+        ``hostile_names``, skycell products listed under names that try to leave a folder; the
+        ``missing_columns`` left out of table replies."""
         service, params = request["service"], request.get("params", {})
         page, pagesize = int(request.get("page", 1)), int(request.get("pagesize", 50000))
         if service in ("Mast.Caom.Filtered.Position", "Mast.Caom.Filtered"):
@@ -259,14 +261,16 @@ class Catalogue:
             fields = {name: kind for name, (kind, _) in OBSERVATION_COLUMNS.items()}
             if params.get("position"):
                 fields["distance"] = "float"
-            return table_reply(fields, rows, page, pagesize)
-        if service == "Mast.Caom.Products":
+        elif service == "Mast.Caom.Products":
             wanted = [v.strip() for v in str(params.get("obsid", "")).split(",") if v.strip()]
             rows = [p for obsid in wanted for p in self.products.get(obsid, [])]
             if hostile_names:
                 rows = hostile_products(rows)
-            return table_reply(PRODUCT_COLUMNS, rows, page, pagesize)
-        return {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
+            fields = PRODUCT_COLUMNS
+        else:
+            return {"status": "ERROR", "msg": f"Unknown service {service}", "data": [], "fields": []}
+        fields = {name: kind for name, kind in fields.items() if name not in missing_columns}
+        return table_reply(fields, rows, page, pagesize)
 
     def resolve(self, name: str) -> dict:
         """The name resolver's reply for ``name``: each served field's name resolves to its centre."""

@@ -190,7 +190,9 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.take_executing():
             self._send_json({"status": "EXECUTING", "msg": "", "data": [], "fields": []}, service=service)
             return
-        reply = self.server.owner.catalogue.invoke(request, hostile_names=faults.hostile_names)
+        reply = self.server.owner.catalogue.invoke(
+            request, hostile_names=faults.hostile_names, missing_columns=faults.missing_columns
+        )
         self._send_json(reply, service=service)
 
     def _resolve(self):
