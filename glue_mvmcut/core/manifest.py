@@ -19,7 +19,7 @@ from .files import fits_problem, write_atomically
 from .pipeline import query_table_name
 from .targets import Target
 
-__all__ = ["MANIFEST", "STATUSES", "Record", "complete_files", "previous_records", "write_manifest"]
+__all__ = ["MANIFEST", "STATUSES", "complete_files", "previous_records", "write_manifest"]
 
 log = logging.getLogger(__name__)
 

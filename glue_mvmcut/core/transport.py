@@ -118,39 +118,51 @@ def transport_errors(what: str, service: str | None = None):
 
     ``service`` names who was asked (default: "MAST at <server>").
     """
-    service = service or f"MAST at {server_url()}"
-    too_slow = (
-        f"{what}: {service} did not answer within {conf.timeout} s. "
-        "Try again later, or raise glue_mvmcut.conf.timeout."
-    )
-    unreachable = (
-        f"{what}: cannot reach {service} ({{}}). "
-        f"Check the network and the [mast] server setting in {astroquery_config_file()}."
-    )
     try:
         yield
     except (requests.exceptions.Timeout, aiohttp.ServerTimeoutError) as exc:
-        raise ArchiveError(too_slow) from exc
+        raise ArchiveError(_too_slow(what, service)) from exc
     except (requests.exceptions.HTTPError, HTTPStatusError) as exc:
         raise ArchiveError(
-            f"{what}: {service} answered {exc}. Try again later; if it keeps failing, check the "
-            f"[mast] server setting in {astroquery_config_file()}."
+            f"{what}: {_service(service)} answered {exc}. Try again later; if it keeps failing, check "
+            f"the [mast] server setting in {astroquery_config_file()}."
         ) from exc
     except requests.exceptions.ConnectionError as exc:
         if _timed_out(exc):
-            raise ArchiveError(too_slow) from exc
-        raise ArchiveError(unreachable.format(exc.__class__.__name__)) from exc
+            raise ArchiveError(_too_slow(what, service)) from exc
+        raise ArchiveError(_unreachable(what, service, exc)) from exc
     except aiohttp.ClientConnectorError as exc:
-        raise ArchiveError(unreachable.format(exc.__class__.__name__)) from exc
+        raise ArchiveError(_unreachable(what, service, exc)) from exc
     except (
         requests.exceptions.RequestException,  # e.g. a body cut off mid-transfer
         aiohttp.ClientPayloadError,
         aiohttp.ServerDisconnectedError,
         aiohttp.ClientOSError,
     ) as exc:
-        raise ArchiveError(f"{what}: the transfer from {service} failed ({exc}). Try again.") from exc
+        raise ArchiveError(
+            f"{what}: the transfer from {_service(service)} failed ({exc}). Try again."
+        ) from exc
     except aiohttp.ClientError as exc:
-        raise ArchiveError(unreachable.format(exc.__class__.__name__)) from exc
+        raise ArchiveError(_unreachable(what, service, exc)) from exc
+
+
+# The messages are made only when needed: entering `transport_errors` is on every request's path.
+def _service(service: str | None) -> str:
+    return service or f"MAST at {server_url()}"
+
+
+def _too_slow(what: str, service: str | None) -> str:
+    return (
+        f"{what}: {_service(service)} did not answer within {conf.timeout} s. "
+        "Try again later, or raise glue_mvmcut.conf.timeout."
+    )
+
+
+def _unreachable(what: str, service: str | None, exc: BaseException) -> str:
+    return (
+        f"{what}: cannot reach {_service(service)} ({exc.__class__.__name__}). "
+        f"Check the network and the [mast] server setting in {astroquery_config_file()}."
+    )
 
 
 class Retries:
