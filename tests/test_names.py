@@ -26,6 +26,10 @@ LAYERS = [
     "hst_skycell-p0081x14y15_wfc3_ir_f128n_coarse-all-ibp505mf_drz.fits",
     "hst_skycell-p1253x05y09_acs_wfc_f658n_all_drc.fits",
     "hst_skycell-p1253x05y09_acs_wfc_f814w_all-jbp505jg_drc.fits",
+    # Both of ACS's wheels (drizzlepac's determine_filter_name: polarizer last), and a ramp filter.
+    "hst_skycell-p1253x05y09_acs_wfc_f606w-pol60v_all_drc.fits",
+    "hst_skycell-p1253x05y09_acs_wfc_f435w-f660n_all-jbp505jg_drc.fits",
+    "hst_skycell-p1253x05y09_acs_wfc_fr656n_all_drc.fits",
 ]
 
 
@@ -112,6 +116,11 @@ def test_layer_name_fields():
             "hst_cutout_skycell-p0081x14y15-ra84d9208-decs69d1467_acs_wfc_f814w-jbp505jg.fits",
             "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f814w_jbp505jg.fits",
         ),
+        (  # an 8-letter polarizer, then an exposure: each keeps its part
+            "hst_skycell-p0081x14y15_acs_wfc_f606w-pol120uv_all-jbp505jg_drc.fits",
+            "hst_cutout_skycell-p0081x14y15-ra84d9208-decs69d1467_acs_wfc_f606w-pol120uv-jbp505jg.fits",
+            "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f606w-pol120uv_jbp505jg.fits",
+        ),
     ],
 )
 def test_cutout_and_combined_names_follow_the_seed(layer, cutout, combined):
@@ -125,6 +134,20 @@ def test_cutout_and_combined_names_follow_the_seed(layer, cutout, combined):
     assert parse_product_name(cutout) == cut and parse_product_name(combined) == mosaic
 
 
+@pytest.mark.parametrize(
+    ("name", "ra", "dec"),
+    [
+        ("hst_cutout_skycell-p1889x07y19-ra180d0-decn26d0_acs_wfc_f814w.fits", 180.0, 26.0),
+        ("hst_cutout_skycell-p0081x14y14-ra84d92-decs69d146_acs_wfc_f814w.fits", 84.92, -69.146),
+        ("hst_combined_skycells-ra84d9-decs69d1467_wfc3_ir_f160w_coarse.fits", 84.9, -69.1467),
+    ],
+)
+def test_the_seeds_names_with_fewer_decimals_are_read_as_it_wrote_them(name, ra, dec):
+    # The seed wrote str(value).split(".")[1][0:4]: as many decimals as Python printed, up to 4.
+    parsed = parse_product_name(name)
+    assert (parsed.ra, parsed.dec) == (ra, dec)
+
+
 def test_query_table_name():
     name = QueryName(84.9208, -69.1467, 15)
     assert name.filename == "mvm_query-ra84d9208-decs69d1467_15_cutout.ecsv"
@@ -136,9 +159,9 @@ names = st.builds(
     skycell=st.builds(SkyCell, st.integers(0, 2643), st.integers(1, 21), st.integers(1, 21)),
     instrument=st.sampled_from(["acs", "wfc3"]),
     detector=st.sampled_from(["wfc", "uvis", "ir", "hrc"]),
-    filter=st.from_regex(r"f[0-9]{3}[wmnlx]", fullmatch=True),
+    filter=st.from_regex(r"f[0-9]{3}[wmnlx](-(f[0-9]{3}[wmn]|pol(0|60|120)u?v))?", fullmatch=True),
     scale=st.sampled_from(["fine", "coarse"]),
-    exposure=st.none() | st.from_regex(r"[a-z][a-z0-9]{7}", fullmatch=True),
+    exposure=st.none() | st.from_regex(r"[ij][a-z0-9]{7}", fullmatch=True),
 )
 
 
@@ -162,7 +185,8 @@ def test_every_name_kind_round_trips(fields, ra, dec):
         (LayerName.parse, "hst_15629_07_acs_wfc_f814w_jdxk07_drc.fits"),  # single-visit product
         (LayerName.parse, "hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits.jpg"),
         (LayerName.parse, "../hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits"),
-        (CutoutName.parse, "hst_cutout_skycell-p0081x14y14-ra84d92-decs69d1467_acs_wfc_f814w.fits"),
+        (CutoutName.parse, "hst_cutout_skycell-p0081x14y14-ra84d92345-decs69d1467_acs_wfc_f814w.fits"),
+        (LayerName.parse, "hst_skycell-p0081x14y14_acs_wfc_f606w-jbp505jg_all_drc.fits"),  # no filter
         (CutoutName.parse, "hst_cutout_skycell-p0081x14y14-ra84d9208-decx69d1467_acs_wfc_f814w.fits"),
         (CombinedName.parse, "hst_combined_skycells-ra400d0000-decs69d1467_acs_wfc_f814w.fits"),
         (CutoutName.parse, "hst_cutout_skycell-p0081x14y14-ra84d9208-decs69d1467_acs_wfc_f814w-x.fits"),

@@ -23,7 +23,7 @@ from .config import conf
 from .coords import box_radius, parse_coord, parse_size
 from .endpoints import PORTAL_PATHS, resolver_url, server_url
 from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
-from .footprints import region_hits_cone, region_polygon
+from .footprints import Footprint, parse_region
 from .names import LayerName, safe_filename
 from .skycells import skycells_covering
 from .threadsafe import catch_warnings
@@ -266,9 +266,15 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
     """`query_layers` for several boxes near each other, with one set of MAST requests.
 
     MAST is asked once, with a cone that holds every box's own cone; each box then keeps the
-    observations whose footprint touches its own cone (`~glue_mvmcut.core.footprints`, the test
-    MAST applies) and the layers whose skycell overlaps it. Each table equals what `query_layers`
-    returns for that box alone (without the warning for empty ones).
+    observations whose footprint (``s_region``, read by `~glue_mvmcut.core.footprints`) touches
+    its own cone, the test MAST applies, and the layers whose skycell overlaps it. Each table
+    equals what `query_layers` returns for that box alone (without the warning for empty ones).
+
+    Raises
+    ------
+    ArchiveError
+        When MAST cannot be reached, times out or answers something unusable (a footprint that
+        cannot be read is named with its observation).
 
     Parameters
     ----------
@@ -292,20 +298,34 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
     )
     wanted_filters = {f.lower() for f in filters} if filters else None
     observations_table, products = _query_skycell_layers(centre, radius, instruments, wanted_filters)
+    if observations_table is None:
+        return [_empty_layer_table() for _ in boxes]
+    # One box: MAST's own cone test chose the observations. Several: MAST was asked with a cone
+    # holding them all, and each box keeps the observations whose footprint touches its own cone.
+    footprints = _footprints(observations_table) if len(boxes) > 1 else None
     tables = []
     for (coord, size), (_, cone_radius) in zip(boxes, cones, strict=True):
-        if observations_table is None:
-            tables.append(_empty_layer_table())
-            continue
-        hit = [
-            region_hits_cone(region_polygon(str(region)), coord.ra.deg, coord.dec.deg, cone_radius / 3600)
-            for region in observations_table["s_region"]
-        ]
-        mine = observations_table[hit]
+        mine = observations_table
+        if footprints is not None:
+            ra, dec = coord.ra.deg, coord.dec.deg
+            mine = observations_table[[fp.hits_cone(ra, dec, cone_radius / 3600) for fp in footprints]]
         obsids = {str(o) for o in mine["obsid"]}
         own = [str(p["parent_obsid"]) in obsids or str(p["obsID"]) in obsids for p in products]
         tables.append(_layer_rows(products[own], mine, coord, size, wanted_filters))
     return tables
+
+
+def _footprints(observations_table: Table) -> list[Footprint]:
+    """The footprint (``s_region``) of every observation; an unreadable one is MAST's fault."""
+    footprints = []
+    for row in observations_table:
+        try:
+            footprints.append(parse_region(str(row["s_region"])))
+        except ValueError as exc:
+            raise _unreadable(
+                "MVM query", f"MAST at {server_url()}", f"the footprint of {row['obs_id']}: {exc}"
+            ) from exc
+    return footprints
 
 
 def _mean_position(coords: list[SkyCoord]) -> SkyCoord:
@@ -322,7 +342,9 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
     """The skycell observations touching a cone (radius in arcsec) and their DRZ/DRC FITS products,
     or (None, None) when there are none."""
     criteria = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
-    if wanted_filters:
+    # How MAST's filters column spells a two-wheel ACS filter ("f606w-pol60v" in layer names) is
+    # not known: such queries ask MAST for every filter, and keep layers by their names here.
+    if wanted_filters and not any("-" in f for f in wanted_filters):
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
     client = observations()
     found = []

@@ -34,12 +34,17 @@ __all__ = [
 ]
 
 _WORD = r"[a-z0-9]+"
-# Filter tokens are single words (f814w): a dash would make ``<filter>-<ipppssoo>`` ambiguous.
-_FILTER = _WORD
-_EXPOSURE = r"[a-z0-9]{8,9}"
+# An exposure is an ipppssoo whose i names the instrument (i: WFC3, j: ACS). A filter is one word,
+# or two joined by a dash where ACS used both wheels (drizzlepac's determine_filter_name:
+# "f606w-pol60v", the polarizer last, "clear" wheels left out); the second is an ACS filter
+# (f435w, f850lp, fr656n), polarizer (pol120uv), grism or prism name, none of which starts with
+# i or j, so "<filter>-<ipppssoo>" stays unambiguous.
+_EXPOSURE = r"[ij][a-z0-9]{7,8}"
+_FILTER = r"[a-z0-9]+(?:-(?:fr?\d{3,4}[a-z]{1,2}|pol\d{1,3}u?v|g\d{3}l|pr\d{3}[lm]))?"
 _SKYCELL = r"p\d{4}x\d{2}y\d{2}"
-_COORD = r"ra\d{1,3}d\d{4}-dec[ns]\d{1,2}d\d{4}"
-_COORD_PARTS = re.compile(r"^ra(\d{1,3})d(\d{4})-dec([ns])(\d{1,2})d(\d{4})$")
+# Written with 4 decimals; the seed wrote as many as str(value) had, up to 4 ("decn26d0" for 26.0).
+_COORD = r"ra\d{1,3}d\d{1,4}-dec[ns]\d{1,2}d\d{1,4}"
+_COORD_PARTS = re.compile(r"^ra(\d{1,3})d(\d{1,4})-dec([ns])(\d{1,2})d(\d{1,4})$")
 _STEP = Decimal("0.0001")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 
@@ -78,7 +83,8 @@ def coord_token(ra: float, dec: float) -> str:
 
 
 def parse_coord_token(token: str) -> tuple[float, float]:
-    """Inverse of `coord_token`: ``(ra, dec)`` in degrees, to the 4 decimals the token holds."""
+    """Inverse of `coord_token`: ``(ra, dec)`` in degrees, to the decimals the token holds (4 in
+    the names glue-mvmcut writes; 1 to 4 in the seed's, e.g. ``ra84d92-decn26d0`` = 84.92, 26.0)."""
     match = _COORD_PARTS.match(token)
     if match is None:
         raise InvalidNameError(f"{token!r} is not a coordinate token like 'ra84d9208-decs69d1467'.")
