@@ -45,4 +45,3 @@ def _write_cli_help(app):
 
 def setup(app):
     app.connect("builder-inited", _write_cli_help)
-

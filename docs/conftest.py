@@ -1,7 +1,6 @@
 """The documentation's examples run (``pytest docs``) against the synthetic LMC archive served by
 the stand-in MAST, in a scratch folder, exactly as they would against MAST."""
 
-
 import pytest
 
 from glue_mvmcut.core.endpoints import using_server

@@ -176,8 +176,10 @@ def test_latency_runs_from_a_requests_arrival_however_late_it_is_read(mast):
             time.sleep(0.4)
         assert connection.recv(64).startswith(b"HTTP/1.1 200")
         answered = time.monotonic()
-    assert sent <= mast.requests("resolver")[0].arrived < sent + 0.1
-    assert 0.5 <= answered - sent < 0.8  # counted from the read: 0.9
+    # The kernel stamps arrivals with the wall clock; taken to the monotonic clock they can err
+    # by milliseconds where the wall clock is being adjusted (seen: 2 ms early on a VM).
+    assert sent - 0.05 <= mast.requests("resolver")[0].arrived < sent + 0.1
+    assert 0.45 <= answered - sent < 0.8  # counted from the read: 0.9
 
 
 def test_range_can_be_switched_off(mast, lmc_archive):

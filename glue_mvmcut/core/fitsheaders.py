@@ -315,8 +315,6 @@ def hdu_with_header(kind, header: fits.Header, data: np.ndarray | None = None):
     return hdu
 
 
-
-
 def forget_headers() -> None:
     """Forget what this process learned about layers' headers: `LAYER_HEADERS`, their SCI WCSs,
     the values of their cards and the cards made for cutouts (e.g. to time a cold cutout)."""

@@ -548,5 +548,3 @@ def _guess_next(before: HDUInfo, extname: str) -> HDUInfo:
         extname,
         guessed=True,
     )
-
-
