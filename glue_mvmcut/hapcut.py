@@ -58,7 +58,8 @@ def mvm_id_filenames(sky_coord, cutout_size, log_level=logging.INFO, *, output_d
     Returns
     -------
     `~astropy.table.Table`
-        One row per layer file (see `~glue_mvmcut.core.mast.query_layers`).
+        One row per layer file (see `~glue_mvmcut.core.mast.query_layers`), with MAST's product
+        columns as the seed returned them.
     """
     _set_level(log_level)
     coord, size = parse_coord(sky_coord), parse_size(cutout_size)
@@ -89,12 +90,13 @@ def mvm_retrieve_files(
     Returns
     -------
     list of str
-        The file names, in the order of ``products``, each present in ``output_dir``.
+        The paths of the files in ``output_dir``, in the order of ``products`` (the seed, which
+        downloaded into the current folder, returned bare names).
     """
     _set_level(log_level)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = []
+    paths = []
     for row in products:
         name = safe_filename(str(row["productFilename"]))
         target = out / name
@@ -103,8 +105,8 @@ def mvm_retrieve_files(
         else:
             cached = download_layer(name, str(row["dataURI"]), overwrite=clobber)
             (shutil.copy2 if archive else shutil.move)(cached, target)
-        names.append(name)
-    return names
+        paths.append(str(target))
+    return paths
 
 
 def make_the_cut(

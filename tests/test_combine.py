@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
+from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
-from glue_mvmcut.core.combine import band_of, combine_band, combine_cutouts
+from glue_mvmcut import NotMVMFileError
+from glue_mvmcut.core.combine import UNKNOWN_BAND, _filter_name, band_of, combine_band, combine_cutouts
 from glue_mvmcut.core.cutout import cut_layer
-from glue_mvmcut.core.names import Band
+from glue_mvmcut.core.names import Band, CombinedName
 from glue_mvmcut.testing import synth
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
@@ -67,19 +69,24 @@ def test_fine_cutouts_of_one_projection_cell_are_pasted_exactly(lmc_archive):
     assert mosaic["SCI"].data.dtype == np.float32 and mosaic["WHT"].data.dtype == np.float32
 
 
-def test_fine_mosaic_equals_the_weighted_analytic_truth(lmc_archive):
-    cutouts, records = _cutouts(lmc_archive, F814W, LMC, 20)
-    mosaic = combine_band(cutouts)
+def _weighted_truth(archive, records, mosaic):
+    """The WHT-weighted analytic sky at every mosaic pixel, and the summed weight there."""
     _, _, _, ra, dec = _world(mosaic)
     num = np.zeros(ra.shape)
     den = np.zeros(ra.shape)
     for rec in records:
-        sci, wht = lmc_archive.truth(rec, ra, dec)
+        sci, wht = archive.truth(rec, ra, dec)
         wht = np.where(_inside(rec, ra, dec), wht, 0)
         num += wht * sci
         den += wht
     with np.errstate(invalid="ignore"):
-        truth = np.where(den > 0, num / den, 0)
+        return np.where(den > 0, num / den, 0), den
+
+
+def test_fine_mosaic_equals_the_weighted_analytic_truth(lmc_archive):
+    cutouts, records = _cutouts(lmc_archive, F814W, LMC, 20)
+    mosaic = combine_band(cutouts)
+    truth, den = _weighted_truth(lmc_archive, records, mosaic)
     np.testing.assert_allclose(mosaic["SCI"].data, truth, rtol=5e-7, atol=1e-7)
     np.testing.assert_array_equal(mosaic["WHT"].data, den.astype(np.float32))
     assert (den > 0).mean() > 0.95
@@ -267,3 +274,90 @@ def test_written_mosaic_reads_back(lmc_archive, tmp_path):
         assert hdul["SCI"].header["NCOMBINE"] == 4
         assert WCS(hdul["SCI"].header).has_celestial
     assert not list(tmp_path.glob("*.part"))
+
+
+def _astrocut_cutouts(archive, records, tmp_path):
+    """astrocut's own fits_cut of SCI and WHT: both extensions named CUTOUT (the layer's names in
+    O_EXT_NM), the layer in ORIG_FLE, RA_OBJ/DEC_OBJ in the primary, NaN off the layer."""
+    astrocut = pytest.importorskip("astrocut")
+    files = astrocut.fits_cut(
+        [str(archive.directory / r.filename) for r in records],
+        LMC,
+        [400, 400],
+        extension=[1, 2],
+        single_outfile=False,
+        output_dir=str(tmp_path),
+    )
+    cutouts = []
+    for path in files:
+        with fits.open(path) as hdul:
+            cutouts.append(fits.HDUList([hdu.copy() for hdu in hdul]))
+    return cutouts
+
+
+def _cutout2d_cutouts(archive, records):
+    """astropy Cutout2D of SCI and WHT, written with WCS.to_header() (PC + CDELT), the layer's
+    primary header as it is: no FILENAME, ORIG_FLE, RA_OBJ or DEC_OBJ."""
+    cutouts = []
+    for rec in records:
+        with fits.open(archive.directory / rec.filename) as layer:
+            primary = layer[0].header.copy()
+            for key in ("FILENAME", "ORIG_FLE", "RA_OBJ", "DEC_OBJ"):
+                primary.remove(key, ignore_missing=True)
+            hdus = [fits.PrimaryHDU(header=primary)]
+            for extname in ("SCI", "WHT"):
+                cut = Cutout2D(layer[extname].data, LMC, 16 * u.arcsec, wcs=WCS(layer[extname].header))
+                hdus.append(fits.ImageHDU(cut.data.copy(), header=cut.wcs.to_header(), name=extname))
+        cutouts.append(fits.HDUList(hdus))
+    return cutouts
+
+
+@pytest.mark.parametrize("tool", ["astrocut", "Cutout2D"])
+def test_cutouts_made_by_other_tools_combine_to_the_weighted_truth(lmc_archive, tmp_path, tool):
+    records = _records(lmc_archive, F814W)
+    if tool == "astrocut":
+        cutouts = _astrocut_cutouts(lmc_archive, records, tmp_path)
+    else:
+        cutouts = _cutout2d_cutouts(lmc_archive, records)
+        assert "CD1_1" not in cutouts[0]["SCI"].header and "PC1_1" in cutouts[0]["SCI"].header
+    ((band, mosaic),) = combine_cutouts(cutouts).items()
+    assert band == F814W  # astrocut: from ORIG_FLE; Cutout2D: from INSTRUME, DETECTOR, FILTER
+    truth, den = _weighted_truth(lmc_archive, records, mosaic)
+    np.testing.assert_allclose(mosaic["SCI"].data, truth, rtol=5e-7, atol=1e-7)
+    np.testing.assert_array_equal(mosaic["WHT"].data, den.astype(np.float32))
+    # Named by RA_OBJ/DEC_OBJ (astrocut), else by the centre of the mosaic's grid.
+    centre = WCS(mosaic["SCI"].header).pixel_to_world(*(np.array(mosaic["SCI"].data.shape[::-1]) - 1) / 2)
+    expected = LMC if tool == "astrocut" else centre
+    assert (
+        mosaic[0].header["FILENAME"]
+        == CombinedName.for_band(F814W, expected.ra.deg, expected.dec.deg).filename
+    )
+    assert mosaic["SCI"].header["ILAYR001"] == (records[0].filename if tool == "astrocut" else "")
+
+
+def test_a_cutout_whose_band_nothing_tells_is_named(lmc_archive, tmp_path):
+    cutouts = _cutout2d_cutouts(lmc_archive, _records(lmc_archive, F814W))
+    for key in ("INSTRUME", "DETECTOR", "FILTER"):
+        del cutouts[1][0].header[key]
+    unknown = fits.HDUList([hdu.copy() for hdu in cutouts[1]])
+    unknown.writeto(tmp_path / "mine.fits")
+    with fits.open(tmp_path / "mine.fits") as on_disk:
+        with pytest.raises(NotMVMFileError, match=r"Cannot tell the band of mine.fits: neither its name"):
+            band_of(on_disk)
+        with pytest.raises(NotMVMFileError, match=r"mine.fits: .* Combine it in a call of its own"):
+            combine_cutouts([cutouts[0], on_disk])
+        # Alone, or with others that tell nothing either: one mosaic for the call.
+        ((band, mosaic),) = combine_cutouts([on_disk]).items()
+    assert band == UNKNOWN_BAND and mosaic[0].header["FILENAME"].endswith("_unknown_unknown_unknown.fits")
+    with pytest.raises(
+        NotMVMFileError, match=r"cutout 1 \(in memory\) is not a cutout: it has no WHT extension"
+    ):
+        combine_cutouts([fits.HDUList([cutouts[0][0], cutouts[0]["SCI"]])])
+
+
+def test_filters_from_keywords_follow_drizzlepacs_rules():
+    assert _filter_name("F606W;POL60V") == "f606w-pol60v"
+    assert _filter_name("POL120UV;F435W") == "f435w-pol120uv"  # the polarizer last
+    assert _filter_name("CLEAR1L;F814W") == "f814w"
+    assert _filter_name("CLEAR1L;CLEAR2L") == "clear"
+    assert _filter_name("F140LP;N/A;F140LP") == "f140lp"  # SBC's malformed third entry

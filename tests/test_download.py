@@ -55,6 +55,28 @@ def test_a_dropped_body_resumes_where_it_stopped(mast, cache, lmc_archive):
     assert sum(r.bytes_sent for r in gets) == size + 2 * (100_000 - 65_536)
 
 
+def test_a_server_that_never_says_the_size_is_verified_by_the_files_structure(mast, cache, lmc_archive):
+    # MAST sometimes sends files without Content-Length (astroquery #3290), HEAD included.
+    mast.faults.content_length = False
+    stats = TransferStats()
+    path = download_layer(NAME, URI, stats=stats)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+    assert (stats.bytes, stats.requests) == (path.stat().st_size, 2)
+    download_layer(NAME, URI, stats=stats)  # a complete file in the cache: HEAD only
+    assert (stats.bytes, stats.requests) == (path.stat().st_size, 3)
+
+
+def test_without_sizes_a_dropped_body_is_known_by_its_structure_and_resumed(mast, cache, lmc_archive):
+    # The connection closing is the body's end: only the FITS structure tells it came short.
+    mast.faults.content_length = False
+    mast.faults.drop(after_bytes=100_000)
+    path = download_layer(NAME, URI)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+    first, second = [r for r in mast.requests("download") if r.method == "GET"]
+    assert (first.range, first.bytes_sent) == (None, 100_000)
+    assert (second.range, second.status) == ("bytes=100000-", 206)
+
+
 def test_without_range_a_broken_download_starts_again(mast, cache, lmc_archive):
     size = lmc_archive.layer(NAME).size
     mast.faults.range_supported = False

@@ -1,11 +1,16 @@
 """The seed's four functions, on the stand-in MAST."""
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
 from glue_mvmcut import make_the_cut, mvm_combine, mvm_id_filenames, mvm_retrieve_files
+from glue_mvmcut.core.endpoints import PORTAL_PATHS
+from glue_mvmcut.core.mast import observations
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 
@@ -17,18 +22,16 @@ def test_the_four_functions_in_sequence(mast, cache, lmc_archive, tmp_path):
     assert list(written["productFilename"]) == list(table["productFilename"])
 
     wfc3 = table[table["instrument"] == "wfc3"]
-    names = mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers")
-    assert names == list(wfc3["productFilename"])
-    for name in names:
-        assert (tmp_path / "layers" / name).read_bytes() == (lmc_archive.directory / name).read_bytes()
+    paths = mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers")
+    assert paths == [str(tmp_path / "layers" / name) for name in wfc3["productFilename"]]
+    for path in paths:
+        assert Path(path).read_bytes() == (lmc_archive.directory / Path(path).name).read_bytes()
     # Everything already present: no download, no NameError (the seed's defect).
     mast.reset_stats()
-    assert mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers") == names
+    assert mvm_retrieve_files(wfc3, output_dir=tmp_path / "layers") == paths
     assert mast.requests("download") == []
 
-    cutouts = make_the_cut(
-        [tmp_path / "layers" / n for n in names], "84.9208 -69.1467", [10, 20], output_dir=tmp_path / "cut"
-    )
+    cutouts = make_the_cut(paths, "84.9208 -69.1467", [10, 20], output_dir=tmp_path / "cut")
     assert sorted(cutouts) == sorted(
         f"hst_cutout_skycell-p0081x{cell}-ra84d9208-decs69d1467_wfc3_ir_f160w{suffix}.fits"
         for cell in ("14y14", "14y15", "15y14", "15y15")
@@ -52,3 +55,31 @@ def test_make_the_cut_takes_a_single_string(lmc_archive, tmp_path):
     assert make_the_cut(layer, LMC, 4, output_dir=tmp_path) == [
         "hst_cutout_skycell-p0081x14y14-ra84d9208-decs69d1467_acs_wfc_f658n.fits"
     ]
+
+
+def test_the_query_table_carries_masts_product_columns_for_astroquery(mast, lmc_archive, tmp_path):
+    # The seed returned MAST's product table; astroquery's own download_products takes ours too.
+    table = mvm_id_filenames(LMC, 20, output_dir=tmp_path)
+    assert {"obsID", "obs_collection", "productType", "productSubGroupDescription"} <= set(table.colnames)
+    assert set(table["obs_collection"]) == {"HST"} and list(table["obsID"]) == list(table["obsid"])
+    first = table[table["productFilename"] == "hst_skycell-p0081x14y14_acs_wfc_f658n_all_drc.fits"]
+    manifest = observations().download_products(first, download_dir=str(tmp_path / "astroquery"))
+    assert list(manifest["Status"]) == ["COMPLETE"]
+    got = Path(manifest["Local Path"][0]).read_bytes()
+    assert got == (lmc_archive.directory / first["productFilename"][0]).read_bytes()
+
+
+def test_the_seeds_own_functions_take_our_tables(mast, lmc_archive, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # importing hapcut_utils opens a log file in the current folder
+    hapcut_utils = pytest.importorskip("drizzlepac.haputils.hapcut_utils")
+    from astroquery.mast import Observations
+
+    # The seed downloads with astroquery's shared Observations, whose URLs were made from
+    # [mast] server at import: aim them at the stand-in, as a user's astroquery.cfg would.
+    portal = Observations._portal_api_connection
+    for attribute, path in PORTAL_PATHS.items():
+        monkeypatch.setattr(portal, attribute, mast.url + path)
+    first = mvm_id_filenames(LMC, 20, output_dir=tmp_path)[:1]
+    names = hapcut_utils.mvm_retrieve_files(first)
+    assert [Path(name).name for name in names] == list(first["productFilename"])
+    assert (tmp_path / names[0]).read_bytes() == (lmc_archive.directory / names[0]).read_bytes()

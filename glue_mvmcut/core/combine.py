@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.wcs.utils import proj_plane_pixel_scales
 from reproject import reproject_exact, reproject_interp
 from reproject.mosaicking import reproject_and_coadd
 
@@ -28,7 +30,7 @@ from .fitsheaders import hdu_with_header, read_wcs
 from .names import Band, CombinedName, parse_product_name
 from .threadsafe import per_process
 
-__all__ = ["band_of", "group_by_band", "combine_band", "combine_cutouts"]
+__all__ = ["UNKNOWN_BAND", "band_of", "group_by_band", "combine_band", "combine_cutouts"]
 
 log = logging.getLogger(__name__)
 
@@ -36,39 +38,155 @@ _RESAMPLERS: dict[str, Callable] = {"interp": reproject_interp, "exact": reproje
 _BLOCK_ROWS = 256
 _CACHED_PIXELS = 1 << 16
 _PRIMARY_KEYS = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "D001SCAL", "RA_OBJ", "DEC_OBJ")
+_SCALES = {"fine": 0.04, "coarse": 0.12}  # arcsec per pixel
+#: The band of cutouts that neither their names nor their headers tell (one mosaic per call).
+UNKNOWN_BAND = Band(instrument="unknown", detector="unknown", filter="unknown")
+
+
+@dataclass
+class _Input:
+    """One cutout as combine reads it: its SCI and WHT HDUs, primary header, band (None when
+    nothing tells it) and how messages name it."""
+
+    hdul: fits.HDUList
+    sci: fits.ImageHDU
+    wht: fits.ImageHDU
+    band: Band | None
+    name: str
+
+    @classmethod
+    def of(cls, hdul: fits.HDUList, index: int = 0) -> "_Input":
+        primary = hdul[0].header
+        named = hdul.filename() or primary.get("FILENAME") or primary.get("ORIG_FLE")
+        name = Path(str(named)).name if named else f"cutout {index + 1} (in memory)"
+        extensions = {}
+        for hdu in hdul[1:]:
+            # astrocut names both CUTOUT and keeps the layer's names in O_EXT_NM
+            for key in ("EXTNAME", "O_EXT_NM"):
+                extname = str(hdu.header.get(key, "")).strip().upper()
+                if extname in ("SCI", "WHT"):
+                    extensions.setdefault(extname, hdu)
+                    break
+        for extname in ("SCI", "WHT"):
+            if extname not in extensions:
+                raise NotMVMFileError(f"{name} is not a cutout: it has no {extname} extension.")
+        sci, wht = extensions["SCI"], extensions["WHT"]
+        return cls(hdul, sci, wht, _band(hdul, sci), name)
+
+    @property
+    def primary(self) -> fits.Header:
+        return self.hdul[0].header
+
+    def get(self, keyword: str, default=None):
+        """A keyword of the primary header, else of SCI's."""
+        return self.primary.get(keyword, self.sci.header.get(keyword, default))
+
+
+def _band(hdul: fits.HDUList, sci: fits.ImageHDU) -> Band | None:
+    """The band an image's names say (FILENAME, ORIG_FLE, its file's name), else its keywords."""
+    names = (hdul[0].header.get("FILENAME"), hdul[0].header.get("ORIG_FLE"), sci.header.get("ORIG_FLE"))
+    for name in (*names, Path(hdul.filename() or "").name):
+        try:
+            return parse_product_name(str(name or "")).band
+        except InvalidNameError:
+            continue
+    return _band_from_keywords(hdul[0].header, sci)
+
+
+def _band_from_keywords(primary: fits.Header, sci: fits.ImageHDU) -> Band | None:
+    """The band INSTRUME, DETECTOR and FILTER (or ACS's FILTER1 and FILTER2) give, with the scale
+    nearest the SCI WCS's pixel scale; None where they are missing or malformed."""
+
+    def value(keyword: str) -> str:
+        return str(primary.get(keyword, sci.header.get(keyword, ""))).strip()
+
+    filters = value("FILTER") or ";".join(v for v in (value("FILTER1"), value("FILTER2")) if v)
+    if not (value("INSTRUME") and value("DETECTOR") and filters):
+        return None
+    wcs = read_wcs(sci.header).celestial
+    if not wcs.has_celestial:
+        return None
+    arcsec = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600
+    try:
+        return Band(
+            instrument=value("INSTRUME").lower(),
+            detector=value("DETECTOR").lower(),
+            filter=_filter_name(filters),
+            scale=min(_SCALES, key=lambda scale: abs(_SCALES[scale] - arcsec)),
+        )
+    except InvalidNameError:
+        return None
+
+
+def _filter_name(raw: str) -> str:
+    """An MVM name's filter from a FILTER keyword, as drizzlepac's ``determine_filter_name`` makes
+    it: the first two of the ';'-separated wheels, clear (and SBC's n/a) ones left out, a
+    polarizer last, joined by '-'; ``clear`` when both are clear."""
+    wheels = [f for f in raw.lower().split(";")[:2] if "clear" not in f and "n/a" not in f]
+    if wheels and wheels[0].startswith("pol"):
+        wheels.reverse()
+    return "-".join(wheels) or "clear"
 
 
 def band_of(hdul: fits.HDUList) -> Band:
-    """The band of a layer, cutout or mosaic, from its FILENAME keyword or else ORIG_FLE."""
-    header = hdul[0].header
-    for key in ("FILENAME", "ORIG_FLE"):
-        try:
-            return parse_product_name(str(header.get(key, ""))).band
-        except InvalidNameError:
-            continue
-    raise NotMVMFileError(
-        f"Cannot tell the band of {header.get('FILENAME', '?')!r}: neither FILENAME nor ORIG_FLE "
-        "is an MVM name."
+    """The band of a layer, cutout or mosaic: from its FILENAME or ORIG_FLE keyword or its file's
+    name, else from its INSTRUME, DETECTOR and FILTER keywords and pixel scale.
+
+    Raises
+    ------
+    NotMVMFileError
+        Naming the file, if it has no SCI and WHT extensions or nothing tells its band.
+    """
+    image = _Input.of(hdul)
+    if image.band is None:
+        raise NotMVMFileError(_no_band(image))
+    return image.band
+
+
+def _no_band(image: _Input) -> str:
+    return (
+        f"Cannot tell the band of {image.name}: neither its name, FILENAME or ORIG_FLE, nor its "
+        "INSTRUME, DETECTOR and FILTER keywords give it."
     )
 
 
 def group_by_band(cutouts: Sequence[fits.HDUList]) -> dict[Band, list[fits.HDUList]]:
-    """Group cutouts by band (instrument, detector, filter, scale, exposure), in input order."""
-    groups: dict[Band, list[fits.HDUList]] = defaultdict(list)
-    for cutout in cutouts:
-        groups[band_of(cutout)].append(cutout)
+    """Group cutouts by band (instrument, detector, filter, scale, exposure), in input order.
+
+    Cutouts whose band nothing tells (`band_of`) form one group, `UNKNOWN_BAND`, when none of
+    the others tells one either: one mosaic per call.
+
+    Raises
+    ------
+    NotMVMFileError
+        Naming the first cutout whose band cannot be told, when others' can.
+    """
+    return {band: [image.hdul for image in group] for band, group in _groups(_inputs(cutouts)).items()}
+
+
+def _inputs(cutouts: Sequence[fits.HDUList]) -> list[_Input]:
+    return [_Input.of(cutout, index) for index, cutout in enumerate(cutouts)]
+
+
+def _groups(images: list[_Input]) -> dict[Band, list[_Input]]:
+    unknown = [image for image in images if image.band is None]
+    if unknown and len(unknown) < len(images):
+        raise NotMVMFileError(_no_band(unknown[0]) + " Combine it in a call of its own.")
+    groups: dict[Band, list[_Input]] = defaultdict(list)
+    for image in images:
+        groups[image.band or UNKNOWN_BAND].append(image)
     return dict(groups)
 
 
 def _integer_offset(wcs_in, wcs_out) -> tuple[int, int] | None:
     """(dx, dy) such that input pixel (x, y) is output pixel (x + dx, y + dy), if the two grids
-    coincide up to a whole-pixel shift; else None."""
+    coincide up to a whole-pixel shift; else None. The linear part is compared as the pixel scale
+    matrix, whichever form the headers wrote it in (CD, or PC and CDELT)."""
     a, b = wcs_in.wcs, wcs_out.wcs
     if list(a.ctype) != list(b.ctype):
         return None
-    if not (
-        np.allclose(a.crval, b.crval, rtol=0, atol=1e-10) and np.allclose(a.cd, b.cd, rtol=1e-12, atol=0)
-    ):
+    same_matrix = np.allclose(wcs_in.pixel_scale_matrix, wcs_out.pixel_scale_matrix, rtol=1e-12, atol=0)
+    if not (np.allclose(a.crval, b.crval, rtol=0, atol=1e-10) and same_matrix):
         return None
     shift = np.asarray(b.crpix) - np.asarray(a.crpix)
     whole = np.round(shift)
@@ -204,20 +322,25 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     """
     if not cutouts:
         raise ValueError("combine_band needs at least one cutout.")
-    bands = {band_of(c) for c in cutouts}
-    if len(bands) != 1:
-        raise ValueError(f"combine_band got cutouts of several bands: {sorted(b.label() for b in bands)}")
-    first = cutouts[0]
-    wcs_out = read_wcs(first["SCI"].header).celestial
-    shape = first["SCI"].data.shape
+    groups = _groups(_inputs(cutouts))
+    if len(groups) != 1:
+        raise ValueError(f"combine_band got cutouts of several bands: {sorted(b.label() for b in groups)}")
+    ((band, images),) = groups.items()
+    return _combine(band, images, resample)
+
+
+def _combine(band: Band, images: list[_Input], resample: str) -> fits.HDUList:
+    first = images[0]
+    wcs_out = read_wcs(first.sci.header).celestial
+    shape = first.sci.data.shape
     on_grid, off_grid = [], []
-    for cutout in cutouts:
-        wcs_in = read_wcs(cutout["SCI"].header).celestial
+    for image in images:
+        wcs_in = read_wcs(image.sci.header).celestial
         offset = _integer_offset(wcs_in, wcs_out)
         if offset is None:
-            off_grid.append((cutout, wcs_in))
+            off_grid.append((image, wcs_in))
         else:
-            on_grid.append((cutout["SCI"].data, cutout["WHT"].data, offset))
+            on_grid.append((image.sci.data, image.wht.data, offset))
     if off_grid:
         on_grid.append((*_resample(off_grid, wcs_out, shape, resample), (0, 0)))
     pool = _pool()
@@ -232,10 +355,10 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
         "exact paste"
         if not off_grid
         else f"paste + reproject_{resample}"
-        if len(off_grid) < len(cutouts)
+        if len(off_grid) < len(images)
         else f"reproject_{resample}"
     )
-    return _mosaic_hdul(cutouts, sci, wht, method)
+    return _mosaic_hdul(band, images, wcs_out, sci, wht, method)
 
 
 @per_process()
@@ -250,43 +373,54 @@ def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.n
     # output pixel next to a no-data (0) input pixel gets a value pulled toward 0 (a 5.0 edge
     # pixel comes out 3.35 at a 1/3 px shift). Marking no-data as NaN makes reproject drop
     # such pixels from that input instead.
-    inputs = [(np.where(c["WHT"].data > 0, c["SCI"].data, np.nan), w) for c, w in off_grid]
+    inputs = [(np.where(image.wht.data > 0, image.sci.data, np.nan), w) for image, w in off_grid]
     return reproject_and_coadd(
         inputs,
         wcs_out,
         shape_out=shape,
-        input_weights=[np.clip(c["WHT"].data, 0, None) for c, _ in off_grid],
+        input_weights=[np.clip(image.wht.data, 0, None) for image, _ in off_grid],
         combine_function="mean",
         reproject_function=_RESAMPLERS[resample],
         blank_pixel_value=0.0,
     )
 
 
-def _mosaic_hdul(cutouts, sci, wht, method: str) -> fits.HDUList:
-    first = cutouts[0]
-    band = band_of(first)
-    head = first[0].header
-    name = CombinedName.for_band(band, head["RA_OBJ"], head["DEC_OBJ"]).filename
+def _mosaic_hdul(band: Band, images: list[_Input], wcs_out, sci, wht, method: str) -> fits.HDUList:
+    first = images[0]
+    head = first.primary
+    if "RA_OBJ" in head and "DEC_OBJ" in head:
+        ra, dec = head["RA_OBJ"], head["DEC_OBJ"]
+    else:  # a cutout made by other tools: named by the centre of its grid
+        centre = wcs_out.pixel_to_world((sci.shape[1] - 1) / 2, (sci.shape[0] - 1) / 2).icrs
+        ra, dec = centre.ra.deg, centre.dec.deg
+    name = CombinedName.for_band(band, ra, dec).filename
     primary = fits.Header()
     for key in _PRIMARY_KEYS:
         if key in head:
             primary[key] = (head[key], head.comments[key])
+    if band != UNKNOWN_BAND:
+        for key, known in (
+            ("INSTRUME", band.instrument),
+            ("DETECTOR", band.detector),
+            ("FILTER", band.filter),
+        ):
+            primary.setdefault(key, known.upper())
     primary["FILENAME"] = name
-    primary["NCOMBINE"] = (len(cutouts), "number of cutouts combined")
+    primary["NCOMBINE"] = (len(images), "number of cutouts combined")
     primary["COMBMETH"] = (method, "how inputs reached the output grid")
     hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
     for extname, data in (("SCI", sci), ("WHT", wht)):
-        header = first[extname].header.copy()
-        for key in ("ORIG_FLE", "O_EXT_NM", "LTV1", "LTV2"):
+        header = getattr(first, extname.lower()).header.copy()
+        for key in ("ORIG_FLE", "O_EXT_NM", "ORIG_EXT", "LTV1", "LTV2"):
             header.remove(key, ignore_missing=True)
         header["EXTNAME"] = extname
-        header["NCOMBINE"] = (len(cutouts), "number of inputs")
+        header["NCOMBINE"] = (len(images), "number of inputs")
         # Provenance of input i: IFILEi (cutout file), ILAYRi (its layer), IEXTi (extension used).
-        for i, cutout in enumerate(cutouts, start=1):
-            header[f"IFILE{i:03d}"] = cutout[0].header.get("FILENAME", "")
-            header[f"ILAYR{i:03d}"] = cutout[0].header.get("ORIG_FLE", "")
+        for i, image in enumerate(images, start=1):
+            header[f"IFILE{i:03d}"] = image.primary.get("FILENAME", image.name)
+            header[f"ILAYR{i:03d}"] = image.get("ORIG_FLE", "")
             header[f"IEXT{i:03d}"] = f"{extname},1"
-        header.add_history(f"glue_mvmcut: WHT-weighted mean of {len(cutouts)} cutouts ({method}).")
+        header.add_history(f"glue_mvmcut: WHT-weighted mean of {len(images)} cutouts ({method}).")
         hdul.append(hdu_with_header(fits.ImageHDU, header, data))
     return hdul
 
@@ -294,6 +428,9 @@ def _mosaic_hdul(cutouts, sci, wht, method: str) -> fits.HDUList:
 def combine_cutouts(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> dict[Band, fits.HDUList]:
     """One mosaic per band: `group_by_band` then `combine_band` on each group.
 
-    A band with a single cutout still yields a mosaic (a copy on its own grid).
+    A band with a single cutout still yields a mosaic (a copy on its own grid). Cutouts need SCI
+    and WHT extensions (by EXTNAME, or astrocut's O_EXT_NM) and a celestial WCS; their band
+    comes from `band_of`.
     """
-    return {band: combine_band(group, resample=resample) for band, group in group_by_band(cutouts).items()}
+    groups = _groups(_inputs(cutouts))
+    return {band: _combine(band, images, resample) for band, images in groups.items()}

@@ -100,39 +100,55 @@ def download_layer(
         head = session.head(url, allow_redirects=True)
         stats.add(requests=1)
         head.raise_for_status()
-        expected = int(head.headers["Content-Length"])
-        if target.exists() and not overwrite and target.stat().st_size == expected:
-            log.info("%s is already in the cache (%d bytes).", name, expected)
+        expected = _length(head)  # MAST does not always say (astroquery #3290)
+        if target.exists() and not overwrite and expected in (None, target.stat().st_size):
+            log.info("%s is already in the cache (%d bytes).", name, target.stat().st_size)
             return target
         write_atomically(target, fetch_whole)
-    log.info("Downloaded %s (%d bytes).", name, expected)
+    log.info("Downloaded %s (%d bytes).", name, target.stat().st_size)
     return target
 
 
-def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, stats) -> None:
+def _length(response: requests.Response) -> int | None:
+    """The whole file's size a reply announces: a 206's Content-Range total, else Content-Length;
+    None where it says neither."""
+    total = response.headers.get("Content-Range", "").rpartition("/")[2]
+    length = total if response.status_code == 206 else response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+def _fetch(session, url, partial: Path, expected: int | None, name, progress, cancel, stats) -> None:
     """GET ``url`` into ``partial``; when the body breaks off, resume from the last byte with
     ``Range`` (or start again if the server ignores it), as `~glue_mvmcut.core.transport.Retries`
-    allows."""
+    allows. Where no reply says the file's size, a body that ends cleanly is complete once its FITS
+    structure is whole; one that is not is resumed like a broken one."""
     done, retries = 0, Retries(f"Downloading {name}")
     partial.unlink(missing_ok=True)
-    while done < expected:
+    while expected is None or done < expected:
         headers = {"Range": f"bytes={done}-"} if done else {}
         try:
             with session.get(url, stream=True, headers=headers) as response:
                 stats.add(requests=1)
+                if done and response.status_code == 416 and expected is None:
+                    return  # nothing past what came: fetch_whole says what is wrong with it
                 response.raise_for_status()
                 if done and response.status_code != 206:
                     log.info("%s: the server cannot resume; starting again.", name)
                     done = 0
+                expected = expected if expected is not None else _length(response)
                 with open(partial, "ab" if done else "wb") as out:
                     for block in response.iter_content(_CHUNK):
                         out.write(block)
                         done += len(block)
                         stats.add(len(block))
                         if progress:
-                            progress(done, expected, name)
+                            progress(done, expected or 0, name)
                         if cancel and cancel():
                             raise Cancelled(f"Download of {name} cancelled.")
+            if expected is None:
+                if fits_problem(partial) is None:
+                    return
+                raise requests.exceptions.ChunkedEncodingError(f"the FITS file ends early, at byte {done}")
             if done > expected:
                 raise ArchiveError(f"Downloading {name}: got {done} bytes where MAST announced {expected}.")
             if done < expected:
@@ -142,6 +158,6 @@ def _fetch(session, url, partial: Path, expected: int, name, progress, cancel, s
             if wait is None:
                 raise ArchiveError(
                     f"Downloading {name}: the transfer broke off {retries.failures} times (last at byte "
-                    f"{done} of {expected}: {exc}); nothing was kept."
+                    f"{done} of {expected or 'an unknown size'}: {exc}); nothing was kept."
                 ) from exc
             time.sleep(wait)

@@ -40,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Columns of the table `query_layers` returns, in order.
+#: Columns of the table `query_layers` returns, in order; MAST's product columns follow.
 LAYER_COLUMNS = (
     "productFilename",
     "dataURI",
@@ -212,9 +212,12 @@ def resolve_target(target) -> SkyCoord:
     return resolve_name(target.strip())
 
 
-def _empty_layer_table() -> Table:
+def _layer_table(rows=()) -> Table:
+    """A table of `LAYER_COLUMNS` holding ``rows`` (dicts)."""
     types = {"size": np.int64, "s_ra": float, "s_dec": float}
-    return Table(names=LAYER_COLUMNS, dtype=[types.get(name, str) for name in LAYER_COLUMNS])
+    return Table(
+        rows=list(rows) or None, names=LAYER_COLUMNS, dtype=[types.get(n, str) for n in LAYER_COLUMNS]
+    )
 
 
 def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
@@ -241,8 +244,11 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     Returns
     -------
     `~astropy.table.Table`
-        One row per layer file, columns `LAYER_COLUMNS`, sorted by file name. Empty (with a
-        `~glue_mvmcut.core.errors.NoMVMDataWarning`) when nothing covers the box.
+        One row per layer file, sorted by file name: columns `LAYER_COLUMNS`, then MAST's own
+        product columns (so astroquery's ``Observations.download_products`` and drizzlepac's
+        ``hapcut_utils.mvm_retrieve_files`` take it as they take MAST's product table). Empty
+        (with `LAYER_COLUMNS` only, and a `~glue_mvmcut.core.errors.NoMVMDataWarning`) when
+        nothing covers the box.
 
     Raises
     ------
@@ -299,7 +305,7 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
     wanted_filters = {f.lower() for f in filters} if filters else None
     observations_table, products = _query_skycell_layers(centre, radius, instruments, wanted_filters)
     if observations_table is None:
-        return [_empty_layer_table() for _ in boxes]
+        return [_layer_table() for _ in boxes]
     # One box: MAST's own cone test chose the observations. Several: MAST was asked with a cone
     # holding them all, and each box keeps the observations whose footprint touches its own cone.
     footprints = _footprints(observations_table) if len(boxes) > 1 else None
@@ -381,13 +387,13 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
 
 
 def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Table:
-    table = _empty_layer_table()
-    if not len(products):
-        return table
+    """The MVM layers among MAST's ``products`` whose skycell overlaps the box: MAST's own
+    product columns (``obsID``, ``obs_collection``, ... as astroquery's ``download_products``
+    and drizzlepac's ``hapcut_utils`` take them) after `LAYER_COLUMNS`."""
     by_obsid = {str(row["obsid"]): row for row in observations_table}
     covering = {cell.name for cell in skycells_covering(coord, size)}
-    seen = set()
-    for product in products:
+    seen, keep, rows = set(), [], []
+    for index, product in enumerate(products):
         filename = str(product["productFilename"])
         try:
             safe_filename(filename)
@@ -407,7 +413,8 @@ def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Ta
             continue
         obs = by_obsid.get(str(product["parent_obsid"])) or by_obsid.get(str(product["obsID"]))
         seen.add(filename)
-        table.add_row(
+        keep.append(index)
+        rows.append(
             {
                 "productFilename": filename,
                 "dataURI": str(product["dataURI"]),
@@ -425,5 +432,12 @@ def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Ta
                 "s_region": str(obs["s_region"]) if obs is not None else "",
             }
         )
+    table = _layer_table(rows)
+    if not rows:
+        return table
+    theirs = products[keep]
+    for name in theirs.colnames:
+        if name not in table.colnames:
+            table[name] = theirs[name]
     table.sort("productFilename")
     return table

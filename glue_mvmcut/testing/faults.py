@@ -19,7 +19,9 @@ class Faults:
     HTTP 400, as Apache and nginx refuse header fields over 8 KB; 0: no limit),
     ``executing`` (number of ``EXECUTING`` replies owed before answering queries),
     ``hostile_names`` (True: list skycell products under names that try to leave a folder),
-    ``missing_columns`` (names of columns left out of the portal's table replies).
+    ``missing_columns`` (names of columns left out of the portal's table replies),
+    ``content_length`` (False: file replies, HEAD's too, say no Content-Length; a GET's body ends
+    with its connection, as MAST's files sometimes come, astroquery #3290).
     """
 
     def __init__(self):
@@ -37,6 +39,7 @@ class Faults:
             self.executing = 0
             self.hostile_names = False
             self.missing_columns: set[str] = set()
+            self.content_length = True
 
     def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
         """Answer the next ``count`` requests with HTTP ``status``."""

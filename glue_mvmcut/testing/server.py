@@ -266,7 +266,10 @@ class _Handler(BaseHTTPRequestHandler):
                 segments = [b"".join(_body_pieces(fh.fileno(), segments))]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(length))
+        if faults.content_length:
+            self.send_header("Content-Length", str(length))
+        else:  # the body ends where the connection does
+            self.close_connection = True
         self.send_header("Content-Disposition", f'attachment; filename="{name}"')
         self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
         if faults.range_supported:
