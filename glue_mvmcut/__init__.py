@@ -11,6 +11,7 @@ from .core.config import conf
 from .core.errors import (
     ArchiveError,
     Cancelled,
+    CompressedLayerError,
     InvalidCoordinateError,
     InvalidNameError,
     InvalidSizeError,
@@ -52,6 +53,7 @@ __all__ = [
     "ArchiveError",
     "UnsafeNameError",
     "NotMVMFileError",
+    "CompressedLayerError",
     "OutsideFootprintError",
     "Cancelled",
     "InvalidTargetsError",

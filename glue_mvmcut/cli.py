@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     log.addHandler(handler)
+    level = log.level  # put back when done: main may run inside a longer-lived process
     log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
     commands = {"query": _query, "cut": _cut, "batch": _batch, "demo": _demo}
     try:
@@ -385,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
     return status or 0
 
 

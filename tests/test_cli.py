@@ -1,6 +1,7 @@
 """The mvmcut command line."""
 
 import json
+import logging
 import subprocess
 from pathlib import Path
 
@@ -15,6 +16,17 @@ def test_query_prints_the_layer_table(mast, capsys):
     out = capsys.readouterr().out
     assert "hst_skycell-p0081x14y14_acs_wfc_f658n_all_drc.fits" in out
     assert out.rstrip().splitlines()[-1].startswith("20 layers, ")
+
+
+def test_main_leaves_the_package_logger_as_it_found_it(mast, capsys):
+    # Run in a longer-lived process (a notebook, a test), the next INFO message still shows.
+    logger = logging.getLogger("glue_mvmcut")
+    logger.setLevel(logging.INFO)
+    try:
+        assert main(["query", "84.9208", "-69.1467", "--size", "5"]) == 0
+        assert logger.level == logging.INFO and logger.handlers == []
+    finally:
+        logger.setLevel(logging.NOTSET)
 
 
 def test_query_accepts_sexagesimal_and_filters(mast, capsys):

@@ -12,7 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
-from glue_mvmcut import ArchiveError, Cancelled, NotMVMFileError, conf
+from glue_mvmcut import ArchiveError, Cancelled, CompressedLayerError, NotMVMFileError, conf
 from glue_mvmcut.core.byteranges import Targets, copy_parts, parse_multipart, parts_as_asked
 from glue_mvmcut.core.coords import parse_coord, parse_size
 from glue_mvmcut.core.cutout import cut_layer, cut_remote
@@ -465,3 +465,52 @@ def test_boxes_that_leave_the_layer_are_cut_as_from_a_local_file(mast, lmc_archi
     sci = cutout["SCI"].data
     assert sci.shape == (150, 150) and sci[104:, :115].all()
     assert not sci[:104].any() and not sci[:, 115:].any()
+
+
+@pytest.fixture
+def compressed_archive(lmc_archive, tmp_path):
+    """The LMC archive with FINE's SCI and WHT tile-compressed, losslessly (GZIP, no quantizing)."""
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    for path in lmc_archive.directory.iterdir():
+        if path.name != FINE:
+            (folder / path.name).symlink_to(path)
+    with fits.open(lmc_archive.directory / FINE) as layer:
+        hdus = [layer[0].copy()]
+        for hdu in layer[1:]:
+            if hdu.name in ("SCI", "WHT"):
+                header = hdu.header.copy()
+                hdu = fits.CompImageHDU(hdu.data, header, compression_type="GZIP_2", quantize_level=0.0)
+            hdus.append(hdu)
+        fits.HDUList(hdus).writeto(folder / FINE)
+    return folder
+
+
+def test_tile_compressed_layers_are_cut_from_whole_files_never_by_ranges(
+    compressed_archive, lmc_archive, tmp_path
+):
+    truth = cut_layer(lmc_archive.directory / FINE, LMC, 6)
+
+    def same_cutout(cut):  # the pixels and every keyword's value (comments: astropy's own)
+        for index in range(3):
+            assert dict(cut[index].header) == dict(truth[index].header)
+        return all(np.array_equal(cut[ext].data, truth[ext].data) for ext in ("SCI", "WHT"))
+
+    # A local file: astropy decompresses the tiles the box touches; the same cutout.
+    assert same_cutout(cut_layer(compressed_archive / FINE, LMC, 6))
+    with MastServer(compressed_archive) as server, using_server(server.url):
+        # Ranged: its stored rows are not the image's (wrong pixels before): refused by name.
+        with pytest.raises(CompressedLayerError, match=f"{FINE}: its SCI is tile-compressed"):
+            cut_layer(f"mast:HST/product/{FINE}", LMC, 6)
+        assert [r.range for r in server.requests("download")] == ["bytes=0-65535"]  # headers only
+        layers = query_layers(LMC, 6)
+        layers = layers[layers["filter"] == "f814w"]
+        with pytest.raises(CompressedLayerError):
+            cutout_mosaic(LMC, 6, layers=layers, fetch="ranged", cache=tmp_path / "cache")
+        # auto: that layer alone is downloaded whole, the others cut by ranges.
+        server.reset_stats()
+        result = cutout_mosaic(LMC, 6, layers=layers, fetch="auto", cache=tmp_path / "cache")
+        whole = [r.file for r in server.requests("download") if r.method == "GET" and r.range is None]
+    assert whole == [FINE]
+    (cut,) = [c for c in result.cutouts if c[0].header["ORIG_FLE"] == FINE]
+    assert same_cutout(cut)

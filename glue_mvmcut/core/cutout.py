@@ -26,7 +26,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
 
 from .coords import parse_coord, parse_size
 from .endpoints import file_url
-from .errors import InvalidNameError, NotMVMFileError, OutsideFootprintError
+from .errors import CompressedLayerError, InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .files import fits_problem
 from .fitsheaders import LAYER_HEADERS, HDUInfo, celestial_wcs, edited_header, hdu_with_header, header_text
 from .names import CutoutName, LayerName
@@ -78,12 +78,24 @@ def _check_shapes(name: str, headers: dict[str, fits.Header | HDUInfo | None]) -
     for extname, header in headers.items():
         if header is None:
             raise NotMVMFileError(f"{name} is not an MVM layer: it has no {extname} extension.")
+        _refuse_compressed(name, extname, header)
         if header.get("NAXIS") != 2:
             raise NotMVMFileError(f"{name}: the {extname} extension is not a 2-D image.")
         shapes.add((header["NAXIS2"], header["NAXIS1"]))
     if len(shapes) != 1:
         raise NotMVMFileError(f"{name}: SCI and WHT have different shapes {sorted(shapes)}.")
     return shapes.pop()
+
+
+def _refuse_compressed(name: str, extname: str, header: fits.Header | HDUInfo) -> None:
+    """Refuse a tile-compressed extension read over ranges: its header is that of the binary
+    table the image is stored in (astropy shows a local file's as the image's), and its rows
+    are not the image's."""
+    if header.get("ZIMAGE"):
+        raise CompressedLayerError(
+            f"{name}: its {extname} is tile-compressed, so its rows cannot be read with ranges; "
+            "fetch the layer whole (--fetch download, or auto)."
+        )
 
 
 def open_layer(source) -> tuple[fits.HDUList, LayerName]:
@@ -227,7 +239,14 @@ def cut_layer(
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
         window = _plan(layer, headers, coord, size)
         cutout = _Cutout(hdul[0].header, layer, coord, window)
-        return cutout.finish(headers, [hdul[ext].data[window.large] for ext in _EXTENSIONS])
+        # A tile-compressed extension gives only the tiles the box touches through its section.
+        pieces = [
+            hdul[ext].section[window.large]
+            if isinstance(hdul[ext], fits.CompImageHDU)
+            else hdul[ext].data[window.large]
+            for ext in _EXTENSIONS
+        ]
+        return cutout.finish(headers, pieces)
 
 
 def _remote(source: str, stats, cancel) -> RemoteFITS:
@@ -293,6 +312,7 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
         hdus, guess = await asyncio.gather(remote.read_headers(_EXTENSIONS, guess_last=True), guessed())
     # Up to the requests, keywords are read from the headers' cards one by one: astropy parses
     # whole headers meanwhile, for the output.
+    _refuse_compressed(remote.name, "SCI", hdus["SCI"])  # before any of its rows are asked for
     layer = layer_name(hdus["PRIMARY"], remote.name)
     known = {ext: hdus[ext] for ext in _EXTENSIONS}
     window = guess.window(hdus["SCI"]) if guess is not None else None

@@ -8,6 +8,7 @@ __all__ = [
     "ArchiveError",
     "UnsafeNameError",
     "NotMVMFileError",
+    "CompressedLayerError",
     "OutsideFootprintError",
     "Cancelled",
     "InvalidTargetsError",
@@ -42,6 +43,11 @@ class UnsafeNameError(ArchiveError, ValueError):
 class NotMVMFileError(MVMCutError, ValueError):
     """A file that is not a readable MVM layer, cutout or mosaic (wrong name, missing SCI/WHT,
     no celestial WCS, truncated or corrupt)."""
+
+
+class CompressedLayerError(ArchiveError):
+    """A layer whose SCI or WHT is tile-compressed: ranged reads cannot cut it; a whole-file
+    download can (astropy decompresses only the tiles a cutout needs)."""
 
 
 class OutsideFootprintError(MVMCutError, ValueError):

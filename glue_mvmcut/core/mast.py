@@ -16,7 +16,7 @@ from contextlib import closing, contextmanager
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.table import Table, vstack
-from astroquery.exceptions import NoResultsWarning, RemoteServiceError
+from astroquery.exceptions import RemoteServiceError
 from astroquery.mast import ObservationsClass
 
 from .config import conf
@@ -26,7 +26,6 @@ from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMV
 from .footprints import Footprint, parse_region
 from .names import LayerName, safe_filename
 from .skycells import skycells_covering
-from .threadsafe import catch_warnings
 from .transport import http_session, transport_errors, with_timeouts
 
 __all__ = [
@@ -100,16 +99,17 @@ def _session(client: ObservationsClass):
 
 
 def _parse_quietly(client: ObservationsClass, responses) -> Table:
-    """The table of a query's replies, without astroquery's warning for an empty one.
+    """The table of a query's replies; an empty one without astroquery's warning for it.
 
     ``query_criteria`` is ``query_criteria_async`` + ``_parse_result`` (astroquery's
-    ``async_to_sync``); split, so that only the parse, which warns, holds the warnings lock
-    (`~glue_mvmcut.core.threadsafe.catch_warnings`) and the requests do not.
+    ``async_to_sync``); the parse warns (``NoResultsWarning``) when no rows came. An empty answer
+    is no error here (callers say so once), and silencing the warning would mean changing the
+    process-wide warning filters, which other threads (a batch's, Dask's) change meanwhile: a
+    reply without rows is not handed to the parse at all.
     """
-    with catch_warnings():
-        # An empty answer is not an error here; callers say so once.
-        warnings.simplefilter("ignore", NoResultsWarning)
-        return client._parse_result(responses)
+    if not any(response.json().get("data") for response in responses):
+        return Table()
+    return client._parse_result(responses)
 
 
 # -- errors ------------------------------------------------------------------------------------------
@@ -377,7 +377,7 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
             return None, None
         with _from_mast("MVM query"):
             products = client.filter_products(
-                client.get_product_list(observations_table),
+                _parse_quietly(client, client.get_product_list_async(observations_table)),
                 productSubGroupDescription=["DRZ", "DRC"],
                 extension="fits",
             )

@@ -25,7 +25,7 @@ from .combine import combine_cutouts
 from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
 from .download import download_layer
-from .errors import Cancelled, OutsideFootprintError
+from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
 from .files import write_atomically
 from .mast import query_layers, resolve_target
 from .names import Band, QueryName, checked_product, safe_filename
@@ -267,6 +267,11 @@ class _Fetcher:
                                 raise
                             self._to_downloads(pool, jobs, k, products, coord, size, stats)
                             cutout = jobs[k].result()
+                        except CompressedLayerError:
+                            if self.fetch == "ranged":
+                                raise
+                            log.info("%s is tile-compressed: downloading it whole.", name)
+                            cutout = pool.submit(self._downloaded, *products[k], coord, size, stats).result()
                     except OutsideFootprintError:
                         cutout = None
                     yield name, cutout
