@@ -41,6 +41,8 @@ def test_separate_dec_argument():
     "given, message",
     [
         ((1.0, -95.0), r"Not a valid sky position: \(1.0, -95.0\)"),
+        ((400, 20), r"RA 400 is outside 0 to 360 degrees"),  # never wrapped to 40
+        ("-0.5 20", r"RA '-0.5' is outside 0 to 360 degrees"),
         ("84.9 -69.1 3", r"Cannot read a sky position from '84.9 -69.1 3'"),
         (("abc", "def"), r"Not a valid sky position: \('abc', 'def'\)"),
         (SkyCoord([1, 2], [3, 4], unit="deg"), "Expected one sky position, got 2"),

@@ -4,7 +4,7 @@ import math
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import SkyCoord
+from astropy.coordinates import Angle, SkyCoord
 
 from .errors import InvalidCoordinateError, InvalidSizeError
 
@@ -45,7 +45,8 @@ def parse_coord(coord, dec=None) -> SkyCoord:
     Raises
     ------
     InvalidCoordinateError
-        If the position cannot be parsed, is not finite or lies off the sky (``|dec| > 90``).
+        If the position cannot be parsed, is not finite or lies off the sky (RA outside
+        [0, 360) degrees, which is never wrapped, or ``|dec| > 90``).
     """
     given = coord if dec is None else (coord, dec)
     try:
@@ -69,6 +70,13 @@ def parse_coord(coord, dec=None) -> SkyCoord:
                 unit = (u.hourangle, u.deg)
             else:
                 unit = (u.deg, u.deg)
+            # SkyCoord would wrap RA 400 to 40 without a word: a typo would cut the wrong sky.
+            ra = Angle(ra_part, unit=unit[0]).deg
+            if not 0 <= ra < 360:
+                raise InvalidCoordinateError(
+                    f"Not a valid sky position: RA {ra_part!r} is outside 0 to 360 degrees (0h to 24h). "
+                    + _POSITION_HINT
+                )
             result = SkyCoord(ra_part, dec_part, unit=unit, frame="icrs")
     except InvalidCoordinateError:
         raise
