@@ -19,6 +19,7 @@ from .core.errors import (
     MVMCutError,
     NoMVMDataWarning,
     NotMVMFileError,
+    OutputFolderError,
     OutsideFootprintError,
     UnsafeNameError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "NotMVMFileError",
     "CompressedLayerError",
     "OutsideFootprintError",
+    "OutputFolderError",
     "Cancelled",
     "InvalidTargetsError",
     "NoMVMDataWarning",

@@ -28,6 +28,7 @@ from .core.combine import combine_cutouts
 from .core.coords import parse_coord, parse_size
 from .core.cutout import cut_layer
 from .core.download import download_layer
+from .core.files import writable_folder
 from .core.mast import query_layers
 from .core.names import safe_filename
 from .core.pipeline import write_fits, write_query_table
@@ -63,8 +64,9 @@ def mvm_id_filenames(sky_coord, cutout_size, log_level=logging.INFO, *, output_d
     """
     _set_level(log_level)
     coord, size = parse_coord(sky_coord), parse_size(cutout_size)
+    out = writable_folder(output_dir)
     table = query_layers(coord, size)
-    path = write_query_table(table, coord, size, Path(output_dir))
+    path = write_query_table(table, coord, size, out)
     log.info("Wrote the query table to %s.", path)
     return table
 
@@ -94,8 +96,7 @@ def mvm_retrieve_files(
         downloaded into the current folder, returned bare names).
     """
     _set_level(log_level)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(output_dir)
     paths = []
     for row in products:
         name = safe_filename(str(row["productFilename"]))
@@ -138,8 +139,7 @@ def make_the_cut(
     if isinstance(input_files, (str, Path)):
         input_files = [input_files]
     coord, size = parse_coord(sky_coord), parse_size(cutout_size, allow_pixels=True)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(output_dir)
     written = []
     for source in input_files:
         path = write_fits(cut_layer(source, coord, size), out)
@@ -176,6 +176,5 @@ def mvm_combine(cutout_files, output_dir=".", log_level=logging.INFO) -> list[st
     for path in sorted(str(p) for p in cutout_files):
         with fits.open(path) as hdul:
             cutouts.append(fits.HDUList([hdu.copy() for hdu in hdul]))
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(output_dir)
     return [str(write_fits(mosaic, out)) for mosaic in combine_cutouts(cutouts).values()]

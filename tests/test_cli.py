@@ -29,6 +29,15 @@ def test_main_leaves_the_package_logger_as_it_found_it(mast, capsys):
         logger.setLevel(logging.NOTSET)
 
 
+def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(mast, capsys, tmp_path):
+    (tmp_path / "a-file").write_text("in the way")
+    out = tmp_path / "a-file" / "cutouts"
+    assert main(["cut", "84.9208", "-69.1467", "--size", "5", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mvmcut: error: Cannot write to the output folder {out}: Not a directory.\n"
+    assert mast.requests() == []  # nothing asked of MAST, nothing fetched
+
+
 def test_query_accepts_sexagesimal_and_filters(mast, capsys):
     assert (
         main(

@@ -34,7 +34,7 @@ from .config import conf
 from .cutout import layer_hdus
 from .endpoints import resolver_url, server_url
 from .errors import Cancelled, MVMCutError
-from .files import write_atomically
+from .files import writable_folder, write_atomically
 from .manifest import MANIFEST, STATUSES, Record, previous_records, write_manifest
 from .mast import query_layers_near, resolve_name
 from .pipeline import cutout_mosaic
@@ -271,8 +271,7 @@ def cutout_batch(
         ``meta`` holds figures of this run: ``targets_run``, ``bytes_fetched`` (all of it), and
         ``header_bytes`` and ``header_requests`` (layer headers, read once and shared).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = writable_folder(out_dir)
     plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
     records = {t.id: Record(t) for t in plan}
     previous = previous_records(out, plan)

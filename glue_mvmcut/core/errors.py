@@ -10,6 +10,7 @@ __all__ = [
     "NotMVMFileError",
     "CompressedLayerError",
     "OutsideFootprintError",
+    "OutputFolderError",
     "Cancelled",
     "InvalidTargetsError",
     "NoMVMDataWarning",
@@ -52,6 +53,10 @@ class CompressedLayerError(ArchiveError):
 
 class OutsideFootprintError(MVMCutError, ValueError):
     """A cutout box that lies wholly outside a layer."""
+
+
+class OutputFolderError(MVMCutError, OSError):
+    """An output folder that cannot be made or written to."""
 
 
 class Cancelled(MVMCutError):

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -9,9 +10,29 @@ from pathlib import Path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
+from .errors import OutputFolderError
 from .threadsafe import catch_warnings
 
-__all__ = ["write_atomically", "fits_problem"]
+__all__ = ["writable_folder", "write_atomically", "fits_problem"]
+
+
+def writable_folder(folder) -> Path:
+    """``folder``, made if need be, once a file can be written in it: checked before any work,
+    so a run never fetches and cuts everything to fail at its last step.
+
+    Raises
+    ------
+    OutputFolderError
+        Naming the folder and why (a file in its way, no permission, a read-only file system).
+    """
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise OutputFolderError(f"Cannot write to the output folder {path}: {exc.strerror or exc}.") from exc
+    return path
 
 
 def write_atomically(target, write: Callable[[Path], None]) -> Path:

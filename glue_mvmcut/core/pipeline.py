@@ -26,7 +26,7 @@ from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
 from .download import download_layer
 from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
-from .files import write_atomically
+from .files import writable_folder, write_atomically
 from .mast import query_layers, resolve_target
 from .names import Band, QueryName, checked_product, safe_filename
 from .remote import RangeNotSupported
@@ -166,7 +166,9 @@ def cutout_mosaic(
         Layer file name → `~glue_mvmcut.core.cutout.layer_hdus` of that layer: headers already
         read (e.g. once for a whole batch), used by ranged reads instead of reading them again.
     out_dir : path-like, optional
-        Write the query table, the cutouts and the mosaics here with the seed's names.
+        Write the query table, the cutouts and the mosaics here with the seed's names. The
+        folder is made, and checked writable, before any work
+        (`~glue_mvmcut.core.errors.OutputFolderError` if it cannot be).
     combine : bool, optional
         Make mosaics (default True).
     cache : path-like, optional
@@ -189,6 +191,7 @@ def cutout_mosaic(
     """
     coord = resolve_target(coord)
     size = parse_size(size)
+    out_dir = writable_folder(out_dir) if out_dir is not None else None  # before any work
     fetcher = _Fetcher(fetch, cache, cancel, hdus)
     steps = _Steps(progress, cancel)
     steps.check()
@@ -222,7 +225,7 @@ def cutout_mosaic(
         steps.report(f"{len(result.mosaics)} mosaics")
     if out_dir is not None:
         started = time.perf_counter()
-        _write(result, Path(out_dir), steps)
+        _write(result, out_dir, steps)
         steps.timed("write", started)
         steps.report(f"wrote {sum(len(p) for p in result.paths.values())} files")
     result.seconds = steps.seconds
@@ -319,7 +322,6 @@ async def _stopped(tasks: list[asyncio.Task]) -> None:
 
 
 def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
     result.paths["query"].append(write_query_table(result.layers, result.coord, result.size, out_dir))
     for kind, hduls in (("cutouts", result.cutouts), ("mosaics", list(result.mosaics.values()))):
         for hdul in hduls:
