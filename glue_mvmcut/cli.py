@@ -23,6 +23,32 @@ DEMO_SIZE = 20.0
 _NEGATIVE_COORDINATE = re.compile(r"^-\d+(?:[:hdms]|\s)")
 
 
+# A size as astronomers type it: a number, then a unit or none (arcsec).
+_SIZE = re.compile(r"^\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*([a-z\"'″′]*)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {  # arcsec per unit; pixels are the layers' fine ones (0.04")
+    "": 1.0, "arcsec": 1.0, "as": 1.0, '"': 1.0, "″": 1.0,
+    "arcmin": 60.0, "am": 60.0, "'": 60.0, "′": 60.0,
+    "deg": 3600.0, "d": 3600.0,
+    "pix": 0.04, "px": 0.04, "pixel": 0.04, "pixels": 0.04,
+}  # fmt: skip
+_SIZE_HELP = (
+    "box width: arcsec when bare (20) or as 20arcsec, 20\", 0.5arcmin, 1', 0.01deg, or 500pix "
+    "(0.04\" pixels). Unlike astrocut and astroquery's Hapcut, a bare number is arcsec, not pixels"
+)
+
+
+def _size(text: str) -> float:
+    """An argparse type: a box side typed with or without a unit, in arcsec."""
+    match = _SIZE.match(text)
+    unit = match[2].lower() if match else None
+    if unit not in _SIZE_UNITS:
+        raise argparse.ArgumentTypeError(
+            f'cannot read {text!r} as a size: give arcsec (20, 20arcsec, 20"), arcmin (0.5arcmin, '
+            "1'), degrees (0.01deg) or pixels of 0.04\" (500pix)"
+        )
+    return float(match[1]) * _SIZE_UNITS[unit]
+
+
 def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
@@ -30,8 +56,10 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
         help="RA Dec in degrees (84.9208 -69.1467) or sexagesimal (05:39:41.0 -69:08:48), "
         "or an object name for MAST's resolver (NGC 1850)",
     )
-    parser.add_argument("--size", type=float, required=True, metavar="ARCSEC", help="box width in arcsec")
-    parser.add_argument("--size-y", type=float, metavar="ARCSEC", help="box height (default: --size)")
+    parser.add_argument("--size", type=_size, required=True, metavar="SIZE", help=_SIZE_HELP)
+    parser.add_argument(
+        "--size-y", type=_size, metavar="SIZE", help="box height, as --size (default: --size)"
+    )
     _add_selection(parser)
 
 
@@ -92,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         "table", help="target table with columns ra, dec (or name), optional id, size, size_y, filters"
     )
     batch.add_argument(
-        "--size", type=float, metavar="ARCSEC", help="box width for rows without a size column"
+        "--size", type=_size, metavar="SIZE", help="box width for rows without a size column; " + _SIZE_HELP
     )
-    batch.add_argument("--size-y", type=float, metavar="ARCSEC", help="box height (default: --size)")
+    batch.add_argument("--size-y", type=_size, metavar="SIZE", help="box height, as --size (default: --size)")
     _add_selection(batch)
     _add_cut_options(batch)
     batch.add_argument(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from glue_mvmcut import MVMCutError
-from glue_mvmcut.cli import main
+from glue_mvmcut.cli import build_parser, main
 
 
 def test_query_prints_the_layer_table(mast, capsys):
@@ -36,6 +36,30 @@ def test_an_output_folder_that_cannot_be_written_is_named_before_any_work(mast, 
     err = capsys.readouterr().err
     assert err == f"mvmcut: error: Cannot write to the output folder {out}: Not a directory.\n"
     assert mast.requests() == []  # nothing asked of MAST, nothing fetched
+
+
+@pytest.mark.parametrize(
+    ("typed", "arcsec"),
+    [
+        ("20", 20),
+        ("10arcsec", 10),
+        ("0.5arcmin", 30),
+        ('20"', 20),
+        ("1'", 60),
+        ("0.01deg", 36),
+        ("100pix", 4),
+    ],
+)
+def test_sizes_as_astronomers_type_them(typed, arcsec):
+    args = build_parser().parse_args(["query", "84.9208", "-69.1467", "--size", typed, "--size-y", typed])
+    assert args.size == args.size_y == pytest.approx(arcsec)
+
+
+def test_a_size_that_cannot_be_read_is_named(capsys):
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["query", "84.9208", "-69.1467", "--size", "10 parsec"])
+    assert exited.value.code == 2
+    assert "argument --size: cannot read '10 parsec' as a size: give arcsec" in capsys.readouterr().err
 
 
 def test_query_accepts_sexagesimal_and_filters(mast, capsys):
