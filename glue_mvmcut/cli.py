@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="MAST is reached through astroquery's [mast] server setting (astroquery.cfg in "
         "astropy's configuration directory, e.g. ~/.config/astropy; errors reaching MAST name the file).",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    _add_verbose(parser, 0)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     query = commands.add_parser("query", help="list the MVM layers that overlap a box on the sky")
@@ -142,7 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then open the mosaics in Glue, linked (needs glue-qt and a display)",
     )
+    for command in commands.choices.values():  # -v after the command too (it does not add up)
+        _add_verbose(command, argparse.SUPPRESS)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=default, help="more log output (-vv: debug)"
+    )
 
 
 def _split(text: str | None) -> list[str] | None:

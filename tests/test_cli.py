@@ -55,6 +55,19 @@ def test_sizes_as_astronomers_type_them(typed, arcsec):
     assert args.size == args.size_y == pytest.approx(arcsec)
 
 
+@pytest.mark.parametrize(
+    ("argv", "verbose"),
+    [
+        (["query", "1", "2", "--size", "5"], 0),
+        (["-v", "query", "1", "2", "--size", "5"], 1),
+        (["query", "1", "2", "--size", "5", "-v"], 1),
+        (["cut", "1", "2", "--size", "5", "--out", "x", "-vv"], 2),
+    ],
+)
+def test_verbose_goes_before_or_after_the_command(argv, verbose):
+    assert build_parser().parse_args(argv).verbose == verbose
+
+
 def test_a_size_that_cannot_be_read_is_named(capsys):
     with pytest.raises(SystemExit) as exited:
         build_parser().parse_args(["query", "84.9208", "-69.1467", "--size", "10 parsec"])
