@@ -121,7 +121,7 @@ def _from_mast(what: str, service: str | None = None):
     read (astroquery parses them inside its calls). Wrap only calls to MAST and the reading of
     their replies: a failure in anything else is a bug, not the archive's.
     """
-    service = service or f"MAST at {server_url()}"
+    service = service or _mast()
     try:
         with transport_errors(what, service):
             yield
@@ -136,6 +136,10 @@ def _from_mast(what: str, service: str | None = None):
         raise _unreadable(what, service, exc) from exc
 
 
+def _mast() -> str:
+    return f"MAST at {server_url()}"
+
+
 def _unreadable(what: str, service: str, problem) -> ArchiveError:
     return ArchiveError(
         f"{what}: {service} sent an unreadable reply ({problem}). Check that the [mast] server "
@@ -147,7 +151,7 @@ def _check_columns(table: Table, columns, what: str) -> None:
     """Refuse a reply table that lacks a column this module reads."""
     missing = [name for name in columns if name not in table.colnames]
     if missing:
-        raise _unreadable(what, f"MAST at {server_url()}", f"no column {missing[0]!r}")
+        raise _unreadable(what, _mast(), f"no column {missing[0]!r}")
 
 
 # -- name resolution ---------------------------------------------------------------------------------
@@ -328,9 +332,7 @@ def _footprints(observations_table: Table) -> list[Footprint]:
         try:
             footprints.append(parse_region(str(row["s_region"])))
         except ValueError as exc:
-            raise _unreadable(
-                "MVM query", f"MAST at {server_url()}", f"the footprint of {row['obs_id']}: {exc}"
-            ) from exc
+            raise _unreadable("MVM query", _mast(), f"the footprint of {row['obs_id']}: {exc}") from exc
     return footprints
 
 

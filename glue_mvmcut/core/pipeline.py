@@ -274,7 +274,7 @@ class _Fetcher:
                             if self.fetch == "ranged":
                                 raise
                             log.info("%s is tile-compressed: downloading it whole.", name)
-                            cutout = pool.submit(self._downloaded, *products[k], coord, size, stats).result()
+                            cutout = self._downloaded(*products[k], coord, size, stats)
                     except OutsideFootprintError:
                         cutout = None
                     yield name, cutout
