@@ -13,6 +13,7 @@ import pytest
 from glue_mvmcut import conf
 from glue_mvmcut.core.endpoints import using_server
 from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
+from glue_mvmcut.core.servers import forget_servers
 from glue_mvmcut.core.transport import run
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
@@ -81,11 +82,14 @@ def cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _no_cached_headers():
-    """Each test starts without layer headers remembered from another test's cutouts."""
+def _nothing_learned():
+    """Each test starts without layer headers or servers' ways remembered from another test's
+    cutouts."""
     LAYER_HEADERS.clear()
+    forget_servers()
     yield
     LAYER_HEADERS.clear()
+    forget_servers()
 
 
 @pytest.fixture

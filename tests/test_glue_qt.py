@@ -114,7 +114,7 @@ def test_search_then_cut_and_load(app, qtbot, screenshots):
     assert [g.childCount() for g in groups] == [4, 8, 8]
     rows = [[groups[1].child(0).text(i) for i in range(4)], [groups[1].child(1).text(i) for i in range(3)]]
     assert rows == [
-        ["exposure jbp505jg", "p0081x14y14", "fine", "5.6"],
+        ["exposure jbp505jg", "p0081x14y14", "fine", "8.3"],
         ["all exposures", "p0081x14y14", "fine"],
     ]
     assert groups[1].child(0).toolTip(0) == "hst_skycell-p0081x14y14_acs_wfc_f814w_all-jbp505jg_drc.fits"

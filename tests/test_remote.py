@@ -21,6 +21,7 @@ from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
 from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
+from glue_mvmcut.core.servers import MARGIN, server_of
 from glue_mvmcut.core.transport import TransferStats, run, submit
 from glue_mvmcut.testing.server import MastServer
 
@@ -58,21 +59,83 @@ def test_boxes_narrower_than_a_pixel_are_cut_as_from_a_local_file(mast, lmc_arch
     assert stats.requests == 2 and all("," not in r.range for r in mast.requests("download"))
 
 
-def test_a_wht_header_longer_than_scis_is_found_and_read_right(lmc_archive, tmp_path):
-    # The WHT header is guessed to be as long as SCI's; give it two more blocks of cards.
+def test_headers_are_read_generously_first_then_as_long_as_the_servers_are(mast, lmc_archive):
+    _same_as_local(lmc_archive, FINE, LMC, 6)
+    _same_as_local(lmc_archive, COARSE, LMC, 6)
+    with fits.open(lmc_archive.directory / FINE) as hdul:
+        opening = hdul.fileinfo(1)["datLoc"]  # FINE's primary and SCI headers: where SCI's data start
+    first, _, second, _ = (r.range for r in mast.requests("download"))
+    assert (first, second) == ("bytes=0-262143", f"bytes=0-{opening + MARGIN - 1}")
+    assert server_of(mast.url).header_lengths == {"SCI": 3 * 2880, "WHT": 2 * 2880}
+
+
+def _edited_archive(archive, tmp_path, edit, names):
+    """A copy of ``archive``'s folder with the layers ``names`` passed through ``edit(hdul)``."""
     archive_dir = tmp_path / "archive"
-    shutil.copytree(lmc_archive.directory, archive_dir)
-    with fits.open(archive_dir / FINE) as hdul:
-        for i in range(60):
-            hdul["WHT"].header.add_history(f"an extra card to lengthen the header ({i})")
-        hdul.writeto(tmp_path / FINE)
-    os.replace(tmp_path / FINE, archive_dir / FINE)
+    shutil.copytree(archive.directory, archive_dir)
+    for name in names:
+        with fits.open(archive_dir / name) as hdul:
+            edit(hdul)
+            hdul.writeto(tmp_path / name)
+        os.replace(tmp_path / name, archive_dir / name)
+    return archive_dir
+
+
+def _lengthen(hdu, cards):
+    for i in range(cards):
+        hdu.header.add_history(f"an extra card to lengthen the header ({i})")
+
+
+def _drop_alternate_wcs(hdu):  # 26 of WHT's 56 cards: 30 left, one block
+    for key in [key for key in hdu.header if key[-1] in "AO" and key[:-1] in WCS_KEYWORDS]:
+        del hdu.header[key]
+
+
+WCS_KEYWORDS = ("WCSNAME", "WCSAXES", "RADESYS", "CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2")
+WCS_KEYWORDS += ("CD1_1", "CD1_2", "CD2_1", "CD2_2")
+SECOND = "hst_skycell-p0081x15y15_acs_wfc_f814w_all_drc.fits"  # also holds the LMC box
+
+
+@pytest.mark.parametrize(
+    "edit, requests",
+    [
+        # Longer than the 2 blocks guessed: the rest of its header, then its rows again.
+        (lambda hdul: _lengthen(hdul["WHT"], 60), 4),
+        # Shorter: the block read holds it whole; its rows again.
+        (lambda hdul: _drop_alternate_wcs(hdul["WHT"]), 3),
+    ],
+    ids=["longer", "shorter"],
+)
+def test_wht_headers_of_another_length_are_read_right_and_learned(lmc_archive, tmp_path, edit, requests):
+    archive_dir = _edited_archive(lmc_archive, tmp_path, edit, [FINE, SECOND])
     with MastServer(archive_dir) as server, using_server(server.url):
-        stats = TransferStats()
-        remote = cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=stats)
-        assert _bytes(remote) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
-        # The guess was wrong: WHT's real header, then its rows, cost two more requests.
-        assert stats.requests == len(server.requests("download")) == 4
+        counts = []
+        for name in (FINE, SECOND):
+            stats = TransferStats()
+            remote = cut_layer(f"mast:HST/product/{name}", LMC, 6, stats=stats)
+            assert _bytes(remote) == _bytes(cut_layer(archive_dir / name, LMC, 6))
+            counts.append(stats.requests)
+        # The second layer's WHT header is guessed as long as the first one's: two requests.
+        assert counts == [requests, 2] and len(server.requests("download")) == requests + 2
+
+
+def test_primary_headers_longer_than_the_first_read_are_read_on_then_learned(lmc_archive, tmp_path):
+    # 3500 more cards: ~350 KB of primary header, beyond the first 256 KB read.
+    archive_dir = _edited_archive(
+        lmc_archive, tmp_path, lambda hdul: _lengthen(hdul[0], 3500), [FINE, SECOND]
+    )
+    with MastServer(archive_dir) as server, using_server(server.url):
+        for name in (FINE, SECOND):
+            assert _bytes(cut_layer(f"mast:HST/product/{name}", LMC, 6)) == _bytes(
+                cut_layer(archive_dir / name, LMC, 6)
+            )
+        with fits.open(archive_dir / FINE) as hdul:
+            opening = hdul.fileinfo(1)["datLoc"]
+        ranges = [r.range for r in server.requests("download")]
+        # The first read, then the next 512 KB (what follows it, twice as long as all read so
+        # far); the second layer's first read is as long as the first layer's headers and more.
+        assert ranges[:2] == ["bytes=0-262143", "bytes=262144-786431"] and len(ranges) == 5
+        assert ranges[3] == f"bytes=0-{opening + MARGIN - 1}"
 
 
 def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
@@ -132,7 +195,7 @@ def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     mast.faults.multirange_supported = False
     stats = _same_as_local(lmc_archive, FINE, LMC, 2)
     headers, multi, rest = (r.range for r in mast.requests("download"))
-    assert headers == "bytes=0-65535"
+    assert headers == "bytes=0-262143"
     # SCI's rows, WHT's header, WHT's rows in one request: the server sent only the first range.
     sci_rows, wht_header, wht_rows = multi.removeprefix("bytes=").split(",")
     # Each span now costs a request of its own, so the two still missing, 0.97 MB apart, are
@@ -281,7 +344,7 @@ def test_a_file_shorter_than_the_first_read_is_named_for_what_it_lacks(lmc_archi
     with MastServer(archive_dir) as server, using_server(server.url):
         with pytest.raises(NotMVMFileError, match=f"{FINE} is not an MVM layer: it has no SCI extension"):
             cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
-        assert [r.range for r in server.requests("download")] == ["bytes=0-65535"]
+        assert [r.range for r in server.requests("download")] == ["bytes=0-262143"]
 
 
 def test_hostile_product_names_never_reach_the_disk(mast, cache, tmp_path, caplog, monkeypatch):
@@ -502,7 +565,7 @@ def test_tile_compressed_layers_are_cut_from_whole_files_never_by_ranges(
         # Ranged: its stored rows are not the image's (wrong pixels before): refused by name.
         with pytest.raises(CompressedLayerError, match=f"{FINE}: its SCI is tile-compressed"):
             cut_layer(f"mast:HST/product/{FINE}", LMC, 6)
-        assert [r.range for r in server.requests("download")] == ["bytes=0-65535"]  # headers only
+        assert [r.range for r in server.requests("download")] == ["bytes=0-262143"]  # headers only
         layers = query_layers(LMC, 6)
         layers = layers[layers["filter"] == "f814w"]
         with pytest.raises(CompressedLayerError):

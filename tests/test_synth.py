@@ -33,7 +33,7 @@ def test_lmc_archive_has_every_layer_of_the_four_skycells(lmc_archive):
 def test_layer_structure_and_headers(lmc_archive):
     rec = lmc_archive.layer("hst_skycell-p0081x14y15_wfc3_ir_f160w_coarse-all_drz.fits")
     with fits.open(lmc_archive.directory / rec.filename) as hdul:
-        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "WHT", "HDRTAB"]
+        assert [h.name for h in hdul] == ["PRIMARY", "SCI", "WHT", "CTX", "HDRTAB"]
         primary = hdul[0].header
         assert (primary["INSTRUME"], primary["DETECTOR"], primary["FILTER"]) == ("WFC3", "IR", "F160W")
         assert primary["SCELLID"] == "p0081x14y15"
@@ -119,11 +119,27 @@ def test_archives_are_deterministic(tmp_path):
 
 
 def test_layer_headers_are_as_long_as_real_mvm_ones(lmc_archive):
-    # ~250 primary cards (drizzle keywords for each of 19 inputs), ~150 in SCI and WHT.
-    with fits.open(lmc_archive.directory / lmc_archive.layers[0].filename) as hdul:
-        assert [len(hdu.header) for hdu in hdul[:3]] == [248, 143, 142]
-        assert hdul[0].header["D019DEXP"] == 500.0 and hdul[0].header["D001SCAL"] == 0.04
-        assert hdul["SCI"].header["IEXP019"] == "ib008119q" and hdul["WHT"].header["IROT001"] == 0.0001
+    # A real layer: ~870 primary cards (22 drizzle keywords and 4 lines of history for each
+    # input), 106 in SCI, 56 in WHT. Layers differ in their inputs (27 to 32; here 27 to 30).
+    lengths = {}
+    for rec in lmc_archive.layers:
+        with fits.open(lmc_archive.directory / rec.filename) as hdul:
+            lengths[rec.filename] = [len(hdu.header) for hdu in hdul[:4]]
+    primaries = sorted({primary for primary, *_ in lengths.values()})
+    assert primaries == [93, 769, 795, 821, 847]  # 93: exposure-level layers, one input
+    assert {tuple(rest) for _, *rest in lengths.values()} == {(106, 56, 30)}
+    name = "hst_skycell-p0081x14y15_wfc3_ir_f160w_coarse-all_drz.fits"
+    with fits.open(lmc_archive.directory / name) as hdul:
+        primary, inputs = hdul[0].header, len(hdul["HDRTAB"].data)
+        assert lengths[name][0] == 4 + 63 + 26 * inputs and primary["NDRIZIM"] == inputs
+        assert primary[f"D{inputs:03d}DATA"] == f"ib0081{inputs:02d}q_flc.fits[sci,1]"
+        assert primary["D001SCAL"] == 0.12 and primary["D001OUDA"] == name
+        # CTX: the bits of every input where WHT has data.
+        every = np.int32(np.uint32(2**inputs - 1).view(np.int32))
+        expected = np.where(hdul["WHT"].data > 0, every, 0)
+        assert hdul["CTX"].data.dtype == np.dtype(">i4")
+        np.testing.assert_array_equal(hdul["CTX"].data, expected)
+        assert list(hdul["HDRTAB"].data["ROOTNAME"][:2]) == ["ib008101q", "ib008102q"]
 
 
 def test_an_archive_of_another_format_is_written_anew(tmp_path):
@@ -141,7 +157,7 @@ def test_an_archive_of_another_format_is_written_anew(tmp_path):
 
 def test_command_line_writes_an_archive(tmp_path, capsys):
     synth.main([str(tmp_path), "--field", "tiny"])
-    assert capsys.readouterr().out.startswith("1 layers, 0.4 MB in ")
+    assert capsys.readouterr().out.startswith("1 layers, 0.6 MB in ")
     assert (tmp_path / "manifest.json").exists()
     assert not list(tmp_path.glob("*.part"))
     assert synth.Archive.load(tmp_path).field == synth.FIELDS["tiny"]

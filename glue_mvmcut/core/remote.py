@@ -1,8 +1,9 @@
 """Reading parts of a FITS file over HTTP with ``Range`` requests.
 
 A cutout of a multi-GB layer needs its headers and, in SCI and WHT, one short span of bytes per
-row of the box. `RemoteFITS` reads the headers with a few small requests and then fetches the row
-spans: neighbouring spans are merged when the gap between them is small, many spans go into one
+row of the box. `RemoteFITS` reads the primary and SCI headers with one request (as long as the
+server's have been, `~glue_mvmcut.core.servers`), then fetches the row spans, WHT's header with
+them: neighbouring spans are merged when the gap between them is small, many spans go into one
 multi-range request (``Range: bytes=a-b,c-d,...``, answered ``multipart/byteranges``) as long as
 its header and its reply stay within bounds, and those requests run concurrently over the
 kept-alive connections of the process's I/O loop (`~glue_mvmcut.core.transport`). Each reply is
@@ -29,6 +30,7 @@ from astropy.io.fits.hdu.base import BITPIX2DTYPE
 from .byteranges import Parts, ReplyError, Targets, copy_parts, digits, parse_multipart, parse_single
 from .errors import ArchiveError, Cancelled, NotMVMFileError
 from .fitsheaders import BLOCK, CARD, END_CARD, HDUInfo, find_card
+from .servers import server_of
 from .transport import (
     RETRYABLE,
     HTTPStatusError,
@@ -59,6 +61,11 @@ class _RangeHeaderTooLong(Exception):
 _HEADER_TOO_LONG = (400, 413, 414, 431)
 #: Where a window's pixels go: an array and the (rows, cols) slices of it that hold them.
 Into = tuple[np.ndarray, tuple[slice, slice]]
+#: The lengths of real MVM layers' extension headers (drizzlepac writes ~106 SCI and ~56 WHT
+#: cards): what a guessed header is taken to be until a server's own have been seen.
+_MVM_HEADER_LENGTHS = {"SCI": 3 * BLOCK, "WHT": 2 * BLOCK}
+#: Bytes read for a header after the file's first read (which is learned, see `read_headers`).
+_LATER_READ = 64 * 1024
 
 
 _ADVICE = " The archive's server misbehaved: try again, or fetch whole files (--fetch download)."
@@ -120,6 +127,7 @@ class RemoteFITS:
         self.last_modified: str | None = None
         self._last_read: tuple[int, bytes] = (0, b"")
         self.name = url.rsplit("/", 1)[-1].rsplit("=", 1)[-1]
+        self.server = server_of(url)
 
     # -- requests ------------------------------------------------------------------------------
     async def _request(self, spans: np.ndarray) -> Parts:
@@ -343,28 +351,26 @@ class RemoteFITS:
             length = min(length, self.size - start)
         return bytes((await self.read_spans([(start, start + length)]))[0]) if length > 0 else b""
 
-    async def _header_at(self, offset: int, first_read: int = 64 * 1024) -> tuple[bytes, int]:
+    async def _header_at(self, offset: int, want: int = _LATER_READ) -> tuple[bytes, int]:
         """The cards of the header starting at ``offset`` (up to its END card) and its length
-        in bytes (a multiple of 2880).
-
-        The first read takes 64 KB: enough for primary and SCI headers of ~800 cards together,
-        where a shorter one costs another round trip when they are longer.
-        """
+        in bytes (a multiple of 2880), reading ``want`` bytes first and, if its END card is not
+        in them, as many again and more until it is."""
         start, buffered = self._last_read
         if start <= offset < start + len(buffered):  # the previous read often holds this header too
             found = self._parse_header(buffered[offset - start :], offset)
             if found:
                 return found
-        want = first_read
+        data = b""
         while True:
-            data = await self.read(offset, want)
+            more = await self.read(offset + len(data), want)
+            data += more
             self._last_read = (offset, data)
             found = self._parse_header(data, offset)
             if found:
                 return found
-            if len(data) < want:
+            if len(more) < want:
                 raise NotMVMFileError(f"{self.name}: a header at byte {offset} has no END card.")
-            want *= 4
+            want = 2 * len(data)
 
     def _parse_header(self, data: bytes, offset: int) -> tuple[bytes, int] | None:
         """(cards, length) if ``data`` holds a whole header, None if its END card is further on."""
@@ -380,43 +386,58 @@ class RemoteFITS:
     ) -> dict[str, HDUInfo]:
         """PRIMARY and the named extensions, reading headers only (walks HDU by HDU).
 
+        The first read takes as many bytes as the server's files have shown headers before
+        their first data (generously, the first time: `~glue_mvmcut.core.servers.FIRST_READ`).
         With ``guess_last``, the last extension is not read but guessed to follow the one
-        before, laid out like it (MVM's WHT after SCI): `read_windows` then fetches its header
-        with its pixels, saving a round trip per layer.
+        before, like it but for its header's length (the last such header seen on the server,
+        else a real MVM layer's): `read_windows` then fetches its header with its pixels,
+        saving a round trip per layer.
         """
         found: dict[str, HDUInfo] = {}
         offset = 0
-        while True:
+        while not all(ext in found for ext in extnames):
             if guess_last and len(extnames) > 1 and all(ext in found for ext in extnames[:-1]):
-                before = found[extnames[-2]]
+                before, name = found[extnames[-2]], extnames[-1]
                 if before.end == offset:  # the last one wanted is next
-                    found[extnames[-1]] = _guess_next(before, extnames[-1])
-                    return found
-            cards, length = await self._header_at(offset)
-            info = HDUInfo.read(cards, offset, length)
-            found.setdefault(info.name, info)
-            if all(ext in found for ext in extnames):
-                return found
-            offset = info.end
+                    length = self.server.header_length(name) or _MVM_HEADER_LENGTHS.get(name)
+                    found[name] = _guess_next(before, name, length)
+                    break
             if self.size is not None and offset >= self.size:
                 missing = [ext for ext in extnames if ext not in found]
                 raise NotMVMFileError(f"{self.name} is not an MVM layer: it has no {missing[0]} extension.")
+            want = self.server.first_read() if offset == 0 else _LATER_READ
+            cards, length = await self._header_at(offset, want)
+            info = HDUInfo.read(cards, offset, length)
+            if offset:
+                self.server.saw_header(info.name, length)
+            found.setdefault(info.name, info)
+            offset = info.end
+        with_data = [info.data_offset for info in found.values() if info.data_size and not info.guessed]
+        if with_data:
+            self.server.saw_opening(min(with_data))
+        return found
 
-    def _guess_held(self, info: HDUInfo, block: bytes) -> bool:
-        """Check a guessed HDU against its header bytes: True, with ``info`` given its real
-        header, if the guess held."""
+    def _confirmed(self, info: HDUInfo, real: HDUInfo) -> None:
+        """``info``, a guessed HDU, is ``real``: it takes its place, and the server's record
+        learns its header's length."""
+        info.become(real)
+        self.server.saw_header(real.name, real.data_offset - real.header_offset)
+
+    def _header_in(self, info: HDUInfo, block: bytes) -> HDUInfo | None:
+        """The HDU whose header begins ``block`` (read where ``info`` was guessed), if the block
+        holds it whole."""
         found = self._parse_header(block, info.header_offset) if block else None
-        if found is not None:
-            real = HDUInfo.read(found[0], info.header_offset, found[1])
-            same = (
-                real.name == info.name
-                and real.data_offset == info.data_offset
-                and all(real.get(key) == info.get(key) for key in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2"))
-            )
-            if same:
-                info.become(real)
-                return True
-        return False
+        return HDUInfo.read(found[0], info.header_offset, found[1]) if found else None
+
+    @staticmethod
+    def _guess_held(info: HDUInfo, real: HDUInfo | None) -> bool:
+        """Whether ``real``, the HDU read where ``info`` was guessed, is laid out as guessed."""
+        return (
+            real is not None
+            and real.name == info.name
+            and real.data_offset == info.data_offset
+            and all(real.get(key) == info.get(key) for key in ("BITPIX", "NAXIS", "NAXIS1", "NAXIS2"))
+        )
 
     async def read_windows(
         self,
@@ -470,10 +491,15 @@ class RemoteFITS:
             out.append(self._window_into(targets, info, rows, cols, where))
             spans.append(self._row_spans(info, rows, cols))
 
+        read: dict[int, HDUInfo | None] = {}  # the HDU each header block holds whole, if it does
+
         def confirmer(info: HDUInfo, block: bytearray):
             def confirm():
-                if self._guess_held(info, block) and on_header is not None:
-                    on_header(info)
+                real = read[id(info)] = self._header_in(info, block)
+                if self._guess_held(info, real):
+                    self._confirmed(info, real)
+                    if on_header is not None:
+                        on_header(info)
 
             return confirm
 
@@ -485,10 +511,14 @@ class RemoteFITS:
         for key, info in guessed.items():
             if not info.guessed:  # confirmed as its header came
                 continue
-            log.info(
-                "%s: %s is not laid out like the HDU before it; reading its header.", self.name, info.name
-            )
-            info.become((await self.read_headers((info.name,)))[info.name])
+            log.info("%s: %s is not laid out as guessed; reading its rows again.", self.name, info.name)
+            real = read.get(key)
+            if real is None:  # its header is longer than guessed: the rest of it
+                cards, length = await self._header_at(info.header_offset)
+                real = HDUInfo.read(cards, info.header_offset, length)
+            if real.name != info.name:  # another HDU is where it was expected
+                real = (await self.read_headers((info.name,)))[info.name]
+            self._confirmed(info, real)
             for i, (other, rows, cols) in enumerate(windows):
                 if id(other) == key:  # read again where they really are
                     again = Targets()
@@ -537,14 +567,9 @@ def _even_cuts(weights: np.ndarray, budget: int) -> np.ndarray:
     return np.searchsorted(np.cumsum(weights), total * np.arange(1, count) / count)
 
 
-def _guess_next(before: HDUInfo, extname: str) -> HDUInfo:
-    """The HDU after ``before``, guessed to be laid out like it (header length, BITPIX, shape)."""
+def _guess_next(before: HDUInfo, extname: str, header_length: int | None) -> HDUInfo:
+    """The HDU after ``before``, guessed to be laid out like it (BITPIX, shape) with a header of
+    ``header_length`` bytes (None: as long as its own)."""
     start = before.end
-    return HDUInfo(
-        before.cards,
-        start,
-        start + (before.data_offset - before.header_offset),
-        before.data_size,
-        extname,
-        guessed=True,
-    )
+    header_length = header_length or before.data_offset - before.header_offset
+    return HDUInfo(before.cards, start, start + header_length, before.data_size, extname, guessed=True)

@@ -25,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.table import Table
 from astropy.wcs import WCS
 
 from ..core.files import write_atomically
 from ..core.names import LayerName
 from ..core.skycells import SCALES, SKYCELL_SIDE, SkyCell, skycells_covering
+from . import headers
 
 __all__ = ["LayerSpec", "Field", "FIELDS", "LayerRecord", "Archive", "build_archive", "sky"]
 
 MANIFEST = "manifest.json"
-#: Written into the manifest; an archive written in another format is written anew (2: layers
-#: with headers as long as real MVM layers').
-FORMAT = 2
+#: Written into the manifest; an archive written in another format is written anew (3: layers
+#: with headers as long as real MVM layers', and CTX).
+FORMAT = 3
 _ROWS_PER_CHUNK = 64  # ~20 MB of float64 temporaries per chunk for a 20000-px-wide layer
 
 
@@ -283,95 +283,6 @@ def _subarray(f: Field, skycell: SkyCell) -> tuple[int, int, int, int] | None:
     return x0, x1, y0, y1
 
 
-# Real MVM layers' headers are long: the primary carries drizzle keywords for every input
-# exposure (D001DATA, D001DEXP, ... for each), ~250 cards in all, and SCI and WHT ~150 cards each.
-# The synthetic ones are as long, so that reading and parsing them costs what it does in the
-# archive; the extra cards are modelled on the real ones, their values made up.
-_INPUT_EXPOSURES = 19
-_DRIZZLE_KEYWORDS = (
-    ("DATA", "{root}_flc.fits[sci,1]", "drizzle input data"),
-    ("DEXP", 500.0, "drizzle input image exposure time (s)"),
-    ("OUDA", "{layer}", ""),  # drizzle output data image (no room for the comment)
-    ("OUWE", "{layer}", ""),  # drizzle output weighting image
-    ("OUCO", "", "drizzle output context image"),
-    ("MASK", "{root}_sci1_single_mask.fits", "drizzle input weighting image"),
-    ("WTSC", 1.0, "drizzle weighting scale factor"),
-    ("KERN", "square", "drizzle form of weight distribution kernel"),
-    ("PIXF", 1.0, "drizzle linear size of drop"),
-    ("ISCL", 0.05, "drizzle input image scale"),
-    ("EXKY", "EXPTIME", "drizzle exposure keyword name in input"),
-    ("FVAL", "INDEF", "drizzle fill value for zero weight output pix"),
-)
-# SCI and WHT: photometry, and for every input exposure its name, time, sky and alignment.
-_PHOTOMETRY = (
-    ("PHOTMODE", "ACS WFC1 F814W MJD#59000", "observation configuration"),
-    ("PHOTFLAM", 7.07e-20, "inverse sensitivity, ergs/cm2/A/e-"),
-    ("PHOTFNU", 1.52e-07, "inverse sensitivity, Jy*sec/e-"),
-    ("PHOTZPT", -21.1, "ST magnitude zero point"),
-    ("PHOTPLAM", 8045.5, "pivot wavelength (Angstroms)"),
-    ("PHOTBW", 654.0, "RMS bandwidth of filter plus detector"),
-    ("WCSNAME", "IDC_47u1234qj-FIT_SVM_GAIAeDR3", "name of the world coordinate system"),
-    ("MDRIZSKY", 12.3, "sky value computed by AstroDrizzle"),
-)
-_INPUT_KEYWORDS = (
-    ("IEXP", "{root}", "input exposure"),
-    ("ITIM", 500.0, "input exposure time (s)"),
-    ("ISKY", 12.3, "input sky level (e-/s)"),
-    ("IDX", 0.012, "input alignment shift in x (pix)"),
-    ("IDY", -0.007, "input alignment shift in y (pix)"),
-    ("IROT", 0.0001, "input alignment rotation (deg)"),
-)
-
-
-def _image_header(wcs: WCS, extname: str, shape, unit: str | None) -> fits.Header:
-    header = fits.ImageHDU(data=np.zeros((1, 1), np.float32)).header
-    header["NAXIS1"], header["NAXIS2"] = shape[1], shape[0]
-    header["EXTNAME"] = extname
-    header["EXTVER"] = 1
-    if unit:
-        header["BUNIT"] = unit
-    # Real MVM layers carry a CD matrix; astropy's to_header() would write PC + CDELT instead.
-    header["CTYPE1"], header["CTYPE2"] = wcs.wcs.ctype
-    header["CRVAL1"], header["CRVAL2"] = wcs.wcs.crval
-    header["CRPIX1"], header["CRPIX2"] = wcs.wcs.crpix
-    for (i, j), value in np.ndenumerate(wcs.wcs.cd):
-        header[f"CD{i + 1}_{j + 1}"] = value
-    header["RADESYS"] = "ICRS"
-    for key, value, comment in _PHOTOMETRY:
-        header[key] = (value, comment)
-    _add_per_input(header, "{key}{k:03d}", _INPUT_KEYWORDS)
-    return header
-
-
-def _add_per_input(header: fits.Header, name: str, cards, **values) -> None:
-    """For every input exposure k, the (key, value, comment) ``cards`` named ``name`` (formatted
-    with key and k); text values formatted with the exposure's name (``root``) and ``values``."""
-    for k in range(1, _INPUT_EXPOSURES + 1):
-        root = f"ib0081{k:02d}q"  # an exposure-like name
-        for key, value, comment in cards:
-            text = value.format(root=root, **values) if isinstance(value, str) else value
-            header[name.format(key=key, k=k)] = (text, comment)
-
-
-def _primary_header(rec: LayerRecord, observed_fraction: float) -> fits.Header:
-    header = fits.Header()
-    header["TELESCOP"] = "HST"
-    header["INSTRUME"] = rec.instrument.upper()
-    header["DETECTOR"] = rec.detector.upper()
-    header["FILTER"] = rec.filter.upper()
-    header["SCELLID"] = (rec.skycell, "skycell name")
-    header["FILENAME"] = rec.filename
-    header["ROOTNAME"] = rec.obs_id
-    header["D001SCAL"] = (SCALES[rec.scale], "[arcsec/pix] drizzled pixel scale")
-    header["NPIXFRAC"] = (round(observed_fraction, 6), "fraction of pixels with data")
-    for key in ("MEANEXPT", "MEDEXPT", "MEANWHT", "MEDWHT"):
-        header[key] = rec.weight
-    header["MEANNEXP"] = header["MEDNEXP"] = 2
-    header["SYNTHETC"] = (True, "glue_mvmcut.testing.synth archive")
-    _add_per_input(header, "D{k:03d}{key}", _DRIZZLE_KEYWORDS, layer=rec.filename)
-    return header
-
-
 def _write_layer(path: Path, archive: Archive, rec: LayerRecord) -> None:
     """Write one layer in row chunks to ``path`` (atomically)."""
     write_atomically(path, lambda part: _write_layer_to(part, archive, rec))
@@ -380,31 +291,41 @@ def _write_layer(path: Path, archive: Archive, rec: LayerRecord) -> None:
 def _write_layer_to(part: Path, archive: Archive, rec: LayerRecord) -> None:
     wcs = rec.wcs()
     ny, nx = rec.shape
+    inputs = headers.input_names(rec.filename, rec.exposure)
     part.unlink(missing_ok=True)
     observed = 0
-    # Primary first, then SCI and WHT streamed (two passes: one per extension), then HDRTAB.
-    fits.PrimaryHDU(header=_primary_header(rec, 0.0)).writeto(part)
-    for extname, unit in (("SCI", "ELECTRONS/S"), ("WHT", None)):
-        stream = fits.StreamingHDU(str(part), _image_header(wcs, extname, rec.shape, unit))
+    # Primary first, then SCI, WHT and CTX streamed (a pass over the rows each), then HDRTAB.
+    primary = headers.primary_header(
+        filename=rec.filename,
+        instrument=rec.instrument,
+        detector=rec.detector,
+        filter_=rec.filter,
+        skycell=rec.skycell,
+        obs_id=rec.obs_id,
+        scale=SCALES[rec.scale],
+        weight=rec.weight,
+        inputs=inputs,
+    )
+    fits.PrimaryHDU(header=primary).writeto(part)
+    for extname in ("SCI", "WHT", "CTX"):
+        header = headers.image_header(wcs, extname, rec.shape, SCALES[rec.scale])
+        stream = fits.StreamingHDU(str(part), header)
         xs = np.arange(nx, dtype=float)
         for row0 in range(0, ny, _ROWS_PER_CHUNK):
             rows = np.arange(row0, min(row0 + _ROWS_PER_CHUNK, ny), dtype=float)
             ra, dec = wcs.pixel_to_world_values(*np.meshgrid(xs, rows))
             if extname == "SCI":
                 stream.write(archive.truth(rec, ra, dec)[0])
-            else:
-                mask = archive.observed(rec, ra, dec)
+                continue
+            mask = archive.observed(rec, ra, dec)
+            if extname == "WHT":
                 observed += int(np.count_nonzero(mask))
                 stream.write(np.where(mask, rec.weight, 0.0).astype(np.float32))
+            else:
+                stream.write(headers.context(inputs, mask))
         stream.close()
-    hdrtab = Table(
-        {
-            "ROOTNAME": [f"{rec.exposure or 'jbp505'}{i}" for i in ("a", "b")],
-            "EXPTIME": [rec.weight / 2] * 2,
-            "FILTER": [rec.filter.upper()] * 2,
-        }
-    )
-    fits.append(part, fits.table_to_hdu(hdrtab).data, header=fits.Header([("EXTNAME", "HDRTAB")]))
+    hdrtab = headers.hdrtab(inputs, rec.filter, rec.weight)
+    fits.append(part, hdrtab.data, header=hdrtab.header)
     with fits.open(part, mode="update") as hdul:
         hdul[0].header["NPIXFRAC"] = round(observed / (nx * ny), 6)
 
