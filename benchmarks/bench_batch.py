@@ -1,7 +1,7 @@
 """Targets per second and bytes moved for 100 targets of 20": `cutout_batch` on 1, 4 and 16
 workers versus running ``mvmcut cut`` 100 times in a loop.
 
-The archive is bench_fetch's (two F814W layers of 10284 x 20055 px, 1.65 GB each); the stand-in
+The archive is bench_fetch's (two F814W layers of 10284 x 20055 px, 2.5 GB each); the stand-in
 MAST runs in its own process with 20 ms added to every request. The targets are spread at random
 (seeded) over the 400" disc where the layers have data.
 
@@ -29,6 +29,7 @@ from glue_mvmcut.cli import main as mvmcut
 from glue_mvmcut.core.batch import cutout_batch
 from glue_mvmcut.core.fitsheaders import forget_headers
 from glue_mvmcut.core.manifest import Record, write_manifest
+from glue_mvmcut.core.servers import forget_servers
 from glue_mvmcut.core.targets import read_targets
 from glue_mvmcut.testing.synth import build_archive
 
@@ -59,6 +60,7 @@ def _loop(targets: Table, out: Path) -> tuple[float, int]:
     start = time.perf_counter()
     for row in targets:
         forget_headers()
+        forget_servers()
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer):
             mvmcut([*_cut_args(row, out), "--json"])

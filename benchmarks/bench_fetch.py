@@ -1,7 +1,7 @@
 """Bytes, requests, time and memory of 20" and 120" cutouts: ranged reads versus whole-file downloads.
 
 The archive: a 400" disc centred on the overlap of skycells p1889x07y13 and p1889x08y13, so each
-of the two F814W layers is trimmed to about 10300 x 20000 px (0.8 GB per array, 1.7 GB per file).
+of the two F814W layers is trimmed to about 10300 x 20000 px (0.8 GB per array, 2.5 GB per file with CTX).
 The stand-in MAST runs in its own process with 20 ms added to every request; the ranged cutouts
 are timed again against a stand-in that answers only the first range of a multi-range request,
 as some servers do. Cutouts are at the disc centre, where both layers have data.
@@ -29,6 +29,7 @@ from glue_mvmcut.core.fitsheaders import forget_headers, read_wcs
 from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RemoteFITS
+from glue_mvmcut.core.servers import forget_servers
 from glue_mvmcut.core.transport import http_session, run
 from glue_mvmcut.testing.synth import Field, LayerSpec, build_archive
 
@@ -109,7 +110,8 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     """The pipeline's own path (layers cut concurrently), without the query and the combine.
 
     Returns the transfer stats of a cutout whose layers' headers must be read, the best seconds
-    of ``repeats`` such cutouts (header and WCS caches emptied before each), the best of ``repeats`` with
+    of ``repeats`` such cutouts (header and WCS caches emptied, and what was learned of the
+    server, before each: a first contact), the best of ``repeats`` with
     the headers cached in the process (only pixels move), and the peak Python memory of a
     separate call (tracemalloc slows allocation: never timed). An untimed first call warms the
     process (imports, first use of WCS and thread pools), which is not fetching.
@@ -120,6 +122,7 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
         nonlocal stats
         if clear:
             forget_headers()
+            forget_servers()
         for old in cache.glob("*"):
             old.unlink()
         start = time.perf_counter()
