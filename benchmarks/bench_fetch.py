@@ -162,7 +162,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     # The stand-in as it is, then answering one range per request (as some servers do).
-    for options, modes in (((), ("ranged", "download")), (("--one-range",), ("ranged",))):
+    for options, modes in (((), ("ranged", "download")), (("--ranges", "first-range"), ("ranged",))):
         with served(archive_dir, *options), tempfile.TemporaryDirectory() as cache:
             layers = query_layers(coord, max(SIZES))
             for size in SIZES:

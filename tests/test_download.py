@@ -79,7 +79,7 @@ def test_without_sizes_a_dropped_body_is_known_by_its_structure_and_resumed(mast
 
 def test_without_range_a_broken_download_starts_again(mast, cache, lmc_archive):
     size = lmc_archive.layer(NAME).size
-    mast.faults.range_supported = False
+    mast.faults.ranges = "no-range"
     mast.faults.drop(after_bytes=100_000, count=1)
     stats = TransferStats()
     path = download_layer(NAME, URI, stats=stats)

@@ -26,6 +26,7 @@ ORDER = [
     "core.endpoints",
     "core.transport",
     "core.byteranges",
+    "core.spanplan",
     "core.mast",
     "core.download",
     "core.remote",

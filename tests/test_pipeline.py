@@ -78,7 +78,7 @@ def test_every_fetch_mode_gives_the_same_files(mast, cache, tmp_path, fetch):
 
 
 def test_auto_falls_back_to_downloads_when_range_is_ignored(mast, cache, lmc_archive):
-    mast.faults.range_supported = False
+    mast.faults.ranges = "no-range"
     result = cutout_mosaic(LMC, 8, filters=["f658n"], combine=False)
     assert len(result.cutouts) == 4
     assert sorted(p.name for p in cache.iterdir()) == sorted(

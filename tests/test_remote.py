@@ -22,6 +22,7 @@ from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
 from glue_mvmcut.core.servers import MARGIN, server_of
+from glue_mvmcut.core.spanplan import request_batches
 from glue_mvmcut.core.transport import TransferStats, run, submit
 from glue_mvmcut.testing.server import MastServer
 
@@ -192,7 +193,7 @@ def test_http_urls_work_too(mast, lmc_archive):
 
 
 def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
-    mast.faults.multirange_supported = False
+    mast.faults.ranges = "first-range"
     stats = _same_as_local(lmc_archive, FINE, LMC, 2)
     headers, multi, rest = (r.range for r in mast.requests("download"))
     assert headers == "bytes=0-262143"
@@ -205,7 +206,7 @@ def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
 
 
 def test_one_range_servers_get_close_spans_in_one_request(mast, lmc_archive):
-    mast.faults.multirange_supported = False
+    mast.faults.ranges = "first-range"
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), single_range_gap=200_000)
     spans = [(start, start + 10) for start in (10_000, 110_000, 200_000, 1_500_000)]
     got = run(remote.read_spans(spans))
@@ -235,24 +236,25 @@ def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
 
 def test_batches_keep_every_request_within_its_header_and_reply_bounds():
     # Random span sets (seeded): offsets of 3 to 11 digits, spans of up to 5 KB or 5 MB.
-    remote, rng = RemoteFITS("http://127.0.0.1/file.fits"), np.random.default_rng(7)
+    rng = np.random.default_rng(7)
     for trial in range(200):
         n = int(rng.integers(1, 3000))
         starts = np.sort(rng.integers(0, 10 ** int(rng.integers(3, 12)), n)).tolist()
         lengths = rng.integers(1, 5_000_000 if trial % 2 else 5_000, n).tolist()
         merged = [(start, start + length) for start, length in zip(starts, lengths, strict=True)]
-        remote.range_header_limit = int(rng.integers(30, 9000))
-        remote.stretch = int(rng.integers(1000, 20_000_000))
-        batches = remote._batches(merged)
+        limit, stretch = int(rng.integers(30, 9000)), int(rng.integers(1000, 20_000_000))
+        batches = request_batches(merged, several=True, header_limit=limit, stretch=stretch)
         assert [m for batch in batches for m in batch] == list(range(n))
         for batch in batches:
             header = ",".join(f"{merged[m][0]}-{merged[m][1] - 1}" for m in batch)
             size = sum(merged[m][1] - merged[m][0] for m in batch)
-            assert len(batch) == 1 or (len(header) <= remote.range_header_limit and size <= remote.stretch)
-    # Rows of a 20" cutout of a 1.65 GB layer: three requests of a third each.
+            assert len(batch) == 1 or (len(header) <= limit and size <= stretch)
+    # Rows of a 20" cutout of a 1.65 GB layer: three requests of a third each; one each for a
+    # server that takes one range per request.
     rows = [(10**9 + i * 41_136, 10**9 + i * 41_136 + 2000) for i in range(1001)]
-    remote.range_header_limit, remote.stretch = 7600, 16 << 20
-    assert [len(batch) for batch in remote._batches(rows)] == [333, 334, 334]
+    batches = request_batches(rows, several=True, header_limit=7600, stretch=16 << 20)
+    assert [len(batch) for batch in batches] == [333, 334, 334]
+    assert len(request_batches(rows, several=False, header_limit=7600, stretch=16 << 20)) == 1001
 
 
 def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, lmc_archive):
@@ -295,7 +297,7 @@ def test_garbled_multipart_replies_are_named_never_used(mast, lmc_archive, tmp_p
 
 
 def test_servers_that_ignore_range(mast):
-    mast.faults.range_supported = False
+    mast.faults.ranges = "no-range"
     with pytest.raises(RangeNotSupported, match=r"ignores Range requests"):
         cut_layer(f"mast:HST/product/{FINE}", LMC, 2)
     assert len(mast.requests("download")) == 1

@@ -182,12 +182,47 @@ def test_latency_runs_from_a_requests_arrival_however_late_it_is_read(mast):
     assert 0.45 <= answered - sent < 0.8  # counted from the read: 0.9
 
 
-def test_range_can_be_switched_off(mast, lmc_archive):
-    mast.faults.range_supported = False
-    response = requests.get(file_url(_layer_uri()), headers={"Range": "bytes=0-99"}, timeout=10)
-    assert response.status_code == 200
-    assert "Accept-Ranges" not in response.headers
-    assert len(response.content) == lmc_archive.layer(_layer_uri().split("/")[-1]).size
+@pytest.mark.parametrize(
+    "kind, one, several",
+    [
+        # (status, Content-Type start, body) of a one-range and a three-range request
+        ("multipart", (206, "application/octet-stream", "0-99"), (206, "multipart/byteranges", "parts")),
+        ("first-range", (206, "application/octet-stream", "0-99"), (206, "application/octet-stream", "0-9")),
+        ("one-range", (206, "application/octet-stream", "0-99"), (200, "application/octet-stream", "all")),
+        ("no-range", (200, "application/octet-stream", "all"), (200, "application/octet-stream", "all")),
+    ],
+)
+def test_every_kind_of_range_server(mast, lmc_archive, kind, one, several):
+    mast.faults.ranges = kind
+    data = (lmc_archive.directory / _layer_uri().split("/")[-1]).read_bytes()
+    bodies = {"0-99": data[:100], "0-9": data[:10], "all": data}
+    for byte_range, (status, content_type, body) in (("bytes=0-99", one), ("bytes=0-9,20-29,-5", several)):
+        response = requests.get(file_url(_layer_uri()), headers={"Range": byte_range}, timeout=10)
+        assert (response.status_code, response.headers["Content-Type"].split(";")[0]) == (
+            status,
+            content_type,
+        )
+        if body == "parts":
+            assert response.content.count(b"Content-Range: bytes ") == 3
+        else:
+            assert response.content == bodies[body]
+    assert ("Accept-Ranges" in response.headers) == (kind != "no-range")
+    with pytest.raises(ValueError, match="Unknown range kind 'some'"):
+        mast.faults.ranges = "some"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_file_requests_can_be_redirected_to_another_server(mast, lmc_archive, status):
+    with MastServer(lmc_archive.directory) as storage:
+        mast.faults.redirect_to, mast.faults.redirect_status = storage.url, status
+        url = file_url(_layer_uri())
+        response = requests.get(url, headers={"Range": "bytes=0-99"}, timeout=10)
+        # requests follows it and keeps the Range header: the other server's 206.
+        assert [r.status_code for r in response.history] == [status] and response.status_code == 206
+        assert response.history[0].headers["Location"] == storage.url + url.removeprefix(mast.url)
+        assert [r.status for r in storage.requests("download")] == [206]
+    with pytest.raises(ValueError, match="200 is not a redirect"):
+        mast.faults.redirect_status = 200
 
 
 def test_unknown_files_are_404(mast):

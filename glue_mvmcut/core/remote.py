@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
-from .byteranges import Parts, ReplyError, Targets, copy_parts, digits, parse_multipart, parse_single
+from .byteranges import Parts, ReplyError, Targets, copy_parts, parse_multipart, parse_single
 from .errors import ArchiveError, Cancelled, NotMVMFileError
 from .fitsheaders import BLOCK, CARD, END_CARD, HDUInfo, find_card
-from .servers import server_of
+from .servers import location, relocate, server_of
+from .spanplan import merge_spans, request_batches
 from .transport import (
     RETRYABLE,
     HTTPStatusError,
@@ -56,9 +57,16 @@ class _RangeHeaderTooLong(Exception):
     """The server refused a multi-range request, likely for the length of its Range header."""
 
 
+class _SeveralRangesRefused(Exception):
+    """The server answered a multi-range request with the whole file (it serves one range per
+    request, as object stores do)."""
+
+
 #: Replies of servers to a request header longer than they accept: 400 (Apache, nginx),
 #: 413/414, 431 (Request Header Fields Too Large).
 _HEADER_TOO_LONG = (400, 413, 414, 431)
+#: Replies of a redirected address that may have expired (signed cloud URLs): ask the file's own.
+_GONE = (401, 403, 404, 410)
 #: Where a window's pixels go: an array and the (rows, cols) slices of it that hold them.
 Into = tuple[np.ndarray, tuple[slice, slice]]
 #: The lengths of real MVM layers' extension headers (drizzlepac writes ~106 SCI and ~56 WHT
@@ -122,12 +130,12 @@ class RemoteFITS:
         self.single_range_gap = single_range_gap
         self.stretch = stretch
         self.cancel = cancel
-        self.multirange = True  # until the server shows otherwise
+        self.target = location(url)  # where requests go: ``url``, or where it was redirected
         self.size: int | None = None
         self.last_modified: str | None = None
         self._last_read: tuple[int, bytes] = (0, b"")
         self.name = url.rsplit("/", 1)[-1].rsplit("=", 1)[-1]
-        self.server = server_of(url)
+        self.server = server_of(self.target)
 
     # -- requests ------------------------------------------------------------------------------
     async def _request(self, spans: np.ndarray) -> Parts:
@@ -152,33 +160,60 @@ class RemoteFITS:
     async def _request_once(self, spans: np.ndarray) -> Parts:
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"Reading {self.name} cancelled.")
+        if self.server.ranges == "no-range":
+            raise self._range_not_supported()
         ranges = ",".join([f"{start}-{stop - 1}" for start, stop in spans.tolist()])
-        status, reason, headers, body = await get_range(self.url, "bytes=" + ranges)
+        reply = await get_range(self.target, "bytes=" + ranges)
         self.stats.add(requests=1)
-        if status in _HEADER_TOO_LONG and len(spans) > 1:
-            raise _RangeHeaderTooLong(status)
-        if status == 200:
-            raise RangeNotSupported(
-                f"Reading {self.name}: MAST at {self.url.split('/api')[0]} ignores Range requests: "
-                "use --fetch auto or download."
-            )
-        if status >= 400:
-            raise (ServerError if status >= 500 else HTTPStatusError)(status, reason, self.url)
-        if status != 206:
-            raise ArchiveError(f"Reading {self.name}: unexpected HTTP {status}." + _ADVICE)
-        self.last_modified = headers.get("Last-Modified", self.last_modified)
-        self.stats.add(len(body))
-        content_type = headers.get("Content-Type", "")
+        if reply.url != self.target:
+            self._redirected(reply.url)
+        if reply.status in _HEADER_TOO_LONG and len(spans) > 1:
+            raise _RangeHeaderTooLong(reply.status)
+        if reply.status == 200 and len(spans) > 1:
+            self._learned("one-range", "answers several ranges with the whole file")
+            raise _SeveralRangesRefused()
+        if reply.status == 200:
+            self.server.saw_ranges("no-range")
+            raise self._range_not_supported()
+        if reply.status in _GONE and self.target != self.url:  # e.g. a signed address expired
+            log.info("%s: %s answered %d; asking %s again.", self.name, self.target, reply.status, self.url)
+            self._redirected(self.url)
+            return await self._request_once(spans)
+        if reply.status >= 400:
+            error = ServerError if reply.status >= 500 else HTTPStatusError
+            raise error(reply.status, reply.reason, self.url)
+        if reply.status != 206:
+            raise ArchiveError(f"Reading {self.name}: unexpected HTTP {reply.status}." + _ADVICE)
+        self.last_modified = reply.headers.get("Last-Modified", self.last_modified)
+        self.stats.add(len(reply.body))
+        content_type = reply.headers.get("Content-Type", "")
         try:
             if content_type.startswith("multipart/byteranges"):
-                parts, total = parse_multipart(body, content_type, spans, ranges.encode())
+                parts, total = parse_multipart(reply.body, content_type, spans, ranges.encode())
+                self.server.saw_ranges("multipart")
             else:
-                parts, total = parse_single(headers.get("Content-Range", ""), body)
+                parts, total = parse_single(reply.headers.get("Content-Range", ""), reply.body)
         except ReplyError as exc:
             raise ArchiveError(f"Reading {self.name}: {exc}." + _ADVICE) from exc
         if total != b"*":
             self.size = int(total)
         return parts
+
+    def _range_not_supported(self) -> RangeNotSupported:
+        return RangeNotSupported(
+            f"Reading {self.name}: {self.server.origin} ignores Range requests: use --fetch auto or download."
+        )
+
+    def _redirected(self, to: str) -> None:
+        """Requests for the file go to ``to`` from now on (this process's later reads of it too)."""
+        self.target = to
+        self.server = server_of(to)
+        relocate(self.url, to)
+
+    def _learned(self, kind: str, how: str) -> None:
+        if self.server.ranges != kind:
+            log.info("%s: %s %s; asking for one range per request.", self.name, self.server.origin, how)
+            self.server.saw_ranges(kind)
 
     @property
     def version(self) -> tuple[int | None, str | None]:
@@ -230,11 +265,14 @@ class RemoteFITS:
         """One round of `_read_into` for the spans ``todo`` (indices, in file order); returns
         those still missing.
 
-        The spans are merged (`_merge`) and asked for in batches (`_batches`), by at most
+        The spans are merged (`~glue_mvmcut.core.spanplan.merge_spans`) and asked for in
+        batches (`~glue_mvmcut.core.spanplan.request_batches`), by at most
         ``workers`` requests in flight; each reply is written to its targets as it arrives, so
         no reply is held longer than its own request.
         """
-        merged, groups = self._merge(spans[todo])
+        several = self.server.several_ranges  # (the server may show otherwise in this round)
+        gap = self.merge_gap if several else self.single_range_gap  # each span costs a request
+        merged, groups = merge_spans(spans[todo], gap, self.stretch)
 
         def deliver(parts: Parts, batch: np.ndarray) -> np.ndarray:
             """Copy the merged spans ``batch`` that ``parts`` hold to their targets; returns those."""
@@ -253,7 +291,7 @@ class RemoteFITS:
             return held
 
         limit = self.range_header_limit
-        batches = self._batches(merged)
+        batches = request_batches(merged, several=several, header_limit=limit, stretch=self.stretch)
         if filled:  # the batch whose bytes someone waits for (e.g. a header) is asked for first
             waited = np.flatnonzero(np.isin(todo, list(filled)))
             if len(waited):
@@ -284,29 +322,14 @@ class RemoteFITS:
                 refused,
                 self.range_header_limit,
             )
-        elif len(missing) and not self.multirange:
+        elif len(missing) and not several:
             raise ArchiveError(
                 f"Reading {self.name}: the server did not return bytes {tuple(merged[missing[0]].tolist())}."
                 + _ADVICE
             )
-        elif len(missing):
-            log.info("%s: the server answers one range per request; switching.", self.name)
-            self.multirange = False
+        elif len(missing) and self.server.several_ranges:
+            self._learned("first-range", "answers only the first of several ranges")
         return np.concatenate([np.zeros(0, np.int64)] + [todo[groups[m] : groups[m + 1]] for m in missing])
-
-    def _batches(self, merged) -> list[np.ndarray]:
-        """Indices into ``merged`` (an (n, 2) array of spans) in few batches that keep each
-        request's Range header within ``range_header_limit`` and its reply within ``stretch``
-        bytes (or one span), of about equal shares; one each for a server that answers one range
-        per request."""
-        if not self.multirange or len(merged) == 1:
-            return list(np.arange(len(merged)).reshape(-1, 1))
-        bounds = np.array(merged, dtype=np.int64)
-        sizes = bounds[:, 1] - bounds[:, 0]
-        bounds[:, 1] -= 1  # "start-last,": each number's digits, a dash and a comma
-        lengths = digits(bounds).sum(axis=1) + 2
-        cuts = np.union1d(_even_cuts(lengths, self.range_header_limit), _even_cuts(sizes, self.stretch))
-        return [batch for batch in np.split(np.arange(len(merged)), cuts) if batch.size]
 
     async def _lane(self, batches: list[np.ndarray], merged: np.ndarray, deliver) -> tuple[list, int | None]:
         """Request ``batches`` (of indices into ``merged``) one after another and deliver them.
@@ -316,30 +339,17 @@ class RemoteFITS:
         """
         delivered, refused = [], None
         for batch in batches:
+            if len(batch) > 1 and not self.server.several_ranges:
+                continue  # learned meanwhile: left for the next round, one range per request
             try:
                 parts = await self._request(merged[batch])
             except _RangeHeaderTooLong as exc:
                 refused = exc.args[0]
                 continue
+            except _SeveralRangesRefused:
+                continue
             delivered.append(deliver(parts, batch))
         return delivered, refused
-
-    def _merge(self, spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Sorted ``spans`` with overlapping ones and those close together joined: less than
-        ``merge_gap`` apart, or ``single_range_gap`` for a server that answers one range per
-        request (each span then costs a request of its own); a joined span ends where the next
-        span starts in another ``stretch`` of the file.
-
-        Returns the joined spans, an (m, 2) array, and where each one's spans begin in ``spans``
-        (plus its length).
-        """
-        gap = self.merge_gap if self.multirange else self.single_range_gap
-        reach = np.maximum.accumulate(spans[:, 1])  # furthest byte of any span so far
-        stretch = spans[:, 0] // self.stretch
-        apart = (spans[1:, 0] - reach[:-1] > gap) | (stretch[1:] != stretch[:-1])
-        first = np.flatnonzero(np.r_[True, apart])
-        merged = np.column_stack([spans[first, 0], np.maximum.reduceat(spans[:, 1], first)])
-        return merged, np.r_[first, len(spans)]
 
     async def read(self, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the file)."""
@@ -554,17 +564,6 @@ class RemoteFITS:
             + (np.arange(rows.start, rows.stop, dtype=np.int64) * info["NAXIS1"] + cols.start) * item
         )
         return np.column_stack([starts, starts + (cols.stop - cols.start) * item])
-
-
-def _even_cuts(weights: np.ndarray, budget: int) -> np.ndarray:
-    """Where to cut ``weights`` into the fewest runs of about equal sums that each stay within
-    ``budget`` (every weight alone if one leaves no room for another)."""
-    room = budget - int(weights.max())
-    if room <= 0:
-        return np.arange(1, len(weights))
-    total = int(weights.sum())
-    count = -(-total // room)  # a run ends before its share is passed, so exceeds it by < max
-    return np.searchsorted(np.cumsum(weights), total * np.arange(1, count) / count)
 
 
 def _guess_next(before: HDUInfo, extname: str, header_length: int | None) -> HDUInfo:

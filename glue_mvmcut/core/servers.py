@@ -1,10 +1,18 @@
 """What this process has learned about each server it reads layers from.
 
 Servers and their files differ, so what a ranged read plans on is learned from replies rather
-than assumed: how long the headers of a server's layers are. With that, a cold cutout's first
-read holds the primary and SCI headers whole, and the WHT header fetched with the pixels is
-guessed right: two round trips, where a wrong length costs one or two more. Kept per server
-(scheme, host and port) for the life of the process; a forked child starts afresh.
+than assumed:
+
+- how a server answers ``Range`` (`RANGE_KINDS`): several ranges in one reply, or one range
+  per request only (the first of several, or the whole file to several, as object stores do),
+  or no ``Range`` at all, when only whole-file downloads work;
+- how long the headers of its layers are: a cold cutout's first read then holds the primary and
+  SCI headers whole, and the WHT header fetched with the pixels is guessed right (two round
+  trips, where a wrong length costs one or two more);
+- where a file's requests were redirected to (`location`), so that later ones go there at once.
+
+Kept per server (scheme, host and port, after redirects) for the life of the process; a forked
+child starts afresh.
 """
 
 import os
@@ -12,7 +20,21 @@ import threading
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-__all__ = ["Server", "server_of", "forget_servers", "FIRST_READ", "MARGIN"]
+__all__ = [
+    "RANGE_KINDS",
+    "Server",
+    "server_of",
+    "location",
+    "relocate",
+    "forget_servers",
+    "FIRST_READ",
+    "MARGIN",
+]
+
+#: How a server answers ``Range`` requests: several ranges in one ``multipart/byteranges`` 206;
+#: several ranges with the first only (206); several with the whole file (200, as object stores
+#: do) but one range with a 206; ``Range`` ignored (200 and the whole file, always).
+RANGE_KINDS = ("multipart", "first-range", "one-range", "no-range")
 
 #: Bytes of a file's first read from a server not met before: a real MVM layer's primary and SCI
 #: headers are ~980 cards (~80 KB); 256 KB holds ~3300, as a layer of ~120 inputs has.
@@ -26,15 +48,27 @@ MARGIN = 4 * 2880
 class Server:
     """What replies from one server have shown (thread-safe).
 
-    ``opening``: the most bytes seen before a layer's first data (its primary and SCI headers,
-    for MVM); ``header_lengths``: by EXTNAME, the length in bytes (with padding) of the last such
-    header read.
+    ``ranges``: one of `RANGE_KINDS`, None until a reply showed it; ``opening``: the most bytes
+    seen before a layer's first data (its primary and SCI headers, for MVM);
+    ``header_lengths``: by EXTNAME, the length in bytes (with padding) of the last such header
+    read.
     """
 
     origin: str
+    ranges: str | None = None
     opening: int | None = None
     header_lengths: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def several_ranges(self) -> bool:
+        """Whether to ask for several ranges in one request (until the server shows otherwise)."""
+        return self.ranges in (None, "multipart")
+
+    def saw_ranges(self, kind: str) -> None:
+        """The server answered ``Range`` requests as ``kind`` (one of `RANGE_KINDS`) does."""
+        with self._lock:
+            self.ranges = kind
 
     def first_read(self) -> int:
         """Bytes to read first from one of this server's files: its headers up to the first data."""
@@ -58,6 +92,7 @@ class Server:
 
 
 _SERVERS: dict[str, Server] = {}
+_MOVED: dict[str, str] = {}  # a file's URL -> where its requests were redirected
 _LOCK = threading.Lock()
 
 
@@ -69,10 +104,26 @@ def server_of(url: str) -> Server:
         return _SERVERS.setdefault(origin, Server(origin))
 
 
+def location(url: str) -> str:
+    """Where requests for ``url`` go: where they were last redirected to, else ``url``."""
+    with _LOCK:
+        return _MOVED.get(url, url)
+
+
+def relocate(url: str, to: str | None) -> None:
+    """Send later requests for ``url`` to ``to`` (None: to ``url`` itself again)."""
+    with _LOCK:
+        if to is None or to == url:
+            _MOVED.pop(url, None)
+        else:
+            _MOVED[url] = to
+
+
 def forget_servers() -> None:
     """Forget what this process learned about servers (e.g. to time a first contact)."""
     with _LOCK:
         _SERVERS.clear()
+        _MOVED.clear()
 
 
 def _renew_after_fork() -> None:
@@ -80,6 +131,7 @@ def _renew_after_fork() -> None:
     global _LOCK
     _LOCK = threading.Lock()
     _SERVERS.clear()
+    _MOVED.clear()
 
 
 os.register_at_fork(after_in_child=_renew_after_fork)

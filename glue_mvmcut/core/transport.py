@@ -13,6 +13,8 @@ Everything in the package that talks HTTP stands on this module:
   off) count their failures with `Retries`; `RETRYABLE` names the errors worth another attempt.
 - `transport_errors` turns any transport failure, of requests or of aiohttp, into an
   `~glue_mvmcut.core.errors.ArchiveError` that names the server and what to do.
+- Both follow at most `MAX_REDIRECTS` redirects (MAST sends some files to cloud storage),
+  keeping the ``Range`` header, to http(s) addresses only (`RedirectError` otherwise).
 
 Why aiohttp for ranged reads: a cold cutout is two round trips in sequence (headers, then rows),
 and everything between them and after them is Python competing for one GIL. With requests, each
@@ -29,6 +31,7 @@ import concurrent.futures
 import functools
 import logging
 import os
+import re
 import threading
 import urllib.request
 from collections.abc import Coroutine, Mapping
@@ -50,10 +53,13 @@ __all__ = [
     "HTTPStatusError",
     "ServerError",
     "RETRYABLE",
+    "MAX_REDIRECTS",
+    "RedirectError",
     "Retries",
     "transport_errors",
     "http_session",
     "with_timeouts",
+    "Reply",
     "get_range",
     "run",
     "submit",
@@ -90,6 +96,15 @@ class HTTPStatusError(Exception):
 
 class ServerError(HTTPStatusError):
     """HTTP 5xx: worth asking again."""
+
+
+class RedirectError(ArchiveError):
+    """A server redirected a request where it is not followed: more than `MAX_REDIRECTS` times
+    (a loop, likely), or to an address that is not http(s)."""
+
+
+#: Redirects followed for one request; one more is taken for a loop.
+MAX_REDIRECTS = 5
 
 
 #: Failures worth another attempt: a connection that failed or broke off, a silence longer than
@@ -133,6 +148,14 @@ def transport_errors(what: str, service: str | None = None):
         raise ArchiveError(_unreachable(what, service, exc)) from exc
     except aiohttp.ClientConnectorError as exc:
         raise ArchiveError(_unreachable(what, service, exc)) from exc
+    except RedirectError as exc:  # `get_range`'s
+        raise RedirectError(f"{what}: {exc}") from exc
+    except requests.exceptions.TooManyRedirects as exc:
+        last = exc.response.headers.get("Location") if exc.response is not None else None
+        raise RedirectError(f"{what}: {_loop(last)}") from exc
+    except requests.exceptions.InvalidSchema as exc:  # "No connection adapters were found for 'ftp:...'"
+        where = re.search(r"'([^']*)'", str(exc))
+        raise RedirectError(f"{what}: {_not_http(where.group(1) if where else exc)}") from exc
     except (
         requests.exceptions.RequestException,  # e.g. a body cut off mid-transfer
         aiohttp.ClientPayloadError,
@@ -149,6 +172,14 @@ def transport_errors(what: str, service: str | None = None):
 # The messages are made only when needed: entering `transport_errors` is on every request's path.
 def _service(service: str | None) -> str:
     return service or f"MAST at {server_url()}"
+
+
+def _loop(last) -> str:
+    return f"redirected more than {MAX_REDIRECTS} times (a loop?), last to {last}."
+
+
+def _not_http(where) -> str:
+    return f"redirected to {where}, not an http(s) address: refused."
 
 
 def _too_slow(what: str, service: str | None) -> str:
@@ -228,8 +259,10 @@ def with_timeouts(session: requests.Session, timeout: float | None = None) -> re
 
 
 def http_session(timeout: float | None = None) -> requests.Session:
-    """A new requests session with `with_timeouts`."""
-    return with_timeouts(requests.Session(), timeout)
+    """A new requests session with `with_timeouts`, following at most `MAX_REDIRECTS` redirects."""
+    session = with_timeouts(requests.Session(), timeout)
+    session.max_redirects = MAX_REDIRECTS
+    return session
 
 
 # -- the I/O loop of ranged reads ------------------------------------------------------------------
@@ -378,24 +411,40 @@ def _proxy_for(scheme: str, host: str | None) -> str | None:
     return urllib.request.getproxies().get(scheme)
 
 
-async def get_range(url: str, byte_range: str) -> tuple[int, str, Mapping[str, str], bytes]:
-    """(status, reason, headers, body) of a GET of ``byte_range`` (a Range header value) of
-    ``url`` on the I/O loop's session; the body of a 206 reply only (a server that ignores
-    Range would send the whole file).
+@dataclass(frozen=True)
+class Reply:
+    """What `get_range` got: status, reason, headers, body (of a 206 only) and the URL that
+    answered (another than the one asked if the request was redirected)."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+
+
+async def get_range(url: str, byte_range: str) -> Reply:
+    """A GET of ``byte_range`` (a Range header value) of ``url`` on the I/O loop's session,
+    following redirects (`MAX_REDIRECTS`, http(s) only, the Range header kept); the body of a
+    206 reply only (a server that ignores Range would send the whole file).
 
     Raises aiohttp's errors (a silence longer than ``conf.timeout`` as
-    `aiohttp.ServerTimeoutError`), for `transport_errors` to translate.
+    `aiohttp.ServerTimeoutError`), for `transport_errors` to translate, and `RedirectError`.
     """
     seconds = float(conf.timeout)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
     headers = {"Range": byte_range, "Accept-Encoding": "identity"}
     try:
         async with _the_io().session.get(
-            url, headers=headers, timeout=timeout, proxy=_proxy(url)
+            url, headers=headers, timeout=timeout, proxy=_proxy(url), max_redirects=MAX_REDIRECTS + 1
         ) as response:
             body = await response.read() if response.status == 206 else b""
-            return response.status, response.reason or "", response.headers, body
+            return Reply(response.status, response.reason or "", response.headers, body, str(response.url))
     except aiohttp.ServerTimeoutError:
         raise
     except TimeoutError as exc:  # some aiohttp versions let asyncio's own escape
         raise aiohttp.ServerTimeoutError(f"no bytes for {seconds} s") from exc
+    except aiohttp.TooManyRedirects as exc:
+        raise RedirectError(_loop(exc.history[-1].headers.get("Location"))) from exc
+    except (aiohttp.NonHttpUrlRedirectClientError, aiohttp.InvalidUrlRedirectClientError) as exc:
+        raise RedirectError(_not_http(exc.args[0] if exc.args else exc)) from exc

@@ -1,11 +1,14 @@
-"""Fault switches for the stand-in MAST server: failures, drops, stalls, garbled replies, and
-servers that ignore ``Range`` or honour one range per request."""
+"""Fault switches for the stand-in MAST server: failures, drops, stalls, garbled replies,
+redirects, and every way a server can answer ``Range`` requests."""
 
 import threading
 
-__all__ = ["GARBLE_KINDS", "Faults"]
+from ..core.servers import RANGE_KINDS
+
+__all__ = ["GARBLE_KINDS", "RANGE_KINDS", "REDIRECT_STATUSES", "Faults"]
 
 GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
 class Faults:
@@ -13,8 +16,10 @@ class Faults:
 
     ``scope`` is ``"download"`` (HEAD/GET of files), ``"query"`` (invoke and columnsconfig)
     or ``"any"``. Plain switches: ``latency`` (seconds added to every request),
-    ``range_supported`` (False: answer Range requests with the whole file, 200),
-    ``multirange_supported`` (False: honour only the first range of a multi-range request),
+    ``ranges`` (how ``Range`` requests are answered, one of
+    `~glue_mvmcut.core.servers.RANGE_KINDS`),
+    ``redirect_to`` (a server's URL: file requests are answered ``redirect_status`` with the
+    same path and query there, as MAST sends some downloads to cloud storage),
     ``max_range_header`` (a ``Range`` header longer than this many characters is refused with
     HTTP 400, as Apache and nginx refuse header fields over 8 KB; 0: no limit),
     ``executing`` (number of ``EXECUTING`` replies owed before answering queries),
@@ -33,13 +38,34 @@ class Faults:
         with self._lock:
             self._pending: list[dict] = []
             self.latency = 0.0
-            self.range_supported = True
-            self.multirange_supported = True
+            self.ranges = "multipart"
+            self.redirect_to: str | None = None
+            self.redirect_status = 302
             self.max_range_header = 0
             self.executing = 0
             self.hostile_names = False
             self.missing_columns: set[str] = set()
             self.content_length = True
+
+    @property
+    def ranges(self) -> str:
+        return self._ranges
+
+    @ranges.setter
+    def ranges(self, kind: str) -> None:
+        if kind not in RANGE_KINDS:
+            raise ValueError(f"Unknown range kind {kind!r}; one of {RANGE_KINDS}")
+        self._ranges = kind
+
+    @property
+    def redirect_status(self) -> int:
+        return self._redirect_status
+
+    @redirect_status.setter
+    def redirect_status(self, status: int) -> None:
+        if status not in REDIRECT_STATUSES:
+            raise ValueError(f"{status} is not a redirect; one of {REDIRECT_STATUSES}")
+        self._redirect_status = status
 
     def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
         """Answer the next ``count`` requests with HTTP ``status``."""

@@ -4,7 +4,8 @@ It speaks HTTP for `~glue_mvmcut.testing.portal` (what MAST's portal and name re
 and serves the archive's files:
 
 - ``HEAD``/``GET /api/v0.1/Download/file?uri=mast:HST/product/<file>`` with ``Range`` (206;
-  several ranges give a ``multipart/byteranges`` reply, as real HTTP servers send).
+  several ranges give a ``multipart/byteranges`` reply, as most HTTP servers send, or whatever
+  `~glue_mvmcut.testing.faults.Faults.ranges` says).
 
 It counts requests and bytes, and injects faults on demand (`~glue_mvmcut.testing.faults.Faults`).
 Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR
@@ -31,7 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import numpy as np
 
-from .faults import Faults
+from .faults import RANGE_KINDS, Faults
 from .portal import (
     COLUMNS_CONFIG_PATH,
     DOWNLOAD_PATH,
@@ -117,6 +118,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
         self._record(service, status, len(body) if self.command != "HEAD" else 0)
+
+    def _redirect(self, location: str, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self._record("download", status, 0, self.headers.get("Range"))
 
     def _send_json(self, obj, service=None):
         self._send_bytes(200, json.dumps(obj).encode(), service=service)
@@ -219,6 +227,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_bytes(404, json.dumps({"status": "ERROR", "msg": f"{uri} not found"}).encode())
             return
         faults = self.server.owner.faults
+        if faults.redirect_to:
+            self._redirect(faults.redirect_to.rstrip("/") + self.path, faults.redirect_status)
+            return
         size = path.stat().st_size
         byte_range = self.headers.get("Range")
         if byte_range and faults.max_range_header and len(byte_range) > faults.max_range_header:
@@ -226,19 +237,20 @@ class _Handler(BaseHTTPRequestHandler):
                 400, b"Size of a request header field exceeds server limit.", "text/plain", "download"
             )
             return
-        spans = [(0, size - 1)]
-        if byte_range and faults.range_supported:
-            spans = parse_ranges(byte_range, size)
-            if not spans:
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self._record("download", 416, 0, byte_range)
-                return
-            if not faults.multirange_supported:
-                spans = spans[:1]  # like servers that honour only the first range
-        status = 206 if byte_range and faults.range_supported else 200
+        spans = parse_ranges(byte_range, size) if byte_range and faults.ranges != "no-range" else []
+        if byte_range and faults.ranges != "no-range" and not spans:
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self._record("download", 416, 0, byte_range)
+            return
+        if len(spans) > 1 and faults.ranges == "first-range":
+            spans = spans[:1]  # like servers that honour only the first range
+        elif len(spans) > 1 and faults.ranges == "one-range":
+            spans = []  # like object stores: several ranges get the whole file
+        status = 206 if spans else 200
+        spans = spans or [(0, size - 1)]
         # The body as segments: literal bytes (multipart framing) or (offset, length) of the file.
         if len(spans) == 1:
             segments = [(spans[0][0], spans[0][1] - spans[0][0] + 1)]
@@ -272,7 +284,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.send_header("Content-Disposition", f'attachment; filename="{name}"')
         self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
-        if faults.range_supported:
+        if faults.ranges != "no-range":
             self.send_header("Accept-Ranges", "bytes")
         if status == 206 and len(spans) == 1:
             self.send_header("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}")
@@ -558,14 +570,18 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: any free one)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
     parser.add_argument(
-        "--one-range",
-        action="store_true",
-        help="answer only the first range of a multi-range request, as some servers do",
+        "--ranges",
+        choices=RANGE_KINDS,
+        default="multipart",
+        help="how to answer Range requests: several ranges in a multipart reply (default), the first "
+        "of several only, the whole file to several (as object stores do), or Range ignored",
     )
+    parser.add_argument("--redirect-to", metavar="URL", help="redirect file requests to this server")
     args = parser.parse_args(argv)
     server = MastServer(args.archive_dir, port=args.port)
     server.faults.latency = args.latency
-    server.faults.multirange_supported = not args.one_range
+    server.faults.ranges = args.ranges
+    server.faults.redirect_to = args.redirect_to
     print(server.url, flush=True)
     try:
         server._httpd.serve_forever()

@@ -1,0 +1,120 @@
+"""Every kind of server: how it answers Range requests is learned, never assumed, and requests
+follow redirects (a few, to http(s) only) and keep going where they were sent."""
+
+import io
+
+import pytest
+
+from glue_mvmcut import ArchiveError
+from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.download import download_layer
+from glue_mvmcut.core.remote import RangeNotSupported
+from glue_mvmcut.core.servers import location, server_of
+from glue_mvmcut.core.transport import RedirectError, TransferStats
+from glue_mvmcut.testing.server import MastServer
+
+LMC = (84.9208, -69.1467)
+FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
+SECOND = "hst_skycell-p0081x15y15_acs_wfc_f814w_all_drc.fits"
+
+
+def _bytes(hdul) -> bytes:
+    buffer = io.BytesIO()
+    hdul.writeto(buffer)
+    return buffer.getvalue()
+
+
+def _cut(archive_dir, name, size=6, stats=None):
+    """A ranged cutout of ``name``, checked against the same cut from the local file."""
+    remote = cut_layer(f"mast:HST/product/{name}", LMC, size, stats=stats)
+    assert _bytes(remote) == _bytes(cut_layer(archive_dir / name, LMC, size))
+
+
+@pytest.mark.parametrize("kind", ["multipart", "first-range", "one-range"])
+def test_every_server_that_serves_ranges_gives_the_local_cutout(mast, lmc_archive, kind):
+    mast.faults.ranges = kind
+    stats = TransferStats()
+    for name in (FINE, SECOND):
+        _cut(lmc_archive.directory, name, stats=stats)
+    assert server_of(mast.url).ranges == kind
+    replies = [(r.status, "," in r.range) for r in mast.requests("download")]
+    # The first layer's header read (one range), then its rows and WHT's header (several).
+    if kind == "multipart":  # headers, then every row in one multipart reply: per layer
+        assert replies == [(206, False), (206, True)] * 2
+    elif kind == "first-range":  # the first span came; the rest, asked for one per request
+        assert replies[:2] == [(206, False), (206, True)] and replies.count((206, True)) == 1
+    else:  # the whole file to several ranges, never read: one range per request from then on
+        assert (
+            replies[:2] == [(206, False), (200, True)] and replies[2:].count((206, False)) == len(replies) - 2
+        )
+    # Never the whole files (for one-range, not the whole file it was sent, unread).
+    assert stats.bytes < 0.5 * sum(lmc_archive.layer(name).size for name in (FINE, SECOND))
+
+
+def test_a_server_without_range_is_learned_and_not_asked_again(mast):
+    mast.faults.ranges = "no-range"
+    with pytest.raises(
+        RangeNotSupported, match=rf"{mast.url.removeprefix('http://')} ignores Range requests"
+    ):
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
+    with pytest.raises(RangeNotSupported):
+        cut_layer(f"mast:HST/product/{SECOND}", LMC, 4)
+    assert len(mast.requests("download")) == 1 and server_of(mast.url).ranges == "no-range"
+
+
+@pytest.fixture
+def storage(lmc_archive):
+    """A second stand-in, on another port, serving the same files (cloud storage, say)."""
+    with MastServer(lmc_archive.directory) as server:
+        yield server
+
+
+@pytest.mark.parametrize("status", [302, 307])
+def test_ranged_reads_follow_redirects_and_keep_going_there(mast, storage, lmc_archive, status):
+    mast.faults.redirect_to, mast.faults.redirect_status = storage.url, status
+    _cut(lmc_archive.directory, FINE)
+    url = f"{mast.url}/api/v0.1/Download/file?uri=mast:HST/product/{FINE}"
+    # The first request was redirected (its Range kept); the second went straight there.
+    assert [r.status for r in mast.requests("download")] == [status]
+    assert [r.status for r in storage.requests("download")] == [206, 206]
+    assert location(url) == storage.url + url.removeprefix(mast.url)
+    # What was learned is the storage's: its header lengths, its way with ranges.
+    assert server_of(storage.url).header_lengths["WHT"] == 2 * 2880
+    assert server_of(storage.url).ranges == "multipart" and server_of(mast.url).ranges is None
+
+
+def test_a_redirected_address_that_fails_is_left_for_the_files_own(mast, storage, lmc_archive):
+    mast.faults.redirect_to = storage.url
+    _cut(lmc_archive.directory, FINE, size=4)
+    storage.faults.fail(403, count=1, scope="download")  # as a signed address that expired
+    _cut(lmc_archive.directory, FINE, size=8)
+    assert [r.status for r in storage.requests("download")] == [206, 206, 403, 206]
+    assert [r.status for r in mast.requests("download")] == [302, 302]
+
+
+@pytest.mark.parametrize(
+    "to, message",
+    [
+        ("self", r"redirected more than 5 times \(a loop\?\), last to http://127\.0\.0\.1"),
+        (
+            "ftp://127.0.0.1:1",
+            r"redirected to ftp://127\.0\.0\.1:1/api/.*, not an http\(s\) address: refused",
+        ),
+    ],
+)
+def test_redirect_loops_and_other_schemes_are_refused(mast, cache, to, message):
+    mast.faults.redirect_to = mast.url if to == "self" else to
+    with pytest.raises(RedirectError, match=rf"Reading {FINE}: {message}"):
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
+    assert len(mast.requests("download")) == (6 if to == "self" else 1)
+    with pytest.raises(RedirectError, match=rf"Downloading {FINE}: {message}"):
+        download_layer(FINE, f"mast:HST/product/{FINE}")
+    assert not list(cache.glob("*"))
+    assert issubclass(RedirectError, ArchiveError)
+
+
+def test_downloads_follow_redirects(mast, storage, cache, lmc_archive):
+    mast.faults.redirect_to = storage.url
+    path = download_layer(FINE, f"mast:HST/product/{FINE}")
+    assert path.read_bytes() == (lmc_archive.directory / FINE).read_bytes()
+    assert [(r.method, r.status) for r in storage.requests("download")] == [("HEAD", 200), ("GET", 200)]
