@@ -90,11 +90,33 @@ def test_without_range_a_broken_download_starts_again(mast, cache, lmc_archive):
     assert mast.bytes_sent == size + 100_000
 
 
-def test_a_transfer_that_keeps_breaking_is_given_up_and_not_kept(mast, cache):
+def test_a_transfer_that_keeps_breaking_without_progress_is_given_up(mast, cache):
+    # 50 000 bytes, then the break: less than the 64 KiB block being read, so nothing is kept.
     mast.faults.drop(after_bytes=50_000, count=20)
-    with pytest.raises(ArchiveError, match=rf"Downloading {NAME}: the transfer broke off 5 times"):
+    with pytest.raises(
+        ArchiveError,
+        match=rf"Downloading {NAME}: the transfer broke off 5 times in a row without progress "
+        r"\(last at byte 0 of \d+: .*\); nothing was kept",
+    ):
         download_layer(NAME, URI)
-    assert list(cache.iterdir()) == []
+    assert _files(cache) == []
+
+
+def test_a_transfer_that_keeps_breaking_but_moves_on_finishes(mast, cache, lmc_archive):
+    # Twelve breaks, more than conf.retries (4), each after a block more: the budget counts
+    # the attempts in a row that brought nothing, and there are none.
+    mast.faults.drop(after_bytes=100_000, count=12)
+    stats = TransferStats()
+    path = download_layer(NAME, URI, stats=stats)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+    gets = [r.range for r in mast.requests("download") if r.method == "GET"]
+    assert gets == [None] + [f"bytes={65536 * k}-" for k in range(1, 13)]
+    assert stats.bytes == lmc_archive.layer(NAME).size
+
+
+def _files(cache) -> list[str]:
+    """The cache's files (not its folder of locks)."""
+    return sorted(p.name for p in cache.iterdir() if p.is_file())
 
 
 def test_server_error_bursts_are_retried(mast, cache, lmc_archive):
@@ -113,7 +135,7 @@ def test_persistent_server_errors_are_reported(mast, cache):
             "hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
             "mast:HST/product/hst_skycell-p0081x01y01_acs_wfc_f814w_all_drc.fits",
         )
-    assert list(cache.iterdir()) == []
+    assert _files(cache) == []
 
 
 def test_a_stalled_download_times_out_then_resumes(mast, cache, lmc_archive):
@@ -125,10 +147,18 @@ def test_a_stalled_download_times_out_then_resumes(mast, cache, lmc_archive):
     assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
 
 
-def test_cancel_mid_download_removes_the_partial_file(mast, cache):
-    with pytest.raises(Cancelled):
+def test_a_cancelled_download_keeps_its_part_and_the_next_run_resumes_it(mast, cache, lmc_archive):
+    with pytest.raises(Cancelled, match=f"Download of {NAME} cancelled; its 65536 bytes are kept"):
         download_layer(NAME, URI, cancel=lambda: True)
-    assert list(cache.iterdir()) == []
+    assert _files(cache) == [NAME + ".part", NAME + ".part.json"]  # never under its final name
+    mast.reset_stats()
+    stats = TransferStats()
+    path = download_layer(NAME, URI, stats=stats)
+    assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
+    assert stats.bytes == lmc_archive.layer(NAME).size - 65536
+    (get,) = [r for r in mast.requests("download") if r.method == "GET"]
+    assert (get.range, get.status) == ("bytes=65536-", 206)
+    assert _files(cache) == [NAME]
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ ORDER = [
     "testing.synth",
     "testing.portal",
     "testing.faults",
+    "testing.stamps",
     "testing.server",
     "testing",
     "glue.loader",

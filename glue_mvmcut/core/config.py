@@ -21,7 +21,8 @@ class Conf(_config.ConfigNamespace):
     retries = _config.ConfigItem(
         4,
         "How many times a request that failed with HTTP 5xx or a broken connection is tried again "
-        "(with exponential backoff); broken downloads resume where they stopped.",
+        "(with exponential backoff); broken downloads resume where they stopped, and count only "
+        "the attempts in a row that brought nothing.",
         module="glue_mvmcut",
     )
     backoff = _config.ConfigItem(
@@ -45,6 +46,12 @@ class Conf(_config.ConfigNamespace):
         "",
         "Directory for whole-file downloads. Empty means <astropy cache dir>/glue_mvmcut; "
         "the environment variable MVMCUT_CACHE_DIR overrides both.",
+        module="glue_mvmcut",
+    )
+    cache_limit = _config.ConfigItem(
+        50.0,
+        "Most GB the download cache may hold: after a download, the least recently used files go "
+        "until it fits (the file just downloaded stays, even if larger).",
         module="glue_mvmcut",
     )
 

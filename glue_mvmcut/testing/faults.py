@@ -100,7 +100,8 @@ class Faults:
             for fault in self._pending:
                 if fault["count"] <= 0 or fault["scope"] not in ("any", scope):
                     continue
-                if fault["kind"] == "drop" and method != "GET":
+                mid_body = fault["kind"] == "drop" or (fault["kind"] == "stall" and fault["after_bytes"])
+                if mid_body and method != "GET":  # only a GET has a body to break or stall in
                     continue
                 fault["count"] -= 1
                 taken.append(fault)

@@ -14,12 +14,10 @@ Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server 
 
 import argparse
 import email.utils
-import io
 import json
 import os
 import re
 import socket
-import struct
 import sys
 import threading
 import time
@@ -42,6 +40,7 @@ from .portal import (
     Catalogue,
     columns_config,
 )
+from .stamps import StampedReader
 from .synth import Archive
 
 __all__ = ["MastServer", "RequestRecord", "parse_ranges"]
@@ -80,12 +79,12 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.server.owner._connected()
-        self._reader = _StampedReader.attach(self)
+        self._reader = StampedReader.attach(self)
 
     # The added latency runs from the request's arrival to the reply's first byte, while the
     # server works: a real archive server has its reply ready long before a network delay ends,
     # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
-    # Arrival is when the kernel received the request (`_StampedReader`), not when this
+    # Arrival is when the kernel received the request (`StampedReader`), not when this
     # handler's thread, after waiting for the GIL behind the others' work, reads it.
     _due = _arrived = 0.0  # errors sent before a request is parsed (a 414 for a huge line) go at once
 
@@ -245,6 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self._record("download", 416, 0, byte_range)
             return
+        modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
+        etag = f'"{size:x}-{path.stat().st_mtime_ns:x}"'
+        if self.headers.get("If-Range") not in (None, modified, etag):
+            spans = []  # the file changed since the part the client holds: all of it (RFC 9110)
         if len(spans) > 1 and faults.ranges == "first-range":
             spans = spans[:1]  # like servers that honour only the first range
         elif len(spans) > 1 and faults.ranges == "one-range":
@@ -283,7 +286,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:  # the body ends where the connection does
             self.close_connection = True
         self.send_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.send_header("Last-Modified", email.utils.formatdate(path.stat().st_mtime, usegmt=True))
+        self.send_header("Last-Modified", modified)
+        self.send_header("ETag", etag)
         if faults.ranges != "no-range":
             self.send_header("Accept-Ranges", "bytes")
         if status == 206 and len(spans) == 1:
@@ -337,55 +341,6 @@ class _Handler(BaseHTTPRequestHandler):
                     flush()
         flush()
         return False
-
-
-class _StampedReader(io.RawIOBase):
-    """A connection's reading end that notes when the kernel received the bytes it reads
-    (``SO_TIMESTAMPNS``, Linux only): with six handler threads taking turns for the GIL, a request
-    was read up to ~2 ms after it came, and its reply sent that much later."""
-
-    SO_TIMESTAMPNS = 35  # Linux's value; Python's socket module does not name it
-    AVAILABLE = sys.platform.startswith("linux")
-    _ANCILLARY = socket.CMSG_SPACE(16)  # one struct timespec
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self.received: float | None = None  # on the time.monotonic() clock
-
-    @classmethod
-    def stamp(cls, sock: socket.socket) -> bool:
-        """Have the kernel stamp what ``sock`` receives; False where it cannot."""
-        if not cls.AVAILABLE:
-            return False
-        sock.setsockopt(socket.SOL_SOCKET, cls.SO_TIMESTAMPNS, 1)
-        return True
-
-    @classmethod
-    def attach(cls, handler: BaseHTTPRequestHandler) -> "_StampedReader | None":
-        """Make ``handler`` read its requests through a new reader; None where the kernel cannot
-        stamp them (its connection is stamped as the listening socket is: `stamp`)."""
-        if not cls.AVAILABLE:
-            return None
-        reader = cls(handler.connection)
-        handler.rfile = io.BufferedReader(reader)
-        return reader
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int | None:
-        try:
-            count, ancillary, _, _ = self._sock.recvmsg_into([buffer], self._ANCILLARY)
-        except BlockingIOError:
-            return None
-        self.received = None
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == self.SO_TIMESTAMPNS and len(data) >= 16:
-                seconds, nanoseconds = struct.unpack("qq", data[:16])  # CLOCK_REALTIME
-                age = time.time() - seconds - nanoseconds * 1e-9
-                # None for a stamp the kernel did not take (0) or one that makes no sense.
-                self.received = time.monotonic() - age if 0 <= age < 60 else None
-        return count
 
 
 def _body_pieces(fd: int, segments: list):
@@ -443,7 +398,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     def server_bind(self):
         super().server_bind()
-        _StampedReader.stamp(self.socket)  # accepted connections inherit it: their first bytes too
+        StampedReader.stamp(self.socket)  # accepted connections inherit it: their first bytes too
 
     def handle_error(self, request, client_address):
         # A client hanging up mid-body (as one must on a 200 reply to a Range request) is normal.
