@@ -137,6 +137,27 @@ def test_a_second_run_skips_what_verifies_and_redoes_a_damaged_target(mast, cach
     assert all("_f160w" in f and "f814w" not in f for f in fifth["files"][0].split() if f.endswith(".fits"))
 
 
+@pytest.mark.parametrize("ranges", ["multipart", "no-range"])
+def test_a_batch_downloading_whole_layers_into_a_fresh_cache_downloads_each_once(
+    mast, cache, tmp_path, lmc_archive, ranges
+):
+    # Twelve targets around the LMC field share its F658N layers; "download", or "auto" against
+    # a server without Range, fetches whole layers, several targets wanting each at once.
+    mast.faults.ranges = ranges
+    targets = Table(
+        rows=[(f"t{i:02d}", *_offset(LMC, 3 * (i % 4) - 4, 3 * (i // 4) - 3)) for i in range(12)],
+        names=["id", "ra", "dec"],
+    )
+    fetch = "download" if ranges == "multipart" else "auto"
+    manifest = cutout_batch(
+        targets, size=3, filters=["f658n"], out_dir=tmp_path / "out", workers=4, fetch=fetch
+    )
+    assert list(manifest["status"]) == ["done"] * 12
+    gets = sorted(r.file for r in mast.requests("download") if r.method == "GET" and r.range is None)
+    assert gets == sorted(r.filename for r in lmc_archive.layers if r.filter == "f658n")
+    assert sorted(p.name for p in cache.iterdir() if p.is_file()) == gets
+
+
 def test_a_manifest_behind_the_folders_loses_no_work(mast, cache, tmp_path):
     # While a batch runs its manifest is rewritten only now and then, so after a crash it may
     # still call finished targets pending: their folders verify, and a second run keeps them.
