@@ -195,28 +195,44 @@ def test_http_urls_work_too(mast, lmc_archive):
 def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     mast.faults.ranges = "first-range"
     stats = _same_as_local(lmc_archive, FINE, LMC, 2)
-    headers, multi, rest = (r.range for r in mast.requests("download"))
+    headers, multi, *rest = (r.range for r in mast.requests("download"))
     assert headers == "bytes=0-262143"
-    # SCI's rows, WHT's header, WHT's rows in one request: the server sent only the first range.
-    sci_rows, wht_header, wht_rows = multi.removeprefix("bytes=").split(",")
-    # Each span now costs a request of its own, so the two still missing, 0.97 MB apart, are
-    # asked for as one (single_range_gap: 1 MB) -- one round trip instead of two.
-    assert rest == f"bytes={wht_header.split('-')[0]}-{wht_rows.split('-')[1]}"
-    assert stats.requests == 3
+    # SCI's rows (one span: 3.3 KB apart), WHT's header and rows in one request: the server
+    # sent only the first range. The rest came one range per request, the rows' gaps joined
+    # only as far as the bytes wanted allow (200 bytes a row, 3.1 KB between rows).
+    assert multi.count(",") == 2
+    assert all("," not in span for span in rest) and len(rest) > 40 and stats.requests == 2 + len(rest)
 
 
-def test_one_range_servers_get_close_spans_in_one_request(mast, lmc_archive):
-    mast.faults.ranges = "first-range"
-    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), single_range_gap=200_000)
-    spans = [(start, start + 10) for start in (10_000, 110_000, 200_000, 1_500_000)]
+@pytest.mark.parametrize("kind", ["first-range", "one-range"])
+def test_one_range_servers_join_spans_only_where_cheaper_and_within_budget(mast, lmc_archive, kind):
+    mast.faults.ranges = kind
+    server_of(mast.url).round_trip, server_of(mast.url).throughput = 0.02, 100e6  # a 250 KB request
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    # Three spans of 1000 bytes 100 apart, then one 487 KB further on: joining the two gaps of
+    # 100 bytes costs less than a request and 200 of the 4000 bytes wanted; the last gap, more
+    # than all the bytes wanted, is never joined, cheap as a request may be.
+    spans = [(10_000, 11_000), (11_100, 12_100), (12_200, 13_200), (500_000, 501_000)]
     got = run(remote.read_spans(spans))
     local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
-    # The first range of the multi-range request came back; of the rest, the two 90 KB apart
-    # come in one request, the one 1.3 MB further on in another (the two sent at once).
     first, *rest = (r.range for r in mast.requests("download"))
-    assert first == "bytes=10000-10009,110000-110009,200000-200009,1500000-1500009"
-    assert sorted(rest) == ["bytes=110000-200009", "bytes=1500000-1500009"]
+    assert first == "bytes=10000-13199,500000-500999"  # joined, as for a multi-range server
+    if kind == "first-range":  # the first range came: the last asked for alone
+        assert rest == ["bytes=500000-500999"] and remote.stats.bytes == 3200 + 1000
+    else:  # the whole file, unread: both again, a request each
+        assert sorted(rest) == ["bytes=10000-13199", "bytes=500000-500999"] and remote.stats.bytes == 4200
+
+
+def test_one_range_servers_move_at_most_twice_the_bytes_of_a_small_box(mast, lmc_archive):
+    # Rows of a 2" box on a layer 22000 px wide: 200 bytes every 88 000. A request per row.
+    mast.faults.ranges = "one-range"
+    spans = [(10_000 + 88_000 * row, 10_200 + 88_000 * row) for row in range(50)]
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    got = run(remote.read_spans(spans))
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
+    assert remote.stats.bytes == 50 * 200 and remote.stats.requests == 1 + 50
 
 
 def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):

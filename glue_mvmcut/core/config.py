@@ -25,6 +25,12 @@ class Conf(_config.ConfigNamespace):
         "the attempts in a row that brought nothing.",
         module="glue_mvmcut",
     )
+    connections = _config.ConfigItem(
+        8,
+        "Connections kept alive to one server, and so requests to it in flight at once (read when "
+        "the first ranged read of the process starts).",
+        module="glue_mvmcut",
+    )
     backoff = _config.ConfigItem(
         0.5,
         "Seconds before the second retry; each further retry waits twice as long.",

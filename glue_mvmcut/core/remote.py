@@ -22,16 +22,18 @@ thread, ``await`` on the loop.
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
 from .byteranges import Parts, ReplyError, Targets, copy_parts, parse_multipart, parse_single
+from .config import conf
 from .errors import ArchiveError, Cancelled, NotMVMFileError
 from .fitsheaders import BLOCK, CARD, END_CARD, HDUInfo, find_card
 from .servers import location, relocate, server_of
-from .spanplan import merge_spans, request_batches
+from .spanplan import gaps_between, joins_within_budget, merge_spans, request_batches
 from .transport import (
     RETRYABLE,
     HTTPStatusError,
@@ -89,7 +91,8 @@ class RemoteFITS:
     stats : `~glue_mvmcut.core.transport.TransferStats`, optional
         Incremented with every body byte and request.
     workers : int, optional
-        Requests in flight at once.
+        Requests in flight at once (default: ``conf.connections``, the connections kept to one
+        server).
     range_header_limit : int, optional
         Longest ``Range`` header value to send, in characters: as many spans go into one request
         as fit (spread evenly over the requests needed). 7600 stays inside the 8 KB per header
@@ -97,11 +100,9 @@ class RemoteFITS:
         refuses a request of many spans (HTTP 400, 413, 414 or 431) is asked again with half
         as long a header.
     merge_gap : int, optional
-        Neighbouring spans closer than this many bytes are fetched as one.
-    single_range_gap : int, optional
-        The same for a server that answers only one range per request, where every span costs
-        a request: with 8 in flight and a 100 ms round trip, a request is worth ~12 ms, the
-        time 1 MB (the default) takes at ~80 MB/s.
+        Neighbouring spans closer than this many bytes are fetched as one. (For a server that
+        answers one range per request, gaps are joined where cheaper than a request, within a
+        budget: `~glue_mvmcut.core.spanplan.joins_within_budget`.)
     stretch : int, optional
         Joined spans end at every multiple of this many bytes of the file, and one request asks
         for about this many at most (16 MB): the rows of a box as wide as the layer would
@@ -115,19 +116,17 @@ class RemoteFITS:
         url: str,
         *,
         stats: TransferStats | None = None,
-        workers: int = 8,
+        workers: int | None = None,
         range_header_limit: int = 7600,
         merge_gap: int = 16 * 1024,
-        single_range_gap: int = 1 << 20,
         stretch: int = 16 << 20,
         cancel: Callable[[], bool] | None = None,
     ):
         self.url = url
         self.stats = stats if stats is not None else TransferStats()
-        self.workers = workers
+        self.workers = workers or int(conf.connections)
         self.range_header_limit = range_header_limit
         self.merge_gap = merge_gap
-        self.single_range_gap = single_range_gap
         self.stretch = stretch
         self.cancel = cancel
         self.target = location(url)  # where requests go: ``url``, or where it was redirected
@@ -163,8 +162,11 @@ class RemoteFITS:
         if self.server.ranges == "no-range":
             raise self._range_not_supported()
         ranges = ",".join([f"{start}-{stop - 1}" for start, stop in spans.tolist()])
+        sent = time.monotonic()
         reply = await get_range(self.target, "bytes=" + ranges)
         self.stats.add(requests=1)
+        if reply.status == 206:
+            self.server.saw_reply(time.monotonic() - sent, len(reply.body))
         if reply.url != self.target:
             self._redirected(reply.url)
         if reply.status in _HEADER_TOO_LONG and len(spans) > 1:
@@ -271,8 +273,13 @@ class RemoteFITS:
         no reply is held longer than its own request.
         """
         several = self.server.several_ranges  # (the server may show otherwise in this round)
-        gap = self.merge_gap if several else self.single_range_gap  # each span costs a request
-        merged, groups = merge_spans(spans[todo], gap, self.stretch)
+        gaps = gaps_between(spans[todo])
+        if several:
+            join = gaps < self.merge_gap
+        else:  # each span costs a request: join where cheaper, adding at most the bytes wanted
+            wanted = int((spans[todo, 1] - spans[todo, 0]).sum())
+            join = joins_within_budget(gaps, worth=self.server.request_worth(self.workers), budget=wanted)
+        merged, groups = merge_spans(spans[todo], join, self.stretch)
 
         def deliver(parts: Parts, batch: np.ndarray) -> np.ndarray:
             """Copy the merged spans ``batch`` that ``parts`` hold to their targets; returns those."""

@@ -9,7 +9,9 @@ than assumed:
 - how long the headers of its layers are: a cold cutout's first read then holds the primary and
   SCI headers whole, and the WHT header fetched with the pixels is guessed right (two round
   trips, where a wrong length costs one or two more);
-- where a file's requests were redirected to (`location`), so that later ones go there at once.
+- where a file's requests were redirected to (`location`), so that later ones go there at once;
+- how long a round trip takes and how fast bytes come (`Server.saw_reply`): for a server that
+  answers one range per request, whether joining two spans costs less than a request more.
 
 Kept per server (scheme, host and port, after redirects) for the life of the process; a forked
 child starts afresh.
@@ -42,6 +44,10 @@ FIRST_READ = 256 * 1024
 #: Bytes read beyond the longest opening seen: ~144 cards, the keywords of ~5 more inputs than
 #: the server's longest primary header so far.
 MARGIN = 4 * 2880
+#: Replies at least this long tell the server's throughput; until one has, these are assumed
+#: (on the low side: a gap is then joined only when that is surely cheaper).
+LARGE_REPLY = 256 * 1024
+ASSUMED_ROUND_TRIP, ASSUMED_THROUGHPUT = 0.05, 20e6
 
 
 @dataclass
@@ -51,13 +57,16 @@ class Server:
     ``ranges``: one of `RANGE_KINDS`, None until a reply showed it; ``opening``: the most bytes
     seen before a layer's first data (its primary and SCI headers, for MVM);
     ``header_lengths``: by EXTNAME, the length in bytes (with padding) of the last such header
-    read.
+    read; ``round_trip``: the quickest reply seen, in seconds; ``throughput``: the fastest bytes
+    per second a large reply came at, beyond its round trip.
     """
 
     origin: str
     ranges: str | None = None
     opening: int | None = None
     header_lengths: dict[str, int] = field(default_factory=dict)
+    round_trip: float | None = None
+    throughput: float | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -69,6 +78,22 @@ class Server:
         """The server answered ``Range`` requests as ``kind`` (one of `RANGE_KINDS`) does."""
         with self._lock:
             self.ranges = kind
+
+    def saw_reply(self, seconds: float, nbytes: int) -> None:
+        """A reply of ``nbytes`` came ``seconds`` after its request left."""
+        with self._lock:
+            self.round_trip = seconds if self.round_trip is None else min(self.round_trip, seconds)
+            beyond = seconds - self.round_trip
+            if nbytes >= LARGE_REPLY and beyond > 0:
+                self.throughput = max(self.throughput or 0.0, nbytes / beyond)
+
+    def request_worth(self, concurrent: int) -> float:
+        """Bytes that cost as much time as one more request among ``concurrent`` in flight (a
+        round trip's share): a gap narrower than this is cheaper fetched than skipped."""
+        with self._lock:
+            round_trip = self.round_trip if self.round_trip is not None else ASSUMED_ROUND_TRIP
+            throughput = self.throughput or ASSUMED_THROUGHPUT
+        return round_trip * throughput / max(concurrent, 1)
 
     def first_read(self) -> int:
         """Bytes to read first from one of this server's files: its headers up to the first data."""

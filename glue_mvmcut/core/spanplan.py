@@ -1,26 +1,48 @@
 """Which requests fetch a set of byte spans of a file: spans joined where the gap between them
 costs less than a request of their own, and batched into multi-range requests whose ``Range``
 header and reply stay within bounds (`~glue_mvmcut.core.remote.RemoteFITS` sends them).
+
+For a server that answers one range per request, every span left alone costs a request, and
+every gap joined costs its bytes: `joins_within_budget` joins the narrowest gaps that are
+cheaper than a request, as long as the bytes they add stay within a budget (the bytes wanted,
+so that no more than twice those move).
 """
 
 import numpy as np
 
 from .byteranges import digits
 
-__all__ = ["merge_spans", "request_batches"]
+__all__ = ["gaps_between", "joins_within_budget", "merge_spans", "request_batches"]
 
 
-def merge_spans(spans: np.ndarray, gap: int, stretch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ``spans`` (an (n, 2) array of start, stop) with overlapping ones and those less
-    than ``gap`` bytes apart joined; a joined span ends where the next span starts in another
-    ``stretch`` of the file (so that no reply grows past it).
+def gaps_between(spans: np.ndarray) -> np.ndarray:
+    """Bytes between each of the sorted ``spans`` (an (n, 2) array of start, stop) and the
+    next (0 or less where they touch or overlap): n - 1 of them."""
+    reach = np.maximum.accumulate(spans[:, 1])  # furthest byte of any span so far
+    return spans[1:, 0] - reach[:-1]
+
+
+def joins_within_budget(gaps: np.ndarray, *, worth: float, budget: int) -> np.ndarray:
+    """Which ``gaps`` to join (a boolean array): every one where spans touch, then the narrowest
+    of those narrower than ``worth`` bytes while the bytes joined stay within ``budget``."""
+    join = gaps <= 0
+    candidates = np.flatnonzero((gaps > 0) & (gaps < worth))
+    candidates = candidates[np.argsort(gaps[candidates], kind="stable")]
+    affordable = np.searchsorted(np.cumsum(gaps[candidates]), budget, side="right")
+    join[candidates[:affordable]] = True
+    return join
+
+
+def merge_spans(spans: np.ndarray, join: np.ndarray, stretch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``spans`` (an (n, 2) array of start, stop) joined across the gaps ``join`` says
+    (a boolean array over `gaps_between`); a joined span ends where the next span starts in
+    another ``stretch`` of the file (so that no reply grows past it).
 
     Returns the joined spans, an (m, 2) array, and where each one's spans begin in ``spans``
     (plus its length).
     """
-    reach = np.maximum.accumulate(spans[:, 1])  # furthest byte of any span so far
     stretches = spans[:, 0] // stretch
-    apart = (spans[1:, 0] - reach[:-1] > gap) | (stretches[1:] != stretches[:-1])
+    apart = ~join | (stretches[1:] != stretches[:-1])
     first = np.flatnonzero(np.r_[True, apart])
     merged = np.column_stack([spans[first, 0], np.maximum.reduceat(spans[:, 1], first)])
     return merged, np.r_[first, len(spans)]

@@ -284,7 +284,8 @@ class _IO:
     async def _open() -> aiohttp.ClientSession:
         # Not trust_env: it looks up .netrc and the proxy settings on a thread for every request,
         # so a request's bytes leave only after other work on the loop; the proxy is `_proxy`'s.
-        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+        connector = aiohttp.TCPConnector(limit=64, limit_per_host=int(conf.connections))
+        return aiohttp.ClientSession(connector=connector)
 
     def run(self, coroutine: Coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
