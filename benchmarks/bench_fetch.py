@@ -27,6 +27,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.nddata import Cutout2D
 
+from glue_mvmcut import conf
 from glue_mvmcut.core.endpoints import file_url, using_server
 from glue_mvmcut.core.fitsheaders import forget_headers, read_wcs
 from glue_mvmcut.core.mast import query_layers
@@ -47,11 +48,12 @@ WIDE = Field(
 )
 LATENCY = 0.020
 SIZES = (2, 20, 120)
-#: Each kind of server, and the fetch modes timed against it.
+#: Each kind of server, and the fetch modes timed against it ("ranged, overfetch 0": joining
+#: rows wherever cheaper than a request, without conf.overfetch's limit of 2x the bytes needed).
 KINDS = (
     ("multipart", ("ranged", "download")),
-    ("first-range", ("ranged",)),
-    ("one-range", ("ranged",)),
+    ("first-range", ("ranged", "ranged, overfetch 0")),
+    ("one-range", ("ranged", "ranged, overfetch 0")),
     ("no-range", ("auto",)),
 )
 
@@ -132,7 +134,7 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
         if clear:
             forget_headers()
             forget_servers()
-        for old in cache.glob("*"):
+        for old in cache.glob("*.fits*"):
             old.unlink()
         start = time.perf_counter()
         result = cutout_mosaic(coord, size, layers=layers, combine=False, fetch=mode, cache=cache)
@@ -143,7 +145,7 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     timed(True)
     cold = [timed(True) for _ in range(repeats)]
     warm = [timed(False) for _ in range(repeats)]
-    for old in cache.glob("*"):
+    for old in cache.glob("*.fits*"):
         old.unlink()
     tracemalloc.start()
     cutout_mosaic(coord, size, layers=layers, combine=False, fetch=mode, cache=cache)
@@ -181,8 +183,12 @@ def main() -> None:
                     reference[size] = _one_request_seconds(url, needed[size])
                 for mode in modes:
                     # Whole files take seconds, one range per request many round trips: fewer repeats.
-                    repeats = 1 if mode != "ranged" else 10 if kind == "multipart" else 3
-                    stats, first, best, peak = _run(layers, coord, size, mode, Path(cache), repeats)
+                    ranged = mode.startswith("ranged")
+                    repeats = 1 if not ranged else 10 if kind == "multipart" else 3
+                    with conf.set_temp("overfetch", 0 if mode.endswith("overfetch 0") else 2):
+                        stats, first, best, peak = _run(
+                            layers, coord, size, mode.split(",")[0], Path(cache), repeats
+                        )
                     want, one = needed[size], reference[size]
                     print(
                         f'| {size}" | {kind} | {mode} | {stats.bytes / 1e6:.2f} MB | {want / 1e6:.2f} MB | '

@@ -38,6 +38,7 @@ _LAZY = {
     "query_layers": "core.mast",
     "cut_layer": "core.cutout",
     "combine_cutouts": "core.combine",
+    "check_server": "core.probe",
     "mvm_id_filenames": "hapcut",
     "mvm_retrieve_files": "hapcut",
     "make_the_cut": "hapcut",

@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     batch.add_argument("--retry-failed", action="store_true", help="also run the targets that failed before")
 
+    check = commands.add_parser(
+        "check-server",
+        help="probe the configured MAST with one small layer and say what the cutter will do with it",
+    )
+    check.add_argument(
+        "--at",
+        nargs=2,
+        type=float,
+        metavar=("RA", "DEC"),
+        help="where to look for MVM layers, in degrees (default: the LMC field of mvmcut demo)",
+    )
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+
     demo = commands.add_parser(
         "demo", help="cut the seed's LMC example out of a synthetic archive served on 127.0.0.1 (no network)"
     )
@@ -389,6 +402,14 @@ def _open_in_glue(paths) -> None:
     open_in_glue(paths).start()
 
 
+def _check_server(args) -> int:
+    from .core.probe import PROBE_POSITION, check_server
+
+    report = check_server(tuple(args.at) if args.at else PROBE_POSITION)
+    print(json.dumps(report.as_dict()) if args.json else "\n".join(report.lines()))
+    return 0
+
+
 def _protect_negative_coordinates(argv: list[str]) -> list[str]:
     # argparse takes "-69:08:48" for an option; a leading space makes it a positional argument
     # (parse_coord strips it). Plain negative numbers such as -69.1467 need no help.
@@ -408,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     level = log.level  # put back when done: main may run inside a longer-lived process
     log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
-    commands = {"query": _query, "cut": _cut, "batch": _batch, "demo": _demo}
+    commands = {"query": _query, "cut": _cut, "batch": _batch, "check-server": _check_server, "demo": _demo}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", NoMVMDataWarning)

@@ -1,6 +1,9 @@
 """Shared fixtures: one synthetic archive and one stand-in MAST server per test session.
 
-Every test talks to the stand-in over 127.0.0.1 with the real astroquery client.
+Every test talks to the stand-in over 127.0.0.1 with the real astroquery client, but those
+marked ``remote_data`` (tests/test_real_mast.py), which talk to the real MAST and run only with
+``pytest --remote-data=any`` (pytest-remotedata, as astroquery's own tests do; it also keeps
+every other test off the internet).
 """
 
 import asyncio
@@ -19,19 +22,6 @@ from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-
-def pytest_addoption(parser):
-    parser.addoption("--remote-data", action="store_true", help="run tests that need the real MAST")
-
-
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("--remote-data"):
-        return
-    skip = pytest.mark.skip(reason="needs the real MAST: run with --remote-data")
-    for item in items:
-        if "remote_data" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,6 +30,7 @@ ORDER = [
     "core.mast",
     "core.download",
     "core.remote",
+    "core.probe",
     "core.cutout",
     "core.combine",
     "core.pipeline",

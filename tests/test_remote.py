@@ -66,7 +66,7 @@ def test_headers_are_read_generously_first_then_as_long_as_the_servers_are(mast,
     with fits.open(lmc_archive.directory / FINE) as hdul:
         opening = hdul.fileinfo(1)["datLoc"]  # FINE's primary and SCI headers: where SCI's data start
     first, _, second, _ = (r.range for r in mast.requests("download"))
-    assert (first, second) == ("bytes=0-262143", f"bytes=0-{opening + MARGIN - 1}")
+    assert (first, second) == ("bytes=0-131071", f"bytes=0-{opening + MARGIN - 1}")
     assert server_of(mast.url).header_lengths == {"SCI": 3 * 2880, "WHT": 2 * 2880}
 
 
@@ -121,7 +121,7 @@ def test_wht_headers_of_another_length_are_read_right_and_learned(lmc_archive, t
 
 
 def test_primary_headers_longer_than_the_first_read_are_read_on_then_learned(lmc_archive, tmp_path):
-    # 3500 more cards: ~350 KB of primary header, beyond the first 256 KB read.
+    # 3500 more cards: ~350 KB of primary header, beyond the first 128 KB read.
     archive_dir = _edited_archive(
         lmc_archive, tmp_path, lambda hdul: _lengthen(hdul[0], 3500), [FINE, SECOND]
     )
@@ -133,9 +133,9 @@ def test_primary_headers_longer_than_the_first_read_are_read_on_then_learned(lmc
         with fits.open(archive_dir / FINE) as hdul:
             opening = hdul.fileinfo(1)["datLoc"]
         ranges = [r.range for r in server.requests("download")]
-        # The first read, then the next 512 KB (what follows it, twice as long as all read so
+        # The first read, then the next 256 KB (what follows it, twice as long as all read so
         # far); the second layer's first read is as long as the first layer's headers and more.
-        assert ranges[:2] == ["bytes=0-262143", "bytes=262144-786431"] and len(ranges) == 5
+        assert ranges[:2] == ["bytes=0-131071", "bytes=131072-393215"] and len(ranges) == 5
         assert ranges[3] == f"bytes=0-{opening + MARGIN - 1}"
 
 
@@ -196,7 +196,7 @@ def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     mast.faults.ranges = "first-range"
     stats = _same_as_local(lmc_archive, FINE, LMC, 2)
     headers, multi, *rest = (r.range for r in mast.requests("download"))
-    assert headers == "bytes=0-262143"
+    assert headers == "bytes=0-131071"
     # SCI's rows (one span: 3.3 KB apart), WHT's header and rows in one request: the server
     # sent only the first range. The rest came one range per request, the rows' gaps joined
     # only as far as the bytes wanted allow (200 bytes a row, 3.1 KB between rows).
@@ -362,7 +362,7 @@ def test_a_file_shorter_than_the_first_read_is_named_for_what_it_lacks(lmc_archi
     with MastServer(archive_dir) as server, using_server(server.url):
         with pytest.raises(NotMVMFileError, match=f"{FINE} is not an MVM layer: it has no SCI extension"):
             cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
-        assert [r.range for r in server.requests("download")] == ["bytes=0-262143"]
+        assert [r.range for r in server.requests("download")] == ["bytes=0-131071"]
 
 
 def test_hostile_product_names_never_reach_the_disk(mast, cache, tmp_path, caplog, monkeypatch):
@@ -583,7 +583,7 @@ def test_tile_compressed_layers_are_cut_from_whole_files_never_by_ranges(
         # Ranged: its stored rows are not the image's (wrong pixels before): refused by name.
         with pytest.raises(CompressedLayerError, match=f"{FINE}: its SCI is tile-compressed"):
             cut_layer(f"mast:HST/product/{FINE}", LMC, 6)
-        assert [r.range for r in server.requests("download")] == ["bytes=0-262143"]  # headers only
+        assert [r.range for r in server.requests("download")] == ["bytes=0-131071"]  # headers only
         layers = query_layers(LMC, 6)
         layers = layers[layers["filter"] == "f814w"]
         with pytest.raises(CompressedLayerError):

@@ -2,10 +2,12 @@
 follow redirects (a few, to http(s) only) and keep going where they were sent."""
 
 import io
+import json
 
 import pytest
 
-from glue_mvmcut import ArchiveError
+from glue_mvmcut import ArchiveError, check_server
+from glue_mvmcut.cli import main as mvmcut
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.download import download_layer
 from glue_mvmcut.core.remote import RangeNotSupported
@@ -92,6 +94,16 @@ def test_a_redirected_address_that_fails_is_left_for_the_files_own(mast, storage
     assert [r.status for r in mast.requests("download")] == [302, 302]
 
 
+def test_a_redirected_address_that_keeps_failing_is_reported_not_looped(mast, storage, lmc_archive):
+    mast.faults.redirect_to = storage.url
+    _cut(lmc_archive.directory, FINE, size=4)
+    storage.faults.fail(403, count=10, scope="download")
+    with pytest.raises(ArchiveError, match=r"answered 403"):
+        cut_layer(f"mast:HST/product/{FINE}", LMC, 8)
+    # Asked where it was sent, then at its own address once (sent there again): no more.
+    assert [r.status for r in storage.requests("download")] == [206, 206, 403, 403]
+
+
 @pytest.mark.parametrize(
     "to, message",
     [
@@ -118,3 +130,42 @@ def test_downloads_follow_redirects(mast, storage, cache, lmc_archive):
     path = download_layer(FINE, f"mast:HST/product/{FINE}")
     assert path.read_bytes() == (lmc_archive.directory / FINE).read_bytes()
     assert [(r.method, r.status) for r in storage.requests("download")] == [("HEAD", 200), ("GET", 200)]
+
+
+@pytest.mark.parametrize("kind", ["multipart", "first-range", "one-range", "no-range"])
+def test_check_server_tells_each_kind_and_what_the_cutter_will_do(mast, lmc_archive, kind):
+    mast.faults.ranges = kind
+    report = check_server()
+    smallest = min(lmc_archive.layers, key=lambda rec: rec.size)
+    assert (report.server, report.layer, report.layer_size) == (mast.url, smallest.filename, smallest.size)
+    assert (report.ranges, report.redirects, report.http_version) == (kind, [], "HTTP/1.1")
+    assert report.accept_ranges == (None if kind == "no-range" else "bytes")
+    assert report.round_trip > 0 and (report.throughput > 0) == (kind != "no-range")
+    lines = report.lines()
+    assert (
+        lines[6]
+        == "several ranges:  "
+        + {
+            "multipart": "206 multipart/byteranges, every range",
+            "first-range": "206 with the first range only",
+            "one-range": "200 with the whole file (as object stores answer)",
+            "no-range": "200 with the whole file",
+        }[kind]
+    )
+    assert lines[-1].startswith("the cutter will: " + ("whole-layer" if kind == "no-range" else "ranged"))
+
+
+def test_check_server_follows_redirects_and_says_where(mast, storage, capsys):
+    mast.faults.redirect_to = storage.url
+    assert mvmcut(["check-server", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    layer_url = f"/api/v0.1/Download/file?uri=mast:HST/product/{report['layer']}"
+    assert report["redirects"] == [storage.url + layer_url] and report["ranges"] == "multipart"
+    assert report["plan"].startswith("ranged cutouts, a box's rows in a few multi-range requests")
+
+
+def test_check_server_names_a_place_without_layers(mast, capsys):
+    assert mvmcut(["check-server", "--at", "10", "10"]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"mvmcut: error: Checking the server: MAST at {mast.url} lists no MVM layer at (10.0, 10.0)."
+    )

@@ -31,6 +31,13 @@ class Conf(_config.ConfigNamespace):
         "the first ranged read of the process starts).",
         module="glue_mvmcut",
     )
+    overfetch = _config.ConfigItem(
+        2.0,
+        "From a server that answers one range per request, at most this many times the bytes a "
+        "cutout needs: rows closer than a request is worth are joined within it, fewest bytes "
+        "first. 0: no limit (joins wherever cheaper than a request: fastest on a fast link).",
+        module="glue_mvmcut",
+    )
     backoff = _config.ConfigItem(
         0.5,
         "Seconds before the second retry; each further retry waits twice as long.",

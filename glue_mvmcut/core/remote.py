@@ -156,7 +156,9 @@ class RemoteFITS:
                         raise
                 await asyncio.sleep(wait)
 
-    async def _request_once(self, spans: np.ndarray) -> Parts:
+    async def _request_once(self, spans: np.ndarray, again: bool = False) -> Parts:
+        """One GET for ``spans``; ``again``: the second, after the address the file's requests
+        were redirected to failed."""
         if self.cancel is not None and self.cancel():
             raise Cancelled(f"Reading {self.name} cancelled.")
         if self.server.ranges == "no-range":
@@ -165,10 +167,10 @@ class RemoteFITS:
         sent = time.monotonic()
         reply = await get_range(self.target, "bytes=" + ranges)
         self.stats.add(requests=1)
-        if reply.status == 206:
-            self.server.saw_reply(time.monotonic() - sent, len(reply.body))
         if reply.url != self.target:
             self._redirected(reply.url)
+        if reply.status == 206:
+            self.server.saw_reply(time.monotonic() - sent, len(reply.body))
         if reply.status in _HEADER_TOO_LONG and len(spans) > 1:
             raise _RangeHeaderTooLong(reply.status)
         if reply.status == 200 and len(spans) > 1:
@@ -177,10 +179,10 @@ class RemoteFITS:
         if reply.status == 200:
             self.server.saw_ranges("no-range")
             raise self._range_not_supported()
-        if reply.status in _GONE and self.target != self.url:  # e.g. a signed address expired
+        if reply.status in _GONE and self.target != self.url and not again:  # a signed address expired?
             log.info("%s: %s answered %d; asking %s again.", self.name, self.target, reply.status, self.url)
             self._redirected(self.url)
-            return await self._request_once(spans)
+            return await self._request_once(spans, again=True)
         if reply.status >= 400:
             error = ServerError if reply.status >= 500 else HTTPStatusError
             raise error(reply.status, reply.reason, self.url)
@@ -276,9 +278,10 @@ class RemoteFITS:
         gaps = gaps_between(spans[todo])
         if several:
             join = gaps < self.merge_gap
-        else:  # each span costs a request: join where cheaper, adding at most the bytes wanted
+        else:  # each span costs a request: join where cheaper, within conf.overfetch
             wanted = int((spans[todo, 1] - spans[todo, 0]).sum())
-            join = joins_within_budget(gaps, worth=self.server.request_worth(self.workers), budget=wanted)
+            budget = (float(conf.overfetch) - 1) * wanted if float(conf.overfetch) else np.inf
+            join = joins_within_budget(gaps, worth=self.server.request_worth(self.workers), budget=budget)
         merged, groups = merge_spans(spans[todo], join, self.stretch)
 
         def deliver(parts: Parts, batch: np.ndarray) -> np.ndarray:

@@ -39,14 +39,15 @@ __all__ = [
 RANGE_KINDS = ("multipart", "first-range", "one-range", "no-range")
 
 #: Bytes of a file's first read from a server not met before: a real MVM layer's primary and SCI
-#: headers are ~980 cards (~80 KB); 256 KB holds ~3300, as a layer of ~120 inputs has.
-FIRST_READ = 256 * 1024
+#: headers are ~980 cards (~80 KB); 128 KB holds ~1600, as a layer of ~60 inputs has. (More would
+#: cost a small cutout more than its pixels: a 2" box is 20 KB a layer.)
+FIRST_READ = 128 * 1024
 #: Bytes read beyond the longest opening seen: ~144 cards, the keywords of ~5 more inputs than
 #: the server's longest primary header so far.
 MARGIN = 4 * 2880
 #: Replies at least this long tell the server's throughput; until one has, these are assumed
 #: (on the low side: a gap is then joined only when that is surely cheaper).
-LARGE_REPLY = 256 * 1024
+LARGE_REPLY = 128 * 1024
 ASSUMED_ROUND_TRIP, ASSUMED_THROUGHPUT = 0.05, 20e6
 
 

@@ -4,8 +4,8 @@ header and reply stay within bounds (`~glue_mvmcut.core.remote.RemoteFITS` sends
 
 For a server that answers one range per request, every span left alone costs a request, and
 every gap joined costs its bytes: `joins_within_budget` joins the narrowest gaps that are
-cheaper than a request, as long as the bytes they add stay within a budget (the bytes wanted,
-so that no more than twice those move).
+cheaper than a request, as long as the bytes they add stay within a budget (by default the
+bytes wanted, so that no more than twice those move: ``conf.overfetch``).
 """
 
 import numpy as np
@@ -22,7 +22,7 @@ def gaps_between(spans: np.ndarray) -> np.ndarray:
     return spans[1:, 0] - reach[:-1]
 
 
-def joins_within_budget(gaps: np.ndarray, *, worth: float, budget: int) -> np.ndarray:
+def joins_within_budget(gaps: np.ndarray, *, worth: float, budget: float) -> np.ndarray:
     """Which ``gaps`` to join (a boolean array): every one where spans touch, then the narrowest
     of those narrower than ``worth`` bytes while the bytes joined stay within ``budget``."""
     join = gaps <= 0
