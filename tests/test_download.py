@@ -188,3 +188,13 @@ def test_hostile_names_are_refused(name, cache):
 def test_a_uri_for_another_file_is_refused(cache):
     with pytest.raises(UnsafeNameError, match="has a dataURI for another file"):
         download_layer(NAME, "mast:HST/product/../../other.fits")
+
+
+def test_a_download_never_writes_past_the_size_announced(mast, cache):
+    # HEAD says 100 000 bytes; the GET, with no Content-Length, sends the whole file.
+    mast.faults.content_length = False
+    mast.faults.announced_size = 100_000
+    with pytest.raises(ArchiveError, match=rf"Downloading {NAME}: MAST sent more than the 100000 bytes"):
+        download_layer(NAME, URI)
+    assert (cache / (NAME + ".part")).stat().st_size == 65536  # the block that fitted, kept
+    assert not (cache / NAME).exists()

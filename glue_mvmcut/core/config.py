@@ -32,10 +32,11 @@ class Conf(_config.ConfigNamespace):
         module="glue_mvmcut",
     )
     overfetch = _config.ConfigItem(
-        2.0,
-        "From a server that answers one range per request, at most this many times the bytes a "
-        "cutout needs: rows closer than a request is worth are joined within it, fewest bytes "
-        "first. 0: no limit (joins wherever cheaper than a request: fastest on a fast link).",
+        0.0,
+        "From a server that answers one range per request, rows closer than a request is worth "
+        "(a round trip's share of the throughput, both measured) are fetched together. 0 (the "
+        "default): wherever that is cheaper; N: moving at most N times the bytes a cutout needs "
+        "(fewest first), for metered links, at the cost of many more requests.",
         module="glue_mvmcut",
     )
     backoff = _config.ConfigItem(

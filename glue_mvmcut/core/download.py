@@ -171,10 +171,9 @@ class _Version:
     def same_as(self, other: dict) -> bool:
         """Whether ``other`` (`as_dict` of a version seen before) is this version: every
         validator both know agrees, and they share at least one."""
-        shared = [
-            key for key, value in self.as_dict().items() if value is not None and other.get(key) is not None
-        ]
-        return bool(shared) and all(self.as_dict()[key] == other[key] for key in shared)
+        mine = self.as_dict()
+        shared = [key for key, value in mine.items() if value is not None and other.get(key) is not None]
+        return bool(shared) and all(mine[key] == other[key] for key in shared)
 
     @property
     def if_range(self) -> str | None:
@@ -280,6 +279,8 @@ def _fetch(session, url, partial: _Part, name, progress, cancel, stats) -> None:
     a row that brought nothing stay within `~glue_mvmcut.core.transport.Retries`."""
     what = f"Downloading {name}"
     done, retries = partial.resumable(), Retries(what)
+    if done and done == partial.version.size:
+        return  # all of it came before: the caller checks it
     if done:
         log.info("%s: resuming the %d bytes kept from before.", name, done)
     else:
@@ -332,7 +333,9 @@ def _attempt(session, url, partial: _Part, done: int, name, progress, cancel, st
                 log.info("%s: the file changed on the server, or it cannot resume; starting again.", name)
                 done = 0
             if not done and response.status_code == 200:
-                partial.start(_Version.of(response))
+                fresh = _Version.of(response)
+                fresh.size = fresh.size if fresh.size is not None else partial.version.size  # HEAD's
+                partial.start(fresh)
             done = _receive(response, partial, done, name, progress, cancel, stats)
         expected = partial.version.size
         if expected is None and fits_problem(partial.path) is not None:

@@ -50,9 +50,10 @@ class ServerReport:
             return "ranged cutouts, a box's rows in a few multi-range requests per layer"
         if self.ranges == "no-range":
             return "whole-layer downloads (--fetch auto; --fetch ranged fails), resumable, into the cache"
+        bound = f", within {conf.overfetch}x the bytes a box needs" if float(conf.overfetch) else ""
         return (
             f"ranged cutouts, one range per request, up to {conf.connections} at once; rows joined "
-            "where cheaper than a request, moving at most twice the bytes a box needs"
+            f"where cheaper than a request{bound}"
         )
 
     def lines(self) -> list[str]:

@@ -278,9 +278,10 @@ class RemoteFITS:
         gaps = gaps_between(spans[todo])
         if several:
             join = gaps < self.merge_gap
-        else:  # each span costs a request: join where cheaper, within conf.overfetch
+        else:  # each span costs a request: join where cheaper (within conf.overfetch, if set)
             wanted = int((spans[todo, 1] - spans[todo, 0]).sum())
-            budget = (float(conf.overfetch) - 1) * wanted if float(conf.overfetch) else np.inf
+            overfetch = float(conf.overfetch)
+            budget = max(overfetch - 1, 0) * wanted if overfetch else np.inf
             join = joins_within_budget(gaps, worth=self.server.request_worth(self.workers), budget=budget)
         merged, groups = merge_spans(spans[todo], join, self.stretch)
 

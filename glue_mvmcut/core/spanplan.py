@@ -4,8 +4,8 @@ header and reply stay within bounds (`~glue_mvmcut.core.remote.RemoteFITS` sends
 
 For a server that answers one range per request, every span left alone costs a request, and
 every gap joined costs its bytes: `joins_within_budget` joins the narrowest gaps that are
-cheaper than a request, as long as the bytes they add stay within a budget (by default the
-bytes wanted, so that no more than twice those move: ``conf.overfetch``).
+cheaper than a request, as long as the bytes they add stay within a budget (none by default;
+``conf.overfetch`` sets one for metered links).
 """
 
 import numpy as np

@@ -26,7 +26,8 @@ class Faults:
     ``hostile_names`` (True: list skycell products under names that try to leave a folder),
     ``missing_columns`` (names of columns left out of the portal's table replies),
     ``content_length`` (False: file replies, HEAD's too, say no Content-Length; a GET's body ends
-    with its connection, as MAST's files sometimes come, astroquery #3290).
+    with its connection, as MAST's files sometimes come, astroquery #3290),
+    ``announced_size`` (bytes a HEAD reply says a file has, whatever it has: a server that lies).
     """
 
     def __init__(self):
@@ -46,6 +47,7 @@ class Faults:
             self.hostile_names = False
             self.missing_columns: set[str] = set()
             self.content_length = True
+            self.announced_size: int | None = None
 
     @property
     def ranges(self) -> str:

@@ -281,7 +281,9 @@ class _Handler(BaseHTTPRequestHandler):
                 segments = [b"".join(_body_pieces(fh.fileno(), segments))]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
-        if faults.content_length:
+        if self.command == "HEAD" and faults.announced_size is not None:
+            self.send_header("Content-Length", str(faults.announced_size))
+        elif faults.content_length:
             self.send_header("Content-Length", str(length))
         else:  # the body ends where the connection does
             self.close_connection = True
