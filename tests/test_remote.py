@@ -1,7 +1,6 @@
 """Ranged cutouts straight from the archive: identical to local ones, a fraction of the bytes,
 and correct under every fault the stand-in server can inject."""
 
-import io
 import logging
 import os
 import shutil
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from sameness import hdul_bytes, same_as_local
 
 from glue_mvmcut import ArchiveError, Cancelled, CompressedLayerError, NotMVMFileError, conf
 from glue_mvmcut.core.byteranges import Targets, copy_parts, parse_multipart, parts_as_asked
@@ -31,22 +31,9 @@ FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
 COARSE = "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits"
 
 
-def _bytes(hdul) -> bytes:
-    buffer = io.BytesIO()
-    hdul.writeto(buffer)
-    return buffer.getvalue()
-
-
-def _same_as_local(archive, name, coord, size, **kwargs):
-    stats = TransferStats()
-    remote = cut_layer(f"mast:HST/product/{name}", coord, size, stats=stats, **kwargs)
-    assert _bytes(remote) == _bytes(cut_layer(archive.directory / name, coord, size))
-    return stats
-
-
 @pytest.mark.parametrize("name", [FINE, COARSE])
 def test_ranged_cutouts_are_identical_to_local_ones(mast, lmc_archive, name):
-    stats = _same_as_local(lmc_archive, name, LMC, 6)
+    stats = same_as_local(lmc_archive.directory, name, LMC, 6)
     assert stats.bytes == mast.bytes_sent < 0.35 * lmc_archive.layer(name).size
     # Primary + SCI headers (one read), then every row of SCI and WHT with WHT's header.
     assert stats.requests == len(mast.requests("download")) == 2
@@ -55,14 +42,14 @@ def test_ranged_cutouts_are_identical_to_local_ones(mast, lmc_archive, name):
 @pytest.mark.parametrize("size, shape", [(0.01, (0, 0)), ((20, 0.01), (500, 0))])
 def test_boxes_narrower_than_a_pixel_are_cut_as_from_a_local_file(mast, lmc_archive, size, shape):
     # Rounded to no rows or no columns: an empty cutout, no pixel bytes asked for.
-    stats = _same_as_local(lmc_archive, FINE, LMC, size)
+    stats = same_as_local(lmc_archive.directory, FINE, LMC, size)
     assert cut_layer(lmc_archive.directory / FINE, LMC, size)["SCI"].data.shape == shape
     assert stats.requests == 2 and all("," not in r.range for r in mast.requests("download"))
 
 
 def test_headers_are_read_generously_first_then_as_long_as_the_servers_are(mast, lmc_archive):
-    _same_as_local(lmc_archive, FINE, LMC, 6)
-    _same_as_local(lmc_archive, COARSE, LMC, 6)
+    same_as_local(lmc_archive.directory, FINE, LMC, 6)
+    same_as_local(lmc_archive.directory, COARSE, LMC, 6)
     with fits.open(lmc_archive.directory / FINE) as hdul:
         opening = hdul.fileinfo(1)["datLoc"]  # FINE's primary and SCI headers: where SCI's data start
     first, _, second, _ = (r.range for r in mast.requests("download"))
@@ -114,7 +101,7 @@ def test_wht_headers_of_another_length_are_read_right_and_learned(lmc_archive, t
         for name in (FINE, SECOND):
             stats = TransferStats()
             remote = cut_layer(f"mast:HST/product/{name}", LMC, 6, stats=stats)
-            assert _bytes(remote) == _bytes(cut_layer(archive_dir / name, LMC, 6))
+            assert hdul_bytes(remote) == hdul_bytes(cut_layer(archive_dir / name, LMC, 6))
             counts.append(stats.requests)
         # The second layer's WHT header is guessed as long as the first one's: two requests.
         assert counts == [requests, 2] and len(server.requests("download")) == requests + 2
@@ -127,7 +114,7 @@ def test_primary_headers_longer_than_the_first_read_are_read_on_then_learned(lmc
     )
     with MastServer(archive_dir) as server, using_server(server.url):
         for name in (FINE, SECOND):
-            assert _bytes(cut_layer(f"mast:HST/product/{name}", LMC, 6)) == _bytes(
+            assert hdul_bytes(cut_layer(f"mast:HST/product/{name}", LMC, 6)) == hdul_bytes(
                 cut_layer(archive_dir / name, LMC, 6)
             )
         with fits.open(archive_dir / FINE) as hdul:
@@ -142,8 +129,8 @@ def test_primary_headers_longer_than_the_first_read_are_read_on_then_learned(lmc
 def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
     # Each cutout reads headers, then rows (one request each, in turn): two cutouts of two
     # files, four requests, over at most one new connection (none if an earlier test left one).
-    _same_as_local(lmc_archive, FINE, LMC, 4)
-    _same_as_local(lmc_archive, COARSE, LMC, 8)
+    same_as_local(lmc_archive.directory, FINE, LMC, 4)
+    same_as_local(lmc_archive.directory, COARSE, LMC, 8)
     assert len(mast.requests("download")) == 4
     assert mast.connections <= 1
 
@@ -167,7 +154,7 @@ def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_
         remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
         return [bytes(data) for data in run(remote.read_spans(spans))]
 
-    local = (lmc_archive.directory / FINE).read_bytes()
+    local = (lmc_archive.directory / FINE).readhdul_bytes()
     assert read() == [local[a:b] for a, b in spans]  # the parent's threads and connections exist
     mast.reset_stats()
     assert in_forked_child(read) == [local[a:b] for a, b in spans]
@@ -184,17 +171,17 @@ def test_a_forked_child_has_a_header_cache_of_its_own(in_forked_child):
 def test_ranged_cutouts_in_every_field(mast, archives, field):
     archive = archives[field]
     for rec in archive.layers:
-        _same_as_local(archive, rec.filename, (archive.field.ra, archive.field.dec), 5)
+        same_as_local(archive.directory, rec.filename, (archive.field.ra, archive.field.dec), 5)
 
 
 def test_http_urls_work_too(mast, lmc_archive):
     url = file_url(f"mast:HST/product/{FINE}")
-    assert _bytes(cut_layer(url, LMC, 3)) == _bytes(cut_layer(lmc_archive.directory / FINE, LMC, 3))
+    assert hdul_bytes(cut_layer(url, LMC, 3)) == hdul_bytes(cut_layer(lmc_archive.directory / FINE, LMC, 3))
 
 
 def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     mast.faults.ranges = "first-range"
-    stats = _same_as_local(lmc_archive, FINE, LMC, 2)
+    stats = same_as_local(lmc_archive.directory, FINE, LMC, 2)
     headers, multi, *rest = (r.range for r in mast.requests("download"))
     assert headers == "bytes=0-131071"
     # SCI's rows (one span: 3.3 KB apart), WHT's header and rows in one request: the server
@@ -216,7 +203,7 @@ def test_one_range_servers_join_spans_where_cheaper_than_a_request(mast, lmc_arc
     spans = [(10_000, 11_000), (11_100, 12_100), (12_200, 13_200), (500_000, 501_000)]
     with conf.set_temp("overfetch", overfetch):
         got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).read_bytes()
+    local = (lmc_archive.directory / FINE).readhdul_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     first, *rest = (r.range for r in mast.requests("download"))
     assert first == "bytes=10000-13199,500000-500999"  # joined as for a multi-range server
@@ -236,7 +223,7 @@ def test_one_range_servers_move_at_most_twice_the_bytes_of_a_small_box_if_asked(
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
     with conf.set_temp("overfetch", 2):
         got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).read_bytes()
+    local = (lmc_archive.directory / FINE).readhdul_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     assert remote.stats.bytes == 50 * 200 and remote.stats.requests == 1 + 50
 
@@ -247,7 +234,7 @@ def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), stretch=1 << 20)
     spans = [(start, start + 10_000) for start in range(100_000, 3_100_000, 10_000)]
     got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).read_bytes()
+    local = (lmc_archive.directory / FINE).readhdul_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     assert sorted(r.range for r in mast.requests("download")) == [
         "bytes=100000-1049999",  # the first row starting past 1 MiB (1048576) starts the next
@@ -287,7 +274,7 @@ def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, 
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
     spans = [(start, start + 10) for start in range(10_000, 110_000, 100)]
     got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).read_bytes()
+    local = (lmc_archive.directory / FINE).readhdul_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     requests = mast.requests("download")
     assert [r.status for r in requests].count(400) == 2 + 4
@@ -328,15 +315,15 @@ def test_servers_that_ignore_range(mast):
 @pytest.mark.parametrize("after", [100, 5_000, 40_000])
 def test_dropped_replies_are_asked_for_again(mast, lmc_archive, after):
     mast.faults.drop(after_bytes=after, count=2)
-    _same_as_local(lmc_archive, FINE, LMC, 4)
+    same_as_local(lmc_archive.directory, FINE, LMC, 4)
 
 
 def test_server_error_bursts_and_stalls(mast, lmc_archive):
     mast.faults.fail(502, count=3, scope="download")
-    _same_as_local(lmc_archive, FINE, LMC, 4)
+    same_as_local(lmc_archive.directory, FINE, LMC, 4)
     mast.faults.stall(2.0, scope="download", after_bytes=1000, count=1)
     with conf.set_temp("timeout", 0.3):
-        _same_as_local(lmc_archive, FINE, LMC, 4)
+        same_as_local(lmc_archive.directory, FINE, LMC, 4)
 
 
 def test_persistent_failures_are_reported(mast):
@@ -398,7 +385,7 @@ def test_a_second_cutout_of_a_layer_reuses_its_headers_until_the_file_changes(lm
         cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=first)
         again = cut_layer(f"mast:HST/product/{FINE}", (84.9210, -69.1465), 4, stats=second)
         assert (first.requests, second.requests) == (2, 1)  # the pixels only
-        assert _bytes(again) == _bytes(cut_layer(archive_dir / FINE, (84.9210, -69.1465), 4))
+        assert hdul_bytes(again) == hdul_bytes(cut_layer(archive_dir / FINE, (84.9210, -69.1465), 4))
         # The archive reprocesses the layer: a longer WHT header moves its pixels. The cached
         # headers are found stale (size and Last-Modified differ) and read again.
         with fits.open(archive_dir / FINE) as hdul:
@@ -408,7 +395,7 @@ def test_a_second_cutout_of_a_layer_reuses_its_headers_until_the_file_changes(lm
         os.replace(tmp_path / FINE, archive_dir / FINE)
         third = TransferStats()
         changed = cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=third)
-        assert _bytes(changed) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
+        assert hdul_bytes(changed) == hdul_bytes(cut_layer(archive_dir / FINE, LMC, 6))
         assert changed["WHT"].header["HISTORY"][-1] == "reprocessed (59)"
         assert third.requests == 1 + 4  # the stale read, then headers and pixels afresh
 
@@ -509,7 +496,7 @@ def test_a_layer_off_its_skycells_grid_is_cut_right_all_the_same(lmc_archive, tm
     with MastServer(archive_dir) as server, using_server(server.url), caplog.at_level(logging.INFO):
         stats = TransferStats()
         remote = cut_layer(f"mast:HST/product/{FINE}", LMC, 6, stats=stats)
-        assert _bytes(remote) == _bytes(cut_layer(archive_dir / FINE, LMC, 6))
+        assert hdul_bytes(remote) == hdul_bytes(cut_layer(archive_dir / FINE, LMC, 6))
         assert stats.requests == len(server.requests("download")) == 3  # headers, guessed rows, rows
     assert "the box is not where its skycell's grid puts it" in caplog.text
 
@@ -548,7 +535,7 @@ def test_boxes_that_leave_the_layer_are_cut_as_from_a_local_file(mast, lmc_archi
         ny, nx = hdul["SCI"].data.shape
         corner = WCS(hdul["SCI"].header).pixel_to_world(nx - 40, -30)
     cutout = cut_layer(f"mast:HST/product/{FINE}", corner, 6)
-    assert _bytes(cutout) == _bytes(cut_layer(lmc_archive.directory / FINE, corner, 6))
+    assert hdul_bytes(cutout) == hdul_bytes(cut_layer(lmc_archive.directory / FINE, corner, 6))
     sci = cutout["SCI"].data
     assert sci.shape == (150, 150) and sci[104:, :115].all()
     assert not sci[:104].any() and not sci[:, 115:].any()

@@ -1,10 +1,10 @@
 """Every kind of server: how it answers Range requests is learned, never assumed, and requests
 follow redirects (a few, to http(s) only) and keep going where they were sent."""
 
-import io
 import json
 
 import pytest
+from sameness import same_as_local
 
 from glue_mvmcut import ArchiveError, check_server
 from glue_mvmcut.cli import main as mvmcut
@@ -20,24 +20,12 @@ FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
 SECOND = "hst_skycell-p0081x15y15_acs_wfc_f814w_all_drc.fits"
 
 
-def _bytes(hdul) -> bytes:
-    buffer = io.BytesIO()
-    hdul.writeto(buffer)
-    return buffer.getvalue()
-
-
-def _cut(archive_dir, name, size=6, stats=None):
-    """A ranged cutout of ``name``, checked against the same cut from the local file."""
-    remote = cut_layer(f"mast:HST/product/{name}", LMC, size, stats=stats)
-    assert _bytes(remote) == _bytes(cut_layer(archive_dir / name, LMC, size))
-
-
 @pytest.mark.parametrize("kind", ["multipart", "first-range", "one-range"])
 def test_every_server_that_serves_ranges_gives_the_local_cutout(mast, lmc_archive, kind):
     mast.faults.ranges = kind
     stats = TransferStats()
     for name in (FINE, SECOND):
-        _cut(lmc_archive.directory, name, stats=stats)
+        same_as_local(lmc_archive.directory, name, LMC, 6, stats=stats)
     assert server_of(mast.url).ranges == kind
     replies = [(r.status, "," in r.range) for r in mast.requests("download")]
     # The first layer's header read (one range), then its rows and WHT's header (several).
@@ -74,7 +62,7 @@ def storage(lmc_archive):
 @pytest.mark.parametrize("status", [302, 307])
 def test_ranged_reads_follow_redirects_and_keep_going_there(mast, storage, lmc_archive, status):
     mast.faults.redirect_to, mast.faults.redirect_status = storage.url, status
-    _cut(lmc_archive.directory, FINE)
+    same_as_local(lmc_archive.directory, FINE, LMC, 6)
     url = f"{mast.url}/api/v0.1/Download/file?uri=mast:HST/product/{FINE}"
     # The first request was redirected (its Range kept); the second went straight there.
     assert [r.status for r in mast.requests("download")] == [status]
@@ -87,16 +75,16 @@ def test_ranged_reads_follow_redirects_and_keep_going_there(mast, storage, lmc_a
 
 def test_a_redirected_address_that_fails_is_left_for_the_files_own(mast, storage, lmc_archive):
     mast.faults.redirect_to = storage.url
-    _cut(lmc_archive.directory, FINE, size=4)
+    same_as_local(lmc_archive.directory, FINE, LMC, 4)
     storage.faults.fail(403, count=1, scope="download")  # as a signed address that expired
-    _cut(lmc_archive.directory, FINE, size=8)
+    same_as_local(lmc_archive.directory, FINE, LMC, 8)
     assert [r.status for r in storage.requests("download")] == [206, 206, 403, 206]
     assert [r.status for r in mast.requests("download")] == [302, 302]
 
 
 def test_a_redirected_address_that_keeps_failing_is_reported_not_looped(mast, storage, lmc_archive):
     mast.faults.redirect_to = storage.url
-    _cut(lmc_archive.directory, FINE, size=4)
+    same_as_local(lmc_archive.directory, FINE, LMC, 4)
     storage.faults.fail(403, count=10, scope="download")
     with pytest.raises(ArchiveError, match=r"answered 403"):
         cut_layer(f"mast:HST/product/{FINE}", LMC, 8)
