@@ -154,7 +154,7 @@ def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_
         remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
         return [bytes(data) for data in run(remote.read_spans(spans))]
 
-    local = (lmc_archive.directory / FINE).readhdul_bytes()
+    local = (lmc_archive.directory / FINE).read_bytes()
     assert read() == [local[a:b] for a, b in spans]  # the parent's threads and connections exist
     mast.reset_stats()
     assert in_forked_child(read) == [local[a:b] for a, b in spans]
@@ -203,7 +203,7 @@ def test_one_range_servers_join_spans_where_cheaper_than_a_request(mast, lmc_arc
     spans = [(10_000, 11_000), (11_100, 12_100), (12_200, 13_200), (500_000, 501_000)]
     with conf.set_temp("overfetch", overfetch):
         got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).readhdul_bytes()
+    local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     first, *rest = (r.range for r in mast.requests("download"))
     assert first == "bytes=10000-13199,500000-500999"  # joined as for a multi-range server
@@ -223,7 +223,7 @@ def test_one_range_servers_move_at_most_twice_the_bytes_of_a_small_box_if_asked(
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
     with conf.set_temp("overfetch", 2):
         got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).readhdul_bytes()
+    local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     assert remote.stats.bytes == 50 * 200 and remote.stats.requests == 1 + 50
 
@@ -234,7 +234,7 @@ def test_replies_stay_within_a_stretch_of_the_file(mast, lmc_archive):
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), stretch=1 << 20)
     spans = [(start, start + 10_000) for start in range(100_000, 3_100_000, 10_000)]
     got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).readhdul_bytes()
+    local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     assert sorted(r.range for r in mast.requests("download")) == [
         "bytes=100000-1049999",  # the first row starting past 1 MiB (1048576) starts the next
@@ -274,7 +274,7 @@ def test_servers_that_refuse_long_range_headers_are_asked_for_fewer_spans(mast, 
     remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"), merge_gap=0)
     spans = [(start, start + 10) for start in range(10_000, 110_000, 100)]
     got = run(remote.read_spans(spans))
-    local = (lmc_archive.directory / FINE).readhdul_bytes()
+    local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in spans]
     requests = mast.requests("download")
     assert [r.status for r in requests].count(400) == 2 + 4
