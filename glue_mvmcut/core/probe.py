@@ -134,7 +134,7 @@ def check_server(position=PROBE_POSITION, *, timeout: float | None = None) -> Se
         report.ranges = _kind(one[0][0], several)
         report.round_trip = min(seconds for _, seconds, _ in one)
         if report.ranges != "no-range":
-            status, seconds, nbytes = _get(session, target, f"bytes=0-{_THROUGHPUT_BYTES - 1}", read=True)
+            _, seconds, nbytes = _get(session, target, f"bytes=0-{_THROUGHPUT_BYTES - 1}", read=True)
             report.throughput = nbytes / max(seconds - report.round_trip, 1e-6)
     return report
 
