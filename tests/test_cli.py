@@ -108,9 +108,18 @@ def test_query_accepts_sexagesimal_and_filters(mast, capsys):
         (["query", "Nowhere", "Nebula", "--size", "10"], "mvmcut: error: 'Nowhere Nebula' is neither a sky"),
         (["query", "1", "2", "--size", "-3"], "mvmcut: error: A cutout size must be positive and finite"),
         (["query", "1", "2", "--size", "7200"], "mvmcut: error: A cutout size of (7200.0, 7200.0) exceeds"),
+        (
+            ["cut", "84.92", "-69.15", "--size", "5", "--out", "o", "--filters", "f999x"],
+            "mvmcut: error: Unknown filter 'f999x': MVM layers are made in ACS/WFC: F435W",
+        ),
+        (
+            ["cut", "84.92", "-69.15", "--size", "5", "--out", "o", "--instruments", "nicmos"],
+            "mvmcut: error: Unknown instrument 'nicmos': MVM layers are made of ACS and WFC3 images.",
+        ),
     ],
 )
-def test_user_errors_are_one_line_without_traceback(mast, capsys, args, message):
+def test_user_errors_are_one_line_without_traceback(mast, capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)  # where --out o would go
     assert main(args) == 1
     err = capsys.readouterr().err
     assert err.startswith(message) and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
 
-from glue_mvmcut import ArchiveError, InvalidCoordinateError, NoMVMDataWarning, conf
+from glue_mvmcut import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, conf
 from glue_mvmcut.core.endpoints import astroquery_config_file, resolver_url, server_url, using_server
 from glue_mvmcut.core.mast import LAYER_COLUMNS, query_layers, query_layers_near, resolve_name, resolve_target
 from glue_mvmcut.core.skycells import skycells_covering
@@ -47,6 +47,21 @@ def test_filters_and_instruments_select_rows(mast):
     assert len(wfc3) == 8 and set(wfc3["instrument"]) == {"wfc3"}
     both = query_layers(SkyCoord(*LMC, unit="deg"), (20, 10), instruments=["acs"], filters=["f658n"])
     assert list(both["skycell"]) == ["p0081x14y14", "p0081x14y15", "p0081x15y14", "p0081x15y15"]
+
+
+def test_unknown_filters_and_instruments_are_refused_with_the_valid_ones_before_mast_is_asked(mast):
+    with pytest.raises(
+        InvalidNameError, match=r"Unknown filter 'f999x': MVM layers are made in ACS/WFC: F435W .*F814W"
+    ):
+        query_layers(LMC, 20, filters=["F814W", "f999x"])
+    with pytest.raises(
+        InvalidNameError, match=r"Unknown instrument 'nicmos': MVM layers are made of ACS and WFC3"
+    ):
+        query_layers(LMC, 20, instruments=["nicmos"])
+    assert mast.requests() == []
+    # A two-wheel ACS filter is a filter too (none in this field).
+    with pytest.warns(NoMVMDataWarning, match=r"\(instruments ACS; filters F606W-POL60V\)\.$"):
+        assert len(query_layers(LMC, 20, instruments=["acs"], filters=["f606w-pol60v"])) == 0
 
 
 def test_a_box_inside_one_skycell_returns_only_that_skycell(mast, lmc_archive):

@@ -24,7 +24,7 @@ from .coords import box_radius, parse_coord, parse_size
 from .endpoints import PORTAL_PATHS, resolver_url, server_url
 from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
 from .footprints import Footprint, parse_region
-from .names import LayerName, safe_filename
+from .names import LayerName, checked_selection, safe_filename
 from .skycells import skycells_covering
 from .transport import http_session, transport_errors, with_timeouts
 
@@ -258,14 +258,22 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     ------
     ArchiveError
         When MAST cannot be reached, times out or answers something unusable.
+    InvalidNameError
+        For an instrument or filter no MVM layer is made of (before MAST is asked).
     """
     coord = resolve_target(coord)
     size = parse_size(size)
     table = query_layers_near([(coord, size)], instruments=instruments, filters=filters)[0]
     if not len(table):
+        searched = [
+            f"{label} {', '.join(names).upper()}"
+            for label, names in (("instruments", instruments), ("filters", filters))
+            if names
+        ]
         warnings.warn(
             f'No MVM layer covers a {size[1].value:g}" x {size[0].value:g}" box at '
-            f"{coord.to_string('decimal', precision=6)}.",
+            f"{coord.to_string('decimal', precision=6)}"
+            + (f" ({'; '.join(searched)})." if searched else "."),
             NoMVMDataWarning,
             stacklevel=2,
         )
@@ -285,6 +293,8 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
     ArchiveError
         When MAST cannot be reached, times out or answers something unusable (a footprint that
         cannot be read is named with its observation).
+    InvalidNameError
+        For an instrument or filter no MVM layer is made of (before MAST is asked).
 
     Parameters
     ----------
@@ -298,6 +308,7 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
     list of `~astropy.table.Table`
         One table per box, in order.
     """
+    instruments, wanted_filters = checked_selection(instruments, filters)  # before MAST is asked
     boxes = [(parse_coord(coord), parse_size(size)) for coord, size in boxes]
     if not boxes:
         return []
@@ -306,7 +317,6 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
     radius = max(
         math.ceil(centre.separation(coord).arcsec + cone_radius - 1e-9) for coord, cone_radius in cones
     )
-    wanted_filters = {f.lower() for f in filters} if filters else None
     observations_table, products = _query_skycell_layers(centre, radius, instruments, wanted_filters)
     if observations_table is None:
         return [_layer_table() for _ in boxes]

@@ -31,6 +31,8 @@ __all__ = [
     "parse_product_name",
     "safe_filename",
     "checked_product",
+    "MVM_FILTERS",
+    "checked_selection",
 ]
 
 _WORD = r"[a-z0-9]+"
@@ -337,3 +339,54 @@ def checked_product(filename: str, data_uri: str) -> str:
     if str(data_uri).rsplit("/", 1)[-1] != name:
         raise UnsafeNameError(f"The product {name!r} has a dataURI for another file: {data_uri!r}.")
     return name
+
+
+#: The filters of the detectors MVM layers are drizzled from (drizzlepac's MVM processing takes
+#: ACS/WFC, WFC3/UVIS and WFC3/IR imaging), from the instruments' handbooks.
+MVM_FILTERS = {
+    "ACS/WFC": (
+        "f435w f475w f502n f550m f555w f606w f625w f658n f660n f775w f814w f850lp f892n "
+        "fr388n fr423n fr462n fr505n fr551n fr601n fr647m fr656n fr716n fr782n fr853n fr914m "
+        "fr931n fr1016n"
+    ).split(),
+    "WFC3/UVIS": (
+        "f200lp f218w f225w f275w f280n f300x f336w f343n f350lp f373n f390m f390w f395n f410m "
+        "f438w f467m f469n f475w f475x f487n f502n f547m f555w f600lp f606w f621m f625w f631n "
+        "f645n f656n f657n f658n f665n f673n f680n f689m f763m f775w f814w f845m f850lp f953n "
+        "fq232n fq243n fq378n fq387n fq422m fq436n fq437n fq492n fq508n fq575n fq619n fq634n "
+        "fq672n fq674n fq727n fq750n fq889n fq906n fq924n fq937n"
+    ).split(),
+    "WFC3/IR": (
+        "f098m f105w f110w f125w f126n f127m f128n f130n f132n f139m f140w f153m f160w f164n f167n"
+    ).split(),
+}
+_MVM_INSTRUMENTS = sorted({detector.split("/")[0].lower() for detector in MVM_FILTERS})
+
+
+def checked_selection(instruments=None, filters=None) -> tuple[list[str] | None, set[str] | None]:
+    """``instruments`` and ``filters`` (sequences of names, any case) as a query takes them:
+    instruments upper case, filters a set in lower case (a two-wheel ACS filter such as
+    ``f606w-pol60v`` checked by its first wheel's).
+
+    Raises
+    ------
+    InvalidNameError
+        For an instrument or filter MVM layers are never made of, with the list of those they are.
+    """
+    if instruments:
+        unknown = [name for name in instruments if name.lower() not in _MVM_INSTRUMENTS]
+        if unknown:
+            raise InvalidNameError(
+                f"Unknown instrument {unknown[0]!r}: MVM layers are made of "
+                f"{' and '.join(i.upper() for i in _MVM_INSTRUMENTS)} images."
+            )
+    wanted = {name.strip().lower() for name in filters} if filters else None
+    if wanted:
+        known = {f for names in MVM_FILTERS.values() for f in names}
+        unknown = sorted(f for f in wanted if f.split("-")[0] not in known or not re.fullmatch(_FILTER, f))
+        if unknown:
+            listed = "; ".join(
+                f"{detector}: {' '.join(f.upper() for f in names)}" for detector, names in MVM_FILTERS.items()
+            )
+            raise InvalidNameError(f"Unknown filter {unknown[0]!r}: MVM layers are made in {listed}.")
+    return ([name.upper() for name in instruments] if instruments else None), wanted
