@@ -116,11 +116,17 @@ def test_query_accepts_sexagesimal_and_filters(mast, capsys):
             ["cut", "84.92", "-69.15", "--size", "5", "--out", "o", "--instruments", "nicmos"],
             "mvmcut: error: Unknown instrument 'nicmos': MVM layers are made of ACS and WFC3 images.",
         ),
+        (
+            ["batch", "targets.csv", "--size", "5", "--out", "o", "--filters", "f814w,f999x"],
+            "mvmcut: error: Unknown filter 'f999x': MVM layers are made in ACS/WFC: F435W",
+        ),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(mast, capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)  # where --out o would go
+    (tmp_path / "targets.csv").write_text("ra,dec\n84.92,-69.15\n")
     assert main(args) == 1
+    assert not (tmp_path / "o").exists()  # refused before any work
     err = capsys.readouterr().err
     assert err.startswith(message) and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 

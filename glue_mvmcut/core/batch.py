@@ -37,6 +37,7 @@ from .errors import Cancelled, MVMCutError
 from .files import writable_folder, write_atomically
 from .manifest import MANIFEST, STATUSES, Record, previous_records, write_manifest
 from .mast import query_layers_near, resolve_name
+from .names import checked_selection
 from .pipeline import cutout_mosaic
 from .targets import Target, read_targets
 from .transport import TransferStats
@@ -271,6 +272,7 @@ def cutout_batch(
         ``meta`` holds figures of this run: ``targets_run``, ``bytes_fetched`` (all of it), and
         ``header_bytes`` and ``header_requests`` (layer headers, read once and shared).
     """
+    checked_selection(instruments, filters)  # once, before any work: not a failure per target
     out = writable_folder(out_dir)
     plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
     records = {t.id: Record(t) for t in plan}

@@ -28,7 +28,7 @@ from .download import download_layer
 from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
 from .files import writable_folder, write_atomically
 from .mast import query_layers, resolve_target
-from .names import Band, QueryName, checked_product, safe_filename
+from .names import Band, QueryName, checked_product, checked_selection, safe_filename
 from .remote import RangeNotSupported
 from .transport import TransferStats, run, submit
 
@@ -189,9 +189,10 @@ def cutout_mosaic(
     -------
     CutoutResult
     """
+    checked_selection(instruments, filters)  # inputs first, before any work
     coord = resolve_target(coord)
     size = parse_size(size)
-    out_dir = writable_folder(out_dir) if out_dir is not None else None  # before any work
+    out_dir = writable_folder(out_dir) if out_dir is not None else None
     fetcher = _Fetcher(fetch, cache, cancel, hdus)
     steps = _Steps(progress, cancel)
     steps.check()
