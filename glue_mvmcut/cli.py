@@ -84,7 +84,6 @@ def _add_cut_options(parser: argparse.ArgumentParser) -> None:
         help="ranged: read only the box's rows from the archive; download: cache whole layers; "
         "auto (default): ranged, or download if the server ignores Range",
     )
-    parser.add_argument("--json", action="store_true", help="print one JSON object describing the result")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "astropy's configuration directory, e.g. ~/.config/astropy; errors reaching MAST name the file).",
     )
     _add_verbose(parser, 0)
+    _add_json(parser, False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     query = commands.add_parser("query", help="list the MVM layers that overlap a box on the sky")
@@ -144,7 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("RA", "DEC"),
         help="where to look for MVM layers, in degrees (default: the LMC field of mvmcut demo)",
     )
-    check.add_argument("--json", action="store_true", help="print one JSON object")
 
     demo = commands.add_parser(
         "demo", help="cut the seed's LMC example out of a synthetic archive served on 127.0.0.1 (no network)"
@@ -155,14 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="then open the mosaics in Glue, linked (needs glue-qt and a display)",
     )
-    for command in commands.choices.values():  # -v after the command too (it does not add up)
-        _add_verbose(command, argparse.SUPPRESS)
+    for name, command in commands.choices.items():
+        _add_verbose(command, argparse.SUPPRESS)  # -v after the command too (it does not add up)
+        if name != "demo":
+            _add_json(command, argparse.SUPPRESS)
     return parser
 
 
 def _add_verbose(parser: argparse.ArgumentParser, default) -> None:
     parser.add_argument(
         "-v", "--verbose", action="count", default=default, help="more log output (-vv: debug)"
+    )
+
+
+def _add_json(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="print one JSON object describing the result"
     )
 
 
@@ -187,12 +194,30 @@ def _box(args):
     return coord, (args.size_y if args.size_y is not None else args.size, args.size)
 
 
+#: The columns of ``mvmcut query --json``'s layers.
+_JSON_COLUMNS = (
+    "productFilename",
+    "dataURI",
+    "skycell",
+    "instrument",
+    "detector",
+    "filter",
+    "scale",
+    "level",
+    "size",
+)
+
+
 def _query(args) -> None:
     from .core.mast import query_layers
 
     coord, size = _box(args)
     table = query_layers(coord, size, instruments=_split(args.instruments), filters=_split(args.filters))
-    _print_layers(table)
+    if args.json:
+        layers = [{name: row[name].item() for name in _JSON_COLUMNS} for row in table]
+        print(json.dumps({"ra": coord.ra.deg, "dec": coord.dec.deg, "size_arcsec": size, "layers": layers}))
+    else:
+        _print_layers(table)
 
 
 class _ProgressBar:

@@ -138,6 +138,26 @@ def test_an_object_name_is_resolved_by_the_archives_resolver(mast, capsys):
     assert {"p0081x14y14", "p0081x14y15", "p0081x15y14", "p0081x15y15"} <= set(out.split())
 
 
+@pytest.mark.parametrize("where", ["after", "before"])
+def test_query_prints_json_when_asked_before_or_after_the_command(mast, capsys, where):
+    args = ["query", "84.9208", "-69.1467", "--size", "20", "--filters", "f658n"]
+    assert main(args + ["--json"] if where == "after" else ["--json", *args]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert (reply["ra"], reply["dec"], reply["size_arcsec"]) == (84.9208, -69.1467, [20.0, 20.0])
+    assert [layer["skycell"] for layer in reply["layers"]] == [
+        "p0081x14y14",
+        "p0081x14y15",
+        "p0081x15y14",
+        "p0081x15y15",
+    ]
+    first = reply["layers"][0]
+    assert first["productFilename"] == "hst_skycell-p0081x14y14_acs_wfc_f658n_all_drc.fits"
+    assert first["dataURI"] == "mast:HST/product/" + first["productFilename"]
+    assert (first["filter"], first["level"], first["scale"]) == ("f658n", "filter", "fine") and first[
+        "size"
+    ] > 0
+
+
 def test_no_data_is_said_plainly(mast, capsys):
     assert main(["query", "10", "10", "--size", "10"]) == 0
     captured = capsys.readouterr()
