@@ -194,27 +194,13 @@ def _box(args):
     return coord, (args.size_y if args.size_y is not None else args.size, args.size)
 
 
-#: The columns of ``mvmcut query --json``'s layers.
-_JSON_COLUMNS = (
-    "productFilename",
-    "dataURI",
-    "skycell",
-    "instrument",
-    "detector",
-    "filter",
-    "scale",
-    "level",
-    "size",
-)
-
-
 def _query(args) -> None:
-    from .core.mast import query_layers
+    from .core.mast import LAYER_COLUMNS, query_layers
 
     coord, size = _box(args)
     table = query_layers(coord, size, instruments=_split(args.instruments), filters=_split(args.filters))
     if args.json:
-        layers = [{name: row[name].item() for name in _JSON_COLUMNS} for row in table]
+        layers = [{name: row[name].item() for name in LAYER_COLUMNS} for row in table]
         print(json.dumps({"ra": coord.ra.deg, "dec": coord.dec.deg, "size_arcsec": size, "layers": layers}))
     else:
         _print_layers(table)

@@ -46,7 +46,7 @@ FIRST_READ = 128 * 1024
 #: the server's longest primary header so far.
 MARGIN = 4 * 2880
 #: Replies at least this long tell the server's throughput; until one has, these are assumed
-#: (on the low side: a gap is then joined only when that is surely cheaper).
+#: (a modest link: 50 ms, 20 MB/s).
 LARGE_REPLY = 128 * 1024
 ASSUMED_ROUND_TRIP, ASSUMED_THROUGHPUT = 0.05, 20e6
 
