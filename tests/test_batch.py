@@ -338,3 +338,29 @@ def test_an_unreachable_scheduler_is_named(tmp_path):
         MVMCutError, match=r"Cannot reach the Dask scheduler at tcp://127.0.0.1:9 .*--scheduler"
     ):
         cutout_batch(targets, size=2, out_dir=tmp_path / "out", scheduler="tcp://127.0.0.1:9")
+
+
+def test_links_planted_in_a_batch_folder_never_redirect_its_writes(mast, cache, tmp_path):
+    """Links at a target's folder, at its old temporary name and at the manifest's: the batch
+    replaces or ignores them, and clears what a killed batch left of its targets."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep me")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("one", "one.part", "two.part"):
+        os.symlink(elsewhere, out / name)
+    for name in (MANIFEST, MANIFEST + ".part"):
+        os.symlink(elsewhere / "precious.txt", out / name)
+    stale = out / ".two.k1l2m3.part"
+    stale.mkdir()
+    targets = Table(rows=[("one", *LMC), ("two", *_offset(LMC, 3, 0))], names=["id", "ra", "dec"])
+    manifest = cutout_batch(targets, size=2, filters=["f814w"], out_dir=out)
+    assert list(manifest["status"]) == ["done", "done"]
+    assert [p.name for p in elsewhere.iterdir()] == ["precious.txt"]
+    assert (elsewhere / "precious.txt").read_text() == "keep me"
+    for name in ("one", "two"):
+        assert (out / name).is_dir() and not (out / name).is_symlink()
+    for name, files in zip(manifest["id"], manifest["n_files"], strict=True):
+        assert len(list((out / name).iterdir())) == files > 1
+    assert not (out / MANIFEST).is_symlink() and not stale.exists()

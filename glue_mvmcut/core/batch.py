@@ -9,8 +9,8 @@ rounds of tasks:
 2. one header read per layer that any target needs (`~glue_mvmcut.core.cutout.layer_hdus`), so
    neighbouring targets share it;
 3. one task per target: `~glue_mvmcut.core.pipeline.cutout_mosaic` (whose layer reads run
-   concurrently inside it) writing exactly what ``mvmcut cut`` writes, into a ``<id>.part``
-   folder that is renamed to ``<id>`` only once complete.
+   concurrently inside it) writing exactly what ``mvmcut cut`` writes, into a private folder
+   that is renamed to ``<id>`` only once complete.
 
 Tasks read from the archive, not from a local disk, and return small records. The batch
 manifest (`~glue_mvmcut.core.manifest`) gets one row per target, with what it asked for (box,
@@ -20,7 +20,6 @@ verifies and that asked for the same.
 
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -34,11 +33,11 @@ from .config import conf
 from .cutout import layer_hdus
 from .endpoints import resolver_url, server_url
 from .errors import Cancelled, MVMCutError
-from .files import writable_folder, write_atomically
+from .files import folder_lock, remove_path, remove_stale_parts, writable_folder, write_atomically
 from .manifest import MANIFEST, STATUSES, Record, previous_records, write_manifest
 from .mast import query_layers_near, resolve_name
 from .names import checked_selection
-from .pipeline import cutout_mosaic
+from .pipeline import cutout_mosaic, write_products
 from .targets import Target, read_targets
 from .transport import TransferStats
 
@@ -118,30 +117,30 @@ def _hdus_task(data_uri: str, settings: dict):
 
 
 def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, options: dict, settings: dict):
-    """Run one target into ``<id>.part`` and rename it ``<id>`` when complete; return its record."""
+    """Run one target into a private folder and rename it ``<id>`` when complete; return its record."""
     from distributed import Event, get_client
 
     _apply(settings)
     record = Record(target)
     final = Path(out_dir) / target.id
-    shutil.rmtree(final, ignore_errors=True)  # it did not verify, or it would not run again
+    remove_path(final)  # it did not verify, or it would not run again
     started = time.perf_counter()
     # The worker's client, found in the task's own thread: the event is also checked from the
     # threads that fetch layers, where distributed cannot find it.
     cancel = _Throttled(Event(options["cancel_event"], client=get_client()))
 
     def run_into(partial: Path) -> None:
-        shutil.rmtree(partial, ignore_errors=True)  # left by a run that was killed
+        partial.mkdir()
         result = cutout_mosaic(
             *target.box,
             layers=layers,
             hdus={name: found[0] for name, found in hdus.items() if found[0] is not None},
-            out_dir=partial,
             combine=options["combine"],
             resample=options["resample"],
             fetch=options["fetch"],
             cancel=cancel,
         )
+        write_products(result, partial, cancel)  # the folder is the task's own: no lock
         record.files = sorted(p.name for paths in result.paths.values() for p in paths)
         record.status = "done" if result.cutouts else "no data"
         record.bytes, record.requests = result.stats.bytes, result.stats.requests
@@ -274,35 +273,39 @@ def cutout_batch(
     """
     checked_selection(instruments, filters)  # once, before any work: not a failure per target
     out = writable_folder(out_dir)
-    plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
-    records = {t.id: Record(t) for t in plan}
-    previous = previous_records(out, plan)
-    records.update(previous)
-    todo = [t for t in plan if t.id not in previous or (retry_failed and previous[t.id].status == "failed")]
-    for target in todo:
-        if target.error:
-            records[target.id] = Record(target, status="failed", error=target.error)
-    todo = [t for t in todo if not t.error]
-    meta = {"targets_run": len(todo), "bytes_fetched": 0, "header_bytes": 0, "header_requests": 0}
-    log.info("%d targets, %d to run.", len(plan), len(todo))
+    with folder_lock(out, cancel):  # a second batch here waits: no target runs twice at once
+        plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
+        records = {t.id: Record(t) for t in plan}
+        previous = previous_records(out, plan)
+        records.update(previous)
+        todo = [
+            t for t in plan if t.id not in previous or (retry_failed and previous[t.id].status == "failed")
+        ]
+        for target in todo:
+            if target.error:
+                records[target.id] = Record(target, status="failed", error=target.error)
+        todo = [t for t in todo if not t.error]
+        meta = {"targets_run": len(todo), "bytes_fetched": 0, "header_bytes": 0, "header_requests": 0}
+        log.info("%d targets, %d to run.", len(plan), len(todo))
+        remove_stale_parts(out, [MANIFEST, *(t.id for t in todo)])
 
-    if not todo:
-        return Table.read(write_manifest(out, records, meta), format="ascii.ecsv")
-    from distributed import Client, Event
+        if not todo:
+            return Table.read(write_manifest(out, records, meta), format="ascii.ecsv")
+        from distributed import Client, Event
 
-    client, cluster = _client(scheduler, workers)
-    stop = Event(f"mvmcut-cancel-{uuid.uuid4().hex}", client=client)
-    options = {"combine": combine, "resample": resample, "fetch": fetch, "cancel_event": stop.name}
-    try:
-        _run(client, todo, records, out, options, meta, stop, progress, cancel)
-    finally:
-        meta["bytes_fetched"] = meta["header_bytes"] + sum(records[t.id].bytes for t in todo)
-        path = write_manifest(out, records, meta)
-        if not isinstance(scheduler, Client):
-            client.close()
-        if cluster is not None:
-            cluster.close()  # waits for its threads: nothing keeps writing after we return
-    return Table.read(path, format="ascii.ecsv")
+        client, cluster = _client(scheduler, workers)
+        stop = Event(f"mvmcut-cancel-{uuid.uuid4().hex}", client=client)
+        options = {"combine": combine, "resample": resample, "fetch": fetch, "cancel_event": stop.name}
+        try:
+            _run(client, todo, records, out, options, meta, stop, progress, cancel)
+        finally:
+            meta["bytes_fetched"] = meta["header_bytes"] + sum(records[t.id].bytes for t in todo)
+            path = write_manifest(out, records, meta)
+            if not isinstance(scheduler, Client):
+                client.close()
+            if cluster is not None:
+                cluster.close()  # waits for its threads: nothing keeps writing after we return
+        return Table.read(path, format="ascii.ecsv")
 
 
 def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel) -> None:

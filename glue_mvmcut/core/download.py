@@ -21,7 +21,6 @@ import os
 import stat
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -31,7 +30,7 @@ from filelock import FileLock, Timeout
 from .config import conf
 from .endpoints import file_url
 from .errors import ArchiveError, Cancelled
-from .files import fits_problem, write_atomically
+from .files import fits_problem, held_lock, open_regular, write_atomically
 from .names import checked_product
 from .transport import RETRYABLE, Retries, TransferStats, http_session, transport_errors
 
@@ -132,26 +131,12 @@ def _lock_of(folder: Path, name: str) -> FileLock:
     return FileLock(locks / name)
 
 
-@contextmanager
 def _layer_lock(folder: Path, name: str, cancel):
-    """Hold the layer's lock: another process or thread downloading it is waited for."""
-    lock = _lock_of(folder, name)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log.info("Waiting for another download of %s to finish.", name)
-        while True:
-            if cancel and cancel():
-                raise Cancelled(f"Download of {name} cancelled.") from None
-            try:
-                lock.acquire(timeout=0.2)
-                break
-            except Timeout:
-                continue
-    try:
-        yield
-    finally:
-        lock.release()
+    """The layer's lock, held while it downloads: another process or thread downloading it is
+    waited for."""
+    return held_lock(
+        _lock_of(folder, name).lock_file, f"Waiting for another download of {name} to finish.", cancel
+    )
 
 
 class _Version:
@@ -193,9 +178,11 @@ class _Part:
     def resumable(self) -> int:
         """Bytes already here of this very version of the file (0 if none, or of another)."""
         try:
-            seen = json.loads(self.validators.read_text())
-            held = self.path.stat().st_size
-        except (OSError, ValueError):
+            with open_regular(self.validators, "rb") as validators:
+                seen = json.loads(validators.read())
+            with open_regular(self.path, "rb") as part:
+                held = os.fstat(part.fileno()).st_size
+        except (OSError, ValueError):  # UnsafePathError too: `start` replaces what is there
             return 0
         fits = self.version.size is None or held <= self.version.size
         return held if fits and self.version.same_as(seen) else 0
@@ -204,7 +191,8 @@ class _Part:
         """Begin anew (for ``version`` of the file): an empty part beside its validators."""
         self.version = version
         write_atomically(self.validators, lambda part: part.write_text(json.dumps(version.as_dict())))
-        self.path.write_bytes(b"")
+        self.path.unlink(missing_ok=True)  # a link planted here goes, never what it points to
+        open_regular(self.path).close()
 
     def finish(self, target: Path) -> None:
         os.replace(self.path, target)
@@ -351,7 +339,7 @@ def _receive(response, partial: _Part, done: int, name, progress, cancel, stats)
     """Write the body of ``response`` into ``partial`` from byte ``done`` on, never past the
     size the server announced; returns the bytes held."""
     expected = partial.version.size
-    with open(partial.path, "r+b") as out:
+    with open_regular(partial.path) as out:
         out.seek(done)
         out.truncate()
         for block in response.iter_content(_CHUNK):

@@ -7,6 +7,7 @@ __all__ = [
     "InvalidNameError",
     "ArchiveError",
     "UnsafeNameError",
+    "UnsafePathError",
     "NotMVMFileError",
     "CompressedLayerError",
     "OutsideFootprintError",
@@ -39,6 +40,11 @@ class ArchiveError(MVMCutError):
 
 class UnsafeNameError(ArchiveError, ValueError):
     """A product name from the archive that could write outside the output or cache folder."""
+
+
+class UnsafePathError(MVMCutError, OSError):
+    """A path where a file was to be written or read that is a link or not a regular file
+    (someone else may have planted it there)."""
 
 
 class NotMVMFileError(MVMCutError, ValueError):

@@ -1,19 +1,45 @@
-"""Files on disk: written so that none ever looks finished before it is, and checked before use."""
+"""Files on disk: written so that none ever looks finished before it is, and checked before use.
 
+Whoever can write to an output or cache folder must not be able to make a run write elsewhere:
+temporary files live in private folders of unpredictable names (`write_atomically`), files kept
+under a known name across runs are opened without following links (`open_regular`), and a
+folder is written by one run at a time (`folder_lock`).
+"""
+
+import logging
 import os
 import shutil
+import stat
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
+from filelock import FileLock, Timeout
 
-from .errors import OutputFolderError
+from .errors import Cancelled, OutputFolderError, UnsafePathError
 from .threadsafe import catch_warnings
 
-__all__ = ["writable_folder", "write_atomically", "fits_problem"]
+__all__ = [
+    "writable_folder",
+    "write_atomically",
+    "remove_path",
+    "remove_stale_parts",
+    "open_regular",
+    "held_lock",
+    "folder_lock",
+    "fits_problem",
+]
+
+log = logging.getLogger(__name__)
+
+#: Suffix of the private folders `write_atomically` writes in.
+PART = ".part"
+#: The lock file of an output folder (`folder_lock`).
+FOLDER_LOCK = ".mvmcut.lock"
 
 
 def writable_folder(folder) -> Path:
@@ -39,21 +65,121 @@ def write_atomically(target, write: Callable[[Path], None]) -> Path:
     """Write ``target`` with ``write(temporary_path)`` and rename it into place, so an interrupted
     write never leaves a file (or folder) that looks finished.
 
-    The temporary path is ``<target>.part`` beside it; ``write`` may make a file or a folder
-    there, and may write it in several steps (a download resuming a broken transfer). Whatever
-    is left there when ``write`` fails is removed.
+    The temporary path has ``target``'s name, in a private folder made beside it
+    (``.<name>.<random>.part``, mode 0700, `tempfile.mkdtemp`): nobody can plant a link where
+    ``write`` writes, and two runs writing one name never meet. ``write`` may make a file or a
+    folder there. The private folder goes, whatever happens; one left by a killed run is removed
+    by `remove_stale_parts`.
     """
     target = Path(target)
-    partial = target.with_name(target.name + ".part")
+    private = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PART, dir=target.parent))
     try:
+        partial = private / target.name
         write(partial)
-        os.replace(partial, target)
+        if partial.is_dir():  # a folder replaces only an empty one: whatever is there goes
+            remove_path(target)
+        os.replace(partial, target)  # a link planted at ``target`` is replaced, not followed
     finally:
-        if partial.is_dir() and not partial.is_symlink():
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.unlink(missing_ok=True)
+        shutil.rmtree(private, ignore_errors=True)
     return target
+
+
+def remove_path(path: Path) -> None:
+    """Remove the file, folder (with what it holds) or link ``path`` (the link, never what it
+    points to), if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_stale_parts(folder: Path, names: Iterable[str]) -> None:
+    """Remove what killed runs left of their `write_atomically` of ``names`` in ``folder``.
+
+    Call it holding `folder_lock`, which every run writing there holds while it writes.
+    """
+    for name in names:
+        for private in folder.glob(f".{glob_escape(name)}.*{PART}"):
+            if stat.S_ISDIR(private.lstat().st_mode):  # never a planted link's target
+                shutil.rmtree(private, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` matching only itself in a glob pattern."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def open_regular(path: Path, mode: str = "r+b"):
+    """Open the regular file ``path`` (made, empty, if missing and ``mode`` writes) without
+    following a link: for files kept under a known name across runs (a download's part).
+
+    Raises
+    ------
+    UnsafePathError
+        If ``path`` is a link, a FIFO, a device or a folder.
+    """
+    flags = os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
+    flags |= os.O_RDONLY if mode == "rb" else os.O_RDWR | os.O_CREAT
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafePathError(f"{path} is a symbolic link: refused.") from exc
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{path} is not a regular file: refused.")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode)
+
+
+@contextmanager
+def held_lock(
+    path: Path, waiting: str, cancel: Callable[[], bool] | None = None, level: int = logging.INFO
+) -> Iterator[None]:
+    """Hold the file lock ``path`` (`filelock`: across threads and processes); if another holds
+    it, log ``waiting`` (at ``level``) and wait, checking ``cancel`` (`Cancelled` if it returns True).
+
+    Raises
+    ------
+    UnsafePathError
+        If ``path`` is a link (filelock ≥ 4 opens lock files without following links; older
+        ones truncated what a planted link pointed to).
+    """
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.log(level, "%s", waiting)
+        while True:
+            if cancel and cancel():
+                raise Cancelled(f"Cancelled while {waiting[0].lower()}{waiting[1:]}") from None
+            try:
+                lock.acquire(timeout=0.2)
+                break
+            except Timeout:
+                continue
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafePathError(f"The lock file {path} is a symbolic link: refused.") from exc
+        raise
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def folder_lock(folder: Path, cancel: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Write in the output ``folder`` as its only writer: a second run writing there waits
+    (saying so) until the first is done, so neither sees the other's work half done."""
+    with held_lock(
+        Path(folder) / FOLDER_LOCK,
+        f"Waiting for another mvmcut run writing in {folder} to finish.",
+        cancel,
+        logging.WARNING,
+    ):
+        yield
 
 
 def fits_problem(path: Path) -> str | None:

@@ -26,7 +26,7 @@ from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
 from .download import download_layer
 from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
-from .files import writable_folder, write_atomically
+from .files import folder_lock, remove_stale_parts, writable_folder, write_atomically
 from .mast import query_layers, resolve_target
 from .names import Band, QueryName, checked_product, checked_selection, safe_filename
 from .remote import RangeNotSupported
@@ -37,6 +37,7 @@ __all__ = [
     "CutoutResult",
     "cutout_mosaic",
     "write_fits",
+    "write_products",
     "query_table_name",
     "write_query_table",
 ]
@@ -87,9 +88,13 @@ class CutoutResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
+def _fits_name(hdul: fits.HDUList) -> str:
+    return safe_filename(hdul[0].header["FILENAME"])
+
+
 def write_fits(hdul: fits.HDUList, out_dir) -> Path:
     """Write ``hdul`` to ``out_dir`` under its primary FILENAME, atomically."""
-    target = Path(out_dir) / safe_filename(hdul[0].header["FILENAME"])
+    target = Path(out_dir) / _fits_name(hdul)
     return write_atomically(
         target, lambda path: hdul.writeto(path, overwrite=True, output_verify="exception")
     )
@@ -226,7 +231,8 @@ def cutout_mosaic(
         steps.report(f"{len(result.mosaics)} mosaics")
     if out_dir is not None:
         started = time.perf_counter()
-        _write(result, out_dir, steps)
+        with folder_lock(out_dir, cancel):
+            write_products(result, out_dir, cancel)
         steps.timed("write", started)
         steps.report(f"wrote {sum(len(p) for p in result.paths.values())} files")
     result.seconds = steps.seconds
@@ -322,9 +328,19 @@ async def _stopped(tasks: list[asyncio.Task]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _write(result: CutoutResult, out_dir: Path, steps: _Steps) -> None:
+def write_products(result: CutoutResult, out_dir: Path, cancel: Callable[[], bool] | None = None) -> None:
+    """Write the query table, cutouts and mosaics of ``result`` into ``out_dir`` (each file
+    atomically), recording them in ``result.paths``; what killed runs left of them goes first.
+    ``cancel`` is checked between files.
+
+    `cutout_mosaic` calls it holding the folder's lock
+    (`~glue_mvmcut.core.files.folder_lock`); a folder of one's own needs none.
+    """
+    products = [("cutouts", hdul) for hdul in result.cutouts]
+    products += [("mosaics", hdul) for hdul in result.mosaics.values()]
+    query_name = query_table_name(result.coord, result.size)
+    remove_stale_parts(out_dir, [query_name, *(_fits_name(hdul) for _, hdul in products)])
     result.paths["query"].append(write_query_table(result.layers, result.coord, result.size, out_dir))
-    for kind, hduls in (("cutouts", result.cutouts), ("mosaics", list(result.mosaics.values()))):
-        for hdul in hduls:
-            steps.check()
-            result.paths[kind].append(write_fits(hdul, out_dir))
+    for kind, hdul in products:
+        _check_cancel(cancel)
+        result.paths[kind].append(write_fits(hdul, out_dir))
