@@ -10,8 +10,13 @@ import asyncio
 import multiprocessing
 import os
 import queue
+import shutil
 
+import numpy as np
 import pytest
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
 
 from glue_mvmcut import conf
 from glue_mvmcut.core.endpoints import using_server
@@ -44,6 +49,26 @@ def archives(tmp_path_factory):
 def lmc_archive(archives):
     """The seed's LMC field: four skycells of p0081, ACS/WFC and WFC3/IR (fine and coarse)."""
     return archives["lmc"]
+
+
+@pytest.fixture(scope="session")
+def scaled_archive(archives, tmp_path_factory):
+    """The two-cell field, its F814W layers stored as int16 with BSCALE/BZERO (SCI and WHT) and
+    BLANK (SCI: a 3 x 4 patch at the field centre blanked), as some archives store images."""
+    folder = tmp_path_factory.mktemp("scaled") / "twocells"
+    shutil.copytree(archives["twocells"].directory, folder)
+    for path in folder.glob("*_f814w_*.fits"):
+        with fits.open(path) as hdul:
+            hdul = fits.HDUList([hdu.copy() for hdu in hdul])
+        sci, wht = hdul["SCI"], hdul["WHT"]
+        sci.scale("int16", bscale=float(np.ptp(sci.data)) / 60000, bzero=float(sci.data.mean()))
+        wht.scale("int16", bscale=0.25, bzero=4000.0)
+        x, y = (int(v) for v in np.round(WCS(sci.header).world_to_pixel(SkyCoord(182.2, 26.0, unit="deg"))))
+        if 0 <= x < sci.data.shape[1] and 0 <= y < sci.data.shape[0]:
+            sci.header["BLANK"] = -32768
+            sci.data[y - 1 : y + 2, x - 2 : x + 2] = -32768
+        hdul.writeto(path, overwrite=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -214,3 +214,62 @@ def test_cutout_headers_are_edited_as_astropy_sets_keywords():
         assert edited.tostring() == expected.tostring()
         assert [type(edited[keyword]) for keyword, *_ in settings] == [type(v) for _, v, *_ in settings]
     assert edited.comments["NAXIS1"] == "length of data axis 1" and len(edited) == len(header)
+
+
+TWO = SkyCoord(182.2, 26.0, unit="deg")
+
+
+def _astropy_window(path, cutout, ext):
+    """What astropy's own read of the layer holds where ``cutout`` was cut (the box lies inside)."""
+    dx, dy = (-int(cutout[ext].header[key]) for key in ("LTV1", "LTV2"))
+    ny, nx = cutout[ext].data.shape
+    with fits.open(path, memmap=False) as hdul:
+        return hdul[ext].data[dy : dy + ny, dx : dx + nx].astype(np.float32)
+
+
+@pytest.mark.parametrize("route", ["local", "ranged", "one-range", "download"])
+def test_scaled_integer_layers_give_their_physical_values(scaled_archive, route, tmp_path, monkeypatch):
+    from glue_mvmcut.core.endpoints import using_server
+    from glue_mvmcut.core.pipeline import cutout_mosaic
+    from glue_mvmcut.testing.server import MastServer
+
+    monkeypatch.setenv("MVMCUT_CACHE_DIR", str(tmp_path / "cache"))
+    names = sorted(p.name for p in scaled_archive.glob("*_f814w_*.fits"))
+    if route == "local":
+        cutouts = [cut_layer(scaled_archive / name, TWO, 3) for name in names]
+    else:
+        with MastServer([scaled_archive]) as server, using_server(server.url):
+            server.faults.ranges = "one-range" if route == "one-range" else "multipart"
+            fetch = "download" if route == "download" else "ranged"
+            cutouts = cutout_mosaic(TWO, 3, filters=["f814w"], fetch=fetch).cutouts
+    assert len(cutouts) == len(names) == 2  # the box is in both projection cells' skycells
+    blanked = 0
+    for cutout in cutouts:
+        layer = scaled_archive / cutout[0].header["ORIG_FLE"]
+        for ext in ("SCI", "WHT"):
+            expected = _astropy_window(layer, cutout, ext)
+            assert cutout[ext].data.dtype == np.dtype(">f4")
+            np.testing.assert_array_equal(cutout[ext].data, expected)
+            assert not any(key in cutout[ext].header for key in ("BSCALE", "BZERO", "BLANK"))
+        assert set(np.unique(cutout["WHT"].data)) <= {0.0, 1000.0, 1500.0}  # exact in steps of 0.25
+        blanked += int(np.isnan(cutout["SCI"].data).sum())
+        assert np.nanmax(np.abs(cutout["SCI"].data)) < 10  # the stored integers reach ~30000
+    assert blanked == 12 * len(cutouts)  # the blanked patch: NaN, as astropy reads BLANK
+
+
+def test_blank_pixels_of_a_scaled_layer_take_no_part_in_its_mosaic(scaled_archive):
+    """A cutout with BLANK (NaN) pixels combined with one on its grid that has data everywhere
+    (SCI 2, WHT 500): the blanked pixels take the other's values, the rest the weighted mean."""
+    from glue_mvmcut.core.combine import combine_cutouts
+
+    blanked = cut_layer(next(scaled_archive.glob("*p1889*_f814w_*.fits")), TWO, 3)
+    other = fits.HDUList([hdu.copy() for hdu in blanked])
+    other["SCI"].data[:], other["WHT"].data[:] = 2.0, 500.0
+    (mosaic,) = combine_cutouts([blanked, other]).values()
+    sci, wht = mosaic["SCI"].data, mosaic["WHT"].data
+    blank = np.isnan(blanked["SCI"].data)
+    assert blank.sum() == 12 and not np.isnan(sci).any()
+    assert np.all(wht[blank] == 500) and np.all(sci[blank] == 2)
+    w = blanked["WHT"].data[~blank].astype(float)
+    expected = (w * blanked["SCI"].data[~blank] + 500 * 2.0) / (w + 500)
+    np.testing.assert_allclose(sci[~blank], expected, rtol=1e-6)

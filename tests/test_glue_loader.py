@@ -111,3 +111,12 @@ def test_box_from_pixels_on_a_mosaic(written):
     assert (ra, dec) == pytest.approx(LMC, abs=0.04 / 3600)
     assert (width, height) == pytest.approx((4.0, 2.0), rel=1e-3)
     assert box_from_pixels(wcs, 124, 124.5, 124, 124)[2:] == (20.0, 20.0)  # a click
+
+
+def test_a_scaled_integer_layer_opens_with_its_physical_values(scaled_archive):
+    path = next(scaled_archive.glob("*p1889*_f814w_*.fits"))
+    data = read_mvm(str(path))
+    with fits.open(path, memmap=False) as hdul:
+        expected = hdul["SCI"].data
+    assert np.isnan(expected).sum() == 12
+    np.testing.assert_array_equal(data["SCI"], expected)

@@ -227,6 +227,7 @@ def _piece(sci: np.ndarray, wht: np.ndarray, offset: tuple[int, int], shape) -> 
 
     None if there is no such part. The box bounds the pixels whose WHT bits are not all zero
     (a superset of WHT > 0 in any byte order: rows and columns of padding are skipped unread).
+    NaN SCI pixels get no weight.
     """
     dx, dy = offset
     y0, x0 = max(0, dy), max(0, dx)
@@ -243,7 +244,11 @@ def _piece(sci: np.ndarray, wht: np.ndarray, offset: tuple[int, int], shape) -> 
     bits = bits[rows[0] : rows[-1] + 1]
     cols = np.flatnonzero(bits.max(axis=0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    return _Piece(sci[box], wht[box], y0 + int(rows[0]), x0 + int(cols[0]))
+    sci, wht = sci[box], wht[box]
+    blank = np.isnan(sci)
+    if blank.any():  # a scaled layer's BLANK pixels: no data, whatever their weight
+        wht = np.where(blank, 0, wht).astype(wht.dtype)
+    return _Piece(sci, wht, y0 + int(rows[0]), x0 + int(cols[0]))
 
 
 def _tasks(pieces: Sequence[_Piece], shape) -> list[tuple[slice, slice, list[_Piece]]]:

@@ -33,7 +33,7 @@ from .names import CutoutName, LayerName
 from .remote import RemoteFITS
 from .transport import TransferStats, Urgent, after_urgent_work, run
 
-__all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name"]
+__all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name", "physical_pixels"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
     problem = fits_problem(path)
     if problem:
         raise NotMVMFileError(f"{path.name} is not a readable, complete FITS file ({problem}).")
-    hdul = fits.open(path, memmap=True)
+    hdul = fits.open(path)  # memory-mapped; not ``memmap=True``, which refuses scaled integers
     try:
         name = layer_name(hdul[0].header, path.name)
         _check_extensions(path.name, {ext: hdul[ext].header if ext in hdul else None for ext in _EXTENSIONS})
@@ -175,7 +175,43 @@ def _cut_header(header: fits.Header | HDUInfo, window: _Window, layer_file: str)
             ("ORIG_FLE", layer_file),  # the layer this cutout was cut from (too long for a comment)
             ("O_EXT_NM", header.get("EXTNAME", ""), "extension of the layer"),
         ],
+        drop=_SCALING,  # the cutout holds physical values
     )
+
+
+#: The keywords that turn a layer's stored integers into its physical values (FITS 4.0 §5.3).
+_SCALING = ("BSCALE", "BZERO", "BLANK")
+
+
+def _is_scaled(header: fits.Header | HDUInfo) -> bool:
+    return any(header.get(keyword) is not None for keyword in _SCALING)
+
+
+def physical_pixels(stored: np.ndarray, header: fits.Header | HDUInfo) -> np.ndarray:
+    """The physical values of pixels ``stored`` as read from the bytes of the HDU whose header
+    is ``header``: BSCALE and BZERO applied, BLANK pixels NaN — the values astropy's own read
+    of the file gives (as float32, the cutout's type).
+
+    Written by hand because astropy scales only data it reads from a file itself (this follows
+    ``_ImageBaseHDU._scale_data``, pseudo-unsigned integers and the falsy ``BLANK = 0`` included),
+    and a ranged read fetches the stored bytes.
+    """
+    bitpix = header["BITPIX"]
+    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
+    blank = header.get("BLANK") if bitpix > 0 else None
+    if bscale == 1 and bzero == 0 and blank is None:
+        return stored
+    unsigned = bscale == 1 and (
+        bitpix == 8 and bzero == -128 or bitpix in (16, 32, 64) and bzero == 1 << (bitpix - 1)
+    )
+    data = np.array(stored, dtype=np.float64 if bitpix > 16 or bitpix == -64 else np.float32)
+    if bscale != 1:
+        data *= bscale
+    if bzero != 0:
+        data += bzero
+    if blank and not unsigned:
+        data[stored == blank] = np.nan
+    return data.astype(np.float32, copy=False)
 
 
 def _is_remote(source) -> bool:
@@ -239,10 +275,11 @@ def cut_layer(
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
         window = _plan(layer, headers, coord, size)
         cutout = _Cutout(hdul[0].header, layer, coord, window)
-        # A tile-compressed extension gives only the tiles the box touches through its section.
+        # A section reads only the rows of the box (only the tiles it touches of a tile-compressed
+        # extension), in physical values; the memory-mapped data is quicker where it needs no scaling.
         pieces = [
             hdul[ext].section[window.large]
-            if isinstance(hdul[ext], fits.CompImageHDU)
+            if isinstance(hdul[ext], fits.CompImageHDU) or _is_scaled(headers[ext])
             else hdul[ext].data[window.large]
             for ext in _EXTENSIONS
         ]
@@ -356,7 +393,9 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
     if cached is None:
         LAYER_HEADERS.put(remote.url, hdus, remote.version)
     _check_shapes(layer.filename, known)  # SCI's header is as it was; WHT's may be new
-    return cutout.finish(known, pieces)
+    return cutout.finish(
+        known, [physical_pixels(piece, known[ext]) for ext, piece in zip(_EXTENSIONS, pieces, strict=True)]
+    )
 
 
 def _differ(now: tuple, then: tuple) -> bool:

@@ -24,13 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import requests
-from astropy.config import get_cache_dir_path
 from filelock import FileLock, Timeout
 
 from .config import conf
 from .endpoints import file_url
 from .errors import ArchiveError, Cancelled
-from .files import fits_problem, held_lock, open_regular, write_atomically
+from .files import cache_dir, fits_problem, held_lock, locks_folder, open_regular, write_atomically
 from .names import checked_product
 from .transport import RETRYABLE, Retries, TransferStats, http_session, transport_errors
 
@@ -44,15 +43,6 @@ _CHUNK = 64 * 1024
 _PART, _VALIDATORS = ".part", ".part.json"
 
 Progress = Callable[[int, int, str], None]
-
-
-def cache_dir(directory=None) -> Path:
-    """The download cache: ``directory`` if given, else ``$MVMCUT_CACHE_DIR``, else
-    ``glue_mvmcut.conf.cache_dir``, else ``glue_mvmcut`` in the astropy cache directory."""
-    chosen = directory or os.environ.get("MVMCUT_CACHE_DIR") or conf.cache_dir
-    path = Path(chosen) if chosen else get_cache_dir_path() / "glue_mvmcut"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def download_layer(
@@ -125,10 +115,8 @@ def download_layer(
 
 
 def _lock_of(folder: Path, name: str) -> FileLock:
-    """The lock of layer ``name`` in the cache ``folder`` (in its hidden ``.locks`` folder)."""
-    locks = folder / ".locks"
-    locks.mkdir(exist_ok=True)
-    return FileLock(locks / name)
+    """The lock of layer ``name`` in the cache ``folder``."""
+    return FileLock(locks_folder(folder) / name)
 
 
 def _layer_lock(folder: Path, name: str, cancel):

@@ -6,6 +6,7 @@ under a known name across runs are opened without following links (`open_regular
 folder is written by one run at a time (`folder_lock`).
 """
 
+import hashlib
 import logging
 import os
 import shutil
@@ -16,14 +17,17 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from astropy.config import get_cache_dir_path
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 from filelock import FileLock, Timeout
 
+from .config import conf
 from .errors import Cancelled, OutputFolderError, UnsafePathError
 from .threadsafe import catch_warnings
 
 __all__ = [
+    "cache_dir",
     "writable_folder",
     "write_atomically",
     "remove_path",
@@ -31,6 +35,8 @@ __all__ = [
     "open_regular",
     "held_lock",
     "folder_lock",
+    "folder_lock_path",
+    "locks_folder",
     "fits_problem",
 ]
 
@@ -38,8 +44,15 @@ log = logging.getLogger(__name__)
 
 #: Suffix of the private folders `write_atomically` writes in.
 PART = ".part"
-#: The lock file of an output folder (`folder_lock`).
-FOLDER_LOCK = ".mvmcut.lock"
+
+
+def cache_dir(directory=None) -> Path:
+    """The download cache: ``directory`` if given, else ``$MVMCUT_CACHE_DIR``, else
+    ``glue_mvmcut.conf.cache_dir``, else ``glue_mvmcut`` in the astropy cache directory."""
+    chosen = directory or os.environ.get("MVMCUT_CACHE_DIR") or conf.cache_dir
+    path = Path(chosen) if chosen else get_cache_dir_path() / "glue_mvmcut"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def writable_folder(folder) -> Path:
@@ -169,12 +182,27 @@ def held_lock(
         lock.release()
 
 
+def folder_lock_path(folder) -> Path:
+    """The lock of the output ``folder``: in the download cache's ``.locks``, named by the
+    folder's real path, so that the folder holds only what runs write there."""
+    key = hashlib.sha256(os.fsencode(os.path.realpath(folder))).hexdigest()[:32]
+    return locks_folder(cache_dir()) / f"folder-{key}"
+
+
+def locks_folder(cache: Path) -> Path:
+    """The hidden folder of the cache ``cache`` where its lock files are (`held_lock`)."""
+    locks = cache / ".locks"
+    locks.mkdir(exist_ok=True)
+    return locks
+
+
 @contextmanager
-def folder_lock(folder: Path, cancel: Callable[[], bool] | None = None) -> Iterator[None]:
-    """Write in the output ``folder`` as its only writer: a second run writing there waits
-    (saying so) until the first is done, so neither sees the other's work half done."""
+def folder_lock(folder, cancel: Callable[[], bool] | None = None) -> Iterator[None]:
+    """Write in the output ``folder`` as its only writer (among the runs of one download cache):
+    a second run writing there waits (saying so) until the first is done, so neither sees the
+    other's work half done."""
     with held_lock(
-        Path(folder) / FOLDER_LOCK,
+        folder_lock_path(folder),
         f"Waiting for another mvmcut run writing in {folder} to finish.",
         cancel,
         logging.WARNING,

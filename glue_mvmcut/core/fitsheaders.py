@@ -260,9 +260,12 @@ def header_text(header: fits.Header | HDUInfo) -> str:
     return header.cards.decode("ascii") if isinstance(header, HDUInfo) else header.tostring()
 
 
-def edited_header(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.Header:
+def edited_header(
+    header: fits.Header | HDUInfo, settings: list[tuple], drop: tuple[str, ...] = ()
+) -> fits.Header:
     """A header of one's own: ``header``'s cards with each ``(keyword, value[, comment])`` of
-    ``settings`` set as ``header[keyword] = value`` (or ``(value, comment)``) sets it, parsed once.
+    ``settings`` set as ``header[keyword] = value`` (or ``(value, comment)``) sets it, and the
+    keywords ``drop`` removed, parsed once.
 
     Setting keywords on a parsed ~150-card header costs ~40 µs of astropy's Python each (and
     copying it ~0.4 ms); here the cards are edited as text: a keyword there is set in place
@@ -272,6 +275,9 @@ def edited_header(header: fits.Header | HDUInfo, settings: list[tuple]) -> fits.
     text = header_text(header)
     cards = [text[at : at + CARD] for at in range(0, len(text), CARD)]
     cards = cards[: cards.index(END)] if END in cards else cards
+    if drop:
+        dropped = tuple(f"{keyword:8}=" for keyword in drop)
+        cards = [card for card in cards if not card.startswith(dropped)]
     for keyword, value, *given in settings:
         comment = given[0] if given else None
         key = f"{keyword:8}="

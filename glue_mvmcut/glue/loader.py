@@ -54,7 +54,7 @@ def is_mvm_fits(filename, **kwargs) -> bool:
     except (InvalidNameError, TypeError):
         return False
     try:
-        with fits.open(filename, memmap=True) as hdul:
+        with fits.open(filename) as hdul:
             return all(ext in hdul and hdul[ext].header.get("NAXIS") == 2 for ext in ("SCI", "WHT"))
     except (OSError, ValueError):
         return False
@@ -88,7 +88,7 @@ def mvm_data(hdul: fits.HDUList, label: str | None = None) -> Data:
 def read_mvm(filename, **kwargs) -> Data:
     """Glue data factory: read an MVM layer, cutout or mosaic (memory-mapped) as one Data."""
     # Memory-mapped arrays stay readable after the file is closed (astropy keeps the mapping).
-    with fits.open(filename, memmap=True) as hdul:
+    with fits.open(filename) as hdul:
         return mvm_data(hdul, label_for(hdul, Path(filename).name))
 
 
