@@ -49,10 +49,10 @@ def test_a_dropped_body_resumes_where_it_stopped(mast, cache, lmc_archive):
     path = download_layer(NAME, URI, stats=stats)
     assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
     gets = [r for r in mast.requests("download") if r.method == "GET"]
-    # Each break loses the chunk being read (64 KiB blocks); the rest is never fetched twice.
-    assert [r.range for r in gets] == [None, "bytes=65536-", "bytes=131072-"]
+    # Every byte that came before a break is kept: none is fetched twice.
+    assert [r.range for r in gets] == [None, "bytes=100000-", "bytes=200000-"]
     assert stats.bytes == size
-    assert sum(r.bytes_sent for r in gets) == size + 2 * (100_000 - 65_536)
+    assert sum(r.bytes_sent for r in gets) == size
 
 
 def test_a_server_that_never_says_the_size_is_verified_by_the_files_structure(mast, cache, lmc_archive):
@@ -86,13 +86,13 @@ def test_without_range_a_broken_download_starts_again(mast, cache, lmc_archive):
     assert path.stat().st_size == size
     gets = [r for r in mast.requests("download") if r.method == "GET"]
     # It asks to resume; the server answers 200 with the whole file, which replaces the part.
-    assert [(r.range, r.status) for r in gets] == [(None, 200), ("bytes=65536-", 200)]
+    assert [(r.range, r.status) for r in gets] == [(None, 200), ("bytes=100000-", 200)]
     assert mast.bytes_sent == size + 100_000
 
 
 def test_a_transfer_that_keeps_breaking_without_progress_is_given_up(mast, cache):
-    # 50 000 bytes, then the break: less than the 64 KiB block being read, so nothing is kept.
-    mast.faults.drop(after_bytes=50_000, count=20)
+    # Every attempt breaks before its first byte.
+    mast.faults.drop(after_bytes=0, count=20)
     with pytest.raises(
         ArchiveError,
         match=rf"Downloading {NAME}: the transfer broke off 5 times in a row without progress "
@@ -103,14 +103,14 @@ def test_a_transfer_that_keeps_breaking_without_progress_is_given_up(mast, cache
 
 
 def test_a_transfer_that_keeps_breaking_but_moves_on_finishes(mast, cache, lmc_archive):
-    # Twelve breaks, more than conf.retries (4), each after a block more: the budget counts
+    # Eight breaks, more than conf.retries (4), each after 100 000 bytes more: the budget counts
     # the attempts in a row that brought nothing, and there are none.
-    mast.faults.drop(after_bytes=100_000, count=12)
+    mast.faults.drop(after_bytes=100_000, count=8)
     stats = TransferStats()
     path = download_layer(NAME, URI, stats=stats)
     assert path.read_bytes() == (lmc_archive.directory / NAME).read_bytes()
     gets = [r.range for r in mast.requests("download") if r.method == "GET"]
-    assert gets == [None] + [f"bytes={65536 * k}-" for k in range(1, 13)]
+    assert gets == [None] + [f"bytes={100_000 * k}-" for k in range(1, 9)]
     assert stats.bytes == lmc_archive.layer(NAME).size
 
 

@@ -51,12 +51,16 @@ GROUP_RADIUS = 120.0
 _MANIFEST_EVERY = 1.0
 
 
+#: The configuration items tasks run with: the batch's, wherever their worker is.
+_TASK_CONF = ("timeout", "min_rate", "retries", "backoff", "query_timeout")
+
+
 def _settings() -> dict:
     """Configuration the tasks need, captured where the batch starts (workers may be elsewhere)."""
     return {
         "server": server_url(),
         "resolver": resolver_url(),
-        **{name: getattr(conf, name) for name in ("timeout", "retries", "backoff", "query_timeout")},
+        **{name: getattr(conf, name) for name in _TASK_CONF},
     }
 
 
@@ -70,7 +74,7 @@ def _apply(settings: dict) -> None:
         mast_conf.server = settings["server"]
     if resolver_url() != settings["resolver"]:
         conf.resolver = settings["resolver"]
-    for name in ("timeout", "retries", "backoff", "query_timeout"):
+    for name in _TASK_CONF:
         if getattr(conf, name) != settings[name]:
             setattr(conf, name, settings[name])
 

@@ -18,6 +18,13 @@ class Conf(_config.ConfigNamespace):
         "Seconds to wait for the archive to accept a connection or to send the next bytes.",
         module="glue_mvmcut",
     )
+    min_rate = _config.ConfigItem(
+        20.0,
+        "Slowest transfer accepted, in kB/s: a request may take conf.timeout seconds plus one "
+        "second per min_rate kB it brings, and is stopped beyond that (a server trickling bytes "
+        "never holds a run for ever).",
+        module="glue_mvmcut",
+    )
     retries = _config.ConfigItem(
         4,
         "How many times a request that failed with HTTP 5xx or a broken connection is tried again "
@@ -46,7 +53,8 @@ class Conf(_config.ConfigNamespace):
     )
     query_timeout = _config.ConfigItem(
         300.0,
-        "Seconds to keep polling a MAST query that answers EXECUTING before giving up.",
+        "Seconds a MAST query may take in all (its requests, and polling while MAST answers "
+        "EXECUTING) before giving up.",
         module="glue_mvmcut",
     )
     resolver = _config.ConfigItem(

@@ -31,7 +31,17 @@ from .endpoints import file_url
 from .errors import ArchiveError, Cancelled
 from .files import cache_dir, fits_problem, held_lock, locks_folder, open_regular, write_atomically
 from .names import checked_product
-from .transport import RETRYABLE, Retries, TransferStats, http_session, transport_errors
+from .transport import (
+    RETRYABLE,
+    Pace,
+    ReplyRefused,
+    Retries,
+    TooSlowError,
+    TransferStats,
+    http_session,
+    read_body,
+    transport_errors,
+)
 
 __all__ = ["cache_dir", "download_layer"]
 
@@ -325,21 +335,28 @@ def _attempt(session, url, partial: _Part, done: int, name, progress, cancel, st
 
 def _receive(response, partial: _Part, done: int, name, progress, cancel, stats) -> int:
     """Write the body of ``response`` into ``partial`` from byte ``done`` on, never past the
-    size the server announced; returns the bytes held."""
+    size the server announced, at the pace `~glue_mvmcut.core.transport.Pace` allows; returns
+    the bytes held."""
     expected = partial.version.size
     with open_regular(partial.path) as out:
         out.seek(done)
         out.truncate()
-        for block in response.iter_content(_CHUNK):
-            if expected is not None and done + len(block) > expected:
-                raise ArchiveError(
-                    f"Downloading {name}: MAST sent more than the {expected} bytes it announced."
-                )
-            out.write(block)
-            done += len(block)
-            stats.add(len(block))
-            if progress:
-                progress(done, expected or 0, name)
-            if cancel and cancel():
-                raise Cancelled(f"Download of {name} cancelled; its {done} bytes are kept for the next run.")
+        try:
+            for block in read_body(response, Pace(), _CHUNK):
+                if expected is not None and done + len(block) > expected:
+                    raise ArchiveError(
+                        f"Downloading {name}: MAST sent more than the {expected} bytes it announced."
+                    )
+                out.write(block)
+                done += len(block)
+                stats.add(len(block))
+                if progress:
+                    progress(done, expected or 0, name)
+                if cancel and cancel():
+                    raise Cancelled(
+                        f"Download of {name} cancelled; its {done} bytes are kept for the next run."
+                    )
+        except (TooSlowError, ReplyRefused) as exc:
+            kept = f"the {done} bytes received are kept for the next run" if done else "nothing was kept"
+            raise type(exc)(f"{exc}; {kept}") from exc
     return done

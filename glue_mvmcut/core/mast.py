@@ -26,7 +26,7 @@ from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMV
 from .footprints import Footprint, parse_region
 from .names import LayerName, checked_selection, safe_filename
 from .skycells import skycells_covering
-from .transport import http_session, transport_errors, with_timeouts
+from .transport import http_session, query_deadline, transport_errors, with_timeouts
 
 __all__ = [
     "LAYER_COLUMNS",
@@ -179,7 +179,11 @@ def resolve_name(name: str, *, timeout: float | None = None) -> SkyCoord:
     """
     url = resolver_url()
     params = {"name": name, "outputFormat": "json", "resolveAll": "false"}
-    with http_session(timeout) as session, _from_mast(f"Resolving {name!r}", f"the name resolver at {url}"):
+    with (
+        http_session(timeout) as session,
+        _from_mast(f"Resolving {name!r}", f"the name resolver at {url}"),
+        query_deadline(float(conf.query_timeout)),
+    ):
         reply = session.get(url, params=params)
         reply.raise_for_status()
         found = reply.json().get("resolvedCoordinate") or []
@@ -366,7 +370,7 @@ def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_fil
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
     client = observations()
     found = []
-    with closing(_session(client)):
+    with closing(_session(client)), query_deadline(float(conf.query_timeout)):
         for instrument in instruments or _INSTRUMENTS:
             with _from_mast("MVM query"):
                 responses = client.query_criteria_async(

@@ -76,6 +76,9 @@ Into = tuple[np.ndarray, tuple[slice, slice]]
 _MVM_HEADER_LENGTHS = {"SCI": 3 * BLOCK, "WHT": 2 * BLOCK}
 #: Bytes read for a header after the file's first read (which is learned, see `read_headers`).
 _LATER_READ = 64 * 1024
+#: The longest header read: an MVM layer's primary header is ~75 KB; 10 MB without an END card
+#: is no FITS header worth reading.
+MAX_HEADER = 10 << 20
 
 
 _ADVICE = " The archive's server misbehaved: try again, or fetch whole files (--fetch download)."
@@ -165,7 +168,7 @@ class RemoteFITS:
             raise self._range_not_supported()
         ranges = ",".join([f"{start}-{stop - 1}" for start, stop in spans.tolist()])
         sent = time.monotonic()
-        reply = await get_range(self.target, "bytes=" + ranges)
+        reply = await get_range(self.target, "bytes=" + ranges, int((spans[:, 1] - spans[:, 0]).sum()))
         self.stats.add(requests=1)
         if reply.url != self.target:
             self._redirected(reply.url)
@@ -391,7 +394,12 @@ class RemoteFITS:
                 return found
             if len(more) < want:
                 raise NotMVMFileError(f"{self.name}: a header at byte {offset} has no END card.")
-            want = 2 * len(data)
+            if len(data) >= MAX_HEADER:
+                raise NotMVMFileError(
+                    f"{self.name}: a header at byte {offset} has no END card in its first "
+                    f"{MAX_HEADER >> 20} MB: not a FITS header this reads."
+                )
+            want = min(2 * len(data), MAX_HEADER - len(data))
 
     def _parse_header(self, data: bytes, offset: int) -> tuple[bytes, int] | None:
         """(cards, length) if ``data`` holds a whole header, None if its END card is further on."""

@@ -13,6 +13,11 @@ Everything in the package that talks HTTP stands on this module:
   off) count their failures with `Retries`; `RETRYABLE` names the errors worth another attempt.
 - `transport_errors` turns any transport failure, of requests or of aiohttp, into an
   `~glue_mvmcut.core.errors.ArchiveError` that names the server and what to do.
+- Nothing a server sends can hold a run for ever or fill the memory: every request may take
+  ``conf.timeout`` s plus a second per ``conf.min_rate`` kB it brings (`Pace`; `TooSlowError`
+  beyond), a MAST query ``conf.query_timeout`` s in all (`query_deadline`), a ranged reply
+  brings at most what was asked (`ReplyRefused` otherwise), and bodies come as sent: a
+  ``Content-Encoding`` that was not asked for is refused, never inflated.
 - Both follow at most `MAX_REDIRECTS` redirects (MAST sends some files to cloud storage),
   keeping the ``Range`` header, to http(s) addresses only (`RedirectError` otherwise).
 
@@ -29,12 +34,14 @@ import asyncio
 import atexit
 import concurrent.futures
 import functools
+import io
 import logging
 import os
 import re
 import threading
+import time
 import urllib.request
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -55,6 +62,11 @@ __all__ = [
     "RETRYABLE",
     "MAX_REDIRECTS",
     "RedirectError",
+    "TooSlowError",
+    "ReplyRefused",
+    "Pace",
+    "query_deadline",
+    "read_body",
     "Retries",
     "transport_errors",
     "http_session",
@@ -103,8 +115,102 @@ class RedirectError(ArchiveError):
     (a loop, likely), or to an address that is not http(s)."""
 
 
+class TooSlowError(ArchiveError):
+    """A server sent fewer bytes than ``conf.min_rate`` allows (or a query outlasted
+    ``conf.query_timeout``)."""
+
+
+class ReplyRefused(ArchiveError):
+    """A reply that is not what was asked for: longer than the ranges asked, or encoded
+    (``Content-Encoding``) although ``identity`` was asked."""
+
+
 #: Redirects followed for one request; one more is taken for a loop.
 MAX_REDIRECTS = 5
+#: What a multi-range reply may hold beyond the bytes asked: each part's head (~150 bytes)
+#: and, as RFC 9110 lets servers coalesce ranges closer than that, the gaps between them.
+_PART_OVERHEAD = 512
+_REPLY_MARGIN = 64 * 1024
+
+
+class Pace:
+    """The floor on one transfer's speed: it may take ``conf.timeout`` s plus one second per
+    ``conf.min_rate`` kB received, and never past ``until`` (a `time.monotonic` deadline).
+
+    The rule needs no size in advance, so it bounds a trickle of bytes (1 byte/s is stopped
+    after about ``conf.timeout`` s) as well as a stall, while a slow but honest link goes on.
+    """
+
+    def __init__(self, until: float | None = None):
+        self.started = time.monotonic()
+        self.received = 0
+        self.until = until if until is not None else getattr(_deadline, "until", None)
+
+    @staticmethod
+    def allowance(nbytes: int) -> float:
+        """Seconds a transfer of ``nbytes`` may take."""
+        return float(conf.timeout) + nbytes / (float(conf.min_rate) * 1000)
+
+    def add(self, nbytes: int) -> None:
+        """Count ``nbytes`` more received; `TooSlowError` if the transfer is now too slow."""
+        self.received += nbytes
+        now = time.monotonic()
+        if now > self.started + self.allowance(self.received) or (
+            self.until is not None and now > self.until
+        ):
+            raise self.too_slow()
+
+    def too_slow(self) -> TooSlowError:
+        seconds = time.monotonic() - self.started
+        if self.until is not None and time.monotonic() > self.until:
+            return TooSlowError(
+                f"not done within glue_mvmcut.conf.query_timeout = {conf.query_timeout} s. Try again "
+                "later, or raise it."
+            )
+        return TooSlowError(
+            f"{self.received} bytes in {seconds:.0f} s, slower than glue_mvmcut.conf.min_rate = "
+            f"{conf.min_rate} kB/s: stopped. Try again later, or lower min_rate for a slow link."
+        )
+
+
+_deadline = threading.local()  # ``until``: the `query_deadline` of the thread, if any
+
+
+@contextmanager
+def query_deadline(seconds: float) -> Iterator[None]:
+    """Every request this thread makes in the block ends within ``seconds`` from now (`Pace`)."""
+    before = getattr(_deadline, "until", None)
+    _deadline.until = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.until = before
+
+
+def read_body(response: requests.Response, pace: Pace, chunk: int = 64 * 1024) -> Iterator[bytes]:
+    """The body of a streamed requests ``response`` as it comes, at the pace ``pace`` allows,
+    decoded if its ``Content-Encoding`` is one the request accepted, refused if another.
+
+    Reads with urllib3's ``read1``, which returns whatever bytes have come: requests'
+    ``iter_content`` reads whole chunks (64 KB take 18 hours at 1 byte/s, with no silence long
+    enough for the socket's timeout). Its errors become requests' as ``iter_content`` makes them.
+    """
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    accepted = response.request.headers.get("Accept-Encoding", "identity").lower()
+    if encoding not in ("identity", "") and encoding not in accepted:
+        raise ReplyRefused(f"the reply is encoded ({encoding}) although {accepted} was asked: refused")
+    try:
+        while block := response.raw.read1(chunk, decode_content=True):
+            pace.add(len(block))
+            yield block
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.exceptions.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
 
 
 #: Failures worth another attempt: a connection that failed or broke off, a silence longer than
@@ -148,8 +254,8 @@ def transport_errors(what: str, service: str | None = None):
         raise ArchiveError(_unreachable(what, service, exc)) from exc
     except aiohttp.ClientConnectorError as exc:
         raise ArchiveError(_unreachable(what, service, exc)) from exc
-    except RedirectError as exc:  # `get_range`'s
-        raise RedirectError(f"{what}: {exc}") from exc
+    except (RedirectError, TooSlowError, ReplyRefused) as exc:  # raised here without ``what``
+        raise type(exc)(f"{what}: {exc}") from exc
     except requests.exceptions.TooManyRedirects as exc:
         last = exc.response.headers.get("Location") if exc.response is not None else None
         raise RedirectError(f"{what}: {_loop(last)}") from exc
@@ -231,22 +337,50 @@ class Retries:
 
 # -- requests sessions -----------------------------------------------------------------------------
 class _TimeoutAdapter(requests.adapters.HTTPAdapter):
-    """Gives every request a timeout and `Retries.for_urllib3`.
+    """Gives every request a timeout, `Retries.for_urllib3`, and for replies read whole, the
+    pace of `Pace` (and the thread's `query_deadline`).
 
     astroquery 0.4.11 passes ``timeout=None`` to requests for portal queries and downloads, so a
     server that stops answering hangs the caller forever; its ``conf.timeout`` only bounds the
-    total time spent polling ``EXECUTING`` replies. A body cut off mid-transfer is retried by the
-    callers that stream it.
+    total time spent polling ``EXECUTING`` replies. A socket timeout bounds each silence, not a
+    trickle: a reply read whole is read here, at the pace `Pace` allows, and handed on as read.
+    Callers that stream a body (downloads) read it with `read_body` themselves.
     """
 
     def __init__(self, timeout: float):
         super().__init__(max_retries=Retries.for_urllib3())
         self.timeout = timeout
 
-    def send(self, request, **kwargs):
+    def send(self, request, stream=False, **kwargs):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        return super().send(request, **kwargs)
+        pace = Pace()
+        response = super().send(request, stream=True, **kwargs)
+        if not stream:
+            raw = response.raw
+            try:
+                body = b"".join(read_body(response, pace))
+            finally:
+                raw.release_conn()
+            response.raw = _Read(body, raw)
+            response.headers.pop("Content-Encoding", None)  # decoded already
+        return response
+
+
+class _Read(io.BytesIO):
+    """A urllib3 response whose body was read (requests reads it again from here, plainly);
+    its other attributes (``version``, ``headers``, ...) are the response's."""
+
+    def __init__(self, body: bytes, raw):
+        super().__init__(body)
+        self._raw = raw
+
+    def stream(self, amount: int, decode_content: bool | None = None) -> Iterator[bytes]:
+        while block := self.read(amount):
+            yield block
+
+    def __getattr__(self, name: str):
+        return getattr(self._raw, name)
 
 
 def with_timeouts(session: requests.Session, timeout: float | None = None) -> requests.Session:
@@ -259,9 +393,11 @@ def with_timeouts(session: requests.Session, timeout: float | None = None) -> re
 
 
 def http_session(timeout: float | None = None) -> requests.Session:
-    """A new requests session with `with_timeouts`, following at most `MAX_REDIRECTS` redirects."""
+    """A new requests session with `with_timeouts`, following at most `MAX_REDIRECTS` redirects,
+    asking for bodies as they are (``Accept-Encoding: identity``)."""
     session = with_timeouts(requests.Session(), timeout)
     session.max_redirects = MAX_REDIRECTS
+    session.headers["Accept-Encoding"] = "identity"
     return session
 
 
@@ -285,7 +421,8 @@ class _IO:
         # Not trust_env: it looks up .netrc and the proxy settings on a thread for every request,
         # so a request's bytes leave only after other work on the loop; the proxy is `_proxy`'s.
         connector = aiohttp.TCPConnector(limit=64, limit_per_host=int(conf.connections))
-        return aiohttp.ClientSession(connector=connector)
+        # Bodies as sent: an encoding that was not asked for is refused (`get_range`), not inflated.
+        return aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     def run(self, coroutine: Coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
@@ -412,6 +549,28 @@ def _proxy_for(scheme: str, host: str | None) -> str | None:
     return urllib.request.getproxies().get(scheme)
 
 
+async def _capped_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body of a 206 ``response``, refused if encoded or longer than ``limit`` bytes
+    (before it is read, where its length is announced)."""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", ""):
+        raise ReplyRefused(
+            f"{response.url} encoded its reply ({encoding}) although identity was asked: refused"
+        )
+    length = response.content_length
+    if length is not None and length <= limit:
+        return await response.read()  # aiohttp reads the announced length, no more
+    body = bytearray()
+    if length is None:
+        async for block in response.content.iter_any():
+            body += block
+            if len(body) > limit:
+                break
+        else:
+            return bytes(body)
+    raise ReplyRefused(f"{response.url} sent more than the {limit} bytes the ranges asked may take: refused")
+
+
 @dataclass(frozen=True)
 class Reply:
     """What `get_range` got: status, reason, headers, body (of a 206 only) and the URL that
@@ -424,27 +583,38 @@ class Reply:
     url: str
 
 
-async def get_range(url: str, byte_range: str) -> Reply:
-    """A GET of ``byte_range`` (a Range header value) of ``url`` on the I/O loop's session,
-    following redirects (`MAX_REDIRECTS`, http(s) only, the Range header kept); the body of a
-    206 reply only (a server that ignores Range would send the whole file).
+async def get_range(url: str, byte_range: str, asked: int) -> Reply:
+    """A GET of ``byte_range`` (a Range header value, for ``asked`` bytes in all) of ``url`` on
+    the I/O loop's session, following redirects (`MAX_REDIRECTS`, http(s) only, the Range
+    header kept); the body of a 206 reply only (a server that ignores Range would send the
+    whole file).
+
+    The request may take as long as `Pace` allows for what was asked; the body may hold the
+    bytes asked and the multipart framing around them, nothing more, and no encoding.
 
     Raises aiohttp's errors (a silence longer than ``conf.timeout`` as
-    `aiohttp.ServerTimeoutError`), for `transport_errors` to translate, and `RedirectError`.
+    `aiohttp.ServerTimeoutError`), for `transport_errors` to translate, `TooSlowError`,
+    `ReplyRefused` and `RedirectError`.
     """
     seconds = float(conf.timeout)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+    allowed = Pace.allowance(asked)
+    timeout = aiohttp.ClientTimeout(total=allowed, sock_connect=seconds, sock_read=seconds)
     headers = {"Range": byte_range, "Accept-Encoding": "identity"}
+    limit = asked + _PART_OVERHEAD * (byte_range.count(",") + 1) + _REPLY_MARGIN
     try:
         async with _the_io().session.get(
             url, headers=headers, timeout=timeout, proxy=_proxy(url), max_redirects=MAX_REDIRECTS + 1
         ) as response:
-            body = await response.read() if response.status == 206 else b""
+            body = await _capped_body(response, limit) if response.status == 206 else b""
             return Reply(response.status, response.reason or "", response.headers, body, str(response.url))
-    except aiohttp.ServerTimeoutError:
+    except aiohttp.ServerTimeoutError:  # a silence, or no connection, for ``conf.timeout``
         raise
-    except TimeoutError as exc:  # some aiohttp versions let asyncio's own escape
-        raise aiohttp.ServerTimeoutError(f"no bytes for {seconds} s") from exc
+    except TimeoutError as exc:  # the total: asyncio's own
+        raise TooSlowError(
+            f"{url} sent fewer than the {asked} bytes asked in {allowed:.0f} s, slower than "
+            f"glue_mvmcut.conf.min_rate = {conf.min_rate} kB/s: stopped. Try again later, or "
+            "lower min_rate for a slow link."
+        ) from exc
     except aiohttp.TooManyRedirects as exc:
         raise RedirectError(_loop(exc.history[-1].headers.get("Location"))) from exc
     except (aiohttp.NonHttpUrlRedirectClientError, aiohttp.InvalidUrlRedirectClientError) as exc:
