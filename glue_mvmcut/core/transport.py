@@ -187,6 +187,14 @@ def query_deadline(seconds: float) -> Iterator[None]:
         _deadline.until = before
 
 
+def _check_encoding(headers: Mapping[str, str], accepted: str) -> None:
+    """Refuse a reply whose ``Content-Encoding`` (in its ``headers``) is none of ``accepted``
+    (the request's ``Accept-Encoding``): a body is never inflated unasked."""
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "") and encoding not in accepted.lower():
+        raise ReplyRefused(f"the reply is encoded ({encoding}) although {accepted} was asked: refused")
+
+
 def read_body(response: requests.Response, pace: Pace, chunk: int = 64 * 1024) -> Iterator[bytes]:
     """The body of a streamed requests ``response`` as it comes, at the pace ``pace`` allows,
     decoded if its ``Content-Encoding`` is one the request accepted, refused if another.
@@ -195,10 +203,7 @@ def read_body(response: requests.Response, pace: Pace, chunk: int = 64 * 1024) -
     ``iter_content`` reads whole chunks (64 KB take 18 hours at 1 byte/s, with no silence long
     enough for the socket's timeout). Its errors become requests' as ``iter_content`` makes them.
     """
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    accepted = response.request.headers.get("Accept-Encoding", "identity").lower()
-    if encoding not in ("identity", "") and encoding not in accepted:
-        raise ReplyRefused(f"the reply is encoded ({encoding}) although {accepted} was asked: refused")
+    _check_encoding(response.headers, response.request.headers.get("Accept-Encoding", "identity"))
     try:
         while block := response.raw.read1(chunk, decode_content=True):
             pace.add(len(block))
@@ -552,11 +557,7 @@ def _proxy_for(scheme: str, host: str | None) -> str | None:
 async def _capped_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body of a 206 ``response``, refused if encoded or longer than ``limit`` bytes
     (before it is read, where its length is announced)."""
-    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", ""):
-        raise ReplyRefused(
-            f"{response.url} encoded its reply ({encoding}) although identity was asked: refused"
-        )
+    _check_encoding(response.headers, "identity")
     length = response.content_length
     if length is not None and length <= limit:
         return await response.read()  # aiohttp reads the announced length, no more

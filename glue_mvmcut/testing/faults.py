@@ -27,7 +27,9 @@ class Faults:
     ``missing_columns`` (names of columns left out of the portal's table replies),
     ``content_length`` (False: file replies, HEAD's too, say no Content-Length; a GET's body ends
     with its connection, as MAST's files sometimes come, astroquery #3290),
-    ``announced_size`` (bytes a HEAD reply says a file has, whatever it has: a server that lies).
+    ``announced_size`` (bytes a HEAD reply says a file has, whatever it has: a server that lies),
+    ``content_encoding`` (``"gzip"``: file bodies come gzip-compressed, whatever was accepted),
+    ``extra_bytes`` (206 replies carry this many bytes more than the ranges asked).
     """
 
     def __init__(self):
@@ -48,6 +50,8 @@ class Faults:
             self.missing_columns: set[str] = set()
             self.content_length = True
             self.announced_size: int | None = None
+            self.content_encoding: str | None = None
+            self.extra_bytes = 0
 
     @property
     def ranges(self) -> str:
@@ -89,6 +93,11 @@ class Faults:
         """Go silent for ``seconds`` (after the headers and ``after_bytes`` of body for file GETs)."""
         self._add("stall", count, scope, seconds=seconds, after_bytes=after_bytes)
 
+    def trickle(self, rate: float, count: int = 1, scope: str = "any") -> None:
+        """Send the bodies of the next ``count`` replies at ``rate`` bytes per second: a server
+        that never falls silent but hardly moves."""
+        self._add("trickle", count, scope, rate=rate)
+
     def _add(self, kind, count, scope, **params):
         if scope not in ("any", "download", "query"):
             raise ValueError(f"Unknown fault scope {scope!r}")
@@ -102,8 +111,9 @@ class Faults:
             for fault in self._pending:
                 if fault["count"] <= 0 or fault["scope"] not in ("any", scope):
                     continue
-                mid_body = fault["kind"] == "drop" or (fault["kind"] == "stall" and fault["after_bytes"])
-                if mid_body and method != "GET":  # only a GET has a body to break or stall in
+                kind = fault["kind"]
+                mid_body = kind in ("drop", "trickle") or (kind == "stall" and fault["after_bytes"])
+                if mid_body and method == "HEAD":  # no body to break, stall or trickle in
                     continue
                 fault["count"] -= 1
                 taken.append(fault)

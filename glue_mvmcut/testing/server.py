@@ -14,6 +14,7 @@ Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server 
 
 import argparse
 import email.utils
+import gzip
 import json
 import os
 import re
@@ -87,6 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Arrival is when the kernel received the request (`StampedReader`), not when this
     # handler's thread, after waiting for the GIL behind the others' work, reads it.
     _due = _arrived = 0.0  # errors sent before a request is parsed (a 414 for a huge line) go at once
+    _trickle: float | None = None  # bytes per second of this reply's body, if it trickles
 
     def parse_request(self):
         received = self._reader.received if self._reader is not None else None
@@ -114,9 +116,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self._record(service, status, len(body) if self.command != "HEAD" else 0)
+        self._sent = 0
+        try:
+            if self.command != "HEAD" and self._trickle:
+                self._send_slowly(body, self._trickle)
+            elif self.command != "HEAD":
+                self.wfile.write(body)
+                self._sent = len(body)
+        finally:
+            self._record(service, status, self._sent)
+
+    def _send_slowly(self, body: bytes, rate: float) -> None:
+        """Send ``body`` at ``rate`` bytes per second, in twentieths of a second (a `trickle`)."""
+        step = max(1, int(rate / 20))
+        for at in range(0, len(body), step):
+            self.wfile.write(body[at : at + step])
+            self.wfile.flush()
+            self._sent += len(body[at : at + step])
+            time.sleep(step / rate)
 
     def _redirect(self, location: str, status: int) -> None:
         self.send_response(status)
@@ -134,7 +151,7 @@ class _Handler(BaseHTTPRequestHandler):
         Returns whether the request was already answered (an injected failure) and the fault to
         apply while sending a file body (a drop, a mid-body stall or a garbled reply), if any.
         """
-        mid_body = None
+        mid_body, self._trickle = None, None
         for fault in self.server.owner.faults.take(scope, self.command):
             if fault["kind"] == "fail":
                 self.close_connection = True
@@ -144,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return True, None
             if fault["kind"] == "stall" and (scope != "download" or self.command != "GET"):
                 self._due += fault["seconds"]
+            elif fault["kind"] == "trickle":
+                self._trickle = fault["rate"]
             else:
                 mid_body = fault
         return False, mid_body
@@ -275,10 +294,17 @@ class _Handler(BaseHTTPRequestHandler):
             elif garble == "no-content-range":
                 segments[0] = head + b"\r\n"
             segments.append(f"\r\n--{boundary}--\r\n".encode())
+        if status == 206 and faults.extra_bytes:
+            segments.append(b"\0" * faults.extra_bytes)
         length = sum(len(s) if isinstance(s, bytes) else s[1] for s in segments)
-        if self.command == "GET" and length <= _PRELOAD:  # read while the latency runs
+        if self.command == "GET" and (
+            length <= _PRELOAD or faults.content_encoding
+        ):  # read while the latency runs
             with open(path, "rb") as fh:
                 segments = [b"".join(_body_pieces(fh.fileno(), segments))]
+            if faults.content_encoding:
+                segments = [gzip.compress(segments[0], mtime=0)]
+                length = len(segments[0])
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         if self.command == "HEAD" and faults.announced_size is not None:
@@ -290,6 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Disposition", f'attachment; filename="{name}"')
         self.send_header("Last-Modified", modified)
         self.send_header("ETag", etag)
+        if faults.content_encoding:
+            self.send_header("Content-Encoding", faults.content_encoding)
         if faults.ranges != "no-range":
             self.send_header("Accept-Ranges", "bytes")
         if status == 206 and len(spans) == 1:
@@ -324,6 +352,10 @@ class _Handler(BaseHTTPRequestHandler):
                 pending.clear()
                 pending_bytes = 0
 
+        if self._trickle:
+            with open(path, "rb") as fh:
+                self._send_slowly(b"".join(_body_pieces(fh.fileno(), segments)), self._trickle)
+            return False
         with open(path, "rb") as fh:
             for piece in _body_pieces(fh.fileno(), segments):
                 if limit is not None and self._sent + pending_bytes + len(piece) >= limit:
