@@ -273,3 +273,47 @@ def test_blank_pixels_of_a_scaled_layer_take_no_part_in_its_mosaic(scaled_archiv
     w = blanked["WHT"].data[~blank].astype(float)
     expected = (w * blanked["SCI"].data[~blank] + 500 * 2.0) / (w + 500)
     np.testing.assert_allclose(sci[~blank], expected, rtol=1e-6)
+
+
+def _with_card(data: bytes, after: int, keyword: str, value: str) -> bytes:
+    """``data`` with the first ``keyword`` card after byte ``after`` set to ``value``."""
+    at = data.index(f"{keyword:8}=".encode(), after)
+    return data[:at] + f"{keyword:8}= {value:>20}".ljust(80).encode() + data[at + 80 :]
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "problem"),
+    [
+        ("NAXIS1", "-720", "NAXIS1 = -720, not a length"),  # the next HDU would begin before this one
+        ("NAXIS", "-1", "NAXIS = -1, not a number of axes"),
+        ("BITPIX", "12", "BITPIX = 12, not one of"),
+        ("GCOUNT", "0", "GCOUNT = 0, not a count"),
+    ],
+)
+def test_impossible_headers_are_refused_before_astropy_reads_them(
+    lmc_archive, tmp_path, keyword, value, problem
+):
+    data = _layer(lmc_archive).read_bytes()
+    sci = data.index(b"EXTNAME = 'SCI")
+    sci = sci - sci % 2880  # the SCI header's first block (it is shorter than one)
+    while not data[sci:].startswith(b"XTENSION"):
+        sci -= 2880
+    bad = tmp_path / F814W
+    bad.write_bytes(_with_card(data, sci, keyword, value))
+    with pytest.raises(NotMVMFileError, match=rf"{F814W}: the header at byte {sci} has {problem}"):
+        cut_layer(bad, LMC, 10)
+
+
+def test_only_regular_files_are_opened_as_layers(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / F814W)  # a reader would block on it for ever
+    with pytest.raises(NotMVMFileError, match=rf"{F814W} is not a regular file: refused"):
+        cut_layer(tmp_path / F814W, LMC, 10)
+
+
+def test_a_local_header_without_end_is_read_up_to_10_mb(tmp_path):
+    endless = tmp_path / F814W
+    endless.write_bytes(b"SIMPLE  =                    T".ljust(80) + b"COMMENT".ljust(80) * 200_000)
+    with pytest.raises(NotMVMFileError, match=r"the header at byte 0 has no END card in its first 10 MB"):
+        cut_layer(endless, LMC, 10)

@@ -11,7 +11,7 @@ from glue.core.data_factories import find_factory, load_data
 from glue.core.roi import RectangularROI
 from glue.core.subset import RoiSubsetState
 
-from glue_mvmcut import cutout_mosaic
+from glue_mvmcut import NotMVMFileError, cutout_mosaic
 from glue_mvmcut.glue import setup
 from glue_mvmcut.glue.loader import MVM_FACTORY_LABEL, load_mvm, read_mvm
 
@@ -120,3 +120,22 @@ def test_a_scaled_integer_layer_opens_with_its_physical_values(scaled_archive):
         expected = hdul["SCI"].data
     assert np.isnan(expected).sum() == 12
     np.testing.assert_array_equal(data["SCI"], expected)
+
+
+def test_files_astropy_would_hang_on_are_not_claimed(tmp_path, lmc_archive):
+    import os
+
+    from glue_mvmcut.glue.loader import is_mvm_fits
+
+    name = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
+    os.mkfifo(tmp_path / name)
+    assert is_mvm_fits(str(tmp_path / name)) is False  # a FIFO: never opened
+    data = (lmc_archive.directory / name).read_bytes()
+    at = data.index(b"NAXIS1  =", data.index(b"EXTNAME = 'SCI") - 2880)
+    (tmp_path / "bad").mkdir()
+    bad = tmp_path / "bad" / name
+    bad.write_bytes(data[:at] + b"NAXIS1  =                 -720".ljust(80) + data[at + 80 :])
+    assert is_mvm_fits(str(bad)) is False
+    with pytest.raises(NotMVMFileError, match="NAXIS1 = -720, not a length"):
+        read_mvm(str(bad))
+    assert is_mvm_fits(str(lmc_archive.directory / name)) is True

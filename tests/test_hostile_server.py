@@ -115,3 +115,17 @@ def test_a_header_without_end_is_read_up_to_10_mb(lmc_archive, tmp_path):
 
 def test_every_refusal_is_an_archive_error():
     assert issubclass(TooSlowError, ArchiveError) and issubclass(ReplyRefused, ArchiveError)
+
+
+def test_an_impossible_header_on_the_server_is_refused(lmc_archive, tmp_path):
+    """NAXIS1 = -720 in SCI: its data would end where its header begins; never walked for ever."""
+    folder = tmp_path / "lmc"
+    shutil.copytree(lmc_archive.directory, folder)
+    data = (folder / NAME).read_bytes()
+    at = data.index(b"NAXIS1  =", data.index(b"EXTNAME = 'SCI") - 2880)
+    (folder / NAME).write_bytes(data[:at] + b"NAXIS1  =                 -720".ljust(80) + data[at + 80 :])
+    with MastServer([folder]) as server, using_server(server.url):
+        with pytest.raises(
+            NotMVMFileError, match=rf"{NAME}: the header at byte \d+ has NAXIS1 = -720, not a length"
+        ):
+            cut_layer(URI, LMC, 5)

@@ -14,7 +14,6 @@ import asyncio
 import copy
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -27,7 +26,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
 from .coords import parse_coord, parse_size
 from .endpoints import file_url
 from .errors import CompressedLayerError, InvalidNameError, NotMVMFileError, OutsideFootprintError
-from .files import fits_problem
+from .files import checked_fits
 from .fitsheaders import LAYER_HEADERS, HDUInfo, celestial_wcs, edited_header, hdu_with_header, header_text
 from .names import CutoutName, LayerName
 from .remote import RemoteFITS
@@ -107,12 +106,7 @@ def open_layer(source) -> tuple[fits.HDUList, LayerName]:
         If the file is not FITS, is truncated, has no SCI/WHT images of one 2-D shape or no
         celestial WCS, or its name is not an MVM layer name.
     """
-    path = Path(source)
-    if not path.is_file():
-        raise NotMVMFileError(f"{path} does not exist.")
-    problem = fits_problem(path)
-    if problem:
-        raise NotMVMFileError(f"{path.name} is not a readable, complete FITS file ({problem}).")
+    path = checked_fits(source)
     hdul = fits.open(path)  # memory-mapped; not ``memmap=True``, which refuses scaled integers
     try:
         name = layer_name(hdul[0].header, path.name)

@@ -23,7 +23,8 @@ from astropy.utils.exceptions import AstropyWarning
 from filelock import FileLock, Timeout
 
 from .config import conf
-from .errors import Cancelled, OutputFolderError, UnsafePathError
+from .errors import Cancelled, NotMVMFileError, OutputFolderError, UnsafePathError
+from .fitsheaders import BLOCK, CARD, END_CARD, MAX_HEADER, HDUInfo, find_card
 from .threadsafe import catch_warnings
 
 __all__ = [
@@ -37,7 +38,9 @@ __all__ = [
     "folder_lock",
     "folder_lock_path",
     "locks_folder",
+    "checked_fits",
     "fits_problem",
+    "structure_problem",
 ]
 
 log = logging.getLogger(__name__)
@@ -210,22 +213,82 @@ def folder_lock(folder, cancel: Callable[[], bool] | None = None) -> Iterator[No
         yield
 
 
+def checked_fits(path) -> Path:
+    """``path``, once `fits_problem` finds nothing wrong with it.
+
+    Raises
+    ------
+    NotMVMFileError
+        Naming the file and what is wrong with it.
+    """
+    path = Path(path)
+    if not os.path.lexists(path):
+        raise NotMVMFileError(f"{path} does not exist.")
+    problem = fits_problem(path)
+    if problem:
+        raise NotMVMFileError(f"{path.name} is not a readable, complete FITS file ({problem}).")
+    return path
+
+
 def fits_problem(path: Path) -> str | None:
-    """What is wrong with a FITS file's structure (truncated, unreadable), or None if it is whole."""
-    size = path.stat().st_size
+    """What is wrong with a FITS file's structure (not a regular file, an impossible or endless
+    header, truncated, unreadable), or None if it is whole.
+
+    The headers are walked here first (`structure_problem`): astropy loops for ever on some
+    (a negative NAXISn), and blocks on a FIFO.
+    """
+    problem = structure_problem(path)
+    if problem:
+        return problem
     try:
         with catch_warnings(record=True) as caught:
             warnings.simplefilter("always", AstropyWarning)
-            with fits.open(path, memmap=True) as hdul:
+            with fits.open(path) as hdul:
                 hdul.readall()
-                ends = [hdul.fileinfo(i)["datLoc"] + hdul.fileinfo(i)["datSpan"] for i in range(len(hdul))]
     except Exception as exc:  # astropy raises many kinds for files that are not FITS
         return f"unreadable: {exc}"
     for warning in caught:  # astropy only warns when a file is cut short
         if "truncated" in str(warning.message):
             return str(warning.message)
-    # A whole FITS file ends exactly where its last HDU's padded data ends; astropy silently drops
-    # an HDU whose data was cut short, so a shorter total means a truncated file.
-    if max(ends) != size:
-        return f"{size} bytes, but its complete HDUs end at byte {max(ends)}"
+    return None
+
+
+def structure_problem(path: Path) -> str | None:
+    """What is wrong with the HDU layout of the file ``path``, walked header by header (never
+    more than `~glue_mvmcut.core.fitsheaders.MAX_HEADER` bytes each), or None: not a regular
+    file, a header without END or with an impossible layout, an HDU cut short, bytes after the
+    last HDU that are no header."""
+    try:
+        with open_regular(Path(path), "rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            offset = 0
+            while offset < size:
+                file.seek(offset)
+                cards = _header_cards(file)
+                if cards is None:
+                    return f"the header at byte {offset} has no END card in its first {MAX_HEADER >> 20} MB"
+                if not cards.startswith((b"SIMPLE  =", b"XTENSION=")):
+                    return f"no FITS header at byte {offset}" if offset else "not a FITS file"
+                length = -(-len(cards) // BLOCK) * BLOCK
+                info = HDUInfo.read(cards, offset, length, Path(path).name)
+                if info.end > size:  # a whole file ends where its last HDU's padded data ends
+                    return f"truncated: {size} bytes, but its HDU at byte {offset} ends at byte {info.end}"
+                offset = info.end
+    except (OSError, NotMVMFileError) as exc:
+        return str(exc)
+    return None
+
+
+def _header_cards(file) -> bytes | None:
+    """The cards of the header at ``file``'s position, up to its END card; None if there is none
+    within `~glue_mvmcut.core.fitsheaders.MAX_HEADER` bytes or before the end of the file."""
+    data = b""
+    while len(data) < MAX_HEADER:
+        block = file.read(BLOCK)
+        if len(block) < BLOCK:
+            return None
+        data += block
+        end = find_card(data[-BLOCK:], END_CARD)
+        if end >= 0:
+            return data[: len(data) - BLOCK + end + CARD]
     return None

@@ -24,18 +24,21 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS, FITSFixedWarning, Wcsprm
 
+from .errors import NotMVMFileError
 from .threadsafe import catch_warnings
 
 __all__ = [
     "BLOCK",
     "CARD",
     "END_CARD",
+    "MAX_HEADER",
     "HDUInfo",
     "HeaderCache",
     "LAYER_HEADERS",
     "card_value",
     "find_card",
     "hdu_data_size",
+    "layout_problem",
     "header_text",
     "edited_header",
     "card_image",
@@ -51,6 +54,10 @@ BLOCK = 2880
 CARD = 80
 END_CARD = b"END" + b" " * 77
 END = END_CARD.decode("ascii")
+#: The longest header read: an MVM layer's primary header is ~75 KB; 10 MB without an END card
+#: is no FITS header worth reading.
+MAX_HEADER = 10 << 20
+_BITPIX = (8, 16, 32, 64, -32, -64)
 
 
 @dataclass
@@ -78,10 +85,19 @@ class HDUInfo:
     _values: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def read(cls, cards: bytes, header_offset: int, length: int) -> "HDUInfo":
+    def read(cls, cards: bytes, header_offset: int, length: int, source: str = "the file") -> "HDUInfo":
         """The HDU whose header ``cards``, ``length`` bytes with their padding, begin at
-        ``header_offset``."""
+        ``header_offset`` of ``source`` (a name for messages).
+
+        Raises
+        ------
+        NotMVMFileError
+            If the header's data layout is impossible (`layout_problem`).
+        """
         info = cls(cards, header_offset, header_offset + length, 0, "PRIMARY")
+        problem = layout_problem(info)
+        if problem:
+            raise NotMVMFileError(f"{source}: the header at byte {header_offset} has {problem}.")
         info.data_size = hdu_data_size(info)
         if header_offset:
             info.name = str(info.get("EXTNAME", "")).strip().upper()
@@ -140,6 +156,33 @@ def find_card(data: bytes, start: bytes) -> int:
     while at > 0 and at % CARD:  # a card's image starts every 80 bytes
         at = data.find(start, at + 1)
     return at
+
+
+def layout_problem(header) -> str | None:
+    """What makes a header's data layout impossible, or None: a BITPIX, NAXIS or NAXISn that is
+    not one, a negative PCOUNT or GCOUNT. Checked before astropy sees a header: a negative
+    NAXISn makes its next HDU begin before this one, and astropy walks that loop for ever."""
+
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    try:
+        values = {key: header.get(key) for key in ("BITPIX", "NAXIS", "PCOUNT", "GCOUNT")}
+        if values["BITPIX"] not in _BITPIX:
+            return f"BITPIX = {values['BITPIX']!r}, not one of {_BITPIX}"
+        if not whole(values["NAXIS"]) or values["NAXIS"] > 999:
+            return f"NAXIS = {values['NAXIS']!r}, not a number of axes"
+        for axis in range(1, values["NAXIS"] + 1):
+            length = header.get(f"NAXIS{axis}")
+            if not whole(length):
+                return f"NAXIS{axis} = {length!r}, not a length"
+    except ValueError as exc:  # a card astropy cannot read
+        return f"an unreadable card ({exc})"
+    if values["PCOUNT"] is not None and not whole(values["PCOUNT"]):
+        return f"PCOUNT = {values['PCOUNT']!r}, not a count"
+    if values["GCOUNT"] is not None and not (whole(values["GCOUNT"]) and values["GCOUNT"] > 0):
+        return f"GCOUNT = {values['GCOUNT']!r}, not a count"
+    return None
 
 
 def hdu_data_size(header) -> int:

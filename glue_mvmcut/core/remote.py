@@ -31,7 +31,7 @@ from astropy.io.fits.hdu.base import BITPIX2DTYPE
 from .byteranges import Parts, ReplyError, Targets, copy_parts, parse_multipart, parse_single
 from .config import conf
 from .errors import ArchiveError, Cancelled, NotMVMFileError
-from .fitsheaders import BLOCK, CARD, END_CARD, HDUInfo, find_card
+from .fitsheaders import BLOCK, CARD, END_CARD, MAX_HEADER, HDUInfo, find_card
 from .servers import location, relocate, server_of
 from .spanplan import gaps_between, joins_within_budget, merge_spans, request_batches
 from .transport import (
@@ -76,9 +76,6 @@ Into = tuple[np.ndarray, tuple[slice, slice]]
 _MVM_HEADER_LENGTHS = {"SCI": 3 * BLOCK, "WHT": 2 * BLOCK}
 #: Bytes read for a header after the file's first read (which is learned, see `read_headers`).
 _LATER_READ = 64 * 1024
-#: The longest header read: an MVM layer's primary header is ~75 KB; 10 MB without an END card
-#: is no FITS header worth reading.
-MAX_HEADER = 10 << 20
 
 
 _ADVICE = " The archive's server misbehaved: try again, or fetch whole files (--fetch download)."
@@ -436,7 +433,7 @@ class RemoteFITS:
                 raise NotMVMFileError(f"{self.name} is not an MVM layer: it has no {missing[0]} extension.")
             want = self.server.first_read() if offset == 0 else _LATER_READ
             cards, length = await self._header_at(offset, want)
-            info = HDUInfo.read(cards, offset, length)
+            info = HDUInfo.read(cards, offset, length, self.name)
             if offset:
                 self.server.saw_header(info.name, length)
             found.setdefault(info.name, info)
@@ -456,7 +453,7 @@ class RemoteFITS:
         """The HDU whose header begins ``block`` (read where ``info`` was guessed), if the block
         holds it whole."""
         found = self._parse_header(block, info.header_offset) if block else None
-        return HDUInfo.read(found[0], info.header_offset, found[1]) if found else None
+        return HDUInfo.read(found[0], info.header_offset, found[1], self.name) if found else None
 
     @staticmethod
     def _guess_held(info: HDUInfo, real: HDUInfo | None) -> bool:
@@ -544,7 +541,7 @@ class RemoteFITS:
             real = read.get(key)
             if real is None:  # its header is longer than guessed: the rest of it
                 cards, length = await self._header_at(info.header_offset)
-                real = HDUInfo.read(cards, info.header_offset, length)
+                real = HDUInfo.read(cards, info.header_offset, length, self.name)
             if real.name != info.name:  # another HDU is where it was expected
                 real = (await self.read_headers((info.name,)))[info.name]
             self._confirmed(info, real)

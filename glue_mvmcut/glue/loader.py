@@ -22,6 +22,7 @@ from glue.core import Data
 from glue.core.data_collection import DataCollection
 
 from ..core.errors import InvalidNameError
+from ..core.files import checked_fits, structure_problem
 from ..core.names import CombinedName, parse_product_name
 
 __all__ = [
@@ -52,6 +53,8 @@ def is_mvm_fits(filename, **kwargs) -> bool:
     try:
         parse_product_name(Path(filename).name)
     except (InvalidNameError, TypeError):
+        return False
+    if structure_problem(filename):  # before astropy: a FIFO blocks it, some headers loop it
         return False
     try:
         with fits.open(filename) as hdul:
@@ -86,9 +89,15 @@ def mvm_data(hdul: fits.HDUList, label: str | None = None) -> Data:
 
 
 def read_mvm(filename, **kwargs) -> Data:
-    """Glue data factory: read an MVM layer, cutout or mosaic (memory-mapped) as one Data."""
+    """Glue data factory: read an MVM layer, cutout or mosaic (memory-mapped) as one Data.
+
+    Raises
+    ------
+    NotMVMFileError
+        If the file is not a whole FITS file.
+    """
     # Memory-mapped arrays stay readable after the file is closed (astropy keeps the mapping).
-    with fits.open(filename) as hdul:
+    with fits.open(checked_fits(filename)) as hdul:
         return mvm_data(hdul, label_for(hdul, Path(filename).name))
 
 
