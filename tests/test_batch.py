@@ -364,3 +364,34 @@ def test_links_planted_in_a_batch_folder_never_redirect_its_writes(mast, cache, 
     for name, files in zip(manifest["id"], manifest["n_files"], strict=True):
         assert len(list((out / name).iterdir())) == files > 1
     assert not (out / MANIFEST).is_symlink() and not stale.exists()
+
+
+def test_targets_are_grouped_as_by_asking_every_group():
+    """The grid finds the groups that comparing each target with every group's first finds:
+    clusters near the pole, across RA = 0 and at GROUP_RADIUS's edge, two selections mixed."""
+    from astropy.coordinates import SkyCoord
+
+    from glue_mvmcut.core.batch import GROUP_RADIUS, group_targets
+    from glue_mvmcut.core.targets import Target
+
+    rng = np.random.default_rng(7)
+    centres = [(0.001, 10.0), (359.999, 10.0), (45.0, 89.99), (200.0, -89.95), (84.9, -69.1), (120.0, 0.0)]
+    targets = []
+    for n in range(400):
+        ra, dec = centres[n % len(centres)]
+        east, north = rng.uniform(-2.5, 2.5, 2) * GROUP_RADIUS
+        ra, dec = _offset((ra, dec), east, north)
+        filters = ("f814w",) if n % 3 else None
+        targets.append(Target(n, f"t{n}", "", None, ra % 360, float(np.clip(dec, -90, 90)), filters=filters))
+    groups, firsts = [], []
+    for target in targets:  # the definition, pair by pair
+        here = SkyCoord(target.ra, target.dec, unit="deg")
+        for group, (key, first) in zip(groups, firsts, strict=True):
+            if key == target.filters and here.separation(first).arcsec <= GROUP_RADIUS:
+                group.append(target.id)
+                break
+        else:
+            groups.append([target.id])
+            firsts.append((target.filters, here))
+    found = [[t.id for t in group] for group in group_targets(targets)]
+    assert found == groups and 20 < len(groups) < 300
