@@ -395,3 +395,31 @@ def test_targets_are_grouped_as_by_asking_every_group():
             firsts.append((target.filters, here))
     found = [[t.id for t in group] for group in group_targets(targets)]
     assert found == groups and 20 < len(groups) < 300
+
+
+def test_two_batches_on_one_folder_take_turns(mast, cache, tmp_path):
+    """Started together on one folder: one runs every target, the other waits, then finds them
+    done; nothing fails and no temporary folder is left."""
+    import threading
+
+    targets = Table(
+        rows=[(f"t{i}", *_offset(LMC, 4 * i - 6, 0)) for i in range(4)], names=["id", "ra", "dec"]
+    )
+    out = tmp_path / "out"
+    manifests, errors = [], []
+
+    def batch():
+        try:
+            manifests.append(cutout_batch(targets, size=2, filters=["f814w"], out_dir=out, workers=2))
+        except Exception as exc:  # fails the test below, with its message
+            errors.append(exc)
+
+    runs = [threading.Thread(target=batch) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(300)
+    assert errors == []
+    assert sorted(m.meta["targets_run"] for m in manifests) == [0, 4]
+    assert all(list(m["status"]) == ["done"] * 4 for m in manifests)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "t0", "t1", "t2", "t3"]

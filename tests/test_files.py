@@ -155,3 +155,26 @@ def test_a_second_run_in_a_folder_waits_for_the_first(mast, cache, tmp_path, cap
         logging.getLogger("glue_mvmcut").removeHandler(handler)
     written = sorted(p.name for paths in result["run"].paths.values() for p in paths)
     assert len(written) == 26 and sorted(p.name for p in out.iterdir()) == written
+
+
+def test_three_cuts_into_one_folder_at_once_all_finish_with_the_same_files(mast, cache, tmp_path):
+    out = tmp_path / "out"
+    results, errors = [], []
+
+    def cut():
+        try:
+            results.append(cutout_mosaic(LMC, 6, out_dir=out))
+        except Exception as exc:  # any error fails the test below, with its message
+            errors.append(exc)
+
+    workers = [threading.Thread(target=cut) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert errors == [] and len(results) == 3
+    alone = cutout_mosaic(LMC, 6, out_dir=tmp_path / "alone")
+    names = sorted(p.name for paths in alone.paths.values() for p in paths)
+    assert sorted(p.name for p in out.iterdir()) == names
+    for name in names:
+        assert name.endswith(".ecsv") or (out / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
