@@ -9,8 +9,9 @@ from glue_mvmcut import ArchiveError, NotMVMFileError, conf
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.download import download_layer
 from glue_mvmcut.core.endpoints import using_server
+from glue_mvmcut.core.limits import ReplyRefused, TooSlowError
 from glue_mvmcut.core.mast import query_layers
-from glue_mvmcut.core.transport import ReplyRefused, TooSlowError, TransferStats
+from glue_mvmcut.core.transport import TransferStats
 from glue_mvmcut.testing.server import MastServer
 
 LMC = (84.9208, -69.1467)

@@ -24,6 +24,7 @@ ORDER = [
     "core.files",
     "core.servers",
     "core.endpoints",
+    "core.limits",
     "core.transport",
     "core.byteranges",
     "core.spanplan",

@@ -30,18 +30,9 @@ from .config import conf
 from .endpoints import file_url
 from .errors import ArchiveError, Cancelled
 from .files import cache_dir, fits_problem, held_lock, locks_folder, open_regular, write_atomically
+from .limits import Pace, ReplyRefused, TooSlowError, read_body
 from .names import checked_product
-from .transport import (
-    RETRYABLE,
-    Pace,
-    ReplyRefused,
-    Retries,
-    TooSlowError,
-    TransferStats,
-    http_session,
-    read_body,
-    transport_errors,
-)
+from .transport import RETRYABLE, Retries, TransferStats, http_session, transport_errors
 
 __all__ = ["cache_dir", "download_layer"]
 
@@ -335,7 +326,7 @@ def _attempt(session, url, partial: _Part, done: int, name, progress, cancel, st
 
 def _receive(response, partial: _Part, done: int, name, progress, cancel, stats) -> int:
     """Write the body of ``response`` into ``partial`` from byte ``done`` on, never past the
-    size the server announced, at the pace `~glue_mvmcut.core.transport.Pace` allows; returns
+    size the server announced, at the pace `~glue_mvmcut.core.limits.Pace` allows; returns
     the bytes held."""
     expected = partial.version.size
     with open_regular(partial.path) as out:

@@ -24,9 +24,10 @@ from .coords import box_radius, parse_coord, parse_size
 from .endpoints import PORTAL_PATHS, resolver_url, server_url
 from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMVMDataWarning, UnsafeNameError
 from .footprints import Footprint, parse_region
+from .limits import query_deadline
 from .names import LayerName, checked_selection, safe_filename
 from .skycells import skycells_covering
-from .transport import http_session, query_deadline, transport_errors, with_timeouts
+from .transport import http_session, transport_errors, with_timeouts
 
 __all__ = [
     "LAYER_COLUMNS",

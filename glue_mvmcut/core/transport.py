@@ -13,11 +13,10 @@ Everything in the package that talks HTTP stands on this module:
   off) count their failures with `Retries`; `RETRYABLE` names the errors worth another attempt.
 - `transport_errors` turns any transport failure, of requests or of aiohttp, into an
   `~glue_mvmcut.core.errors.ArchiveError` that names the server and what to do.
-- Nothing a server sends can hold a run for ever or fill the memory: every request may take
-  ``conf.timeout`` s plus a second per ``conf.min_rate`` kB it brings (`Pace`; `TooSlowError`
-  beyond), a MAST query ``conf.query_timeout`` s in all (`query_deadline`), a ranged reply
-  brings at most what was asked (`ReplyRefused` otherwise), and bodies come as sent: a
-  ``Content-Encoding`` that was not asked for is refused, never inflated.
+- Every request keeps to `~glue_mvmcut.core.limits`: it may take ``conf.timeout`` s plus a
+  second per ``conf.min_rate`` kB it brings, a MAST query ``conf.query_timeout`` s in all, and
+  bodies come as sent (an encoding not asked for is refused); a ranged reply brings at most
+  what was asked (`~glue_mvmcut.core.limits.ReplyRefused` otherwise).
 - Both follow at most `MAX_REDIRECTS` redirects (MAST sends some files to cloud storage),
   keeping the ``Range`` header, to http(s) addresses only (`RedirectError` otherwise).
 
@@ -39,7 +38,6 @@ import logging
 import os
 import re
 import threading
-import time
 import urllib.request
 from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
@@ -54,6 +52,7 @@ from urllib3.util.retry import Retry
 from .config import conf
 from .endpoints import astroquery_config_file, server_url
 from .errors import ArchiveError
+from .limits import Pace, ReplyRefused, TooSlowError, check_encoding, read_body
 
 __all__ = [
     "TransferStats",
@@ -62,11 +61,6 @@ __all__ = [
     "RETRYABLE",
     "MAX_REDIRECTS",
     "RedirectError",
-    "TooSlowError",
-    "ReplyRefused",
-    "Pace",
-    "query_deadline",
-    "read_body",
     "Retries",
     "transport_errors",
     "http_session",
@@ -115,107 +109,12 @@ class RedirectError(ArchiveError):
     (a loop, likely), or to an address that is not http(s)."""
 
 
-class TooSlowError(ArchiveError):
-    """A server sent fewer bytes than ``conf.min_rate`` allows (or a query outlasted
-    ``conf.query_timeout``)."""
-
-
-class ReplyRefused(ArchiveError):
-    """A reply that is not what was asked for: longer than the ranges asked, or encoded
-    (``Content-Encoding``) although ``identity`` was asked."""
-
-
 #: Redirects followed for one request; one more is taken for a loop.
 MAX_REDIRECTS = 5
 #: What a multi-range reply may hold beyond the bytes asked: each part's head (~150 bytes)
 #: and, as RFC 9110 lets servers coalesce ranges closer than that, the gaps between them.
 _PART_OVERHEAD = 512
 _REPLY_MARGIN = 64 * 1024
-
-
-class Pace:
-    """The floor on one transfer's speed: it may take ``conf.timeout`` s plus one second per
-    ``conf.min_rate`` kB received, and never past ``until`` (a `time.monotonic` deadline).
-
-    The rule needs no size in advance, so it bounds a trickle of bytes (1 byte/s is stopped
-    after about ``conf.timeout`` s) as well as a stall, while a slow but honest link goes on.
-    """
-
-    def __init__(self, until: float | None = None):
-        self.started = time.monotonic()
-        self.received = 0
-        self.until = until if until is not None else getattr(_deadline, "until", None)
-
-    @staticmethod
-    def allowance(nbytes: int) -> float:
-        """Seconds a transfer of ``nbytes`` may take."""
-        return float(conf.timeout) + nbytes / (float(conf.min_rate) * 1000)
-
-    def add(self, nbytes: int) -> None:
-        """Count ``nbytes`` more received; `TooSlowError` if the transfer is now too slow."""
-        self.received += nbytes
-        now = time.monotonic()
-        if now > self.started + self.allowance(self.received) or (
-            self.until is not None and now > self.until
-        ):
-            raise self.too_slow()
-
-    def too_slow(self) -> TooSlowError:
-        seconds = time.monotonic() - self.started
-        if self.until is not None and time.monotonic() > self.until:
-            return TooSlowError(
-                f"not done within glue_mvmcut.conf.query_timeout = {conf.query_timeout} s. Try again "
-                "later, or raise it."
-            )
-        return TooSlowError(
-            f"{self.received} bytes in {seconds:.0f} s, slower than glue_mvmcut.conf.min_rate = "
-            f"{conf.min_rate} kB/s: stopped. Try again later, or lower min_rate for a slow link."
-        )
-
-
-_deadline = threading.local()  # ``until``: the `query_deadline` of the thread, if any
-
-
-@contextmanager
-def query_deadline(seconds: float) -> Iterator[None]:
-    """Every request this thread makes in the block ends within ``seconds`` from now (`Pace`)."""
-    before = getattr(_deadline, "until", None)
-    _deadline.until = time.monotonic() + seconds
-    try:
-        yield
-    finally:
-        _deadline.until = before
-
-
-def _check_encoding(headers: Mapping[str, str], accepted: str) -> None:
-    """Refuse a reply whose ``Content-Encoding`` (in its ``headers``) is none of ``accepted``
-    (the request's ``Accept-Encoding``): a body is never inflated unasked."""
-    encoding = headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "") and encoding not in accepted.lower():
-        raise ReplyRefused(f"the reply is encoded ({encoding}) although {accepted} was asked: refused")
-
-
-def read_body(response: requests.Response, pace: Pace, chunk: int = 64 * 1024) -> Iterator[bytes]:
-    """The body of a streamed requests ``response`` as it comes, at the pace ``pace`` allows,
-    decoded if its ``Content-Encoding`` is one the request accepted, refused if another.
-
-    Reads with urllib3's ``read1``, which returns whatever bytes have come: requests'
-    ``iter_content`` reads whole chunks (64 KB take 18 hours at 1 byte/s, with no silence long
-    enough for the socket's timeout). Its errors become requests' as ``iter_content`` makes them.
-    """
-    _check_encoding(response.headers, response.request.headers.get("Accept-Encoding", "identity"))
-    try:
-        while block := response.raw.read1(chunk, decode_content=True):
-            pace.add(len(block))
-            yield block
-    except urllib3.exceptions.ProtocolError as exc:
-        raise requests.exceptions.ChunkedEncodingError(exc) from exc
-    except urllib3.exceptions.ReadTimeoutError as exc:
-        raise requests.exceptions.ConnectionError(exc) from exc
-    except urllib3.exceptions.SSLError as exc:
-        raise requests.exceptions.SSLError(exc) from exc
-    except urllib3.exceptions.DecodeError as exc:
-        raise requests.exceptions.ContentDecodingError(exc) from exc
 
 
 #: Failures worth another attempt: a connection that failed or broke off, a silence longer than
@@ -557,7 +456,7 @@ def _proxy_for(scheme: str, host: str | None) -> str | None:
 async def _capped_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     """The body of a 206 ``response``, refused if encoded or longer than ``limit`` bytes
     (before it is read, where its length is announced)."""
-    _check_encoding(response.headers, "identity")
+    check_encoding(response.headers, "identity")
     length = response.content_length
     if length is not None and length <= limit:
         return await response.read()  # aiohttp reads the announced length, no more
