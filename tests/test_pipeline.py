@@ -45,7 +45,7 @@ def test_lmc_end_to_end(mast, cache, lmc_archive, tmp_path):
     assert result.stats.bytes == mast.bytes_sent
     assert result.stats.bytes < 0.6 * sum(rec.size for rec in lmc_archive.layers)
     assert result.stats.requests == len(mast.requests("download")) <= 5 * 20
-    assert not cache.exists() or list(cache.iterdir()) == []
+    assert not cache.exists() or [p for p in cache.iterdir() if p.is_file()] == []  # its locks only
     assert set(result.seconds) == {"query", "cut", "combine", "write"}
     # Progress: monotonic, ends at the total.
     done = [c[0] for c in calls]
