@@ -22,6 +22,7 @@ from .core.errors import (
     OutputFolderError,
     OutsideFootprintError,
     UnsafeNameError,
+    UnsafePathError,
 )
 from .core.skycells import ProjectionCell, SkyCell, skycells_covering
 
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidNameError",
     "ArchiveError",
     "UnsafeNameError",
+    "UnsafePathError",
     "NotMVMFileError",
     "CompressedLayerError",
     "OutsideFootprintError",
