@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from .core.combiners import COMBINERS
 from .core.errors import MVMCutError, NoMVMDataWarning
 
 log = logging.getLogger("glue_mvmcut")
@@ -71,6 +72,13 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 def _add_cut_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
+    parser.add_argument(
+        "--combine",
+        choices=tuple(COMBINERS),
+        default="wmean",
+        help="how overlapping cutouts make a mosaic pixel: wmean (WHT-weighted mean, default), "
+        "median, mean, min, max, first or last (the WHT of each: see the docs)",
+    )
     parser.add_argument(
         "--resample",
         choices=("interp", "exact"),
@@ -304,7 +312,7 @@ def _cut(args) -> None:
         Path(args.out),
         instruments=_split(args.instruments),
         filters=_split(args.filters),
-        combine=not args.no_combine,
+        combine=not args.no_combine and args.combine,
         png=args.png,
         resample=args.resample,
         cache=args.cache,
@@ -335,7 +343,7 @@ def _batch(args) -> int:
             scheduler=args.scheduler,
             workers=args.workers,
             retry_failed=args.retry_failed,
-            combine=not args.no_combine,
+            combine=not args.no_combine and args.combine,
             resample=args.resample,
             fetch=args.fetch,
             progress=progress,

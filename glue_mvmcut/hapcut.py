@@ -148,9 +148,9 @@ def make_the_cut(
     return written
 
 
-def mvm_combine(cutout_files, output_dir=".", log_level=logging.INFO) -> list[str]:
+def mvm_combine(cutout_files, output_dir=".", log_level=logging.INFO, *, combine="wmean") -> list[str]:
     """Combine cutouts of the same instrument/detector/filter (and scale, and exposure for
-    exposure-level products) into one WHT-weighted mosaic each.
+    exposure-level products) into one mosaic each, WHT-weighted unless ``combine`` says otherwise.
 
     Unlike the seed, a band with a single cutout also gets a (trivial) mosaic, and the list of
     files written is returned.
@@ -163,6 +163,10 @@ def mvm_combine(cutout_files, output_dir=".", log_level=logging.INFO) -> list[st
         Where the mosaics go (default: current folder).
     log_level : int, optional
         Level of the ``glue_mvmcut`` logger.
+    combine : str or callable, optional
+        The combiner (not in the seed): ``"wmean"`` (default), ``"median"``, ``"mean"``,
+        ``"min"``, ``"max"``, ``"first"``, ``"last"`` or ``f(sci, wht) -> (sci, wht)``; see
+        `~glue_mvmcut.core.combiners`.
 
     Returns
     -------
@@ -177,4 +181,4 @@ def mvm_combine(cutout_files, output_dir=".", log_level=logging.INFO) -> list[st
         with fits.open(path) as hdul:
             cutouts.append(fits.HDUList([hdu.copy() for hdu in hdul]))
     out = writable_folder(output_dir)
-    return [str(write_fits(mosaic, out)) for mosaic in combine_cutouts(cutouts).values()]
+    return [str(write_fits(mosaic, out)) for mosaic in combine_cutouts(cutouts, combine=combine).values()]

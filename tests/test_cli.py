@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 
 from glue_mvmcut import MVMCutError
 from glue_mvmcut.cli import build_parser, main
@@ -225,6 +226,22 @@ def test_cut_without_combining(mast, cache, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("4 layers, 4 cutouts, 0 mosaics;")
     assert not list(tmp_path.glob("hst_combined*"))
+
+
+def test_cut_with_a_combiner_of_ones_choice(mast, cache, tmp_path, capsys):
+    args = ["cut", "84.9208", "-69.1467", "--size", "5", "--filters", "f658n", "--out", str(tmp_path)]
+    assert main([*args, "--combine", "max"]) == 0
+    (mosaic,) = tmp_path.glob("hst_combined*")
+    with fits.open(mosaic) as hdul:
+        assert hdul[0].header["COMBINE"] == "max" and "maximum of 4 cutouts" in str(
+            hdul["SCI"].header["HISTORY"]
+        )
+    with pytest.raises(SystemExit):
+        main([*args, "--combine", "mode"])
+    assert (
+        "invalid choice: 'mode' (choose from wmean, mean, median, min, max, first, last)"
+        in capsys.readouterr().err
+    )
 
 
 def test_demo_cuts_the_lmc_example(tmp_path, capsys):

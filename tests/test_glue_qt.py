@@ -124,9 +124,12 @@ def test_search_then_cut_and_load(app, qtbot, screenshots):
         if item.text(0) == "ACS/WFC F658N":
             item.setCheckState(0, QtCore.Qt.Unchecked)
     assert dialog.grab().save(str(screenshots / "dialog.png"))
+    assert dialog.combiner.currentData() == "wmean" and dialog.combiner.count() == 7
+    dialog.combiner.setCurrentIndex(dialog.combiner.findData("median"))
     dialog.cut_button.click()
     qtbot.waitUntil(lambda: bool(dialog.loaded), timeout=120_000)
     labels = [d.label for d in app.data_collection]
+    assert {d.meta.get("COMBINE") for d in app.data_collection if d.label.endswith("mosaic")} == {"median"}
     assert "ACS/WFC F814W mosaic" in labels and "WFC3/IR F160W coarse mosaic" in labels
     assert not any("F658N" in label for label in labels)
     viewers = {viewer.state.title: viewer for viewer in app.viewers[0]}  # one per mosaic, titled

@@ -50,6 +50,15 @@ def test_the_four_functions_in_sequence(mast, cache, lmc_archive, tmp_path):
     for path in mosaics:
         with fits.open(path) as hdul:
             assert hdul["SCI"].data.dtype == np.dtype(">f4") and hdul[0].header["NCOMBINE"] == 4
+            assert hdul[0].header["COMBINE"] == "wmean"
+    # A combiner of one's choice (not in the seed): the same files, by median.
+    medians = mvm_combine(
+        [tmp_path / "cut" / c for c in cutouts], output_dir=tmp_path / "medians", combine="median"
+    )
+    assert [Path(p).name for p in medians] == [Path(p).name for p in mosaics]
+    with fits.open(medians[0]) as median, fits.open(mosaics[0]) as mean:
+        assert median[0].header["COMBINE"] == "median"
+        np.testing.assert_array_equal(median["WHT"].data, mean["WHT"].data)  # sums, both
 
 
 def test_make_the_cut_takes_a_single_string(lmc_archive, tmp_path):

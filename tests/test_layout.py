@@ -33,6 +33,7 @@ ORDER = [
     "core.remote",
     "core.probe",
     "core.cutout",
+    "core.combiners",
     "core.combine",
     "core.pipeline",
     "core.targets",

@@ -1,15 +1,17 @@
-"""Mosaics: one WHT-weighted image per band from the cutouts of several skycells.
+"""Mosaics: one image per band from the cutouts of several skycells.
 
-At every output pixel, SCI is the WHT-weighted mean of the inputs that have data there
-(WHT > 0) and WHT is the sum of their weights; pixels nobody covers are 0 in both. Zeros that
-mean "no data" are never averaged in.
+At every output pixel, SCI is by default the WHT-weighted mean of the inputs that have data
+there (WHT > 0) and WHT is the sum of their weights; other combiners (median, min, max, ...,
+or one's own) are in `~glue_mvmcut.core.combiners`. Pixels nobody covers are 0 in both. Zeros
+that mean "no data" never take part.
 
-Inputs on the output's own pixel grid (same CTYPE, CRVAL and CD, CRPIX differing by whole pixels:
-fine layers of one projection cell) are pasted exactly. Others (coarse neighbours, offset by 1/3
-pixel; skycells of another projection cell) are resampled onto that grid with reproject. The
-decision is made from the WCSs, never from names.
+Inputs on the output's own pixel grid (same CTYPE, CRVAL and pixel scale matrix, CRPIX differing
+by whole pixels: fine layers of one projection cell) are pasted exactly. Others (coarse
+neighbours, offset by 1/3 pixel; skycells of another projection cell) are resampled onto that
+grid with reproject. The decision is made from the WCSs, never from names.
 """
 
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -25,6 +27,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from reproject import reproject_exact, reproject_interp
 from reproject.mosaicking import reproject_and_coadd
 
+from .combiners import Combiner, combiner_name, describe, stack_combiner
 from .errors import InvalidNameError, NotMVMFileError
 from .fitsheaders import hdu_with_header, read_wcs
 from .names import Band, CombinedName, parse_product_name
@@ -280,10 +283,7 @@ def _fill(sci_out: np.ndarray, wht_out: np.ndarray, rows: slice, cols: slice, co
     """
     sci, wht = sci_out[rows, cols], wht_out[rows, cols]
     if len(cover) == 1:
-        s, w = cover[0].window(rows, cols)
-        np.copyto(wht, w, casting="same_kind")
-        np.fmax(wht, 0.0, out=wht)
-        np.copyto(sci, s, casting="same_kind", where=wht > 0)  # the output is 0 elsewhere
+        _copy(sci, wht, *cover[0].window(rows, cols))
         return
     (first_sci, first_wht), *others = (piece.window(rows, cols) for piece in cover)
     # The float64 sums a few rows at a time, 0.5 MB per array: the three stay in a core's L2 cache
@@ -308,7 +308,36 @@ def _fill(sci_out: np.ndarray, wht_out: np.ndarray, rows: slice, cols: slice, co
         np.copyto(wht[part], weights, casting="same_kind")
 
 
-def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> fits.HDUList:
+def _copy(sci: np.ndarray, wht: np.ndarray, s: np.ndarray, w: np.ndarray) -> None:
+    """One input's pixels and (non-negative) weights where it has data; 0 elsewhere."""
+    np.copyto(wht, w, casting="same_kind")
+    np.fmax(wht, 0.0, out=wht)
+    np.copyto(sci, s, casting="same_kind", where=wht > 0)  # the output is 0 elsewhere
+
+
+def _fill_stacked(
+    combine: Callable, named: bool, sci_out, wht_out, rows: slice, cols: slice, cover: list[_Piece]
+) -> None:
+    """Write what ``combine`` (a `~glue_mvmcut.core.combiners.stack_combiner`) makes of the
+    aligned stack of ``cover`` into one output rectangle; a ``named`` combiner of one input is
+    that input, copied."""
+    sci, wht = sci_out[rows, cols], wht_out[rows, cols]
+    if named and len(cover) == 1:
+        _copy(sci, wht, *cover[0].window(rows, cols))
+        return
+    windows = [piece.window(rows, cols) for piece in cover]
+    stack_sci = np.stack([s for s, _ in windows]).astype(np.float32)
+    stack_wht = np.fmax(np.stack([w for _, w in windows]).astype(np.float32), 0)  # NaN: none
+    stack_sci[stack_wht <= 0] = np.nan
+    out_sci, out_wht = combine(stack_sci, stack_wht)
+    observed = (stack_wht > 0).any(axis=0)  # nothing else may show, whatever the combiner
+    np.copyto(sci, np.where(observed, out_sci, 0), casting="same_kind")
+    np.copyto(wht, np.where(observed, out_wht, 0), casting="same_kind")
+
+
+def combine_band(
+    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean"
+) -> fits.HDUList:
     """Combine the cutouts of one band into a mosaic on the grid of the first cutout.
 
     Parameters
@@ -319,6 +348,10 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
         Resampler for inputs off the output grid: flux-conserving pixel overlap
         (`reproject.reproject_exact`, the default) or bilinear (`reproject.reproject_interp`,
         about 6x faster).
+    combine : str or callable, optional
+        How overlapping inputs make a pixel: ``"wmean"`` (default), ``"median"``, ``"mean"``,
+        ``"min"``, ``"max"``, ``"first"``, ``"last"`` or ``f(sci, wht) -> (sci, wht)``; see
+        `~glue_mvmcut.core.combiners` for each one's SCI and WHT.
 
     Returns
     -------
@@ -331,30 +364,45 @@ def combine_band(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") ->
     if len(groups) != 1:
         raise ValueError(f"combine_band got cutouts of several bands: {sorted(b.label() for b in groups)}")
     ((band, images),) = groups.items()
-    return _combine(band, images, resample)
+    return _combine(band, images, resample, combine)
 
 
-def _combine(band: Band, images: list[_Input], resample: str) -> fits.HDUList:
+def _combine(band: Band, images: list[_Input], resample: str, combine: Combiner) -> fits.HDUList:
+    combiner_name(combine)  # an unknown name fails before any work
     first = images[0]
     wcs_out = read_wcs(first.sci.header).celestial
     shape = first.sci.data.shape
-    on_grid, off_grid = [], []
+    placed, off_grid = [], []  # (sci, wht, offset) or the input's index in ``off_grid``
     for image in images:
         wcs_in = read_wcs(image.sci.header).celestial
         offset = _integer_offset(wcs_in, wcs_out)
         if offset is None:
+            placed.append(len(off_grid))
             off_grid.append((image, wcs_in))
         else:
-            on_grid.append((image.sci.data, image.wht.data, offset))
-    if off_grid:
+            placed.append((image.sci.data, image.wht.data, offset))
+    on_grid = [entry for entry in placed if not isinstance(entry, int)]
+    if off_grid and combine == "wmean":  # resampled together, weighted as they are combined
         on_grid.append((*_resample(off_grid, wcs_out, shape, resample), (0, 0)))
+    elif off_grid:  # each on its own, in the inputs' order (first, last)
+        on_grid = [
+            entry
+            if not isinstance(entry, int)
+            else (*_resample([off_grid[entry]], wcs_out, shape, resample), (0, 0))
+            for entry in placed
+        ]
     pool = _pool()
     pieces = [p for p in pool.map(lambda args: _piece(*args, shape), on_grid) if p is not None]
     sci = np.zeros(shape, np.float32)
     wht = np.zeros(shape, np.float32)
+    if combine == "wmean":
+        fill = _fill
+    else:
+        stacked = stack_combiner(combine)
+        fill = functools.partial(_fill_stacked, stacked, not callable(combine))
     # Rectangles of at most _BLOCK_ROWS rows, on all cores (numpy releases the GIL): the float64
     # sums stay small, so peak memory is about the float32 outputs.
-    for _ in pool.map(lambda task: _fill(sci, wht, *task), _tasks(pieces, shape)):
+    for _ in pool.map(lambda task: fill(sci, wht, *task), _tasks(pieces, shape)):
         pass
     method = (
         "exact paste"
@@ -363,7 +411,7 @@ def _combine(band: Band, images: list[_Input], resample: str) -> fits.HDUList:
         if len(off_grid) < len(images)
         else f"reproject_{resample}"
     )
-    return _mosaic_hdul(band, images, wcs_out, sci, wht, method)
+    return _mosaic_hdul(band, images, wcs_out, sci, wht, method, combine)
 
 
 @per_process()
@@ -390,7 +438,9 @@ def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.n
     )
 
 
-def _mosaic_hdul(band: Band, images: list[_Input], wcs_out, sci, wht, method: str) -> fits.HDUList:
+def _mosaic_hdul(
+    band: Band, images: list[_Input], wcs_out, sci, wht, method: str, combine: Combiner
+) -> fits.HDUList:
     first = images[0]
     head = first.primary
     if "RA_OBJ" in head and "DEC_OBJ" in head:
@@ -413,6 +463,7 @@ def _mosaic_hdul(band: Band, images: list[_Input], wcs_out, sci, wht, method: st
     primary["FILENAME"] = name
     primary["NCOMBINE"] = (len(images), "number of cutouts combined")
     primary["COMBMETH"] = (method, "how inputs reached the output grid")
+    primary["COMBINE"] = (combiner_name(combine)[:68], "how overlapping inputs were combined")
     hdul = fits.HDUList([fits.PrimaryHDU(header=primary)])
     for extname, data in (("SCI", sci), ("WHT", wht)):
         header = getattr(first, extname.lower()).header.copy()
@@ -425,17 +476,20 @@ def _mosaic_hdul(band: Band, images: list[_Input], wcs_out, sci, wht, method: st
             header[f"IFILE{i:03d}"] = image.primary.get("FILENAME", image.name)
             header[f"ILAYR{i:03d}"] = image.get("ORIG_FLE", "")
             header[f"IEXT{i:03d}"] = f"{extname},1"
-        header.add_history(f"glue_mvmcut: WHT-weighted mean of {len(images)} cutouts ({method}).")
+        header.add_history(f"glue_mvmcut: {describe(combine)} of {len(images)} cutouts ({method}).")
         hdul.append(hdu_with_header(fits.ImageHDU, header, data))
     return hdul
 
 
-def combine_cutouts(cutouts: Sequence[fits.HDUList], *, resample: str = "exact") -> dict[Band, fits.HDUList]:
-    """One mosaic per band: `group_by_band` then `combine_band` on each group.
+def combine_cutouts(
+    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean"
+) -> dict[Band, fits.HDUList]:
+    """One mosaic per band: `group_by_band` then `combine_band` on each group (``resample`` and
+    ``combine`` as there).
 
     A band with a single cutout still yields a mosaic (a copy on its own grid). Cutouts need SCI
     and WHT extensions (by EXTNAME, or astrocut's O_EXT_NM) and a celestial WCS; their band
     comes from `band_of`.
     """
     groups = _groups(_inputs(cutouts))
-    return {band: _combine(band, images, resample) for band, images in groups.items()}
+    return {band: _combine(band, images, resample, combine) for band, images in groups.items()}

@@ -22,6 +22,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from .combine import combine_cutouts
+from .combiners import Combiner, combiner_name
 from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
 from .download import download_layer
@@ -146,7 +147,7 @@ def cutout_mosaic(
     layers: Table | None = None,
     hdus: Mapping[str, dict] | None = None,
     out_dir=None,
-    combine: bool = True,
+    combine: "bool | Combiner" = True,
     cache=None,
     resample: str = "exact",
     fetch: str = "auto",
@@ -174,8 +175,10 @@ def cutout_mosaic(
         Write the query table, the cutouts and the mosaics here with the seed's names. The
         folder is made, and checked writable, before any work
         (`~glue_mvmcut.core.errors.OutputFolderError` if it cannot be).
-    combine : bool, optional
-        Make mosaics (default True).
+    combine : bool, str or callable, optional
+        Make mosaics, combining overlapping cutouts with this combiner: ``"wmean"`` (True, the
+        default), ``"median"``, ``"mean"``, ``"min"``, ``"max"``, ``"first"``, ``"last"`` or
+        ``f(sci, wht) -> (sci, wht)`` (see `~glue_mvmcut.core.combiners`); False: cutouts only.
     cache : path-like, optional
         Download cache (default `~glue_mvmcut.core.download.cache_dir`).
     resample : {'exact', 'interp'}, optional
@@ -195,6 +198,9 @@ def cutout_mosaic(
     CutoutResult
     """
     checked_selection(instruments, filters)  # inputs first, before any work
+    combiner = "wmean" if combine is True else combine
+    if combiner is not False:
+        combiner_name(combiner)  # an unknown combiner fails before any work
     coord = resolve_target(coord)
     size = parse_size(size)
     out_dir = writable_folder(out_dir) if out_dir is not None else None
@@ -206,7 +212,7 @@ def cutout_mosaic(
         layers = query_layers(coord, size, instruments=instruments, filters=filters)
     steps.timed("query", started)
     result = CutoutResult(coord=coord, size=size, layers=layers)
-    steps.total = 1 + len(layers) + int(combine) + int(out_dir is not None)
+    steps.total = 1 + len(layers) + int(combiner is not False) + int(out_dir is not None)
     steps.report(f"{len(layers)} layers found")
     products = [
         (checked_product(str(r["productFilename"]), str(r["dataURI"])), str(r["dataURI"])) for r in layers
@@ -223,10 +229,10 @@ def cutout_mosaic(
             steps.report(f"cut {name}")
             steps.check()
     steps.timed("cut", started)
-    if combine:
+    if combiner is not False:
         steps.check()
         started = time.perf_counter()
-        result.mosaics = combine_cutouts(result.cutouts, resample=resample)
+        result.mosaics = combine_cutouts(result.cutouts, resample=resample, combine=combiner)
         steps.timed("combine", started)
         steps.report(f"{len(result.mosaics)} mosaics")
     if out_dir is not None:

@@ -81,7 +81,7 @@ def mvm_data(hdul: fits.HDUList, label: str | None = None) -> Data:
     data.meta.update(
         {
             key: hdul[0].header[key]
-            for key in ("FILENAME", "INSTRUME", "DETECTOR", "FILTER")
+            for key in ("FILENAME", "INSTRUME", "DETECTOR", "FILTER", "COMBINE")
             if key in hdul[0].header
         }
     )

@@ -8,6 +8,7 @@ in the dialog as one readable line.
 from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore, QtWidgets
 
+from ...core.combiners import COMBINERS
 from ...core.errors import MVMCutError
 from ...core.names import LayerName
 from .worker import WorkerDialog, add_box_row
@@ -56,6 +57,10 @@ class MVMCutDialog(WorkerDialog):
         self.layers = QtWidgets.QTreeWidget()
         self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "MB"])
         self.layers.setColumnWidth(0, 220)
+        self.combiner = QtWidgets.QComboBox()
+        for name, what in COMBINERS.items():
+            self.combiner.addItem(f"{what} ({name})", name)
+        self.combiner.setToolTip("How overlapping cutouts of one band make a mosaic pixel")
         self.cut_button = QtWidgets.QPushButton("Cut and load")
         self.cut_button.setEnabled(False)
         self.status.setText("Enter a position or an object name and a box size, then Search.")
@@ -63,6 +68,7 @@ class MVMCutDialog(WorkerDialog):
         form = QtWidgets.QFormLayout()
         form.addRow("Target (RA Dec or name)", self.target)
         self.width_box, self.height_box = add_box_row(form, width, height)
+        form.addRow("Combine overlaps by", self.combiner)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.search_button)
         buttons.addStretch()
@@ -114,6 +120,7 @@ class MVMCutDialog(WorkerDialog):
             self._coord,
             self._size(),
             layers=chosen,
+            combine=self.combiner.currentData(),
             cancellable=True,
         )
 
