@@ -238,10 +238,8 @@ def test_cut_with_a_combiner_of_ones_choice(mast, cache, tmp_path, capsys):
         )
     with pytest.raises(SystemExit):
         main([*args, "--combine", "mode"])
-    assert (
-        "invalid choice: 'mode' (choose from wmean, mean, median, min, max, first, last)"
-        in capsys.readouterr().err
-    )
+    error = capsys.readouterr().err
+    assert "argument --combine: invalid choice: 'mode'" in error and "median" in error
 
 
 def test_demo_cuts_the_lmc_example(tmp_path, capsys):
