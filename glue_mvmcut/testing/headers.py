@@ -151,7 +151,9 @@ _STATISTICS = (
 )
 _WCSNAME = "IDC_47u1234qj-FIT_SVM_GAIAeDR3"
 _WCS_KEYWORDS = ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2")
-_WCS_KEYWORDS += ("CD1_1", "CD1_2", "CD2_1", "CD2_2")
+#: How a layer's WCS may write its linear part: a CD matrix (real MVM layers), PC + CDELT (what
+#: astropy's ``to_header()`` and astrocut write), CDELT alone, or CDELT + CROTA2 (AIPS).
+WCS_FORMS = ("cd", "pc", "cdelt", "crota")
 _EARLIER_WCS = {"SCI": "ABO", "WHT": "AO", "CTX": ""}
 
 
@@ -206,8 +208,30 @@ def primary_header(
     return header
 
 
-def image_header(wcs: WCS, extname: str, shape: tuple[int, int], scale: float) -> fits.Header:
-    """The header of a layer's SCI, WHT or CTX extension of ``shape`` (ny, nx) on ``wcs``."""
+def _linear_cards(cd: np.ndarray, form: str) -> list[tuple[str, float]]:
+    """The cards of the linear part ``cd`` of a WCS, written in ``form`` (one of `WCS_FORMS`)."""
+    if form == "cd":
+        return [(f"CD{i + 1}_{j + 1}", float(value)) for (i, j), value in np.ndenumerate(cd)]
+    if form == "pc":
+        scale = float(np.sqrt(abs(np.linalg.det(cd))))
+        cdelt = np.array([-scale, scale])
+        pc = cd / cdelt[:, None]
+        return [("CDELT1", -scale), ("CDELT2", scale)] + [
+            (f"PC{i + 1}_{j + 1}", float(value)) for (i, j), value in np.ndenumerate(pc)
+        ]
+    if form not in WCS_FORMS:
+        raise ValueError(f"Unknown WCS form {form!r}: one of {WCS_FORMS}")
+    if cd[0, 1] or cd[1, 0]:
+        raise ValueError(f"A rotated CD matrix has no {form!r} form here.")
+    cards = [("CDELT1", float(cd[0, 0])), ("CDELT2", float(cd[1, 1]))]
+    return cards + [("CROTA2", 0.0)] if form == "crota" else cards
+
+
+def image_header(
+    wcs: WCS, extname: str, shape: tuple[int, int], scale: float, wcs_form: str = "cd"
+) -> fits.Header:
+    """The header of a layer's SCI, WHT or CTX extension of ``shape`` (ny, nx) on ``wcs``, its
+    linear part written in ``wcs_form`` (one of `WCS_FORMS`)."""
     data = np.zeros((1, 1), np.int32 if extname == "CTX" else np.float32)
     header = fits.ImageHDU(data=data).header
     header["NAXIS1"], header["NAXIS2"] = shape[1], shape[0]
@@ -217,12 +241,12 @@ def image_header(wcs: WCS, extname: str, shape: tuple[int, int], scale: float) -
     if extname == "SCI":
         header["BUNIT"] = ("ELECTRONS/S", "brightness units")
     header["WCSAXES"] = (2, "number of World Coordinate System axes")
-    # Real MVM layers carry a CD matrix; astropy's to_header() would write PC + CDELT instead.
     header["CTYPE1"], header["CTYPE2"] = wcs.wcs.ctype
     header["CRVAL1"], header["CRVAL2"] = wcs.wcs.crval
     header["CRPIX1"], header["CRPIX2"] = wcs.wcs.crpix
-    for (i, j), value in np.ndenumerate(wcs.wcs.cd):
-        header[f"CD{i + 1}_{j + 1}"] = value
+    linear = _linear_cards(wcs.wcs.cd, wcs_form)
+    for key, value in linear:
+        header[key] = value
     header["RADESYS"] = "ICRS"
     header["LTV1"], header["LTV2"] = 0.0, 0.0
     header["LTM1_1"], header["LTM2_2"] = 1.0, 1.0
@@ -233,7 +257,7 @@ def image_header(wcs: WCS, extname: str, shape: tuple[int, int], scale: float) -
     for letter in _EARLIER_WCS[extname]:  # the layer's WCS before each alignment, as alternates
         header[f"WCSNAME{letter}"] = f"IDC_47u1234qj-{letter}"
         header[f"WCSAXES{letter}"] = 2
-        for key in _WCS_KEYWORDS:
+        for key in (*_WCS_KEYWORDS, *(key for key, _ in linear if key != "CROTA2")):  # no CROTAa
             header[f"{key}{letter}"] = header[key]
         header[f"RADESYS{letter}"] = "ICRS"
     if extname == "SCI":

@@ -16,6 +16,7 @@ size are written in row chunks, never held in memory whole.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import zlib
@@ -65,6 +66,8 @@ class Field:
 
     ``gap`` = (skycell name, east offset min, east offset max), arcsec: a strip where that skycell
     has no data (WHT 0), like a chip gap, so combining must not average its zeros in.
+    ``wcs_form``: how the layers' headers write their WCS's linear part, one of
+    `~glue_mvmcut.testing.headers.WCS_FORMS` (``"cd"``, as real MVM layers do).
     """
 
     name: str
@@ -77,6 +80,7 @@ class Field:
     n_galaxies: int = 5
     gap: tuple[str, float, float] | None = None
     proposal: str = "15629"
+    wcs_form: str = "cd"
 
 
 _ACS_WFC3 = (
@@ -308,7 +312,7 @@ def _write_layer_to(part: Path, archive: Archive, rec: LayerRecord) -> None:
     )
     fits.PrimaryHDU(header=primary).writeto(part)
     for extname in ("SCI", "WHT", "CTX"):
-        header = headers.image_header(wcs, extname, rec.shape, SCALES[rec.scale])
+        header = headers.image_header(wcs, extname, rec.shape, SCALES[rec.scale], archive.field.wcs_form)
         stream = fits.StreamingHDU(str(part), header)
         xs = np.arange(nx, dtype=float)
         for row0 in range(0, ny, _ROWS_PER_CHUNK):
@@ -454,13 +458,21 @@ def _decoys(f: Field) -> list[dict]:
 
 
 def main(argv=None) -> None:
-    """Command line: ``python -m glue_mvmcut.testing.synth OUTDIR [--field NAME]``."""
+    """Command line: ``python -m glue_mvmcut.testing.synth OUTDIR [--field NAME] [--wcs-form FORM]``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--field", default="lmc", choices=sorted(FIELDS))
+    parser.add_argument(
+        "--wcs-form",
+        default="cd",
+        choices=headers.WCS_FORMS,
+        help="how the layers write their WCS: a CD matrix (as MVM layers do, default), PC + CDELT, "
+        "CDELT alone or CDELT + CROTA2",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    archive = build_archive(args.out_dir, args.field, overwrite=args.overwrite)
+    field_ = dataclasses.replace(FIELDS[args.field], wcs_form=args.wcs_form)
+    archive = build_archive(args.out_dir, field_, overwrite=args.overwrite)
     total = sum(rec.size for rec in archive.layers)
     print(f"{len(archive.layers)} layers, {total / 1e6:.1f} MB in {archive.directory}")
 
