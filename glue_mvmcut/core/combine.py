@@ -384,7 +384,11 @@ def _combine(band: Band, images: list[_Input], resample: str, combine: Combiner)
     on_grid = [entry for entry in placed if not isinstance(entry, int)]
     if off_grid and combine == "wmean":  # resampled together, weighted as they are combined
         on_grid.append((*_resample(off_grid, wcs_out, shape, resample), (0, 0)))
-    elif off_grid:  # each on its own, in the inputs' order (first, last)
+    elif off_grid:
+        # Each resampled on its own, to take part in the stack in the inputs' order (first,
+        # last). reproject_and_coadd has median, min, max, first and last too, but combines
+        # resampled inputs only (the first input, the grid, is pasted), and its footprint is a
+        # sum of weights, not the chosen input's weight.
         on_grid = [
             entry
             if not isinstance(entry, int)

@@ -5,17 +5,17 @@ two ``(n, rows, cols)`` float32 stacks: SCI (NaN where that input has no data) a
 and returns the block's SCI and WHT. Pixels no input observes (WHT ≤ 0, or SCI NaN) never take
 part, and stay 0 in both outputs whatever the combiner.
 
-=========  ==================================================  ==========================================
-name       SCI                                                 WHT
-=========  ==================================================  ==========================================
-``wmean``  WHT-weighted mean (the default)                     sum of the weights
-``mean``   plain mean                                          sum of the weights
-``median`` median (robust to one input's artefacts)            sum of the weights of the inputs there
-``min``    smallest value                                      weight of the input that has it
-``max``    largest value                                       weight of the input that has it
-``first``  the first input in order that has data there        its weight
-``last``   the last input in order that has data there         its weight
-=========  ==================================================  ==========================================
+==========  ==============================================  =====================================
+name        SCI                                             WHT
+==========  ==============================================  =====================================
+``wmean``   WHT-weighted mean (the default)                 sum of the weights
+``mean``    plain mean                                      sum of the weights
+``median``  median (robust to one input's artefacts)        sum of the weights of the inputs there
+``min``     smallest value                                  weight of the input that has it
+``max``     largest value                                   weight of the input that has it
+``first``   the first input in order with data there        its weight
+``last``    the last input in order with data there         its weight
+==========  ==============================================  =====================================
 
 A callable ``f(sci, wht) -> (sci, wht)`` may stand for a name: it gets the stacks above (blocks of
 at most a few hundred rows, so it must work pixel by pixel along the first axis) and returns two
