@@ -6,6 +6,7 @@ under a known name across runs are opened without following links (`open_regular
 folder is written by one run at a time (`folder_lock`).
 """
 
+import glob
 import hashlib
 import logging
 import os
@@ -115,14 +116,9 @@ def remove_stale_parts(folder: Path, names: Iterable[str]) -> None:
     Call it holding `folder_lock`, which every run writing there holds while it writes.
     """
     for name in names:
-        for private in folder.glob(f".{glob_escape(name)}.*{PART}"):
+        for private in folder.glob(f".{glob.escape(name)}.*{PART}"):
             if stat.S_ISDIR(private.lstat().st_mode):  # never a planted link's target
                 shutil.rmtree(private, ignore_errors=True)
-
-
-def glob_escape(name: str) -> str:
-    """``name`` matching only itself in a glob pattern."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def open_regular(path: Path, mode: str = "r+b"):

@@ -258,12 +258,11 @@ class _TimeoutAdapter(requests.adapters.HTTPAdapter):
     def send(self, request, stream=False, **kwargs):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
-        pace = Pace()
         response = super().send(request, stream=True, **kwargs)
         if not stream:
             raw = response.raw
-            try:
-                body = b"".join(read_body(response, pace))
+            try:  # paced from the headers on: a server may think a while (within the timeout)
+                body = b"".join(read_body(response, Pace()))
             finally:
                 raw.release_conn()
             response.raw = _Read(body, raw)
@@ -458,16 +457,16 @@ async def _capped_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     (before it is read, where its length is announced)."""
     check_encoding(response.headers, "identity")
     length = response.content_length
-    if length is not None and length <= limit:
-        return await response.read()  # aiohttp reads the announced length, no more
-    body = bytearray()
-    if length is None:
+    if length is None:  # chunked, or ended by the connection: read up to the limit
+        body = bytearray()
         async for block in response.content.iter_any():
             body += block
             if len(body) > limit:
                 break
         else:
             return bytes(body)
+    elif length <= limit:
+        return await response.read()  # aiohttp reads the announced length, no more
     raise ReplyRefused(f"{response.url} sent more than the {limit} bytes the ranges asked may take: refused")
 
 
@@ -489,8 +488,10 @@ async def get_range(url: str, byte_range: str, asked: int) -> Reply:
     header kept); the body of a 206 reply only (a server that ignores Range would send the
     whole file).
 
-    The request may take as long as `Pace` allows for what was asked; the body may hold the
-    bytes asked and the multipart framing around them, nothing more, and no encoding.
+    The body may take as long as `Pace` allows for what was asked (counted from the reply's
+    headers: a request waiting for one of the connections, or for the server, waits within
+    ``conf.timeout`` of silence), and hold the bytes asked and the multipart framing around
+    them, nothing more, and no encoding.
 
     Raises aiohttp's errors (a silence longer than ``conf.timeout`` as
     `aiohttp.ServerTimeoutError`), for `transport_errors` to translate, `TooSlowError`,
@@ -498,18 +499,20 @@ async def get_range(url: str, byte_range: str, asked: int) -> Reply:
     """
     seconds = float(conf.timeout)
     allowed = Pace.allowance(asked)
-    timeout = aiohttp.ClientTimeout(total=allowed, sock_connect=seconds, sock_read=seconds)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
     headers = {"Range": byte_range, "Accept-Encoding": "identity"}
     limit = asked + _PART_OVERHEAD * (byte_range.count(",") + 1) + _REPLY_MARGIN
     try:
         async with _the_io().session.get(
             url, headers=headers, timeout=timeout, proxy=_proxy(url), max_redirects=MAX_REDIRECTS + 1
         ) as response:
-            body = await _capped_body(response, limit) if response.status == 206 else b""
+            body = b""
+            if response.status == 206:
+                body = await asyncio.wait_for(_capped_body(response, limit), allowed)
             return Reply(response.status, response.reason or "", response.headers, body, str(response.url))
     except aiohttp.ServerTimeoutError:  # a silence, or no connection, for ``conf.timeout``
         raise
-    except TimeoutError as exc:  # the total: asyncio's own
+    except TimeoutError as exc:  # ``allowed`` ran out: asyncio's own
         raise TooSlowError(
             f"{url} sent fewer than the {asked} bytes asked in {allowed:.0f} s, slower than "
             f"glue_mvmcut.conf.min_rate = {conf.min_rate} kB/s: stopped. Try again later, or "
