@@ -229,6 +229,7 @@ def test_a_subset_of_a_catalogue_gets_its_mosaics_loaded_and_linked(app, qtbot, 
     dialog.width_box.setValue(3)
     dialog.height_box.setValue(3)
     dialog.filters.setText("f814w")
+    dialog.combiner.setCurrentIndex(dialog.combiner.findData("max"))
     dialog.out_dir.setText(str(tmp_path / "batch"))
     dialog.start_button.click()
     qtbot.waitUntil(lambda: dialog.start_button.isEnabled(), timeout=120_000)
@@ -242,6 +243,7 @@ def test_a_subset_of_a_catalogue_gets_its_mosaics_loaded_and_linked(app, qtbot, 
         "0002 ACS/WFC F814W mosaic",
     ]
     assert all(d in app.data_collection for d in dialog.loaded)
+    assert {d.meta["COMBINE"] for d in dialog.loaded} == {"max"}
     assert len(app.data_collection.external_links) == 2  # a star: 3 mosaics, 2 WCS links
     # A subset drawn on one target's mosaic reaches the other mosaic of the same sky.
     first, second = dialog.loaded[:2]

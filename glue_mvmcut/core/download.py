@@ -115,17 +115,15 @@ def download_layer(
     return target
 
 
-def _lock_of(folder: Path, name: str) -> FileLock:
-    """The lock of layer ``name`` in the cache ``folder``."""
-    return FileLock(locks_folder(folder) / name)
+def _lock_file(folder: Path, name: str) -> Path:
+    """The lock file of layer ``name`` in the cache ``folder``."""
+    return locks_folder(folder) / name
 
 
 def _layer_lock(folder: Path, name: str, cancel):
     """The layer's lock, held while it downloads: another process or thread downloading it is
     waited for."""
-    return held_lock(
-        _lock_of(folder, name).lock_file, f"Waiting for another download of {name} to finish.", cancel
-    )
+    return held_lock(_lock_file(folder, name), f"Waiting for another download of {name} to finish.", cancel)
 
 
 class _Version:
@@ -207,7 +205,7 @@ def _keep_within_limit(folder: Path, keep: Path) -> None:
         name = path.name.removesuffix(_VALIDATORS).removesuffix(_PART)
         if path == keep or name == keep.name:
             continue
-        lock = _lock_of(folder, name)
+        lock = FileLock(_lock_file(folder, name))
         try:
             lock.acquire(timeout=0)
         except Timeout:  # being downloaded

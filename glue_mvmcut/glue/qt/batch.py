@@ -8,7 +8,7 @@ from qtpy import QtWidgets
 from ...core.batch import STATUSES, cutout_batch
 from ...core.names import safe_filename
 from ..loader import load_batch, targets_from_layer
-from .worker import WorkerDialog, add_box_row
+from .worker import WorkerDialog, add_box_row, add_combiner_row
 
 __all__ = ["BatchDialog", "default_out_dir"]
 
@@ -46,6 +46,7 @@ class BatchDialog(WorkerDialog):
         form = QtWidgets.QFormLayout()
         self.width_box, self.height_box = add_box_row(form, _DEFAULT_SIZE, _DEFAULT_SIZE)
         form.addRow("Filters", self.filters)
+        self.combiner = add_combiner_row(form)
         form.addRow("Output folder", self.out_dir)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addStretch()
@@ -84,6 +85,7 @@ class BatchDialog(WorkerDialog):
             size=self.width_box.value(),
             size_y=self.height_box.value(),
             filters=filters or None,
+            combine=self.combiner.currentData(),
             cancellable=True,
         )
 

@@ -8,10 +8,9 @@ in the dialog as one readable line.
 from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore, QtWidgets
 
-from ...core.combiners import COMBINERS
 from ...core.errors import MVMCutError
 from ...core.names import LayerName
-from .worker import WorkerDialog, add_box_row
+from .worker import WorkerDialog, add_box_row, add_combiner_row
 
 __all__ = ["MVMCutDialog", "open_viewers", "show_dialog"]
 
@@ -57,10 +56,6 @@ class MVMCutDialog(WorkerDialog):
         self.layers = QtWidgets.QTreeWidget()
         self.layers.setHeaderLabels(["Layer", "Skycell", "Scale", "MB"])
         self.layers.setColumnWidth(0, 220)
-        self.combiner = QtWidgets.QComboBox()
-        for name, what in COMBINERS.items():
-            self.combiner.addItem(f"{what} ({name})", name)
-        self.combiner.setToolTip("How overlapping cutouts of one band make a mosaic pixel")
         self.cut_button = QtWidgets.QPushButton("Cut and load")
         self.cut_button.setEnabled(False)
         self.status.setText("Enter a position or an object name and a box size, then Search.")
@@ -68,7 +63,7 @@ class MVMCutDialog(WorkerDialog):
         form = QtWidgets.QFormLayout()
         form.addRow("Target (RA Dec or name)", self.target)
         self.width_box, self.height_box = add_box_row(form, width, height)
-        form.addRow("Combine overlaps by", self.combiner)
+        self.combiner = add_combiner_row(form)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.search_button)
         buttons.addStretch()

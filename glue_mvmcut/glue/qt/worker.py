@@ -7,9 +7,10 @@ import threading
 from glue_qt.utils.threading import Worker
 from qtpy import QtCore, QtWidgets
 
+from ...core.combiners import COMBINERS
 from ...core.errors import Cancelled, MVMCutError
 
-__all__ = ["WorkerDialog", "add_box_row"]
+__all__ = ["WorkerDialog", "add_box_row", "add_combiner_row"]
 
 
 class _Progress(QtCore.QObject):
@@ -36,6 +37,17 @@ def add_box_row(form: QtWidgets.QFormLayout, width: float, height: float):
     sizes.addWidget(height_box)
     form.addRow("Box (width × height)", sizes)
     return width_box, height_box
+
+
+def add_combiner_row(form: QtWidgets.QFormLayout) -> QtWidgets.QComboBox:
+    """Add a "Combine overlaps by" row to ``form``: the combiners of
+    `~glue_mvmcut.core.combiners`, the WHT-weighted mean first; ``currentData()`` is the name."""
+    combiner = QtWidgets.QComboBox()
+    for name, what in COMBINERS.items():
+        combiner.addItem(f"{what} ({name})", name)
+    combiner.setToolTip("How overlapping cutouts of one band make a mosaic pixel")
+    form.addRow("Combine overlaps by", combiner)
+    return combiner
 
 
 class WorkerDialog(QtWidgets.QDialog):
