@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from .core.combiners import COMBINERS
+from .core.coords import FRAMES
 from .core.errors import MVMCutError, NoMVMDataWarning
 
 log = logging.getLogger("glue_mvmcut")
@@ -21,7 +22,7 @@ log = logging.getLogger("glue_mvmcut")
 #: The seed's example: four skycells of projection cell 81 meet here.
 DEMO_TARGET = (84.9208, -69.1467)
 DEMO_SIZE = 20.0
-_NEGATIVE_COORDINATE = re.compile(r"^-\d+(?:[:hdms]|\s)")
+_NEGATIVE_COORDINATE = re.compile(r"^-\d+(?:\.\d*)?(?:[:hdms°]|\s)")
 
 
 # A size as astronomers type it: a number, then a unit or none (arcsec).
@@ -54,8 +55,15 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "target",
         nargs="+",
-        help="RA Dec in degrees (84.9208 -69.1467) or sexagesimal (05:39:41.0 -69:08:48), "
-        "or an object name for MAST's resolver (NGC 1850)",
+        help="RA Dec in degrees (84.9208 -69.1467, 84.9208d -69.1467d) or sexagesimal "
+        "(05:39:41.0 -69:08:48, 05h39m41s -69d08m48s, 05 39 41.0 -69 08 48), l b with --frame "
+        "galactic, or an object name for MAST's resolver (NGC 1850)",
+    )
+    parser.add_argument(
+        "--frame",
+        choices=FRAMES,
+        default="icrs",
+        help="frame of a position typed as numbers: icrs (default), fk5 or galactic (l b in degrees)",
     )
     parser.add_argument("--size", type=_size, required=True, metavar="SIZE", help=_SIZE_HELP)
     parser.add_argument(
@@ -198,7 +206,7 @@ def _print_layers(table) -> None:
 def _box(args):
     from .core.mast import resolve_target
 
-    coord = resolve_target(" ".join(part.strip() for part in args.target))
+    coord = resolve_target(" ".join(part.strip() for part in args.target), frame=args.frame)
     return coord, (args.size_y if args.size_y is not None else args.size, args.size)
 
 

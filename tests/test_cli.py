@@ -100,6 +100,24 @@ def test_query_accepts_sexagesimal_and_filters(mast, capsys):
 
 
 @pytest.mark.parametrize(
+    "position",
+    [
+        ["05 39 40.992", "-69 08 48.12"],  # SIMBAD's six numbers, pasted as two quoted strings
+        ["05", "39", "40.992", "-69", "08", "48.12"],
+        ["84.9208d", "-69.1467d"],
+        ["05h39m40.992s", "-69d08m48.12s"],
+        ["--frame", "galactic", "279.50714", "-31.58031"],
+    ],
+)
+def test_positions_as_astronomers_type_them(mast, capsys, position):
+    assert main(["query", *position, "--size", "20", "--filters", "f160w", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert (found["ra"], found["dec"]) == pytest.approx((84.9208, -69.1467), abs=1e-5)
+    assert len(found["layers"]) == 8
+    assert all("wfc3_ir_f160w" in row["productFilename"] for row in found["layers"])
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (

@@ -18,6 +18,8 @@ from glue_mvmcut.core.coords import parse_coord, parse_size
         ("84.9208", "-69.1467"),
         ("05:39:40.992", "-69:08:48.12"),
         "5h39m40.992s -69d08m48.12s",
+        "05 39 40.992 -69 08 48.12",  # as SIMBAD prints it
+        "84.9208d -69.1467d",
         SkyCoord(84.9208, -69.1467, unit="deg"),
     ],
 )
@@ -31,6 +33,16 @@ def test_other_frames_become_icrs():
     coord = parse_coord(SkyCoord(84.9208, -69.1467, unit="deg", frame=FK5(equinox="J1950")))
     assert coord.frame.name == "icrs"
     assert abs(coord.ra.deg - 84.9208) > 0.05  # precession since 1950
+
+
+def test_galactic_positions_are_l_b_in_degrees():
+    coord = parse_coord("279.50714 -31.58031", frame="galactic")  # the LMC field
+    assert coord.frame.name == "icrs"
+    assert coord.separation(SkyCoord(84.9208, -69.1467, unit="deg")).arcsec < 1
+    with pytest.raises(InvalidCoordinateError, match="l '400' is outside 0 to 360 degrees"):
+        parse_coord("400 10", frame="galactic")
+    with pytest.raises(InvalidCoordinateError, match="Unknown frame 'fk4': one of icrs, fk5, galactic"):
+        parse_coord("10 10", frame="fk4")
 
 
 def test_separate_dec_argument():

@@ -8,7 +8,7 @@ from astropy.coordinates import Angle, SkyCoord
 
 from .errors import InvalidCoordinateError, InvalidSizeError
 
-__all__ = ["parse_coord", "parse_size", "box_radius", "MAX_BOX_SIZE", "MAX_BOX_PIXELS"]
+__all__ = ["FRAMES", "parse_coord", "parse_size", "box_radius", "MAX_BOX_SIZE", "MAX_BOX_PIXELS"]
 
 #: Largest box side accepted: a 1 degree cutout at 0.04"/px is already 90000 x 90000 px (32 GB).
 MAX_BOX_SIZE = 1 * u.deg
@@ -16,7 +16,12 @@ MAX_BOX_SIZE = 1 * u.deg
 MAX_BOX_PIXELS = 90000
 
 
-_POSITION_HINT = "Give RA and Dec in degrees (84.9208 -69.1467) or sexagesimal (05:39:41.0 -69:08:48)."
+_POSITION_HINT = (
+    "Give RA and Dec in degrees (84.9208 -69.1467, 84.9208d -69.1467d) or sexagesimal "
+    "(05:39:41.0 -69:08:48, 05h39m41.0s -69d08m48s, 05 39 41.0 -69 08 48)."
+)
+#: Frames a position may be given in (converted to ICRS).
+FRAMES = ("icrs", "fk5", "galactic")
 _SIZE_HINT = "Give the box side in arcsec (e.g. 20), or (height, width), or an angle such as 0.5 * u.arcmin."
 
 
@@ -25,17 +30,20 @@ def _ra_in_hours(text: str) -> bool:
     return ":" in text or "h" in text.lower()
 
 
-def parse_coord(coord, dec=None) -> SkyCoord:
+def parse_coord(coord, dec=None, *, frame: str = "icrs") -> SkyCoord:
     """Return an ICRS `~astropy.coordinates.SkyCoord` for a position given in any usual form.
 
     Parameters
     ----------
     coord : `~astropy.coordinates.SkyCoord`, str, float or (ra, dec) pair
-        A SkyCoord; a string ``"84.9208 -69.1467"`` (degrees) or ``"05:39:41 -69:08:48"``
-        (RA in hours when sexagesimal); a pair of numbers in degrees or of strings; or the RA alone
-        when ``dec`` is given.
+        A SkyCoord; a string in degrees (``"84.9208 -69.1467"``, ``"84.9208d -69.1467d"``) or
+        sexagesimal, RA in hours (``"05:39:41 -69:08:48"``, ``"05h39m41s -69d08m48s"``, or six
+        numbers as SIMBAD prints them, ``"05 39 41.0 -69 08 48"``); a pair of numbers in degrees
+        or of strings; or the RA alone when ``dec`` is given.
     dec : float or str, optional
         Declination, when ``coord`` is the RA alone.
+    frame : {'icrs', 'fk5', 'galactic'}, optional
+        The frame of a position that is not a SkyCoord: with ``"galactic"``, ``l b`` in degrees.
 
     Returns
     -------
@@ -59,6 +67,8 @@ def parse_coord(coord, dec=None) -> SkyCoord:
                 ra_part, dec_part = coord, dec
             elif isinstance(coord, str):
                 parts = coord.replace(",", " ").split()
+                if len(parts) == 6:  # h m s d m s, space-separated as SIMBAD prints them
+                    parts = [":".join(parts[:3]), ":".join(parts[3:])]
                 if len(parts) != 2:
                     raise InvalidCoordinateError(
                         f"Cannot read a sky position from {coord!r}: expected 'RA Dec'. {_POSITION_HINT}"
@@ -66,18 +76,21 @@ def parse_coord(coord, dec=None) -> SkyCoord:
                 ra_part, dec_part = parts
             else:
                 ra_part, dec_part = coord
-            if isinstance(ra_part, str) and _ra_in_hours(ra_part):
+            if frame not in FRAMES:
+                raise InvalidCoordinateError(f"Unknown frame {frame!r}: one of {', '.join(FRAMES)}.")
+            if isinstance(ra_part, str) and _ra_in_hours(ra_part) and frame != "galactic":
                 unit = (u.hourangle, u.deg)
             else:
                 unit = (u.deg, u.deg)
             # SkyCoord would wrap RA 400 to 40 without a word: a typo would cut the wrong sky.
             ra = Angle(ra_part, unit=unit[0]).deg
             if not 0 <= ra < 360:
+                what = "l" if frame == "galactic" else "RA"
                 raise InvalidCoordinateError(
-                    f"Not a valid sky position: RA {ra_part!r} is outside 0 to 360 degrees (0h to 24h). "
+                    f"Not a valid sky position: {what} {ra_part!r} is outside 0 to 360 degrees (0h to 24h). "
                     + _POSITION_HINT
                 )
-            result = SkyCoord(ra_part, dec_part, unit=unit, frame="icrs")
+            result = SkyCoord(ra_part, dec_part, unit=unit, frame=frame).icrs
     except InvalidCoordinateError:
         raise
     except (ValueError, TypeError, u.UnitsError) as exc:

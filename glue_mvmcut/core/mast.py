@@ -203,8 +203,9 @@ def resolve_name(name: str, *, timeout: float | None = None) -> SkyCoord:
     return coord
 
 
-def resolve_target(target) -> SkyCoord:
-    """A position from a coordinate (anything `parse_coord` reads) or, failing that, an object name.
+def resolve_target(target, *, frame: str = "icrs") -> SkyCoord:
+    """A position from a coordinate (anything `parse_coord` reads, in ``frame``) or, failing
+    that, an object name.
 
     Raises
     ------
@@ -214,7 +215,7 @@ def resolve_target(target) -> SkyCoord:
         If a name had to be resolved and the resolver cannot be reached.
     """
     try:
-        return parse_coord(target)
+        return parse_coord(target, frame=frame)
     except InvalidCoordinateError:
         if not isinstance(target, str) or not target.strip() or _POSITION_LIKE.match(target):
             raise
