@@ -1,5 +1,7 @@
 """Exceptions and warnings raised by glue-mvmcut."""
 
+from astropy.utils.exceptions import AstropyUserWarning
+
 __all__ = [
     "MVMCutError",
     "InvalidCoordinateError",
@@ -73,5 +75,6 @@ class InvalidTargetsError(MVMCutError, ValueError):
     """A target table that cannot be used as a whole (unreadable, no position columns, duplicate ids)."""
 
 
-class NoMVMDataWarning(UserWarning):
-    """No MVM layer covers the requested box."""
+class NoMVMDataWarning(AstropyUserWarning):
+    """No MVM layer covers the requested box (an astropy warning, as astroquery's
+    ``NoResultsWarning`` is)."""
