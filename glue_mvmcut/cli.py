@@ -275,11 +275,7 @@ def _run_cut(
         from .quicklook import save_quicklook
 
         for path, mosaic in zip(result.paths["mosaics"], result.mosaics.values(), strict=True):
-            title = (
-                f"{mosaic[0].header['INSTRUME']}/{mosaic[0].header['DETECTOR']} "
-                f"{mosaic[0].header['FILTER']} mosaic ({mosaic[0].header['NCOMBINE']} cutouts)"
-            )
-            pngs.append(save_quicklook(mosaic, path.with_suffix(".png"), title=title))
+            pngs.append(save_quicklook(mosaic, path.with_suffix(".png")))
     return result, pngs
 
 
