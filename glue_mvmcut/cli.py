@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -461,14 +462,52 @@ def main(argv: list[str] | None = None) -> int:
     except MVMCutError as exc:
         print(f"mvmcut: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("mvmcut: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, _Interrupted):  # said by the signal handler of `run`
+            print("mvmcut: interrupted", file=sys.stderr)
+        return getattr(exc, "status", 130)
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
     return status or 0
 
 
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C (status 130) or SIGTERM (143), already said on stderr."""
+
+    def __init__(self, status: int):
+        super().__init__(status)
+        self.status = status
+
+
+def _interrupted(signum, frame) -> None:
+    """The signal handler of `run`: one line, then silence while the run cleans up (closing a
+    Dask cluster in the middle of its work makes its threads log hundreds of lines); a second
+    signal ends the process at once."""
+    status = 128 + signum
+    signal.signal(signal.SIGINT, lambda *_: os._exit(status))
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(status))
+    print(
+        f"mvmcut: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr, flush=True
+    )
+    logging.disable(logging.CRITICAL)
+    warnings.simplefilter("ignore")
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # Python's writes and native ones alike
+    raise _Interrupted(status)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The ``mvmcut`` command: `main` with Ctrl-C and SIGTERM said in one line (status 130 or 143)
+    and nothing after it. The files a run leaves are complete (written atomically), so an
+    interrupted run ends without waiting for threads and ``atexit`` handlers to finish."""
+    signal.signal(signal.SIGINT, _interrupted)
+    signal.signal(signal.SIGTERM, _interrupted)
+    status = main(argv)
+    if status in (130, 143):
+        sys.stdout.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

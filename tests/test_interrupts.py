@@ -1,0 +1,90 @@
+"""Ctrl-C and SIGTERM: one line, status 130 or 143, nothing after it, nothing half-written —
+whenever they come (signals sent to a real ``mvmcut`` process at moments the stand-in sees)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from glue_mvmcut.core.files import fits_problem
+
+#: ``mvmcut`` as its console script runs it, pointed at the stand-in (``argv[1]``).
+SCRIPT = """
+import sys
+from glue_mvmcut.core.endpoints import using_server
+from glue_mvmcut.cli import run
+with using_server(sys.argv[1]):
+    run(sys.argv[2:])
+"""
+LMC = ["84.9208", "-69.1467"]
+
+
+def _start(mast, tmp_path, *args):
+    env = {**os.environ, "MVMCUT_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, mast.url, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _when(condition, process, what: str) -> None:
+    """Wait until ``condition()`` (the stand-in saw the moment), failing if the run ended first."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"mvmcut ended before {what}: {process.communicate()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"never reached {what}")
+        time.sleep(0.01)
+
+
+def _check_ended(process, sig, out_dir):
+    stdout, stderr = process.communicate(timeout=120)
+    expected = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert process.returncode == 128 + sig, (stdout, stderr)
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1] == f"mvmcut: {expected}", stderr
+    assert sum("mvmcut:" in line for line in lines) == 1 and "Traceback" not in stderr
+    assert "Error" not in stderr and "exception" not in stderr.lower(), stderr
+    for path in out_dir.glob("*.fits") if out_dir.exists() else []:
+        assert fits_problem(path) is None  # whatever has a final name is whole
+
+
+@pytest.mark.parametrize(
+    ("moment", "sig"),
+    [("query", signal.SIGINT), ("first pixels", signal.SIGTERM), ("mid-body", signal.SIGINT)],
+)
+def test_a_cut_ends_in_one_line_whenever_interrupted(mast, tmp_path, moment, sig):
+    mast.faults.latency = 0.05
+    if moment == "mid-body":  # the box's rows arrive, then the server goes silent
+        mast.faults.stall(30.0, count=50, scope="download", after_bytes=20_000)
+    out = tmp_path / "out"
+    process = _start(mast, tmp_path, "cut", *LMC, "--size", "30", "--out", str(out), "--fetch", "ranged")
+    if moment == "query":
+        _when(lambda: mast.requests("Mast.Caom.Filtered.Position"), process, "the query")
+    else:
+        _when(
+            lambda: len(mast.requests("download")) >= (1 if moment == "first pixels" else 4), process, moment
+        )
+    process.send_signal(sig)
+    _check_ended(process, sig, out)
+
+
+def test_a_batch_ends_in_one_line_when_interrupted(mast, tmp_path):
+    targets = tmp_path / "targets.csv"
+    targets.write_text(
+        "id,ra,dec\n" + "".join(f"t{i},{84.9208 + i * 0.001:.4f},-69.1467\n" for i in range(6))
+    )
+    mast.faults.latency = 0.05
+    out = tmp_path / "batch"
+    process = _start(mast, tmp_path, "batch", str(targets), "--size", "10", "--out", str(out))
+    _when(lambda: len(mast.requests("download")) >= 3, process, "the layers' reads")
+    process.send_signal(signal.SIGINT)
+    _check_ended(process, signal.SIGINT, out)
