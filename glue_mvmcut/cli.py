@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786"
     )
     batch.add_argument("--retry-failed", action="store_true", help="also run the targets that failed before")
+    batch.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="give the cluster on this machine Dask's dashboard, on a free port (needs bokeh)",
+    )
 
     check = commands.add_parser(
         "check-server",
@@ -352,6 +357,7 @@ def _batch(args) -> int:
             resample=args.resample,
             fetch=args.fetch,
             progress=progress,
+            dashboard=args.dashboard,
         )
     finally:
         bar.close()

@@ -423,3 +423,32 @@ def test_two_batches_on_one_folder_take_turns(mast, cache, tmp_path):
     assert sorted(m.meta["targets_run"] for m in manifests) == [0, 4]
     assert all(list(m["status"]) == ["done"] * 4 for m in manifests)
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "t0", "t1", "t2", "t3"]
+
+
+def test_a_dashboard_only_when_asked_and_said_plainly_without_bokeh(mast, cache, tmp_path, capsys):
+    """No port but the workers' unless asked; asked without bokeh, one line says what to do."""
+    import importlib.util
+
+    bokeh_missing = importlib.util.find_spec("bokeh") is None
+    targets = tmp_path / "targets.csv"
+    targets.write_text(f"id,ra,dec\none,{LMC[0]},{LMC[1]}\n")
+    status = main(
+        [
+            "batch",
+            str(targets),
+            "--size",
+            "2",
+            "--filters",
+            "f814w",
+            "--out",
+            str(tmp_path / "out"),
+            "--dashboard",
+        ]
+    )
+    if bokeh_missing:
+        assert status == 1
+        assert capsys.readouterr().err.strip() == (
+            "mvmcut: error: The Dask dashboard needs bokeh: pip install bokeh, or leave --dashboard out."
+        )
+    else:
+        assert status == 0 and "The batch's Dask dashboard: http://" in capsys.readouterr().err

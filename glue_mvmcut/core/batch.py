@@ -171,14 +171,22 @@ def default_workers() -> int:
     return min(16, 4 * (os.cpu_count() or 1))
 
 
-def _client(scheduler, workers: int | None):
-    """(client, cluster): a client of ``scheduler``, or of a new in-process cluster, and the
-    cluster this function started (None for an existing one)."""
+def _client(scheduler, workers: int | None, dashboard: bool = False):
+    """(client, cluster): a client of ``scheduler``, or of a new in-process cluster (with a
+    dashboard on a free port if asked), and the cluster this function started (None for an
+    existing one)."""
     import dask
     from distributed import Client, LocalCluster
 
     if isinstance(scheduler, Client):
         return scheduler, None
+    if scheduler is None and dashboard:
+        try:
+            import bokeh  # noqa: F401  (what Dask draws its dashboard with)
+        except ImportError:
+            raise MVMCutError(
+                "The Dask dashboard needs bokeh: pip install bokeh, or leave --dashboard out."
+            ) from None
     if scheduler is None:
         # No worker profiler: it samples every thread with sys._current_frames every 10 ms, and on
         # Python 3.11 a garbage collection inside that call whose finalizer releases the GIL (a
@@ -189,9 +197,12 @@ def _client(scheduler, workers: int | None):
                 n_workers=1,
                 threads_per_worker=workers or default_workers(),
                 processes=False,
-                dashboard_address=None,
+                dashboard_address=":0" if dashboard else None,  # a free port: never a fixed one
             )
-        return Client(cluster), cluster
+        client = Client(cluster)
+        if dashboard:
+            log.warning("The batch's Dask dashboard: %s", client.dashboard_link)
+        return client, cluster
     try:
         return Client(str(scheduler), timeout="10s"), None
     except (OSError, TimeoutError) as exc:
@@ -248,6 +259,7 @@ def cutout_batch(
     fetch: str = "auto",
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    dashboard: bool = False,
 ) -> Table:
     """The cutouts and mosaics of every target of a table, one folder per target, on Dask.
 
@@ -280,6 +292,9 @@ def cutout_batch(
         Checked while waiting; returning True stops the batch (running targets stop at their
         next check, leaving no partial folder under a final name), writes the manifest (those
         targets ``pending``) and raises `~glue_mvmcut.core.errors.Cancelled`.
+    dashboard : bool, optional
+        Give the default cluster Dask's dashboard, on a free port (its address is logged);
+        needs bokeh. None by default: a batch opens no port but its workers'.
 
     Returns
     -------
@@ -311,7 +326,7 @@ def cutout_batch(
             return Table.read(write_manifest(out, records, meta), format="ascii.ecsv")
         from distributed import Client, Event
 
-        client, cluster = _client(scheduler, workers)
+        client, cluster = _client(scheduler, workers, dashboard)
         stop = Event(f"mvmcut-cancel-{uuid.uuid4().hex}", client=client)
         options = {"combine": combine, "resample": resample, "fetch": fetch, "cancel_event": stop.name}
         try:
