@@ -1,5 +1,8 @@
 """The documentation's examples run (``pytest docs``) against the synthetic LMC archive served by
-the stand-in MAST, in a scratch folder, exactly as they would against MAST."""
+the stand-in MAST, in a scratch folder, exactly as they would against MAST. They show results,
+not the INFO lines the package logs meanwhile (see "Messages" in config.rst)."""
+
+import logging
 
 import pytest
 
@@ -19,5 +22,11 @@ def _docs_archive(tmp_path_factory):
 def _docs_environment(_docs_archive, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MVMCUT_CACHE_DIR", str(tmp_path / "cache"))
-    with using_server(_docs_archive.url):
-        yield
+    logger = logging.getLogger("glue_mvmcut")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        with using_server(_docs_archive.url):
+            yield
+    finally:
+        logger.setLevel(level)

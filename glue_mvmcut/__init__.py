@@ -1,11 +1,16 @@
 """glue-mvmcut: Hubble Multi-visit Mosaic cutouts and mosaics from MAST, for Python, the shell and Glue.
 
-``import glue_mvmcut`` loads the GUI-free core only: no glue, no Qt, no tqdm, no files written,
-no logging configured. The pipeline functions (which need astroquery and reproject) are imported
-on first use, so that registering the Glue plugin stays quick.
+``import glue_mvmcut`` loads the GUI-free core only: no glue, no Qt, no tqdm, no files written.
+The pipeline functions (which need astroquery and reproject) are imported on first use, so that
+registering the Glue plugin stays quick. Messages go to the ``glue_mvmcut`` logger (`log`), which
+prints them as astropy's and astroquery's do (astropy's handler, at astropy's ``log_level``).
 """
 
 import importlib
+import logging
+
+from astropy.logger import StreamHandler
+from astropy.logger import conf as _astropy_log_conf
 
 from .core.config import conf
 from .core.errors import (
@@ -25,6 +30,28 @@ from .core.errors import (
     UnsafePathError,
 )
 from .core.skycells import ProjectionCell, SkyCell, skycells_covering
+
+
+def _init_log() -> logging.Logger:
+    """The package's logger, printing through astropy's handler (as astroquery's does); its
+    modules' loggers (``glue_mvmcut.core.mast``, ...) pass their records to it."""
+    logger = logging.getLogger(__name__)
+    if not any(isinstance(handler, StreamHandler) for handler in logger.handlers):
+        handler = StreamHandler()
+        handler.addFilter(_with_origin)
+        logger.addHandler(handler)
+        logger.setLevel(_astropy_log_conf.log_level)
+    return logger
+
+
+def _with_origin(record: logging.LogRecord) -> bool:
+    # astropy's handler names where a message comes from with ``origin``, which only its own
+    # logger class sets: here, the module's logger name.
+    record.origin = getattr(record, "origin", record.name)
+    return True
+
+
+log = _init_log()
 
 try:
     from ._version import __version__
@@ -49,6 +76,7 @@ _LAZY = {
 __all__ = [
     "__version__",
     "conf",
+    "log",
     "MVMCutError",
     "InvalidCoordinateError",
     "InvalidSizeError",

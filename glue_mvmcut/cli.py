@@ -454,10 +454,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``mvmcut``; return the exit status (0 success, 1 error, 2 usage, 130 interrupted)."""
     argv = _protect_negative_coordinates(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
+    # The command's own output, on stderr, instead of the package's handlers (astropy's, which
+    # print INFO to stdout); all put back when done: main may run inside a longer-lived process.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handlers = log.handlers[:]
+    for other in handlers:
+        log.removeHandler(other)
     log.addHandler(handler)
-    level = log.level  # put back when done: main may run inside a longer-lived process
+    level = log.level
     log.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING)
     commands = {"query": _query, "cut": _cut, "batch": _batch, "check-server": _check_server, "demo": _demo}
     try:
@@ -474,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "status", 130)
     finally:
         log.removeHandler(handler)
+        for other in handlers:
+            log.addHandler(other)
         log.setLevel(level)
     return status or 0
 

@@ -181,11 +181,15 @@ def test_every_overlapping_layer_is_found_in_every_field(mast, archives, field):
     assert list(query_layers(centre, 16)["productFilename"]) == expected
 
 
-def test_an_object_name_resolves_through_the_servers_resolver(mast):
+def test_an_object_name_resolves_through_the_servers_resolver(mast, capsys):
     coord = resolve_target("LMC")
     assert (coord.ra.deg, coord.dec.deg) == (84.9208, -69.1467)
     assert resolver_url() == f"{mast.url}/Santa-war/query"
     assert [r.service for r in mast.requests()] == ["resolver"]
+    # Said from Python as astropy and astroquery say things (astropy's handler, INFO on stdout).
+    said = capsys.readouterr().out.splitlines()
+    assert said[-1].startswith("INFO: Resolved 'LMC' to 84.920800 -69.146700 with ")
+    assert said[-1].endswith(" [glue_mvmcut.core.mast]")
 
 
 def test_positions_are_parsed_without_asking_the_resolver(mast):
