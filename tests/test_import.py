@@ -12,7 +12,9 @@ print(json.dumps({
     "heavy": sorted(m for m in sys.modules
                     if m.split(".")[0] in ("glue", "glue_qt", "PySide6", "qtpy", "tqdm", "matplotlib")),
     "root_handlers": len(logging.getLogger().handlers),
-    "package_handlers": [f"{type(h).__module__}.{type(h).__name__}" for h in logging.getLogger("glue_mvmcut").handlers],
+    "package_handlers": [
+        f"{type(h).__module__}.{type(h).__name__}" for h in logging.getLogger("glue_mvmcut").handlers
+    ],
     "version": glue_mvmcut.__version__,
 }))
 """
