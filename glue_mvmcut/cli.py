@@ -515,7 +515,10 @@ def run(argv: list[str] | None = None) -> None:
     interrupted run ends without waiting for threads and ``atexit`` handlers to finish."""
     signal.signal(signal.SIGINT, _interrupted)
     signal.signal(signal.SIGTERM, _interrupted)
-    status = main(argv)
+    try:
+        status = main(argv)
+    except _Interrupted as exc:  # before or after the command itself (parsing its arguments)
+        status = exc.status
     if status in (130, 143):
         sys.stdout.flush()
         os._exit(status)
