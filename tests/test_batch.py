@@ -452,3 +452,18 @@ def test_a_dashboard_only_when_asked_and_said_plainly_without_bokeh(mast, cache,
         )
     else:
         assert status == 0 and "The batch's Dask dashboard: http://" in capsys.readouterr().err
+
+
+def test_a_row_asking_for_an_unknown_filter_fails_before_any_work(mast, cache, tmp_path):
+    """Its own row fails at once, with the valid filters named; the other rows run."""
+    targets = Table(
+        rows=[("good", *LMC, "f814w", ""), ("typo", *LMC, "f841w", ""), ("nicmos", *LMC, "", "nicmos")],
+        names=["id", "ra", "dec", "filters", "instruments"],
+    )
+    manifest = cutout_batch(targets, size=2, out_dir=tmp_path / "out")
+    status = dict(zip(manifest["id"], manifest["status"], strict=True))
+    errors = dict(zip(manifest["id"], manifest["error"], strict=True))
+    assert status == {"good": "done", "typo": "failed", "nicmos": "failed"}
+    assert errors["typo"].startswith("Unknown filter 'f841w'") and "F814W" in errors["typo"]
+    assert errors["nicmos"].startswith("Unknown instrument 'nicmos': MVM layers are made of ACS and WFC3")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good", MANIFEST]

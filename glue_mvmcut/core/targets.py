@@ -10,7 +10,7 @@ from astropy.table import Table
 
 from .coords import parse_coord, parse_size
 from .errors import InvalidTargetsError, MVMCutError
-from .names import safe_filename
+from .names import checked_selection, safe_filename
 
 __all__ = ["Target", "read_targets"]
 
@@ -149,6 +149,7 @@ def read_targets(
         )
         try:
             safe_filename(target_id)
+            checked_selection(target.instruments, target.filters)  # a row's own, before any work
             width_arcsec = cell["size"] if cell["size"] is not None else size
             height_arcsec = cell["size_y"] if cell["size_y"] is not None else size_y
             if width_arcsec is None:
