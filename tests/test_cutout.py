@@ -110,7 +110,9 @@ def test_non_mvm_files_are_refused(tmp_path, lmc_archive):
         cut_layer(plain, LMC, 10)
     text = tmp_path / "notes.fits"
     text.write_text("hello")
-    with pytest.raises(NotMVMFileError, match=r"notes.fits is not a readable, complete FITS file"):
+    with pytest.raises(
+        NotMVMFileError, match=r"notes.fits is not a readable, complete FITS file \(not a FITS file\)"
+    ):
         cut_layer(text, LMC, 10)
     no_wht = tmp_path / F814W
     with fits.open(_layer(lmc_archive)) as layer:
@@ -125,7 +127,14 @@ def test_truncated_layers_are_refused(tmp_path, lmc_archive):
     data = _layer(lmc_archive).read_bytes()
     truncated = tmp_path / F814W
     truncated.write_bytes(data[: len(data) // 2])
-    with pytest.raises(NotMVMFileError, match=F814W):
+    with pytest.raises(
+        NotMVMFileError, match=rf"{F814W} is not .* \(truncated: {len(data) // 2} bytes, but its HDU"
+    ):
+        cut_layer(truncated, LMC, 10)
+    truncated.write_bytes(data[:5000])  # inside the primary header
+    with pytest.raises(
+        NotMVMFileError, match=r"the header at byte 0 is cut short: the file ends before its END"
+    ):
         cut_layer(truncated, LMC, 10)
 
 

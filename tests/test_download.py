@@ -200,5 +200,5 @@ def test_a_download_never_writes_past_the_size_announced(mast, cache):
     mast.faults.announced_size = 100_000
     with pytest.raises(ArchiveError, match=rf"Downloading {NAME}: MAST sent more than the 100000 bytes"):
         download_layer(NAME, URI)
-    assert (cache / (NAME + ".part")).stat().st_size == 65536  # the block that fitted, kept
+    assert (cache / (NAME + ".part")).stat().st_size == 100_000  # what fitted, kept
     assert not (cache / NAME).exists()

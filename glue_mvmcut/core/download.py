@@ -333,6 +333,7 @@ def _receive(response, partial: _Part, done: int, name, progress, cancel, stats)
         try:
             for block in read_body(response, Pace(), _CHUNK):
                 if expected is not None and done + len(block) > expected:
+                    out.write(block[: expected - done])  # what fits is the file's, as announced
                     raise ArchiveError(
                         f"Downloading {name}: MAST sent more than the {expected} bytes it announced."
                     )

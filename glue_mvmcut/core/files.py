@@ -260,11 +260,12 @@ def structure_problem(path: Path) -> str | None:
             offset = 0
             while offset < size:
                 file.seek(offset)
-                cards = _header_cards(file)
-                if cards is None:
-                    return f"the header at byte {offset} has no END card in its first {MAX_HEADER >> 20} MB"
-                if not cards.startswith((b"SIMPLE  =", b"XTENSION=")):
+                if not file.read(9).startswith((b"SIMPLE  =", b"XTENSION=")):
                     return f"no FITS header at byte {offset}" if offset else "not a FITS file"
+                file.seek(offset)
+                cards = _header_cards(file)
+                if isinstance(cards, str):
+                    return f"the header at byte {offset} {cards}"
                 length = -(-len(cards) // BLOCK) * BLOCK
                 info = HDUInfo.read(cards, offset, length, Path(path).name)
                 if info.end > size:  # a whole file ends where its last HDU's padded data ends
@@ -275,16 +276,16 @@ def structure_problem(path: Path) -> str | None:
     return None
 
 
-def _header_cards(file) -> bytes | None:
-    """The cards of the header at ``file``'s position, up to its END card; None if there is none
-    within `~glue_mvmcut.core.fitsheaders.MAX_HEADER` bytes or before the end of the file."""
-    data = b""
+def _header_cards(file) -> bytes | str:
+    """The cards of the header at ``file``'s position, up to its END card; or why there are
+    none (the file ends first, or no END within `~glue_mvmcut.core.fitsheaders.MAX_HEADER`)."""
+    data = bytearray()
     while len(data) < MAX_HEADER:
         block = file.read(BLOCK)
         if len(block) < BLOCK:
-            return None
+            return "is cut short: the file ends before its END card"
         data += block
         end = find_card(data[-BLOCK:], END_CARD)
         if end >= 0:
-            return data[: len(data) - BLOCK + end + CARD]
-    return None
+            return bytes(data[: len(data) - BLOCK + end + CARD])
+    return f"has no END card in its first {MAX_HEADER >> 20} MB"

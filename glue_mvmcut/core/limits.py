@@ -33,17 +33,18 @@ class ReplyRefused(ArchiveError):
 
 
 class Pace:
-    """The floor on one transfer's speed: it may take ``conf.timeout`` s plus one second per
-    ``conf.min_rate`` kB received, and never past ``until`` (a `time.monotonic` deadline).
+    """The floor on one transfer's speed: from its making, it may take ``conf.timeout`` s plus
+    one second per ``conf.min_rate`` kB received, and never go past the thread's
+    `query_deadline`.
 
     The rule needs no size in advance, so it bounds a trickle of bytes (1 byte/s is stopped
     after about ``conf.timeout`` s) as well as a stall, while a slow but honest link goes on.
     """
 
-    def __init__(self, until: float | None = None):
+    def __init__(self):
         self.started = time.monotonic()
         self.received = 0
-        self.until = until if until is not None else getattr(_deadline, "until", None)
+        self.until = getattr(_deadline, "until", None)
 
     @staticmethod
     def allowance(nbytes: int) -> float:
@@ -60,6 +61,7 @@ class Pace:
             raise self.too_slow()
 
     def too_slow(self) -> TooSlowError:
+        """The error that says how slow the transfer was (or that the query's deadline passed)."""
         seconds = time.monotonic() - self.started
         if self.until is not None and time.monotonic() > self.until:
             return TooSlowError(
