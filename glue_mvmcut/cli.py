@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -485,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     return status or 0
 
 
+#: Seconds an interrupted run may spend cleaning up before the process ends regardless.
+_CLEANUP_GRACE = 3.0
+
+
 class _Interrupted(KeyboardInterrupt):
     """Ctrl-C (status 130) or SIGTERM (143), already said on stderr."""
 
@@ -506,6 +511,11 @@ def _interrupted(signum, frame) -> None:
     logging.disable(logging.CRITICAL)
     warnings.simplefilter("ignore")
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # Python's writes and native ones alike
+    # The run's own cleanup (a batch's manifest) takes milliseconds; threads blocked on a silent
+    # server would hold the exit for as long as its timeout: cut short after a grace period.
+    watchdog = threading.Timer(_CLEANUP_GRACE, os._exit, args=(status,))
+    watchdog.daemon = True
+    watchdog.start()
     raise _Interrupted(status)
 
 

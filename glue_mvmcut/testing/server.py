@@ -498,6 +498,12 @@ class MastServer:
                 self._busy -= 1
                 self._idle.notify_all()
 
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now (a request is recorded only once answered)."""
+        with self._idle:
+            return self._busy
+
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until every request under way has been answered and recorded.
 
