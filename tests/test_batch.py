@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 from astropy.table import Table
+from together import at_once
 
 from glue_mvmcut import Cancelled, InvalidTargetsError, MVMCutError
 from glue_mvmcut.cli import main
@@ -400,25 +401,13 @@ def test_targets_are_grouped_as_by_asking_every_group():
 def test_two_batches_on_one_folder_take_turns(mast, cache, tmp_path):
     """Started together on one folder: one runs every target, the other waits, then finds them
     done; nothing fails and no temporary folder is left."""
-    import threading
-
     targets = Table(
         rows=[(f"t{i}", *_offset(LMC, 4 * i - 6, 0)) for i in range(4)], names=["id", "ra", "dec"]
     )
     out = tmp_path / "out"
-    manifests, errors = [], []
-
-    def batch():
-        try:
-            manifests.append(cutout_batch(targets, size=2, filters=["f814w"], out_dir=out, workers=2))
-        except Exception as exc:  # fails the test below, with its message
-            errors.append(exc)
-
-    runs = [threading.Thread(target=batch) for _ in range(2)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(300)
+    manifests, errors = at_once(
+        lambda: cutout_batch(targets, size=2, filters=["f814w"], out_dir=out, workers=2), 2
+    )
     assert errors == []
     assert sorted(m.meta["targets_run"] for m in manifests) == [0, 4]
     assert all(list(m["status"]) == ["done"] * 4 for m in manifests)

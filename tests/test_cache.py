@@ -6,10 +6,10 @@ import multiprocessing
 import os
 import shutil
 import signal
-import threading
 import time
 
 import pytest
+from together import at_once
 
 from glue_mvmcut import Cancelled, conf
 from glue_mvmcut.core.download import download_layer
@@ -61,19 +61,7 @@ def test_if_range_resumes_only_the_version_the_part_is_of(mast, lmc_archive):
 
 def test_threads_wanting_one_layer_download_it_once(mast, cache, lmc_archive):
     mast.faults.latency = 0.1  # so that the others ask while the first downloads
-    paths, errors = [], []
-
-    def fetch():
-        try:
-            paths.append(download_layer(NAME, URI))
-        except Exception as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=fetch) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    paths, errors = at_once(lambda: download_layer(NAME, URI), 3, timeout=60)
     assert errors == [] and len(set(paths)) == 1
     assert paths[0].read_bytes() == (lmc_archive.directory / NAME).read_bytes()
     # One download; the two that waited found it complete (a HEAD each).

@@ -6,6 +6,7 @@ import os
 import threading
 
 import pytest
+from together import at_once
 
 from glue_mvmcut.core.download import download_layer
 from glue_mvmcut.core.errors import UnsafePathError
@@ -159,19 +160,7 @@ def test_a_second_run_in_a_folder_waits_for_the_first(mast, cache, tmp_path, cap
 
 def test_three_cuts_into_one_folder_at_once_all_finish_with_the_same_files(mast, cache, tmp_path):
     out = tmp_path / "out"
-    results, errors = [], []
-
-    def cut():
-        try:
-            results.append(cutout_mosaic(LMC, 6, out_dir=out))
-        except Exception as exc:  # any error fails the test below, with its message
-            errors.append(exc)
-
-    workers = [threading.Thread(target=cut) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
+    results, errors = at_once(lambda: cutout_mosaic(LMC, 6, out_dir=out), 3)
     assert errors == [] and len(results) == 3
     alone = cutout_mosaic(LMC, 6, out_dir=tmp_path / "alone")
     names = sorted(p.name for paths in alone.paths.values() for p in paths)
