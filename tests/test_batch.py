@@ -4,6 +4,7 @@ import filecmp
 import os
 import shutil
 import signal
+import socket
 import warnings
 
 import numpy as np
@@ -242,7 +243,7 @@ def test_a_cluster_of_processes_survives_a_killed_worker(mast, cache, tmp_path):
     )
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -412,6 +413,25 @@ def test_two_batches_on_one_folder_take_turns(mast, cache, tmp_path):
     assert sorted(m.meta["targets_run"] for m in manifests) == [0, 4]
     assert all(list(m["status"]) == ["done"] * 4 for m in manifests)
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "t0", "t1", "t2", "t3"]
+
+
+def test_a_batch_runs_when_dasks_usual_port_is_taken(mast, cache, tmp_path):
+    """Dask's scheduler serves HTTP on 8787 unless told otherwise and fails if it is taken: the
+    batch's cluster asks the OS for a free port, so a busy 8787 changes nothing."""
+    holder = socket.socket()
+    try:
+        holder.bind(("", 8787))  # taken for the run (if something else has it, so much the better)
+        holder.listen()
+    except OSError:
+        pass
+    with holder:
+        manifest = cutout_batch(
+            Table(rows=[("one", *LMC)], names=["id", "ra", "dec"]),
+            size=2,
+            filters=["f814w"],
+            out_dir=tmp_path / "out",
+        )
+    assert list(manifest["status"]) == ["done"]
 
 
 def test_a_dashboard_only_when_asked_and_said_plainly_without_bokeh(mast, cache, tmp_path, capsys):

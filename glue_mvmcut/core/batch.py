@@ -197,7 +197,10 @@ def _client(scheduler, workers: int | None, dashboard: bool = False):
                 n_workers=1,
                 threads_per_worker=workers or default_workers(),
                 processes=False,
-                dashboard_address=":0" if dashboard else None,  # a free port: never a fixed one
+                # The scheduler serves HTTP (health, metrics) even without a dashboard, on 8787
+                # unless told otherwise, and fails to start if that port is taken: a free one.
+                dashboard_address=":0",
+                scheduler_kwargs={"dashboard": dashboard},
             )
         client = Client(cluster)
         if dashboard:
