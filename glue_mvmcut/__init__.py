@@ -1,8 +1,9 @@
 """glue-mvmcut: Hubble Multi-visit Mosaic cutouts and mosaics from MAST, for Python, the shell and Glue.
 
 ``import glue_mvmcut`` loads the GUI-free core only: no glue, no Qt, no tqdm, no files written.
-The pipeline functions (which need astroquery and reproject) are imported on first use, so that
-registering the Glue plugin stays quick. Messages go to the ``glue_mvmcut`` logger (`log`), which
+The pipeline functions and the skycell tessellation (which need astroquery, reproject,
+astropy's coordinates and tables) are imported on first use, so that registering the Glue plugin
+and starting the ``mvmcut`` command stay quick. Messages go to the ``glue_mvmcut`` logger (`log`), which
 prints them as astropy's and astroquery's do (astropy's handler, at astropy's ``log_level``).
 """
 
@@ -29,7 +30,6 @@ from .core.errors import (
     UnsafeNameError,
     UnsafePathError,
 )
-from .core.skycells import ProjectionCell, SkyCell, skycells_covering
 
 
 def _init_log() -> logging.Logger:
@@ -67,6 +67,9 @@ _LAZY = {
     "cut_layer": "core.cutout",
     "combine_cutouts": "core.combine",
     "check_server": "core.probe",
+    "SkyCell": "core.skycells",
+    "ProjectionCell": "core.skycells",
+    "skycells_covering": "core.skycells",
     "mvm_id_filenames": "hapcut",
     "mvm_retrieve_files": "hapcut",
     "make_the_cut": "hapcut",
@@ -91,9 +94,6 @@ __all__ = [
     "Cancelled",
     "InvalidTargetsError",
     "NoMVMDataWarning",
-    "SkyCell",
-    "ProjectionCell",
-    "skycells_covering",
     *_LAZY,
 ]
 

@@ -1,12 +1,15 @@
 """Turning what users type into checked sky positions and box sizes."""
 
 import math
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
-from astropy.coordinates import Angle, SkyCoord
 
 from .errors import InvalidCoordinateError, InvalidSizeError
+
+if TYPE_CHECKING:
+    from astropy.coordinates import SkyCoord
 
 __all__ = ["FRAMES", "parse_coord", "parse_size", "box_radius", "MAX_BOX_SIZE", "MAX_BOX_PIXELS"]
 
@@ -30,7 +33,7 @@ def _ra_in_hours(text: str) -> bool:
     return ":" in text or "h" in text.lower()
 
 
-def parse_coord(coord, dec=None, *, frame: str = "icrs") -> SkyCoord:
+def parse_coord(coord, dec=None, *, frame: str = "icrs") -> "SkyCoord":
     """Return an ICRS `~astropy.coordinates.SkyCoord` for a position given in any usual form.
 
     Parameters
@@ -56,6 +59,8 @@ def parse_coord(coord, dec=None, *, frame: str = "icrs") -> SkyCoord:
         If the position cannot be parsed, is not finite or lies off the sky (RA outside
         [0, 360) degrees, which is never wrapped, or ``|dec| > 90``).
     """
+    from astropy.coordinates import Angle, SkyCoord  # imported on first use (a third of a second)
+
     given = coord if dec is None else (coord, dec)
     try:
         if isinstance(coord, SkyCoord):
