@@ -404,7 +404,7 @@ def _demo(args) -> None:
     _summary(result, pngs, as_json=False)
     mosaics = [path.resolve() for path in result.paths["mosaics"]]
     if args.glue:
-        _open_in_glue(mosaics)
+        _open_in_glue(mosaics, f"LMC demo · {DEMO_SIZE:g}″")
         return
     folder = (out / "cutouts").resolve()
     print(
@@ -417,8 +417,9 @@ def _demo(args) -> None:
     )
 
 
-def _open_in_glue(paths) -> None:
-    """Start the Glue application with ``paths`` loaded and linked; return when it is closed."""
+def _open_in_glue(paths, title: str) -> None:
+    """Start the Glue application with ``paths`` loaded and linked, its viewers in a tab named
+    ``title``; return when it is closed."""
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
     ):
@@ -430,7 +431,7 @@ def _open_in_glue(paths) -> None:
         from .glue.qt import open_in_glue
     except ImportError as exc:
         raise MVMCutError(f'--glue needs Glue: pip install "glue-mvmcut[qt]" ({exc}).') from exc
-    open_in_glue(paths).start()
+    open_in_glue(paths, title).start()
 
 
 def _check_server(args) -> int:

@@ -285,7 +285,7 @@ def test_demo_glue_without_a_display_says_what_to_do(monkeypatch, tmp_path):
     with pytest.raises(
         MVMCutError, match=r"--glue needs a display, .* open them there with: glue a\.fits b\.fits"
     ):
-        _open_in_glue([tmp_path / "a.fits", tmp_path / "b.fits"])
+        _open_in_glue([tmp_path / "a.fits", tmp_path / "b.fits"], "LMC demo")
 
 
 def test_console_script_is_installed():

@@ -139,3 +139,87 @@ def test_files_astropy_would_hang_on_are_not_claimed(tmp_path, lmc_archive):
     with pytest.raises(NotMVMFileError, match="NAXIS1 = -720, not a length"):
         read_mvm(str(bad))
     assert is_mvm_fits(str(lmc_archive.directory / name)) is True
+
+
+def test_images_on_one_tangent_plane_are_linked_exactly_by_an_affine_map(written):
+    """Fine and coarse mosaics and the cutouts of one projection cell: the affine link agrees
+    with astropy's sky transform to 1e-6 px, both ways; images of another cell get a WCSLink."""
+    from astropy.wcs.utils import pixel_to_pixel
+    from glue.plugins.wcs_autolinking.wcs_autolinking import WCSLink
+
+    from glue_mvmcut.glue.links import TangentPlaneLink, tangent_plane_link, wcs_links
+
+    data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
+    reference = next(d for d in data if d.label == "ACS/WFC F814W mosaic")
+    rng = np.random.default_rng(5)
+    x, y = rng.uniform(-0.5, 249.5, 200), rng.uniform(-0.5, 249.5, 200)
+    scales = set()
+    for other in data:
+        link = tangent_plane_link(reference, other)
+        assert isinstance(link, TangentPlaneLink), other.label
+        expected = pixel_to_pixel(reference.coords, other.coords, x, y)
+        np.testing.assert_allclose(link.forwards(x, y), expected, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(link.backwards(*expected), (x, y), rtol=0, atol=1e-6)
+        scales.add(round(link.matrix[0, 0], 9))
+    assert scales == {1.0, round(1 / 3, 9)}  # same grid, or fine to coarse
+    # Another projection cell's tangent plane: Glue's WCSLink.
+    elsewhere = read_mvm(str(written.paths["mosaics"][0]))
+    elsewhere.coords.wcs.crval = elsewhere.coords.wcs.crval + [0.5, 0.0]
+    elsewhere.label = "another cell"
+    assert tangent_plane_link(reference, elsewhere) is None
+    links = wcs_links([reference, elsewhere])
+    assert len(links) == 1 and isinstance(links[0], WCSLink)
+
+
+def test_links_survive_a_saved_session(written, tmp_path):
+    from glue.core.state import GlueSerializer, GlueUnSerializer
+
+    from glue_mvmcut.glue.links import TangentPlaneLink
+    from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
+
+    data = [read_mvm(str(p)) for p in written.paths["mosaics"]]
+    collection = DataCollection()
+    add_prepared(collection, Prepared(data, wcs_links(data)))
+    restored = GlueUnSerializer.loads(GlueSerializer(collection).dumps()).object("__main__")
+    links = [link for link in restored.external_links if isinstance(link, TangentPlaneLink)]
+    assert len(links) == len(data) - 1
+    original = {(k.data1.label, k.data2.label): k.matrix for k in collection.external_links}
+    for link in links:
+        np.testing.assert_array_equal(link.matrix, original[link.data1.label, link.data2.label])
+
+
+def test_link_discovery_finds_what_glues_own_finds_as_directly(written):
+    """Five loads of the same 20 Data: every Data derives the same components as with Glue's own
+    discovery, each by as few links."""
+    from glue.core import link_manager
+
+    from glue_mvmcut.glue.links import discover_links, link_roots
+    from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
+
+    glues_own = link_manager.discover_links
+    collection = DataCollection()
+    for _ in range(5):
+        data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
+        add_prepared(collection, Prepared(data, wcs_links(data, link_roots(collection))))
+    assert len(collection) == 100 and len(collection.external_links) == 99  # one per Data added
+    assert link_manager.discover_links is discover_links  # what add_prepared put in place
+    manager = collection._link_manager
+    links = manager._links | manager._inverse_links
+
+    def depth(found, data, cid):
+        own = set(data.main_components + data.coordinate_components)
+        if cid in own:
+            return 0
+        return 1 + max((depth(found, data, c) for c in found[cid].get_from_ids()), default=0)
+
+    for data in list(collection)[::9]:
+        ours, theirs = discover_links(data, links), glues_own(data, links)
+        assert set(ours) == set(theirs) and len(ours) > 300
+        assert all(depth(ours, data, cid) == depth(theirs, data, cid) for cid in ours)
+
+
+def test_load_mvm_without_an_application_opens_no_viewer(mast, cache):
+    collection = DataCollection()
+    with pytest.raises(TypeError, match="viewers=True needs a Glue application"):
+        load_mvm(collection, LMC, 4, filters=["f814w"], viewers=True)
+    assert len(collection) == 0  # refused before any work

@@ -1,6 +1,7 @@
 """The Glue application, offscreen: menu action, dialog, worker, Data, links, viewers, pictures."""
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,14 @@ def screenshots(tmp_path) -> Path:
     folder = Path(os.environ.get("MVMCUT_SCREENSHOTS") or tmp_path / "screenshots")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def settings_of_our_own(tmp_path, monkeypatch):
+    """What the dialogs remember (QSettings) and their default folder (the user's data
+    directory) go under this test's folder, not the home directory."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    QtCore.QSettings.setPath(QtCore.QSettings.NativeFormat, QtCore.QSettings.UserScope, str(tmp_path / "cfg"))
 
 
 @pytest.fixture
@@ -64,6 +73,7 @@ def test_errors_show_in_the_dialog(app, qtbot, target, message):
     _search(qtbot, dialog, target)
     assert dialog.status.text().startswith(message)
     assert not dialog.cut_button.isEnabled()
+    assert dialog.progress.value() == -1  # cleared, not full
 
 
 def test_an_unreachable_resolver_is_reported_in_the_dialog(app, qtbot):
@@ -101,9 +111,10 @@ def test_cancel_mid_run_leaves_glue_usable(app, qtbot):
     qtbot.waitUntil(lambda: dialog.search_button.isEnabled(), timeout=60_000)
     assert dialog.status.text() == "Cancelled. Nothing was loaded."
     assert len(app.data_collection) == 0 and dialog.loaded == []
+    assert dialog.progress.value() == -1  # cleared, not full
 
 
-def test_search_then_cut_and_load(app, qtbot, screenshots):
+def test_search_then_cut_and_load(app, qtbot, screenshots, tmp_path):
     dialog = open_dialog(app.session, ra=84.9208, dec=-69.1467, width=10, height=10)
     qtbot.addWidget(dialog)
     dialog.search_button.click()
@@ -126,22 +137,35 @@ def test_search_then_cut_and_load(app, qtbot, screenshots):
     assert dialog.grab().save(str(screenshots / "dialog.png"))
     assert dialog.combiner.currentData() == "wmean" and dialog.combiner.count() == 7
     dialog.combiner.setCurrentIndex(dialog.combiner.findData("median"))
+    assert dialog.out_dir.text() == str(tmp_path / "data" / "glue-mvmcut" / "cutouts")  # the default
+    out = tmp_path / "out"
+    dialog.out_dir.setText(str(out))
     dialog.cut_button.click()
-    qtbot.waitUntil(lambda: bool(dialog.loaded), timeout=120_000)
+    qtbot.waitUntil(lambda: dialog.status.text().startswith("Wrote "), timeout=120_000)
     labels = [d.label for d in app.data_collection]
     assert {d.meta.get("COMBINE") for d in app.data_collection if d.label.endswith("mosaic")} == {"median"}
     assert "ACS/WFC F814W mosaic" in labels and "WFC3/IR F160W coarse mosaic" in labels
     assert not any("F658N" in label for label in labels)
     viewers = {viewer.state.title: viewer for viewer in app.viewers[0]}  # one per mosaic, titled
-    assert sorted(viewers) == sorted(label for label in labels if label.endswith("mosaic"))
-    assert "Loaded 4 mosaics and 16 cutouts" in dialog.status.text()
+    assert sorted(viewers) == sorted(
+        f"{label} · 84.920800 -69.146700 · 10″" for label in labels if label.endswith("mosaic")
+    )
+    assert app.tab_names == ["84.920800 -69.146700 · 10″"]  # the empty first tab, named
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 4 + 16 + 1 and written[-1].startswith("mvm_query-")  # and the query
+    assert dialog.status.text() == (
+        f"Wrote 21 files to {out}. Loaded 4 mosaics and 16 cutouts, linked by WCS."
+    )
+    assert dialog.progress.value() == dialog.progress.maximum() == 1
     app.resize(1500, 950)
     app.show()
     app.current_tab.tileSubWindows()
     qtbot.wait(300)
     # Drag a rectangle with the viewer's own selection tool on the fine F814W mosaic: pixels
     # 100..149 a side (2" x 2"), centred on the target.
-    fine_viewer, coarse_viewer = viewers["ACS/WFC F814W mosaic"], viewers["WFC3/IR F160W coarse mosaic"]
+    box = " · 84.920800 -69.146700 · 10″"
+    fine_viewer = viewers["ACS/WFC F814W mosaic" + box]
+    coarse_viewer = viewers["WFC3/IR F160W coarse mosaic" + box]
     _drag(fine_viewer, "select:rectangle", (99.5, 99.5), (149.5, 149.5))
     fine, coarse = fine_viewer.state.reference_data, coarse_viewer.state.reference_data
     ys, xs = np.nonzero(fine.subsets[0].to_mask())
@@ -153,6 +177,80 @@ def test_search_then_cut_and_load(app, qtbot, screenshots):
     assert 16 * 16 <= len(xs) <= 18 * 18 and abs(xs.mean() - 41) < 1 and abs(ys.mean() - 41) < 1
     qtbot.wait(300)
     assert app.grab().save(str(screenshots / "glue_linked_viewers.png"))
+
+
+class Heartbeat:
+    """A timer beating every 20 ms on the GUI thread; `largest_gap` is the longest the GUI thread
+    was kept from it."""
+
+    def __init__(self):
+        self.beats = []
+        self.timer = QtCore.QTimer()
+        self.timer.setInterval(20)
+        self.timer.timeout.connect(lambda: self.beats.append(time.perf_counter()))
+        self.timer.start()
+
+    def largest_gap(self) -> float:
+        return float(np.max(np.diff(self.beats)))
+
+
+def _cut_and_load(qtbot, dialog, target, size):
+    dialog.target.setText(target)
+    dialog.width_box.setValue(size)
+    dialog.height_box.setValue(size)
+    dialog.search_button.click()
+    qtbot.waitUntil(lambda: dialog.cut_button.isEnabled(), timeout=60_000)
+    dialog.cut_button.click()
+    qtbot.waitUntil(lambda: dialog.status.text().startswith("Wrote "), timeout=120_000)
+
+
+def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, tmp_path):
+    """Everything but adding finished Data and opening viewers happens on the worker, and the
+    viewers open one per turn of the event loop, so the GUI thread answers throughout. The bound
+    is loose: Glue itself takes ~0.3 s to make and draw one image viewer (a whole load on the GUI
+    thread, as before, kept it 3 s; a second load, 25 s)."""
+    app.resize(1400, 900)
+    app.show()
+    dialog = open_dialog(app.session)
+    qtbot.addWidget(dialog)
+    dialog.out_dir.setText(str(tmp_path / "out"))
+    heartbeat = Heartbeat()
+    _cut_and_load(qtbot, dialog, "LMC", 6)
+    first = list(dialog.loaded)
+    _cut_and_load(qtbot, dialog, "84.9300 -69.1440", 4)
+    qtbot.wait(100)
+    heartbeat.timer.stop()
+    assert heartbeat.largest_gap() < 2.0
+    assert app.tab_names == ["LMC · 6″", "84.9300 -69.1440 · 4″"]
+    for tab, box in zip(app.viewers, ("LMC · 6″", "84.9300 -69.1440 · 4″"), strict=True):
+        titles = sorted(viewer.state.title for viewer in tab)
+        assert titles and all(title.endswith(f" mosaic · {box}") for title in titles)
+    # Tiled inside the tab, none on top of another.
+    area = app.tab(1)
+    frames = [window.geometry() for window in area.subWindowList()]
+    assert all(area.rect().contains(frame) for frame in frames)
+    assert not any(a.intersects(b) for i, a in enumerate(frames) for b in frames[i + 1 :])
+    # Both loads linked together: a box drawn on the first load's fine mosaic reaches the second's.
+    assert all(d in app.data_collection for d in first + dialog.loaded)
+    assert len(app.data_collection.external_links) == len(first) + len(dialog.loaded) - 1
+    mosaic = next(d for d in first if d.label == "ACS/WFC F814W mosaic")
+    later = next(d for d in dialog.loaded if d.label == "ACS/WFC F814W mosaic")
+    assert all(cid in later.externally_derivable_components for cid in mosaic.pixel_component_ids)
+
+
+def test_mosaics_only_and_the_folder_is_remembered(app, qtbot, tmp_path):
+    dialog = open_dialog(app.session)
+    qtbot.addWidget(dialog)
+    dialog.out_dir.setText(str(tmp_path / "mine"))
+    dialog.load_choice.setCurrentIndex(dialog.load_choice.findData(False))
+    assert dialog.load_choice.currentText() == "Mosaics only"
+    _cut_and_load(qtbot, dialog, "LMC", 4)
+    assert dialog.loaded and all(d.label.endswith(" mosaic") for d in dialog.loaded)
+    assert list(app.data_collection) == dialog.loaded
+    assert dialog.status.text() == f"Wrote 26 files to {tmp_path / 'mine'}. Loaded 5 mosaics, linked by WCS."
+    again = open_dialog(app.session)
+    qtbot.addWidget(again)
+    assert again.out_dir.text() == str(tmp_path / "mine")
 
 
 def _drag(viewer, tool_id, start, end):
@@ -180,7 +278,7 @@ def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
 
     fine = next(
         d
-        for d in load_mvm(app, (84.9208, -69.1467), 10, filters=["f814w"], cutouts=False)
+        for d in load_mvm(app, (84.9208, -69.1467), 10, filters=["f814w"], cutouts=False, viewers=False)
         if d.label == "ACS/WFC F814W mosaic"
     )
     viewer = app.new_data_viewer(ImageViewer, data=fine)
@@ -296,3 +394,15 @@ def test_open_in_glue_shows_files_loaded_and_linked(qtbot, mast, cache, tmp_path
         assert sorted(v.state.title for v in app.viewers[0]) == sorted(d.label for d in app.data_collection)
     finally:
         app.close()
+
+
+def test_load_mvm_opens_the_viewers_of_an_application(app, qtbot):
+    from glue_mvmcut.glue import load_mvm
+
+    new = load_mvm(app, (84.9208, -69.1467), 4, filters=["f814w"], cutouts=False)
+    assert [d.label for d in new] == ["ACS/WFC F814W jbp505jg mosaic", "ACS/WFC F814W mosaic"]
+    assert app.tab_names == ["84.92080 -69.14670 · 4″"]
+    assert sorted(v.state.title for v in app.viewers[0]) == [
+        "ACS/WFC F814W jbp505jg mosaic · 84.92080 -69.14670 · 4″",
+        "ACS/WFC F814W mosaic · 84.92080 -69.14670 · 4″",
+    ]

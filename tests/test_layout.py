@@ -49,6 +49,8 @@ ORDER = [
     "testing.stamps",
     "testing.server",
     "testing",
+    "glue.links",
+    "glue.qt.viewers",
     "glue.loader",
     "glue.qt.worker",
     "glue.qt.dialog",

@@ -1,8 +1,19 @@
-"""Glue plugin entry point (``glue.plugins`` → ``glue_mvmcut.glue:setup``).
+"""Glue plugin entry point (``glue.plugins`` → ``glue_mvmcut.glue:setup``), and `load_mvm`.
 
 `setup` registers the MVM data factory and, where glue-qt is installed, the menu action.
-Registration imports nothing heavy: the dialog and the pipeline load when a user asks for them.
+Registration imports nothing heavy: the dialog and the pipeline load when a user asks for them
+(`load_mvm` too, from `~glue_mvmcut.glue.loader` on first use).
 """
+
+__all__ = ["setup", "load_mvm"]
+
+
+def __getattr__(name: str):
+    if name == "load_mvm":
+        from .loader import load_mvm
+
+        return load_mvm
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def setup():

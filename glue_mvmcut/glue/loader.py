@@ -4,14 +4,17 @@
   components and the celestial WCS as coordinates; `is_mvm_fits` lets it claim only MVM files
   (by name grammar and by their SCI/WHT headers), so any other FITS file still opens with Glue's
   own reader.
-- `link_by_wcs` adds Glue's own `WCSLink` between new Data and every Data with a celestial WCS,
-  explicitly (no autolinking dialog), so a subset drawn on one image selects the same sky in all.
-- `load_mvm` runs the pipeline and does both.
+- `prepare_result` builds the Data and links (`~glue_mvmcut.glue.links.wcs_links`) of a
+  pipeline result without touching Glue (so a worker thread can do it); `add_prepared` adds
+  them to a data collection in one batch.
+- `load_mvm` runs the pipeline and does both (and opens viewers when given an application).
 - `targets_from_layer` turns a catalogue (a table Data, or a subset of one) into the target table
-  of `~glue_mvmcut.core.batch.cutout_batch`; `load_batch` adds every target's mosaics, linked.
+  of `~glue_mvmcut.core.batch.cutout_batch`; `load_batch` adds every target's mosaics, linked
+  (`prepare_batch` makes them ready off the GUI thread).
 """
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,7 @@ from glue.core.data_collection import DataCollection
 from ..core.errors import InvalidNameError
 from ..core.files import checked_fits, structure_problem
 from ..core.names import CombinedName, parse_product_name
+from .links import fast_link_discovery, link_roots, wcs_links
 
 __all__ = [
     "MVM_FACTORY_LABEL",
@@ -32,12 +36,17 @@ __all__ = [
     "label_for",
     "mvm_data",
     "read_mvm",
-    "link_by_wcs",
+    "Prepared",
+    "prepare_result",
+    "add_prepared",
+    "box_title",
+    "open_viewers",
     "load_mvm",
     "add_result",
     "box_from_pixels",
     "CLICK_BOX_ARCSEC",
     "targets_from_layer",
+    "prepare_batch",
     "load_batch",
 ]
 
@@ -125,38 +134,6 @@ def box_from_pixels(
     return centre.ra.deg, centre.dec.deg, width, height
 
 
-def _has_celestial(data) -> bool:
-    coords = getattr(data, "coords", None)
-    return bool(getattr(coords, "has_celestial", False))
-
-
-def link_by_wcs(data_collection: DataCollection, new_data) -> list:
-    """Link ``new_data`` by WCS to each other and to every Data already in ``data_collection``
-    that has a celestial WCS. Returns the links added.
-
-    Glue composes links, so a star is enough: every other Data is linked to one reference (the
-    first new Data with a celestial WCS) — n - 1 links instead of n(n - 1) / 2.
-    """
-    # Imported here: it pulls in scipy.optimize (~130 ms), which plugin registration must not pay.
-    from glue.plugins.wcs_autolinking.wcs_autolinking import IncompatibleWCS, WCSLink
-
-    celestial = [d for d in new_data if _has_celestial(d)]
-    if not celestial:
-        return []
-    reference = celestial[0]
-    others = celestial[1:] + [d for d in data_collection if _has_celestial(d) and d not in new_data]
-    links = []
-    for other in others:
-        try:
-            link = WCSLink(reference, other)
-        except IncompatibleWCS:
-            log.info("No WCS link between %s and %s.", reference.label, other.label)
-            continue
-        data_collection.add_link(link)
-        links.append(link)
-    return links
-
-
 def _data_collection(target) -> DataCollection:
     if isinstance(target, DataCollection):
         return target
@@ -165,15 +142,100 @@ def _data_collection(target) -> DataCollection:
     raise TypeError(f"Expected a Glue application, session or DataCollection, got {type(target).__name__}.")
 
 
+@dataclass
+class Prepared:
+    """What one load adds to Glue, made ready off the GUI thread.
+
+    Attributes
+    ----------
+    data : list of `~glue.core.Data`
+        Mosaics first, then cutouts.
+    links : list
+        Links between them and to Data already loaded (`wcs_links`).
+    title : str
+        What the load shows: target and box, e.g. "NGC 1850 · 30″" (`box_title`).
+    """
+
+    data: list = field(default_factory=list)
+    links: list = field(default_factory=list)
+    title: str = ""
+
+    @property
+    def mosaics(self) -> list:
+        """The mosaics' Data."""
+        return [d for d in self.data if d.label.endswith(" mosaic")]
+
+
+def box_title(target, size) -> str:
+    """ "NGC 1850 · 30″" or "84.92080 -69.14670 · 30″ × 20″": a load's target and box, for tab
+    and viewer titles. ``target`` is what the user typed or a SkyCoord; ``size`` (ny, nx) arcsec."""
+    if hasattr(target, "ra"):
+        target = f"{target.ra.deg:.5f} {target.dec.deg:+.5f}"
+    ny, nx = (float(v) for v in np.broadcast_to(getattr(size, "value", size), 2))
+    box = f"{nx:g}″" if nx == ny else f"{nx:g}″ × {ny:g}″"
+    return f"{target} · {box}"
+
+
+def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -> Prepared:
+    """Glue Data for a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) and the
+    links tying them to each other and to ``roots`` (`link_roots` of the data collection they
+    will join). Builds Data and links only: safe on a worker thread; add with `add_prepared`."""
+    new = [mvm_data(hdul) for hdul in result.mosaics.values()]
+    if cutouts:
+        new += [mvm_data(hdul) for hdul in result.cutouts]
+    return Prepared(new, wcs_links(new, roots), title or box_title(result.coord, result.size))
+
+
+def add_prepared(app_or_session, prepared: Prepared) -> list[Data]:
+    """Add prepared Data and links to Glue in one batch: Glue updates its links once, not once
+    per Data and link. Links to Data removed meanwhile are dropped. Returns the new Data."""
+    collection = _data_collection(app_or_session)
+    fast_link_discovery()
+    with collection.delay_link_manager_update():
+        collection.extend(prepared.data)
+        collection.add_link(
+            [link for link in prepared.links if link.data1 in collection and link.data2 in collection]
+        )
+    return prepared.data
+
+
+def add_result(app_or_session, result, *, cutouts: bool = True) -> list[Data]:
+    """Add a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) to Glue, linked
+    by WCS, in one batch; returns the new Data, mosaics first."""
+    roots = link_roots(_data_collection(app_or_session))
+    return add_prepared(app_or_session, prepare_result(result, cutouts=cutouts, roots=roots))
+
+
+def _is_application(target) -> bool:
+    return hasattr(target, "new_data_viewer") and hasattr(target, "data_collection")
+
+
+def open_viewers(app, prepared: Prepared) -> list:
+    """One image viewer per mosaic of ``prepared`` in a glue-qt application, in a new tab named
+    by its target and box, tiled (`glue_mvmcut.glue.qt.viewers.open_viewers`)."""
+    from .qt.viewers import open_viewers as open_qt_viewers  # Qt only when there are viewers
+
+    return open_qt_viewers(app, prepared)
+
+
 def load_mvm(
-    app_or_session, coord, size, *, filters=None, layers=None, cutouts: bool = True, **kwargs
+    app_or_session,
+    coord,
+    size,
+    *,
+    filters=None,
+    layers=None,
+    cutouts: bool = True,
+    viewers: bool | None = None,
+    **kwargs,
 ) -> list[Data]:
     """Run the pipeline and add its mosaics (and cutouts) to Glue, linked by WCS.
 
     Parameters
     ----------
     app_or_session : Glue application, session or `~glue.core.data_collection.DataCollection`
-        Where the Data go.
+        Where the Data go: a glue-qt ``GlueApplication``, or, with no viewers and no Qt, a
+        session or data collection.
     coord, size
         The box, as for `~glue_mvmcut.core.pipeline.cutout_mosaic`.
     filters : sequence of str, optional
@@ -182,6 +244,9 @@ def load_mvm(
         Rows of a previous query to use instead of querying.
     cutouts : bool, optional
         Also add each layer's cutout (default True); mosaics are always added.
+    viewers : bool, optional
+        Open one image viewer per mosaic (`open_viewers`). Default: True for an application,
+        False otherwise (a session or data collection has no viewers to open).
     **kwargs
         Passed to `~glue_mvmcut.core.pipeline.cutout_mosaic` (``progress``, ``cancel``,
         ``out_dir``, ``fetch``...).
@@ -193,21 +258,18 @@ def load_mvm(
     """
     from ..core.pipeline import cutout_mosaic  # the pipeline is heavy: only when used
 
+    if viewers is None:
+        viewers = _is_application(app_or_session)
+    elif viewers and not _is_application(app_or_session):
+        raise TypeError("viewers=True needs a Glue application.")
     result = cutout_mosaic(coord, size, filters=filters, layers=layers, **kwargs)
-    return add_result(app_or_session, result, cutouts=cutouts)
-
-
-def add_result(app_or_session, result, *, cutouts: bool = True) -> list[Data]:
-    """Add a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) to Glue, linked
-    by WCS; returns the new Data, mosaics first."""
-    new = [mvm_data(hdul) for hdul in result.mosaics.values()]
-    if cutouts:
-        new += [mvm_data(hdul) for hdul in result.cutouts]
-    collection = _data_collection(app_or_session)
-    for data in new:
-        collection.append(data)
-    link_by_wcs(collection, new)
-    return new
+    roots = link_roots(_data_collection(app_or_session))
+    title = box_title(coord if isinstance(coord, str) else result.coord, result.size)
+    prepared = prepare_result(result, cutouts=cutouts, roots=roots, title=title)
+    add_prepared(app_or_session, prepared)
+    if viewers:
+        open_viewers(app_or_session, prepared)
+    return prepared.data
 
 
 # Catalogue column names that hold positions (compared in lower case), in order of preference.
@@ -266,18 +328,23 @@ def targets_from_layer(layer) -> Table:
     )
 
 
-def load_batch(app_or_session, manifest: Table, out_dir) -> list[Data]:
-    """Add the mosaics of every finished target of a batch to Glue, labelled with the target id
-    ("0001 ACS/WFC F814W mosaic") and linked by WCS; returns the new Data."""
+def prepare_batch(manifest: Table, out_dir, *, roots=()) -> Prepared:
+    """The mosaics of every finished target of a batch as Glue Data, labelled with the target id
+    ("0001 ACS/WFC F814W mosaic"), and their links (`wcs_links` to ``roots``). Reads files and
+    builds links only: safe on a worker thread; add with `add_prepared`."""
     new = []
-    for row in manifest[manifest["status"] == "done"]:
+    done = manifest[manifest["status"] == "done"]
+    for row in done:
         for name in str(row["files"]).split():
             if name.startswith("hst_combined"):
                 data = read_mvm(Path(out_dir) / str(row["id"]) / name)
                 data.label = f"{row['id']} {data.label}"
                 new.append(data)
-    collection = _data_collection(app_or_session)
-    for data in new:
-        collection.append(data)
-    link_by_wcs(collection, new)
-    return new
+    return Prepared(new, wcs_links(new, roots), f"{len(done)} targets")
+
+
+def load_batch(app_or_session, manifest: Table, out_dir) -> list[Data]:
+    """Add the mosaics of every finished target of a batch to Glue (`prepare_batch`), linked by
+    WCS, in one batch; returns the new Data."""
+    roots = link_roots(_data_collection(app_or_session))
+    return add_prepared(app_or_session, prepare_batch(manifest, out_dir, roots=roots))

@@ -56,20 +56,20 @@ def open_batch_dialog(layer, data_collection=None):
     return dialog
 
 
-def open_in_glue(paths):
+def open_in_glue(paths, title: str = ""):
     """A Glue application with the MVM files ``paths`` loaded, linked by WCS, one viewer per
-    mosaic, shown; call its ``start()`` to hand control to the user."""
+    mosaic in a tab named ``title`` (e.g. "LMC · 20″"), tiled, shown; call its ``start()`` to
+    hand control to the user."""
     from glue_qt.app import GlueApplication
 
-    from ..loader import link_by_wcs, read_mvm
-    from .dialog import open_viewers
+    from ..loader import Prepared, add_prepared, read_mvm, wcs_links
+    from .viewers import open_viewers
 
     data = [read_mvm(path) for path in paths]
+    prepared = Prepared(data, wcs_links(data), title)
     app = GlueApplication()
-    for item in data:
-        app.data_collection.append(item)
-    link_by_wcs(app.data_collection, data)
-    open_viewers(app, data)
+    add_prepared(app, prepared)
+    open_viewers(app, prepared)
     app.show()
     return app
 

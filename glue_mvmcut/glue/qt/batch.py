@@ -7,8 +7,8 @@ from qtpy import QtWidgets
 
 from ...core.batch import STATUSES, cutout_batch
 from ...core.names import safe_filename
-from ..loader import load_batch, targets_from_layer
-from .worker import WorkerDialog, add_box_row, add_combiner_row
+from ..loader import add_prepared, link_roots, prepare_batch, targets_from_layer
+from .worker import WorkerDialog, add_box_row, add_combiner_row, data_dir
 
 __all__ = ["BatchDialog", "default_out_dir"]
 
@@ -16,9 +16,17 @@ _DEFAULT_SIZE = 20.0
 
 
 def default_out_dir(label: str) -> Path:
-    """``~/mvmcut-batch/<catalogue label>``, with the label made safe for a folder name."""
+    """``batches/<catalogue label>`` in the dialogs' data folder (`data_dir`), with the label made
+    safe for a folder name."""
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label).strip("._") or "catalogue"
-    return Path.home() / "mvmcut-batch" / safe_filename(safe)
+    return data_dir() / "batches" / safe_filename(safe)
+
+
+def _batch_and_prepare(targets, *, out_dir, roots, **kwargs):
+    """Worker step: run the batch, then read every finished target's mosaics into Glue Data and
+    link them (`~glue_mvmcut.glue.loader.prepare_batch`); the GUI thread only adds them."""
+    manifest = cutout_batch(targets, out_dir=out_dir, **kwargs)
+    return manifest, prepare_batch(manifest, out_dir, roots=roots)
 
 
 class BatchDialog(WorkerDialog):
@@ -77,11 +85,12 @@ class BatchDialog(WorkerDialog):
         """Run the batch (resuming any earlier run into the same folder) off the GUI thread."""
         filters = [f.strip() for f in self.filters.text().replace(";", ",").split(",") if f.strip()]
         self.run(
-            cutout_batch,
+            _batch_and_prepare,
             self._load,
             f"Cutting around {len(self.targets)} targets…",
             self.targets,
             out_dir=self.out_dir.text().strip(),
+            roots=link_roots(self.app.data_collection),  # read here: Glue's state is the GUI's
             size=self.width_box.value(),
             size_y=self.height_box.value(),
             filters=filters or None,
@@ -89,8 +98,9 @@ class BatchDialog(WorkerDialog):
             cancellable=True,
         )
 
-    def _load(self, manifest) -> None:
-        self.loaded = load_batch(self.app, manifest, self.out_dir.text().strip())
+    def _load(self, done) -> None:
+        manifest, prepared = done
+        self.loaded = add_prepared(self.app, prepared)  # no viewers: a catalogue has many targets
         counts = {s: int((manifest["status"] == s).sum()) for s in STATUSES}
         message = (
             f"Loaded {len(self.loaded)} mosaics of {counts['done']} targets, linked by WCS; "

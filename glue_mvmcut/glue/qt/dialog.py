@@ -5,16 +5,25 @@ Qt signal, Cancel sets an event the pipeline checks between units of work, and e
 in the dialog as one readable line.
 """
 
-from glue_qt.viewers.image import ImageViewer
+from pathlib import Path
+
 from qtpy import QtCore, QtWidgets
 
 from ...core.errors import MVMCutError
 from ...core.names import LayerName
-from .worker import WorkerDialog, add_box_row, add_combiner_row
+from .viewers import open_viewers
+from .worker import WorkerDialog, add_box_row, add_combiner_row, data_dir
 
-__all__ = ["MVMCutDialog", "open_viewers", "show_dialog"]
+__all__ = ["MVMCutDialog", "show_dialog"]
 
 _DEFAULT_SIZE = 20.0
+#: Where the dialog keeps what it remembers between uses (QSettings: organisation, application).
+SETTINGS = ("glue-mvmcut", "dialog")
+#: What "Load" offers: (label, whether cutouts are loaded too).
+LOAD_CHOICES = (
+    ("Mosaics in viewers, cutouts in the data collection", True),
+    ("Mosaics only", False),
+)
 
 
 def _find_layers(target: str, size):
@@ -25,21 +34,15 @@ def _find_layers(target: str, size):
     return coord, query_layers(coord, size)
 
 
-def open_viewers(app, data_list) -> list:
-    """One image viewer per mosaic, titled with its band (the cutouts stay in the collection, ready
-    to add as layers), with an arcsinh stretch over the 99.5% interval, which suits HST imaging."""
-    viewers = []
-    for data in data_list:
-        if not data.label.endswith(" mosaic"):
-            continue
-        viewer = app.new_data_viewer(ImageViewer, data=data)
-        viewer.state.title = data.label
-        layer = viewer.state.layers[0]
-        layer.attribute = data.id["SCI"]
-        layer.stretch = "arcsinh"
-        layer.percentile = 99.5
-        viewers.append(viewer)
-    return viewers
+def _cut_and_prepare(coord, size, *, cutouts: bool, roots, title: str, **kwargs):
+    """Worker step: cut, combine and write (`~glue_mvmcut.core.pipeline.cutout_mosaic`), then
+    build the Glue Data and links (`~glue_mvmcut.glue.loader.prepare_result`): everything but
+    adding them, which the GUI thread does in one batch."""
+    from ...core.pipeline import cutout_mosaic
+    from ..loader import prepare_result
+
+    result = cutout_mosaic(coord, size, **kwargs)
+    return result, prepare_result(result, cutouts=cutouts, roots=roots, title=title)
 
 
 class MVMCutDialog(WorkerDialog):
@@ -59,11 +62,24 @@ class MVMCutDialog(WorkerDialog):
         self.cut_button = QtWidgets.QPushButton("Cut and load")
         self.cut_button.setEnabled(False)
         self.status.setText("Enter a position or an object name and a box size, then Search.")
+        self._settings = QtCore.QSettings(*SETTINGS)
+        self.out_dir = QtWidgets.QLineEdit(str(self._settings.value("out_dir", str(data_dir() / "cutouts"))))
+        self.out_dir.setToolTip("The cutouts and mosaics are written here (remembered for next time)")
+        browse = QtWidgets.QPushButton("Choose…")
+        browse.clicked.connect(self._choose_out_dir)
+        self.load_choice = QtWidgets.QComboBox()
+        for label, with_cutouts in LOAD_CHOICES:
+            self.load_choice.addItem(label, with_cutouts)
 
         form = QtWidgets.QFormLayout()
         form.addRow("Target (RA Dec or name)", self.target)
         self.width_box, self.height_box = add_box_row(form, width, height)
         self.combiner = add_combiner_row(form)
+        folder = QtWidgets.QHBoxLayout()
+        folder.addWidget(self.out_dir)
+        folder.addWidget(browse)
+        form.addRow("Write files to", folder)
+        form.addRow("Load", self.load_choice)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.search_button)
         buttons.addStretch()
@@ -79,12 +95,14 @@ class MVMCutDialog(WorkerDialog):
 
         self._table = None
         self._coord = None  # the position the listed layers were found for
+        self._target_text = ""  # ... as the user typed it, for titles
         self.search_button.clicked.connect(self.search)
         self.cut_button.clicked.connect(self.cut_and_load)
         self.target.textChanged.connect(self._forget_layers)
         self.width_box.valueChanged.connect(self._forget_layers)
         self.height_box.valueChanged.connect(self._forget_layers)
         self.loaded = []
+        self.viewers = []  # of the last load
 
     # -- steps ----------------------------------------------------------------------------------
     def _size(self) -> tuple[float, float]:
@@ -97,27 +115,43 @@ class MVMCutDialog(WorkerDialog):
         if not target:
             self.show_error(MVMCutError("Enter a position (RA Dec) or an object name first."))
             return
+        self._target_text = target
         self.run(_find_layers, self._show_layers, f"Searching MAST for {target}…", target, self._size())
 
     def cut_and_load(self) -> None:
-        """Cut the ticked layers, combine them and load the results into Glue (off the GUI thread)."""
-        from ...core.pipeline import cutout_mosaic
+        """Cut the ticked layers, combine them, write them to the output folder and make Glue Data
+        and links of them, all off the GUI thread; then add them to Glue in one batch."""
+        from ..loader import box_title, link_roots
 
         ticked = self._ticked()
         chosen = self._table[[name in ticked for name in self._table["productFilename"]]]
         if not len(chosen):
             self.show_error(MVMCutError("Tick at least one layer."))
             return
+        out_dir = self.out_dir.text().strip()
+        if not out_dir:
+            self.show_error(MVMCutError("Choose a folder to write the files to."))
+            return
+        self._settings.setValue("out_dir", out_dir)
         self.run(
-            cutout_mosaic,
+            _cut_and_prepare,
             self._load,
             f"Cutting {len(chosen)} layers…",
             self._coord,
             self._size(),
             layers=chosen,
             combine=self.combiner.currentData(),
+            out_dir=Path(out_dir).expanduser(),
+            cutouts=self.load_choice.currentData(),
+            roots=link_roots(self.app.data_collection),  # read here: Glue's state is the GUI's
+            title=box_title(self._target_text, self._size()),
             cancellable=True,
         )
+
+    def _choose_out_dir(self) -> None:
+        chosen = QtWidgets.QFileDialog.getExistingDirectory(self, "Write files to", self.out_dir.text())
+        if chosen:
+            self.out_dir.setText(chosen)
 
     def _forget_layers(self) -> None:
         """The box changed: the listed layers belong to the old one."""
@@ -178,12 +212,22 @@ class MVMCutDialog(WorkerDialog):
             if item.checkState(0) == QtCore.Qt.Checked
         }
 
-    def _load(self, result) -> None:
-        from ..loader import add_result
+    def _load(self, done) -> None:
+        from ..loader import add_prepared
 
-        self.loaded = add_result(self.app, result)
-        open_viewers(self.app, self.loaded)
-        self.finish(f"Loaded {len(result.mosaics)} mosaics and {len(result.cutouts)} cutouts, linked by WCS.")
+        result, prepared = done
+        self.loaded = add_prepared(self.app, prepared)
+        self.viewers = open_viewers(self.app, prepared, done=lambda _: self._loaded(result, prepared))
+
+    def _loaded(self, result, prepared) -> None:
+        written = [path for paths in result.paths.values() for path in paths]
+        folder = Path(self.out_dir.text().strip()).expanduser()
+        cutouts = len(self.loaded) - len(prepared.mosaics)
+        self.finish(
+            f"Wrote {len(written)} files to {folder}. Loaded {len(prepared.mosaics)} mosaics"
+            + (f" and {cutouts} cutouts" if cutouts else "")
+            + ", linked by WCS."
+        )
 
 
 def show_dialog(app, **values) -> MVMCutDialog:

@@ -3,6 +3,7 @@ bar fed through a Qt signal, a Cancel button backed by a `threading.Event`, and 
 one readable line."""
 
 import threading
+from pathlib import Path
 
 from glue_qt.utils.threading import Worker
 from qtpy import QtCore, QtWidgets
@@ -10,7 +11,14 @@ from qtpy import QtCore, QtWidgets
 from ...core.combiners import COMBINERS
 from ...core.errors import Cancelled, MVMCutError
 
-__all__ = ["WorkerDialog", "add_box_row", "add_combiner_row"]
+__all__ = ["WorkerDialog", "add_box_row", "add_combiner_row", "data_dir"]
+
+
+def data_dir() -> Path:
+    """Where the dialogs write files unless told otherwise: ``glue-mvmcut`` in the user's data
+    directory (``~/.local/share/glue-mvmcut`` on Linux)."""
+    base = QtCore.QStandardPaths.writableLocation(QtCore.QStandardPaths.GenericDataLocation)
+    return Path(base) / "glue-mvmcut"
 
 
 class _Progress(QtCore.QObject):
@@ -93,19 +101,23 @@ class WorkerDialog(QtWidgets.QDialog):
         self._worker.error.connect(self._on_error)
         self._worker.start()
 
-    def finish(self, message: str, *, error: bool = False) -> None:
-        """Show ``message`` (in red for an error) and make the dialog ready for the next step."""
+    def finish(self, message: str, *, error: bool = False, done: bool = True) -> None:
+        """Show ``message`` (in red for an error) and make the dialog ready for the next step; the
+        progress bar full if the step was ``done``, cleared if it failed or was cancelled."""
         self.status.setText(message)
         self.status.setStyleSheet("color: #b00020" if error else "")
         self.set_busy(False)
         self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
-        self.progress.setValue(1)
+        if done and not error:
+            self.progress.setValue(1)
+        else:
+            self.progress.reset()
 
     def show_error(self, exc: BaseException) -> None:
         """One readable line: our own errors as they are, anything else named as unexpected."""
         if isinstance(exc, Cancelled):
-            self.finish(self.cancelled_message)
+            self.finish(self.cancelled_message, done=False)
             return
         if isinstance(exc, MVMCutError):
             self.finish(str(exc), error=True)
