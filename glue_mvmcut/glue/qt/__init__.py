@@ -15,12 +15,16 @@ __all__ = [
 ]
 
 
-def _glue_application():
-    """The running Glue application (callbacks that get only a data collection need it)."""
+def _glue_application(data_collection=None):
+    """The running Glue application (callbacks that get only a data collection need it): the one
+    holding ``data_collection`` if given, else the one shown (a process may hold closed ones)."""
     from glue_qt.app import GlueApplication
     from qtpy import QtWidgets
 
-    return next(w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, GlueApplication))
+    apps = [w for w in QtWidgets.QApplication.topLevelWidgets() if isinstance(w, GlueApplication)]
+    if data_collection is not None:
+        return next(app for app in apps if app.data_collection is data_collection)
+    return next((app for app in apps if app.isVisible()), apps[-1])
 
 
 def open_dialog(session, data_collection=None, **values):
@@ -50,7 +54,7 @@ def open_batch_dialog(layer, data_collection=None):
     """Layer action on a catalogue Data or subset: the batch dialog for its rows."""
     from .batch import BatchDialog
 
-    app = _glue_application()
+    app = _glue_application(data_collection)
     dialog = BatchDialog(app, layer, parent=app)
     dialog.show()
     return dialog

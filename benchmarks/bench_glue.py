@@ -1,0 +1,88 @@
+"""Glue under load: the GUI thread's largest stall and the wall time of loads 1, 2 and 5 of ~20
+Data each through the dialog, in one session, then the time to draw a subset across all of them.
+
+Run from the repository root (offscreen is fine): ``QT_QPA_PLATFORM=offscreen python
+benchmarks/bench_glue.py``. Each load is a search and a "Cut and load" of a 6″ box at a slightly
+different position on the synthetic LMC field (20 layers: 5 mosaics, 20 cutouts and the query
+table written per load), served by the stand-in MAST on 127.0.0.1.
+"""
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from glue.core.roi import RectangularROI
+from glue.core.subset import RoiSubsetState
+from glue_qt.app import GlueApplication
+from qtpy import QtCore, QtWidgets
+
+from glue_mvmcut.core.endpoints import using_server
+from glue_mvmcut.glue.qt import open_dialog
+from glue_mvmcut.testing.server import MastServer
+from glue_mvmcut.testing.synth import build_archive
+
+LOADS = 5
+LMC = (84.9208, -69.1467)
+
+
+def wait_until(condition, timeout=300.0):
+    """Run Qt's event loop until ``condition()`` holds."""
+    end = time.perf_counter() + timeout
+    while not condition():
+        if time.perf_counter() > end:
+            raise TimeoutError("the dialog did not finish")
+        QtWidgets.QApplication.processEvents(QtCore.QEventLoop.AllEvents, 20)
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="mvmcut-bench-glue-"))
+    archive = build_archive(work / "archive", "lmc")
+    QtCore.QSettings.setPath(QtCore.QSettings.NativeFormat, QtCore.QSettings.UserScope, str(work / "cfg"))
+    with MastServer(archive) as server, using_server(server.url):
+        app = GlueApplication()
+        app.resize(1400, 900)
+        app.show()
+        dialog = open_dialog(app.session)
+        dialog.out_dir.setText(str(work / "out"))
+        beats = []
+        heartbeat = QtCore.QTimer()
+        heartbeat.setInterval(10)
+        heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
+        heartbeat.start()
+        print("load  Data  seconds  largest GUI stall (s)")
+        for load in range(1, LOADS + 1):
+            ra, dec = LMC[0] + 0.0005 * load, LMC[1]
+            dialog.target.setText(f"{ra:.5f} {dec:.5f}")
+            dialog.width_box.setValue(6)
+            dialog.height_box.setValue(6)
+            beats.clear()
+            started = time.perf_counter()
+            dialog.search_button.click()
+            wait_until(dialog.cut_button.isEnabled)
+            dialog.cut_button.click()
+            wait_until(lambda: dialog.status.text().startswith("Wrote "))
+            seconds = time.perf_counter() - started
+            stall = float(np.max(np.diff(beats))) if len(beats) > 1 else seconds
+            print(f"{load:4d}  {len(dialog.loaded):4d}  {seconds:7.2f}  {stall:.3f}")
+        heartbeat.stop()
+        fine = dialog.loaded[0]
+        ny, nx = fine.shape
+        state = RoiSubsetState(
+            xatt=fine.pixel_component_ids[1],
+            yatt=fine.pixel_component_ids[0],
+            roi=RectangularROI(nx / 4, 3 * nx / 4, ny / 4, 3 * ny / 4),
+        )
+        started = time.perf_counter()
+        app.data_collection.new_subset_group(label="box", subset_state=state)
+        QtWidgets.QApplication.processEvents()
+        selected = sum(int(d.subsets[-1].to_mask().sum()) for d in app.data_collection)
+        print(
+            f"a subset drawn across {len(app.data_collection)} Data and {sum(map(len, app.viewers))} "
+            f"viewers: {time.perf_counter() - started:.2f} s ({selected} pixels selected)"
+        )
+        app.close()
+
+
+if __name__ == "__main__":
+    main()
