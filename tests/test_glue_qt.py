@@ -406,3 +406,31 @@ def test_load_mvm_opens_the_viewers_of_an_application(app, qtbot):
         "ACS/WFC F814W jbp505jg mosaic · 84.92080 -69.14670 · 4″",
         "ACS/WFC F814W mosaic · 84.92080 -69.14670 · 4″",
     ]
+
+
+def test_mvm_files_opened_in_glue_are_linked_without_a_pop_up(app, qtbot, tmp_path, monkeypatch):
+    """File → Open (or the glue command) of MVM files: linked as the dialog links them, and
+    Glue's WCS auto-linker, which asks in a pop-up, leaves them alone."""
+    from glue.core.autolinking import find_possible_links
+    from glue_qt.dialogs.autolinker.autolinker import AutoLinkPreview
+
+    from glue_mvmcut import cutout_mosaic
+    from glue_mvmcut.glue.links import AUTOLINK_LABEL, TangentPlaneLink
+
+    def no_pop_up(*args, **kwargs):
+        raise AssertionError("Glue asked about links in a pop-up")
+
+    monkeypatch.setattr(AutoLinkPreview, "__init__", no_pop_up)
+    result = cutout_mosaic((84.9208, -69.1467), 4, filters=["f814w", "f160w"], out_dir=tmp_path)
+    paths = [str(p) for p in result.paths["mosaics"] + result.paths["cutouts"]]
+    data = app.load_data(paths)
+    assert len(data) == 4 + 16
+    links = app.data_collection.external_links
+    assert len(links) == len(data) - 1 and all(isinstance(link, TangentPlaneLink) for link in links)
+    assert find_possible_links(app.data_collection) == {}  # nothing left to suggest
+    # Opening more: linked to what is there, one link each, still without asking.
+    more = app.load_data(paths[:2])
+    assert len(app.data_collection.external_links) == len(data) + len(more) - 1
+    from glue.config import settings
+
+    assert settings.AUTOLINK[AUTOLINK_LABEL] == "always_accept"

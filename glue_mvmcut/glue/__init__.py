@@ -1,8 +1,9 @@
 """Glue plugin entry point (``glue.plugins`` → ``glue_mvmcut.glue:setup``), and `load_mvm`.
 
-`setup` registers the MVM data factory and, where glue-qt is installed, the menu action.
-Registration imports nothing heavy: the dialog and the pipeline load when a user asks for them
-(`load_mvm` too, from `~glue_mvmcut.glue.loader` on first use).
+`setup` registers the MVM data factory, the auto-linker for MVM files
+(`~glue_mvmcut.glue.links.register_autolinker`) and, where glue-qt is installed, the menu
+action. Registration imports nothing Glue does not load at start-up anyway: the dialog and the
+pipeline load when a user asks for them (`load_mvm` too, on first use).
 """
 
 __all__ = ["setup", "load_mvm"]
@@ -24,6 +25,9 @@ def setup():
 
     if not any(member.label == MVM_FACTORY_LABEL for member in data_factory.members):
         data_factory(MVM_FACTORY_LABEL, identifier=is_mvm_fits, priority=MVM_FACTORY_PRIORITY)(read_mvm)
+    from .links import register_autolinker
+
+    register_autolinker()
     from .qt import register
 
     try:

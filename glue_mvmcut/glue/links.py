@@ -5,6 +5,9 @@
   between images on one projection cell's tangent plane, by Glue's `WCSLink` otherwise; a star,
   and to one Data per group already linked (`link_roots`), so each load adds as many links as
   it brings Data.
+- `mvm_autolink` is Glue's auto-linker for MVM files opened from File → Open or the ``glue``
+  command: they are linked as the dialog links them, at once, and `register_autolinker` keeps
+  Glue's WCS auto-linker (and its pop-up) away from them.
 - `fast_link_discovery` replaces Glue's link discovery, whose cost grows with the cube of the
   number of linked Data, by an equivalent one that grows with its square.
 """
@@ -24,7 +27,16 @@ __all__ = [
     "link_roots",
     "discover_links",
     "fast_link_discovery",
+    "AUTOLINK_LABEL",
+    "is_mvm_data",
+    "mvm_autolink",
+    "register_autolinker",
 ]
+
+#: glue-mvmcut's auto-linker as Glue's settings name it (Preferences, auto-linking).
+AUTOLINK_LABEL = "MVM cutouts and mosaics (glue-mvmcut)"
+#: Glue's own auto-linker for WCS, which suggests a link for every pair of images in a pop-up.
+GLUE_WCS_AUTOLINKER = "Astronomy WCS"
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +218,63 @@ def fast_link_discovery() -> None:
     from glue.core import link_manager
 
     link_manager.discover_links = discover_links
+
+
+def is_mvm_data(data) -> bool:
+    """True for a Glue Data read from an MVM layer, cutout or mosaic (its FILENAME is an MVM
+    product name)."""
+    from ..core.errors import InvalidNameError
+    from ..core.names import parse_product_name
+
+    try:
+        parse_product_name(str(getattr(data, "meta", {}).get("FILENAME", "")))
+    except InvalidNameError:
+        return False
+    return _has_celestial(data)
+
+
+def mvm_autolink(data_collection) -> list:
+    """Glue auto-linker: links for the MVM Data not linked to anything yet (opened from files),
+    as `wcs_links` makes them, to each other and to one Data per group already linked."""
+    data = list(data_collection)
+    new = [d for d in data if is_mvm_data(d) and not any(_linked(d, o) for o in data if o is not d)]
+    if not new:
+        return []
+    return wcs_links(new, link_roots([d for d in data if d not in new]))
+
+
+class _WithoutMVM(list):
+    """The Data of a collection but MVM ones, with the collection's links: what Glue's WCS
+    auto-linker reads (it iterates the Data and looks at ``external_links``)."""
+
+    def __init__(self, data_collection):
+        super().__init__(d for d in data_collection if not is_mvm_data(d))
+        self.external_links = data_collection.external_links
+
+
+def _without_mvm(glue_autolink):
+    def autolink(data_collection):
+        return glue_autolink(_WithoutMVM(data_collection))
+
+    autolink.leaves_mvm_data_alone = True
+    return autolink
+
+
+def register_autolinker() -> None:
+    """Add `mvm_autolink` to Glue's auto-linkers, accepted without asking unless the user chose
+    otherwise, have Glue's WCS auto-linker leave MVM Data to it (it would propose a `WCSLink`
+    for every pair of images, in a pop-up), and use `fast_link_discovery`. Idempotent."""
+    # Glue's WCS auto-linker registers itself when its module is imported; make sure it is there
+    # to be wrapped, whichever plugin Glue loads first (Glue loads it at start-up anyway).
+    import glue.plugins.wcs_autolinking.wcs_autolinking  # noqa: F401
+    from glue.config import autolinker, settings
+
+    members = autolinker.members
+    for index, (label, function) in enumerate(members):
+        if label == GLUE_WCS_AUTOLINKER and not getattr(function, "leaves_mvm_data_alone", False):
+            members[index] = (label, _without_mvm(function))
+    if not any(label == AUTOLINK_LABEL for label, _ in members):
+        autolinker.add(AUTOLINK_LABEL, mvm_autolink)
+    if AUTOLINK_LABEL not in settings.AUTOLINK:
+        settings.AUTOLINK[AUTOLINK_LABEL] = "always_accept"
+    fast_link_discovery()
