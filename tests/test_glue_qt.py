@@ -30,7 +30,8 @@ def screenshots(tmp_path) -> Path:
 def settings_of_our_own(tmp_path, monkeypatch):
     """What the dialogs remember (QSettings) and their default folder (the user's data
     directory) go under this test's folder, not the home directory."""
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "home" / ".local" / "share"))
     QtCore.QSettings.setPath(QtCore.QSettings.NativeFormat, QtCore.QSettings.UserScope, str(tmp_path / "cfg"))
 
 
@@ -137,7 +138,7 @@ def test_search_then_cut_and_load(app, qtbot, screenshots, tmp_path):
     assert dialog.grab().save(str(screenshots / "dialog.png"))
     assert dialog.combiner.currentData() == "wmean" and dialog.combiner.count() == 7
     dialog.combiner.setCurrentIndex(dialog.combiner.findData("median"))
-    assert dialog.out_dir.text() == str(tmp_path / "data" / "glue-mvmcut" / "cutouts")  # the default
+    assert dialog.out_dir.text() == "~/.local/share/glue-mvmcut/cutouts"  # the default
     out = tmp_path / "out"
     dialog.out_dir.setText(str(out))
     dialog.cut_button.click()

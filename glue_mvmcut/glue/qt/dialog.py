@@ -26,6 +26,14 @@ LOAD_CHOICES = (
 )
 
 
+def _home_relative(path: Path) -> str:
+    """``path`` with the home folder written ``~``, as people read and type it."""
+    try:
+        return str(Path("~") / path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def _find_layers(target: str, size):
     """Resolve ``target`` (a position or an object name) and list the MVM layers over the box."""
     from ...core.mast import query_layers, resolve_target
@@ -63,7 +71,9 @@ class MVMCutDialog(WorkerDialog):
         self.cut_button.setEnabled(False)
         self.status.setText("Enter a position or an object name and a box size, then Search.")
         self._settings = QtCore.QSettings(*SETTINGS)
-        self.out_dir = QtWidgets.QLineEdit(str(self._settings.value("out_dir", str(data_dir() / "cutouts"))))
+        self.out_dir = QtWidgets.QLineEdit(
+            str(self._settings.value("out_dir", _home_relative(data_dir() / "cutouts")))
+        )
         self.out_dir.setToolTip("The cutouts and mosaics are written here (remembered for next time)")
         browse = QtWidgets.QPushButton("Choose…")
         browse.clicked.connect(self._choose_out_dir)
