@@ -223,3 +223,25 @@ def test_load_mvm_without_an_application_opens_no_viewer(mast, cache):
     with pytest.raises(TypeError, match="viewers=True needs a Glue application"):
         load_mvm(collection, LMC, 4, filters=["f814w"], viewers=True)
     assert len(collection) == 0  # refused before any work
+
+
+# bqplot-linlog's axis passes traitlets an argument it does not take; traitlets warns.
+@pytest.mark.filterwarnings("ignore:Passing unrecognized arguments to super:DeprecationWarning")
+def test_load_mvm_in_a_notebook_opens_linked_viewers(mast, cache):
+    """glue-jupyter's application: Data, links and one bqplot image viewer per mosaic."""
+    glue_jupyter = pytest.importorskip("glue_jupyter")
+    from glue_mvmcut.glue import load_mvm as exported
+    from glue_mvmcut.glue.links import TangentPlaneLink
+
+    app = glue_jupyter.jglue()
+    new = exported(app, LMC, 4, filters=["f814w"])
+    assert [d.label for d in new[:2]] == ["ACS/WFC F814W jbp505jg mosaic", "ACS/WFC F814W mosaic"]
+    assert len(new) == 2 + 8 and list(app.data_collection) == new
+    links = app.data_collection.external_links
+    assert len(links) == len(new) - 1 and all(isinstance(link, TangentPlaneLink) for link in links)
+    assert [type(v).__name__ for v in app.viewers] == ["BqplotImageView", "BqplotImageView"]
+    assert [v.state.title for v in app.viewers] == [
+        "ACS/WFC F814W jbp505jg mosaic · 84.92080 -69.14670 · 4″",
+        "ACS/WFC F814W mosaic · 84.92080 -69.14670 · 4″",
+    ]
+    assert [v.state.layers[0].attribute.label for v in app.viewers] == ["SCI", "SCI"]

@@ -50,6 +50,7 @@ ORDER = [
     "testing.server",
     "testing",
     "glue.links",
+    "glue.viewers",
     "glue.qt.viewers",
     "glue.loader",
     "glue.qt.worker",

@@ -28,6 +28,7 @@ from ..core.errors import InvalidNameError
 from ..core.files import checked_fits, structure_problem
 from ..core.names import CombinedName, parse_product_name
 from .links import fast_link_discovery, link_roots, wcs_links
+from .viewers import open_jupyter_viewers
 
 __all__ = [
     "MVM_FACTORY_LABEL",
@@ -211,8 +212,11 @@ def _is_application(target) -> bool:
 
 
 def open_viewers(app, prepared: Prepared) -> list:
-    """One image viewer per mosaic of ``prepared`` in a glue-qt application, in a new tab named
-    by its target and box, tiled (`glue_mvmcut.glue.qt.viewers.open_viewers`)."""
+    """One image viewer per mosaic of ``prepared`` in a Glue application: in a new tab named by
+    its target and box, tiled (glue-qt, `glue_mvmcut.glue.qt.viewers.open_viewers`), or below
+    the notebook cell (glue-jupyter, `~glue_mvmcut.glue.viewers.open_jupyter_viewers`)."""
+    if type(app).__module__.startswith("glue_jupyter"):
+        return open_jupyter_viewers(app, prepared)
     from .qt.viewers import open_viewers as open_qt_viewers  # Qt only when there are viewers
 
     return open_qt_viewers(app, prepared)
@@ -234,8 +238,8 @@ def load_mvm(
     Parameters
     ----------
     app_or_session : Glue application, session or `~glue.core.data_collection.DataCollection`
-        Where the Data go: a glue-qt ``GlueApplication``, or, with no viewers and no Qt, a
-        session or data collection.
+        Where the Data go: a glue-qt ``GlueApplication``, a glue-jupyter application
+        (``glue_jupyter.jglue()``), or, with no viewers and no Qt, a session or data collection.
     coord, size
         The box, as for `~glue_mvmcut.core.pipeline.cutout_mosaic`.
     filters : sequence of str, optional
@@ -261,7 +265,7 @@ def load_mvm(
     if viewers is None:
         viewers = _is_application(app_or_session)
     elif viewers and not _is_application(app_or_session):
-        raise TypeError("viewers=True needs a Glue application.")
+        raise TypeError("viewers=True needs a Glue application (glue-qt's or glue-jupyter's).")
     result = cutout_mosaic(coord, size, filters=filters, layers=layers, **kwargs)
     roots = link_roots(_data_collection(app_or_session))
     title = box_title(coord if isinstance(coord, str) else result.coord, result.size)

@@ -4,6 +4,8 @@ own named by the target and box, tiled inside the canvas."""
 from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore
 
+from ..viewers import style_image_viewer
+
 __all__ = ["open_viewers"]
 
 
@@ -18,21 +20,16 @@ def _tab_for(app, title: str):
 
 
 def _image_viewer(app, data, title: str):
-    """An image viewer of ``data``'s SCI, titled with its band and the load's ``title``, with an
-    arcsinh stretch over the 99.5% interval, which suits HST imaging."""
     viewer = app.new_data_viewer(ImageViewer, data=data)
-    viewer.state.title = f"{data.label} · {title}" if title else data.label
-    layer = viewer.state.layers[0]
-    layer.attribute = data.id["SCI"]
-    layer.stretch = "arcsinh"
-    layer.percentile = 99.5
+    style_image_viewer(viewer, data, title)
     return viewer
 
 
 def open_viewers(app, prepared, done=None) -> list:
     """One image viewer per mosaic of a `~glue_mvmcut.glue.loader.Prepared` load (the cutouts
-    stay in the data collection, ready to add as layers), tiled in a tab named by the load's
-    target and box. Returns the list of viewers.
+    stay in the data collection, ready to add as layers), styled by
+    `~glue_mvmcut.glue.viewers.style_image_viewer`, tiled in a tab named by the load's target
+    and box. Returns the list of viewers.
 
     Glue takes ~0.25 s to make an image viewer. Given ``done``, the viewers are made one per turn
     of Qt's event loop, so the window answers between them, and ``done(viewers)`` is called
