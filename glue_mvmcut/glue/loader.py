@@ -9,8 +9,8 @@
   them to a data collection in one batch.
 - `load_mvm` runs the pipeline and does both (and opens viewers when given an application).
 - `targets_from_layer` turns a catalogue (a table Data, or a subset of one) into the target table
-  of `~glue_mvmcut.core.batch.cutout_batch`; `load_batch` adds every target's mosaics, linked
-  (`prepare_batch` makes them ready off the GUI thread).
+  of `~glue_mvmcut.core.batch.cutout_batch`; `prepare_batch` makes every finished target's
+  mosaics ready to add, linked.
 """
 
 import logging
@@ -43,12 +43,10 @@ __all__ = [
     "box_title",
     "open_viewers",
     "load_mvm",
-    "add_result",
     "box_from_pixels",
     "CLICK_BOX_ARCSEC",
     "targets_from_layer",
     "prepare_batch",
-    "load_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -200,13 +198,6 @@ def add_prepared(app_or_session, prepared: Prepared) -> list[Data]:
     return prepared.data
 
 
-def add_result(app_or_session, result, *, cutouts: bool = True) -> list[Data]:
-    """Add a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) to Glue, linked
-    by WCS, in one batch; returns the new Data, mosaics first."""
-    roots = link_roots(_data_collection(app_or_session))
-    return add_prepared(app_or_session, prepare_result(result, cutouts=cutouts, roots=roots))
-
-
 def _is_application(target) -> bool:
     return hasattr(target, "new_data_viewer") and hasattr(target, "data_collection")
 
@@ -345,10 +336,3 @@ def prepare_batch(manifest: Table, out_dir, *, roots=()) -> Prepared:
                 data.label = f"{row['id']} {data.label}"
                 new.append(data)
     return Prepared(new, wcs_links(new, roots), f"{len(done)} targets")
-
-
-def load_batch(app_or_session, manifest: Table, out_dir) -> list[Data]:
-    """Add the mosaics of every finished target of a batch to Glue (`prepare_batch`), linked by
-    WCS, in one batch; returns the new Data."""
-    roots = link_roots(_data_collection(app_or_session))
-    return add_prepared(app_or_session, prepare_batch(manifest, out_dir, roots=roots))

@@ -66,7 +66,8 @@ def open_in_glue(paths, title: str = ""):
     hand control to the user."""
     from glue_qt.app import GlueApplication
 
-    from ..loader import Prepared, add_prepared, read_mvm, wcs_links
+    from ..links import wcs_links
+    from ..loader import Prepared, add_prepared, read_mvm
     from .viewers import open_viewers
 
     data = [read_mvm(path) for path in paths]
