@@ -361,3 +361,9 @@ def test_filters_from_keywords_follow_drizzlepacs_rules():
     assert _filter_name("CLEAR1L;F814W") == "f814w"
     assert _filter_name("CLEAR1L;CLEAR2L") == "clear"
     assert _filter_name("F140LP;N/A;F140LP") == "f140lp"  # SBC's malformed third entry
+
+
+def test_an_unknown_resampler_is_refused_before_any_work(lmc_archive):
+    cutouts, _ = _cutouts(lmc_archive, F814W, LMC, 4)
+    with pytest.raises(ValueError, match=r"resample must be one of exact, interp, not 'cubic'\."):
+        combine_cutouts(cutouts, resample="cubic")

@@ -45,3 +45,18 @@ def test_import_loads_no_gui_and_writes_nothing(tmp_path):
     assert report["version"]
     assert written == astropys_own
     assert result.stderr == ""
+
+
+def test_heavy_modules_wait_until_they_are_used():
+    """The command line and the pipeline import reproject (with dask) only to resample, and the
+    command line's help needs neither astropy's coordinates nor its tables."""
+    probe = (
+        "import sys\n"
+        "import glue_mvmcut.cli\n"
+        "help_needs = sorted(m for m in ('astropy.coordinates', 'astropy.table') if m in sys.modules)\n"
+        "import glue_mvmcut.core.pipeline\n"
+        "print(help_needs, sorted(m for m in ('reproject', 'dask') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] []"
