@@ -250,3 +250,18 @@ def test_nearby_boxes_share_one_query_and_get_what_each_gets_alone(mast, lmc_arc
         assert mine.colnames == theirs.colnames
         # Every cell, MAST's masked (empty) ones too.
         assert mine.pformat(max_lines=-1, max_width=-1) == theirs.pformat(max_lines=-1, max_width=-1)
+
+
+def test_a_warm_process_asks_mast_for_the_column_configs_once(mast):
+    """astroquery fetches a service's column config per client; glue-mvmcut keeps them per
+    server for the process, so a second box asks only for the layers."""
+    from glue_mvmcut.core.mast import forget_column_configs
+
+    forget_column_configs()
+    query_layers(LMC, 4)
+    first = [r.service for r in mast.requests()]
+    mast.reset_stats()
+    query_layers((84.93, -69.145), 4)
+    second = [r.service for r in mast.requests()]
+    assert first.count("columnsconfig") == 2
+    assert "columnsconfig" not in second and len(second) == len(first) - 2

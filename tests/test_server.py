@@ -13,7 +13,7 @@ from astropy.coordinates import SkyCoord
 from astroquery.exceptions import NoResultsWarning
 
 from glue_mvmcut.core.endpoints import file_url
-from glue_mvmcut.core.mast import observations
+from glue_mvmcut.core.mast import forget_column_configs, observations
 from glue_mvmcut.testing.portal import columns_config
 from glue_mvmcut.testing.server import MastServer, parse_ranges
 
@@ -46,6 +46,7 @@ def test_columns_config_describes_every_filtered_column():
 
 @pytest.mark.parametrize("instrument, expected", [("ACS*", 13), ("WFC3*", 8)])
 def test_the_seed_query_finds_the_layers_and_the_hap_decoy(mast, lmc_archive, instrument, expected):
+    forget_column_configs()  # a first contact: astroquery asks for the columns too
     client = observations()
     table = client.query_criteria(
         coordinates=LMC, radius="15 arcsec", instrument_name=instrument, calib_level=3, **SEED_CRITERIA

@@ -31,6 +31,7 @@ from .transport import http_session, transport_errors, with_timeouts
 
 __all__ = [
     "LAYER_COLUMNS",
+    "forget_column_configs",
     "observations",
     "query_layers",
     "query_layers_near",
@@ -65,6 +66,15 @@ _PRODUCT_COLUMNS = ("obsID", "parent_obsid", "productFilename", "dataURI", "size
 _POSITION_LIKE = re.compile(r"^\s*[-+]?\d[\d\s+\-.:,°'\"hdms]*$", re.IGNORECASE)
 
 
+#: Server URL -> astroquery's column configs for it (service -> config), filled as it fetches them.
+_COLUMN_CONFIGS: dict[str, dict] = {}
+
+
+def forget_column_configs() -> None:
+    """Fetch MAST's column configs afresh (e.g. after the server's columns changed)."""
+    _COLUMN_CONFIGS.clear()
+
+
 # -- astroquery's internals: every use of them is in this section ---------------------------------
 def observations(timeout: float | None = None) -> ObservationsClass:
     """A fresh astroquery ``ObservationsClass`` aimed at the configured server, with timeouts.
@@ -72,9 +82,9 @@ def observations(timeout: float | None = None) -> ObservationsClass:
     astroquery computes its portal URLs once, from ``conf.server`` at import (class attributes
     of ``PortalAPI`` since astroquery PR #2193); this instance gets them from the value in force
     now, so ``using_server`` and a config file written after import both take effect. Its
-    column-config cache is per instance, so a change of server never reuses another server's
-    columns. A fresh instance per call also keeps threads apart (astroquery keeps per-query
-    state on the instance).
+    column-config cache is the process's for that server (`forget_column_configs`), so a change
+    of server never reuses another server's columns. A fresh instance per call keeps threads
+    apart (astroquery keeps per-query state on the instance).
 
     Parameters
     ----------
@@ -86,7 +96,9 @@ def observations(timeout: float | None = None) -> ObservationsClass:
     base = server_url()
     for attribute, path in PORTAL_PATHS.items():
         setattr(portal, attribute, base + path)
-    portal._column_configs = {}  # cached per server by astroquery: start empty for this one
+    # astroquery fetches a service's column config once per instance and keeps it there: shared
+    # per server, each is fetched once per process (two requests fewer per query).
+    portal._column_configs = _COLUMN_CONFIGS.setdefault(base, {})
     portal.TIMEOUT = float(conf.query_timeout)  # bounds astroquery's EXECUTING polling loop
     # astroquery 0.4.11 sends every request with timeout=None: a silent server hangs it forever.
     with_timeouts(client._session, timeout)
