@@ -2,6 +2,10 @@
 module grows past what one reader holds in mind."""
 
 import ast
+import functools
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,6 +103,26 @@ def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
     return found
 
 
+def _parse_all() -> dict[str, list]:
+    return {name: _imports(name, path) for name, path in _modules().items()}
+
+
+@functools.cache
+def _all_imports() -> dict[str, list[tuple[str, list[str], int]]]:
+    """`_imports` of every module, parsed in a fresh interpreter: CPython 3.11's ``ast.parse``
+    keeps its recursion depth per interpreter, not per thread, and fails ("AST constructor
+    recursion depth mismatch") when a thread another test left running parses code meanwhile."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import json, test_layout; print(json.dumps(test_layout._parse_all()))"],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return {name: [tuple(i) for i in found] for name, found in json.loads(result.stdout).items()}
+
+
 def test_every_module_has_its_place_in_the_order():
     assert sorted(_modules()) == sorted(ORDER)
 
@@ -106,7 +130,7 @@ def test_every_module_has_its_place_in_the_order():
 @pytest.mark.parametrize("name", ORDER)
 def test_modules_import_only_modules_below_them(name):
     modules = _modules()
-    for target, names, line in _imports(name, modules[name]):
+    for target, names, line in _all_imports()[name]:
         # "from . import x" names a module x of the package, not the package itself.
         targets = [f"{target}.{n}".lstrip(".") for n in names if f"{target}.{n}".lstrip(".") in modules]
         for imported in targets or [target]:
@@ -115,8 +139,7 @@ def test_modules_import_only_modules_below_them(name):
 
 @pytest.mark.parametrize("name", ORDER)
 def test_no_private_name_is_imported_from_another_module(name):
-    modules = _modules()
-    for target, names, line in _imports(name, modules[name]):
+    for target, names, line in _all_imports()[name]:
         private = [n for n in names if n.startswith("_") and not n.startswith("__")]
         assert not private, f"{name}:{line} imports {private} from {target}"
 

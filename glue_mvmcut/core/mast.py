@@ -10,7 +10,9 @@ the astroquery behaviour it works around.
 import logging
 import math
 import re
+import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
 import numpy as np
@@ -374,37 +376,53 @@ def _mean_position(coords: list[SkyCoord]) -> SkyCoord:
     return SkyCoord(ra, dec, unit="deg", frame="icrs")
 
 
+def _search(centre: SkyCoord, radius: int, instrument: str, criteria: dict, until: float) -> Table:
+    """The skycell observations of one instrument in a cone (radius in arcsec), asked with a
+    client of its own (astroquery keeps a query's state on the client), by ``until``
+    (``time.monotonic()``)."""
+    client = observations()
+    with closing(_session(client)), query_deadline(until - time.monotonic()):
+        with _from_mast("MVM query"):
+            responses = client.query_criteria_async(
+                coordinates=centre,
+                radius=f"{radius} arcsec",
+                instrument_name=f"{instrument.upper()}*",
+                **criteria,
+            )
+            table = _parse_quietly(client, responses)
+    if len(table):
+        _check_columns(table, _OBSERVATION_COLUMNS, "MVM query")
+    return table
+
+
 def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_filters):
     """The skycell observations touching a cone (radius in arcsec) and their DRZ/DRC FITS products,
-    or (None, None) when there are none."""
+    or (None, None) when there are none. The instruments are searched at once (MAST takes one
+    wildcard per column, so one search each), then their products asked for in one request."""
     criteria = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
     # How MAST's filters column spells a two-wheel ACS filter ("f606w-pol60v" in layer names) is
     # not known: such queries ask MAST for every filter, and keep layers by their names here.
     if wanted_filters and not any("-" in f for f in wanted_filters):
         criteria["filters"] = sorted(f.upper() for f in wanted_filters)
+    until = time.monotonic() + float(conf.query_timeout)
+    instruments = list(instruments or _INSTRUMENTS)
+    with ThreadPoolExecutor(len(instruments), thread_name_prefix="mvmcut-query") as pool:
+        searches = []
+        for instrument in instruments:
+            searches.append(pool.submit(_search, centre, radius, instrument, criteria, until))
+            if not _COLUMN_CONFIGS.get(server_url()):  # a first contact: one search fetches
+                searches[-1].result()  # the column config, then the others go at once
+        found = [table for table in (search.result() for search in searches) if len(table)]
+    if not found:
+        return None, None
+    observations_table = vstack(found)
+    observations_table = observations_table[
+        [str(o).startswith("hst_skycell") for o in observations_table["obs_id"]]
+    ]
+    if not len(observations_table):
+        return None, None
     client = observations()
-    found = []
-    with closing(_session(client)), query_deadline(float(conf.query_timeout)):
-        for instrument in instruments or _INSTRUMENTS:
-            with _from_mast("MVM query"):
-                responses = client.query_criteria_async(
-                    coordinates=centre,
-                    radius=f"{radius} arcsec",
-                    instrument_name=f"{instrument.upper()}*",
-                    **criteria,
-                )
-                table = _parse_quietly(client, responses)
-            if len(table):
-                _check_columns(table, _OBSERVATION_COLUMNS, "MVM query")
-                found.append(table)
-        if not found:
-            return None, None
-        observations_table = vstack(found)
-        observations_table = observations_table[
-            [str(o).startswith("hst_skycell") for o in observations_table["obs_id"]]
-        ]
-        if not len(observations_table):
-            return None, None
+    with closing(_session(client)), query_deadline(until - time.monotonic()):
         with _from_mast("MVM query"):
             products = client.filter_products(
                 _parse_quietly(client, client.get_product_list_async(observations_table)),
