@@ -28,15 +28,14 @@ def test_every_server_that_serves_ranges_gives_the_local_cutout(mast, lmc_archiv
         same_as_local(lmc_archive.directory, name, LMC, 6, stats=stats)
     assert server_of(mast.url).ranges == kind
     replies = [(r.status, "," in r.range) for r in mast.requests("download")]
-    # The first layer's header read (one range), then its rows and WHT's header (several).
+    # Each layer's header read (one range), then its rows and WHT's header (several). Counted,
+    # not ordered: requests in flight together may be stamped in either order.
     if kind == "multipart":  # headers, then every row in one multipart reply: per layer
-        assert replies == [(206, False), (206, True)] * 2
+        assert sorted(replies) == [(206, False), (206, False), (206, True), (206, True)]
     elif kind == "first-range":  # the first span came; the rest, asked for one per request
-        assert replies[:2] == [(206, False), (206, True)] and replies.count((206, True)) == 1
+        assert replies.count((206, True)) == 1 and replies.count((206, False)) == len(replies) - 1
     else:  # the whole file to several ranges, never read: one range per request from then on
-        assert (
-            replies[:2] == [(206, False), (200, True)] and replies[2:].count((206, False)) == len(replies) - 2
-        )
+        assert replies.count((200, True)) == 1 and replies.count((206, False)) == len(replies) - 1
     # Never the whole files (for one-range, not the whole file it was sent, unread).
     assert stats.bytes < 0.5 * sum(lmc_archive.layer(name).size for name in (FINE, SECOND))
 
