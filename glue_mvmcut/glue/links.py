@@ -188,7 +188,9 @@ def discover_links(data, links) -> dict:
     waiting = {}  # link -> inputs not found yet
     users = defaultdict(list)  # component -> links that take it as an input
     ready = []  # (cost, order, link): heap of links whose inputs are all found
+    order_of = {}  # link -> its place in ``links``: breaks ties in the heap
     for order, link in enumerate(links):
+        order_of[link] = order
         inputs = set(link.get_from_ids())
         missing = inputs - known
         if missing:
@@ -197,7 +199,6 @@ def discover_links(data, links) -> dict:
                 users[cid].append(link)
         else:
             heapq.heappush(ready, (max((depth[c] for c in inputs), default=0) + 1, order, link))
-    order_of = {link: order for order, link in enumerate(links)}
     derived = {}
     while ready:
         cost, _, link = heapq.heappop(ready)

@@ -112,7 +112,6 @@ class MVMCutDialog(WorkerDialog):
         self.width_box.valueChanged.connect(self._forget_layers)
         self.height_box.valueChanged.connect(self._forget_layers)
         self.loaded = []
-        self.viewers = []  # of the last load
 
     # -- steps ----------------------------------------------------------------------------------
     def _size(self) -> tuple[float, float]:
@@ -227,7 +226,7 @@ class MVMCutDialog(WorkerDialog):
 
         result, prepared = done
         self.loaded = add_prepared(self.app, prepared)
-        self.viewers = open_viewers(self.app, prepared, done=lambda _: self._loaded(result, prepared))
+        open_viewers(self.app, prepared, done=lambda _: self._loaded(result, prepared))
 
     def _loaded(self, result, prepared) -> None:
         written = [path for paths in result.paths.values() for path in paths]
