@@ -15,9 +15,8 @@ import threading
 import warnings
 from pathlib import Path
 
-from .core.combiners import COMBINERS
-from .core.coords import FRAMES
-from .core.errors import MVMCutError, NoMVMDataWarning
+# The package's own modules (which load astropy and numpy) are imported where they are used: this
+# module needs the standard library only, so that `run` takes over Ctrl-C before anything else loads.
 
 log = logging.getLogger("glue_mvmcut")
 
@@ -54,6 +53,8 @@ def _size(text: str) -> float:
 
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
+    from .core.coords import FRAMES
+
     parser.add_argument(
         "target",
         nargs="+",
@@ -80,6 +81,8 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_cut_options(parser: argparse.ArgumentParser) -> None:
+    from .core.combiners import COMBINERS
+
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
     parser.add_argument(
@@ -420,6 +423,8 @@ def _demo(args) -> None:
 def _open_in_glue(paths, title: str) -> None:
     """Start the Glue application with ``paths`` loaded and linked, its viewers in a tab named
     ``title``; return when it is closed."""
+    from .core.errors import MVMCutError
+
     if sys.platform.startswith("linux") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("QT_QPA_PLATFORM")
     ):
@@ -454,6 +459,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``mvmcut``; return the exit status (0 success, 1 error, 2 usage, 130 interrupted)."""
+    from .core.errors import MVMCutError, NoMVMDataWarning
+
     argv = _protect_negative_coordinates(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
     # The command's own output, on stderr, instead of the package's handlers (astropy's, which

@@ -11,6 +11,8 @@ import glue_mvmcut
 print(json.dumps({
     "heavy": sorted(m for m in sys.modules
                     if m.split(".")[0] in ("glue", "glue_qt", "PySide6", "qtpy", "tqdm", "matplotlib")),
+    "third_party": sorted({m.split(".")[0] for m in sys.modules} & {"astropy", "numpy", "astroquery"}),
+    "log": glue_mvmcut.log.name,
     "root_handlers": len(logging.getLogger().handlers),
     "package_handlers": [
         f"{type(h).__module__}.{type(h).__name__}" for h in logging.getLogger("glue_mvmcut").handlers
@@ -40,6 +42,9 @@ def test_import_loads_no_gui_and_writes_nothing(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["heavy"] == []
+    # Nothing but the standard library until a name is used (`mvmcut` takes Ctrl-C from then on).
+    assert report["third_party"] == []
+    assert report["log"] == "glue_mvmcut"
     # Its own logger prints through astropy's handler, as astroquery's does; nothing else is set.
     assert report["root_handlers"] == 0 and report["package_handlers"] == ["astropy.logger.StreamHandler"]
     assert report["version"]

@@ -97,3 +97,35 @@ def test_a_batch_ends_in_one_line_when_interrupted(mast, tmp_path):
     _when(lambda: _reading(mast), process, "the layers' reads")
     process.send_signal(signal.SIGINT)
     _check_ended(process, signal.SIGINT, out)
+
+
+#: ``mvmcut`` as its console script starts, Ctrl-C coming the moment numpy starts to load (with
+#: astropy, the slow part of its start): the signal comes while the modules load, on any machine.
+STARTUP = """
+import os, signal, sys
+
+class CtrlCWhenNumpyLoads:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            sys.meta_path.remove(self)
+            print("signal sent", flush=True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, CtrlCWhenNumpyLoads())
+from glue_mvmcut.cli import run
+run(sys.argv[1:])
+"""
+
+
+def test_ctrl_c_while_mvmcut_starts_is_one_line(tmp_path):
+    process = subprocess.run(
+        [sys.executable, "-c", STARTUP, "cut", *LMC, "--size", "20", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert process.stdout == "signal sent\n"  # numpy did load: the signal came mid-start
+    assert process.returncode == 130, process.stderr
+    assert process.stderr == "mvmcut: interrupted\n"
+    assert not (tmp_path / "out").exists()
