@@ -1,6 +1,8 @@
 """Ranged cutouts straight from the archive: identical to local ones, a fraction of the bytes,
 and correct under every fault the stand-in server can inject."""
 
+import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -135,8 +137,22 @@ def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
     assert mast.connections <= 1
 
 
+@pytest.fixture
+def loop_reports():
+    """What asyncio reports on the I/O loop during the test (e.g. "exception was never retrieved",
+    which it prints when the future is collected, at exit if not before)."""
+    reported = []
+
+    async def handle_with(handler):
+        asyncio.get_running_loop().set_exception_handler(handler)
+
+    run(handle_with(lambda loop, context: reported.append(context["message"])))
+    yield reported
+    run(handle_with(None))
+
+
 @pytest.mark.parametrize("after", [0.1, 0.6])  # its headers, then its pixels on their way
-def test_a_cancelled_cut_leaves_nothing_running(mast, after, loop_tasks):
+def test_a_cancelled_cut_leaves_nothing_running(mast, after, loop_tasks, loop_reports):
     # As the pipeline cancels the other layers' cuts when one fails.
     mast.faults.latency = 0.5
     job = submit(cut_remote(f"mast:HST/product/{FINE}", parse_coord(LMC), parse_size(6)))
@@ -144,6 +160,25 @@ def test_a_cancelled_cut_leaves_nothing_running(mast, after, loop_tasks):
     job.cancel()
     time.sleep(0.05)
     assert loop_tasks() == []
+    del job
+    gc.collect()
+    assert loop_reports == []
+
+
+def test_requests_in_flight_when_the_work_meanwhile_fails_are_cancelled(mast, loop_tasks, loop_reports):
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    sci = run(remote.read_headers())["SCI"]
+    mast.faults.latency = 0.5  # the rows are on their way when the file is found unusable
+
+    async def unusable():
+        raise ValueError("found unusable meanwhile")
+
+    with pytest.raises(ValueError, match="found unusable meanwhile"):
+        run(remote.read_windows([(sci, slice(10, 20), slice(5, 25))], meanwhile=unusable))
+    time.sleep(0.05)
+    assert loop_tasks() == []
+    gc.collect()
+    assert loop_reports == []
 
 
 def test_a_forked_child_reads_with_threads_and_connections_of_its_own(mast, lmc_archive, in_forked_child):
@@ -366,7 +401,9 @@ def test_hostile_product_names_never_reach_the_disk(mast, cache, tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger="glue_mvmcut"), pytest.warns(NoMVMDataWarning):
         table = query_layers(LMC, 10, instruments=["wfc3"])
     refused = [r.getMessage() for r in caplog.records if "Refusing the product name" in r.getMessage()]
-    assert len(refused) == 8 and len(table) == 0  # every skycell layer was listed under a bad name
+    # Every layer of the four skycells (all instruments: MAST is asked for every layer there)
+    # was listed under a bad name.
+    assert len(refused) == 20 and len(table) == 0
     assert "'../../hst_skycell-" in " ".join(refused) and "'/tmp/hst_skycell-" in " ".join(refused)
     with pytest.warns(NoMVMDataWarning):
         result = cutout_mosaic(LMC, 10, instruments=["wfc3"], out_dir=tmp_path / "out")

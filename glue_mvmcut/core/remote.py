@@ -318,6 +318,8 @@ class RemoteFITS:
             outcomes = await sending
         except BaseException:
             sending.cancel()  # e.g. meanwhile() found the file unusable: its bytes are of no use
+            # Its outcome, read when it comes: asyncio would print "exception was never retrieved".
+            sending.add_done_callback(lambda lanes: lanes.cancelled() or lanes.exception())
             raise
         done, refused = [np.zeros(0, np.int64)], None
         for delivered, lane_refused in outcomes:
