@@ -78,6 +78,11 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--instruments", default="acs,wfc3", help="comma-separated (default: acs,wfc3)")
     parser.add_argument("--filters", help="comma-separated filters to keep, e.g. f814w,f658n")
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask MAST for the layers even if its answer is in the cache (kept a day: query_lifetime)",
+    )
 
 
 def _add_cut_options(parser: argparse.ArgumentParser) -> None:
@@ -224,7 +229,9 @@ def _query(args) -> None:
     from .core.mast import LAYER_COLUMNS, query_layers
 
     coord, size = _box(args)
-    table = query_layers(coord, size, instruments=_split(args.instruments), filters=_split(args.filters))
+    table = query_layers(
+        coord, size, instruments=_split(args.instruments), filters=_split(args.filters), refresh=args.refresh
+    )
     if args.json:
         layers = [{name: row[name].item() for name in LAYER_COLUMNS} for row in table]
         print(json.dumps({"ra": coord.ra.deg, "dec": coord.dec.deg, "size_arcsec": size, "layers": layers}))
@@ -261,6 +268,7 @@ def _run_cut(
     resample="exact",
     cache=None,
     fetch="auto",
+    refresh=False,
 ):
     from .core.pipeline import cutout_mosaic
 
@@ -276,6 +284,7 @@ def _run_cut(
             cache=cache,
             resample=resample,
             fetch=fetch,
+            refresh=refresh,
             progress=bar,
         )
     finally:
@@ -331,6 +340,7 @@ def _cut(args) -> None:
         resample=args.resample,
         cache=args.cache,
         fetch=args.fetch,
+        refresh=args.refresh,
     )
     _summary(result, pngs, args.json)
 
@@ -360,6 +370,7 @@ def _batch(args) -> int:
             combine=not args.no_combine and args.combine,
             resample=args.resample,
             fetch=args.fetch,
+            refresh=args.refresh,
             progress=progress,
             dashboard=args.dashboard,
         )

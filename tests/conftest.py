@@ -88,9 +88,10 @@ def mast(_server):
     _server.faults.reset()
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
-    """An empty download cache for this test (through MVMCUT_CACHE_DIR)."""
+    """An empty cache (downloads, MAST's answers) for each test (through MVMCUT_CACHE_DIR), so
+    that no test finds what another left, nor writes into the user's own cache."""
     path = tmp_path / "cache"
     monkeypatch.setenv("MVMCUT_CACHE_DIR", str(path))
     return path

@@ -69,7 +69,7 @@ def _alone(tmp_path, row) -> "os.PathLike":
     return out, status
 
 
-def test_thirty_targets_equal_one_at_a_time_runs_and_the_manifest_says_so(mast, cache, tmp_path):
+def test_thirty_targets_equal_one_at_a_time_runs_and_the_manifest_says_so(mast, cache, tmp_path, monkeypatch):
     table = _thirty_targets()
     table.write(tmp_path / "targets.csv")
     mast.reset_stats()
@@ -82,7 +82,8 @@ def test_thirty_targets_equal_one_at_a_time_runs_and_the_manifest_says_so(mast, 
     assert offsky["error"].startswith("Not a valid sky position: ('12', '-95')")
     assert not (tmp_path / "batch" / "offsky").exists()
     mast.reset_stats()
-    LAYER_HEADERS.clear()  # one at a time starts cold, as a new process would
+    LAYER_HEADERS.clear()  # one at a time starts cold, as a new process on a new machine would
+    monkeypatch.setenv("MVMCUT_CACHE_DIR", str(tmp_path / "alone-cache"))
     for row in table:
         alone, code = _alone(tmp_path, row)
         entry = manifest[manifest["id"] == row["id"]][0]
@@ -97,9 +98,12 @@ def test_thirty_targets_equal_one_at_a_time_runs_and_the_manifest_says_so(mast, 
         )
         assert (mismatch, errors) == ([], []), row["id"]
         assert (entry["bytes"] > 0) == (entry["status"] == "done")
-    # Nearby targets share MAST queries (11 groups, 2 instruments each); layer headers are read
-    # once per batch, as a process that cuts one target after another reuses them too.
-    assert (batch_queries, len(mast.requests("Mast.Caom.Filtered.Position"))) == (22, 58)
+    # Nearby targets share MAST queries: at most one search per group of them (11), fewer when
+    # a group finds its skycells' answers kept by another; one at a time, MAST is asked about
+    # each skycell once (the answers kept for the next targets). Layer headers are read once
+    # per batch, as a process that cuts one target after another reuses them too.
+    assert 1 <= batch_queries <= 11
+    assert len(mast.requests("Mast.Caom.Filtered.Position")) == 11  # for 29 targets
     assert batch_bytes < 1.05 * mast.bytes_sent
     assert manifest.meta["header_requests"] > 0 and manifest.meta["targets_run"] == 29
     assert not list((tmp_path / "batch").glob("*.part"))

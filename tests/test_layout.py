@@ -32,6 +32,7 @@ ORDER = [
     "core.transport",
     "core.byteranges",
     "core.spanplan",
+    "core.querycache",
     "core.mast",
     "core.download",
     "core.remote",

@@ -119,7 +119,7 @@ def test_a_reply_without_a_column_that_is_read_is_named(mast, column):
 def test_a_failure_of_our_own_is_not_blamed_on_the_archive(mast, monkeypatch):
     # Only calls to MAST and the reading of their replies become "unreadable reply": a bug in
     # what glue-mvmcut does with a good reply stays the bug it is.
-    def broken(tables):
+    def broken(*tables, **options):
         raise TypeError("a bug of ours")
 
     monkeypatch.setattr("glue_mvmcut.core.mast.vstack", broken)
@@ -142,12 +142,18 @@ def test_server_url_follows_astroquery_configuration(mast):
         assert server_url() == "http://example.invalid"
 
 
-def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp_path):
-    """A user's astroquery.cfg ([mast] server) is all it takes, in a fresh process."""
+def _astroquery_config_for(mast, tmp_path) -> dict:
+    """The environment of a process whose astroquery.cfg ([mast] server) points at ``mast``."""
     config = tmp_path / "config" / "astropy"
     config.mkdir(parents=True)
     (config / "astroquery.cfg").write_text(f"[mast]\nserver = {mast.url}\n")
-    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    return {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+
+
+def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp_path):
+    """A user's astroquery.cfg ([mast] server) is all it takes, in a fresh process."""
+    env = _astroquery_config_for(mast, tmp_path)
+    config = tmp_path / "config" / "astropy"
     result = subprocess.run(
         [sys.executable, "-m", "glue_mvmcut.cli", "query", "84.9208", "-69.1467", "--size", "20"],
         capture_output=True,
@@ -158,7 +164,7 @@ def test_the_astroquery_config_file_points_every_request_at_the_server(mast, tmp
     assert result.returncode == 0, result.stderr
     assert "20 layers" in result.stdout
     assert "hst_skycell-p0081x15y15_wfc3_ir_f160w_coarse-all_drz.fits" in result.stdout
-    assert len(mast.requests("Mast.Caom.Filtered.Position")) == 2
+    assert len(mast.requests("Mast.Caom.Filtered.Position")) == 1
     assert len(mast.requests("Mast.Caom.Products")) == 1
     # The file errors name as the one to check is the one read.
     named = subprocess.run(
@@ -237,14 +243,15 @@ def test_nearby_boxes_share_one_query_and_get_what_each_gets_alone(mast, lmc_arc
         (SkyCoord(84.9260, -69.1500, unit="deg"), (4, 12)),
         (SkyCoord(84.9208, -69.1300, unit="deg"), 5),  # 60" north: no data there
     ]
+    query_layers((182.2, 26.0), 4)  # the column configs, fetched once per process
     mast.reset_stats()
     together = query_layers_near(boxes)
-    shared = len(mast.requests())
+    assert [r.service for r in mast.requests()] == ["Mast.Caom.Filtered.Position", "Mast.Caom.Products"]
     mast.reset_stats()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoMVMDataWarning)
-        alone = [query_layers(coord, size) for coord, size in boxes]
-    assert len(mast.requests()) > 3 * shared
+        alone = [query_layers(coord, size, refresh=True) for coord, size in boxes]
+    assert len(mast.requests()) == 2 * len(boxes)  # refresh: each asked MAST anew
     assert [len(t) for t in together] == [len(t) for t in alone] == [20, 5, 20, 0]
     for mine, theirs in zip(together, alone, strict=True):
         assert mine.colnames == theirs.colnames
@@ -252,16 +259,78 @@ def test_nearby_boxes_share_one_query_and_get_what_each_gets_alone(mast, lmc_arc
         assert mine.pformat(max_lines=-1, max_width=-1) == theirs.pformat(max_lines=-1, max_width=-1)
 
 
-def test_a_warm_process_asks_mast_for_the_column_configs_once(mast):
+def test_a_warm_process_asks_mast_at_most_twice_per_box(mast):
     """astroquery fetches a service's column config per client; glue-mvmcut keeps them per
-    server for the process, so a second box asks only for the layers."""
+    server for the process, so a box elsewhere needs one search and one product list."""
     from glue_mvmcut.core.mast import forget_column_configs
 
     forget_column_configs()
     query_layers(LMC, 4)
     first = [r.service for r in mast.requests()]
     mast.reset_stats()
-    query_layers((84.93, -69.145), 4)
+    query_layers((182.2, 26.0), 4)  # other skycells: nothing of them on disk
     second = [r.service for r in mast.requests()]
-    assert first.count("columnsconfig") == 2
-    assert "columnsconfig" not in second and len(second) == len(first) - 2
+    assert first == ["columnsconfig", "Mast.Caom.Filtered.Position", "columnsconfig", "Mast.Caom.Products"]
+    assert second == ["Mast.Caom.Filtered.Position", "Mast.Caom.Products"]
+
+
+def test_mast_is_asked_once_per_skycell_and_the_answer_kept_a_day(mast, lmc_archive, cache):
+    first = query_layers(LMC, 20)
+    asked = len(mast.requests())
+    kept = sorted(path.name for path in (cache / "queries").glob("*/*.ecsv"))
+    assert kept == ["p0081x14y14.ecsv", "p0081x14y15.ecsv", "p0081x15y14.ecsv", "p0081x15y15.ecsv"]
+    # The same box, a neighbour in its skycells, another selection: MAST is not asked again,
+    # and the answers are what MAST's would be.
+    again = query_layers(LMC, 20)
+    assert again.pformat(max_lines=-1, max_width=-1) == first.pformat(max_lines=-1, max_width=-1)
+    neighbour = query_layers((84.9325, -69.14253), 2, filters=["f814w"])
+    assert len(mast.requests()) == asked
+    assert list(neighbour["productFilename"]) == [
+        "hst_skycell-p0081x14y15_acs_wfc_f814w_all-jbp505jg_drc.fits",
+        "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits",
+    ]
+    assert list(neighbour["productFilename"]) == list(
+        query_layers((84.9325, -69.14253), 2, filters=["f814w"], refresh=True)["productFilename"]
+    )
+    assert len(mast.requests()) == asked + 2
+    # An answer older than its lifetime is asked for again.
+    mast.reset_stats()
+    with conf.set_temp("query_lifetime", 1e-9):
+        query_layers(LMC, 20)
+    assert len(mast.requests()) == 2
+
+
+def test_another_process_uses_the_answers_on_disk(mast, lmc_archive, tmp_path):
+    query_layers(LMC, 20)
+    mast.reset_stats()
+    env = _astroquery_config_for(mast, tmp_path)
+    command = [sys.executable, "-m", "glue_mvmcut.cli", "query", "84.9208", "-69.1467", "--size", "20"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "20 layers" in result.stdout
+    assert mast.requests() == []
+    refreshed = subprocess.run([*command, "--refresh"], capture_output=True, text=True, env=env, timeout=120)
+    assert refreshed.stdout == result.stdout
+    assert [r.service for r in mast.requests() if r.service.startswith("Mast")] == [
+        "Mast.Caom.Filtered.Position",
+        "Mast.Caom.Products",
+    ]
+
+
+def test_an_unreadable_answer_on_disk_is_asked_for_again(mast, lmc_archive, cache):
+    first = query_layers(LMC, 4)
+    for path in (cache / "queries").glob("*/*.ecsv"):
+        path.write_text("# %ECSV 1.0\nnot a table\n")
+    mast.reset_stats()
+    again = query_layers(LMC, 4)
+    assert [r.service for r in mast.requests()] == ["Mast.Caom.Filtered.Position", "Mast.Caom.Products"]
+    assert again.pformat(max_lines=-1, max_width=-1) == first.pformat(max_lines=-1, max_width=-1)
+
+
+def test_a_lifetime_of_zero_keeps_nothing_on_disk(mast, cache):
+    with conf.set_temp("query_lifetime", 0):
+        query_layers(LMC, 4)
+        mast.reset_stats()
+        query_layers(LMC, 4)
+    assert [r.service for r in mast.requests()] == ["Mast.Caom.Filtered.Position", "Mast.Caom.Products"]
+    assert not (cache / "queries").exists()

@@ -52,7 +52,7 @@ _MANIFEST_EVERY = 1.0
 
 
 #: The configuration items tasks run with: the batch's, wherever their worker is.
-_TASK_CONF = ("timeout", "min_rate", "retries", "backoff", "query_timeout")
+_TASK_CONF = ("timeout", "min_rate", "retries", "backoff", "query_timeout", "query_lifetime")
 
 
 def _settings() -> dict:
@@ -103,9 +103,9 @@ def _resolve_task(name: str, settings: dict):
     return coord.ra.deg, coord.dec.deg
 
 
-def _query_task(boxes, instruments, filters, settings):
+def _query_task(boxes, instruments, filters, refresh, settings):
     _apply(settings)
-    return query_layers_near(boxes, instruments=instruments, filters=filters)
+    return query_layers_near(boxes, instruments=instruments, filters=filters, refresh=refresh)
 
 
 def _hdus_task(data_uri: str, settings: dict):
@@ -260,6 +260,7 @@ def cutout_batch(
     combine: bool = True,
     resample: str = "exact",
     fetch: str = "auto",
+    refresh: bool = False,
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     dashboard: bool = False,
@@ -287,8 +288,9 @@ def cutout_batch(
         Run the targets that failed before again. Targets whose folder is complete and verifies
         never run again unless they now ask for another box, instruments or filters; targets
         that have not finished (a crash, a cancel) always do.
-    combine, resample, fetch
-        As for `~glue_mvmcut.core.pipeline.cutout_mosaic`.
+    combine, resample, fetch, refresh
+        As for `~glue_mvmcut.core.pipeline.cutout_mosaic`; MAST's answers are kept in the
+        download cache, shared by every worker that sees it.
     progress : callable, optional
         ``progress(done, total, "<id>: <status>")`` after each target.
     cancel : callable, optional
@@ -331,7 +333,13 @@ def cutout_batch(
 
         client, cluster = _client(scheduler, workers, dashboard)
         stop = Event(f"mvmcut-cancel-{uuid.uuid4().hex}", client=client)
-        options = {"combine": combine, "resample": resample, "fetch": fetch, "cancel_event": stop.name}
+        options = {
+            "combine": combine,
+            "resample": resample,
+            "fetch": fetch,
+            "refresh": refresh,
+            "cancel_event": stop.name,
+        }
         try:
             _run(client, todo, records, out, options, meta, stop, progress, cancel)
         finally:
@@ -367,6 +375,7 @@ def _run(client, todo, records, out: Path, options, meta, stop, progress, cancel
         [[t.box for t in group] for group in groups],
         [group[0].instruments for group in groups],
         [group[0].filters for group in groups],
+        refresh=options["refresh"],
         settings=settings,
         pure=False,
     )

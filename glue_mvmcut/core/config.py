@@ -57,6 +57,13 @@ class Conf(_config.ConfigNamespace):
         "EXECUTING) before giving up.",
         module="glue_mvmcut",
     )
+    query_lifetime = _config.ConfigItem(
+        24.0,
+        "Hours MAST's list of a skycell's layers, kept on disk in the download cache's queries "
+        "folder, is used instead of asking MAST again; 0 asks every time. mvmcut --refresh (or "
+        "refresh=True) asks anew once.",
+        module="glue_mvmcut",
+    )
     resolver = _config.ConfigItem(
         "",
         "URL of the name resolver (MAST's SANTA protocol). Empty means MAST's own resolver when the "

@@ -7,12 +7,11 @@ retries. The few astroquery internals this needs are touched in one section belo
 the astroquery behaviour it works around.
 """
 
+import functools
 import logging
 import math
 import re
-import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 
 import numpy as np
@@ -28,7 +27,8 @@ from .errors import ArchiveError, InvalidCoordinateError, InvalidNameError, NoMV
 from .footprints import Footprint, parse_region
 from .limits import query_deadline
 from .names import LayerName, checked_selection, safe_filename
-from .skycells import skycells_covering
+from .querycache import cached_layers, keep_layers
+from .skycells import SkyCell, skycells_covering
 from .transport import http_session, transport_errors, with_timeouts
 
 __all__ = [
@@ -244,14 +244,16 @@ def _layer_table(rows=()) -> Table:
     )
 
 
-def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
+def query_layers(coord, size, *, instruments=None, filters=None, refresh=False, cache=None) -> Table:
     """Every MVM layer file whose skycell overlaps a box on the sky.
 
-    Queries MAST like the seed (``project="HAP"``, ``obs_collection="HST"``, image products, one
-    wildcard query per instrument) with a cone circumscribing the box, keeps only skycell
-    drizzled FITS layers (DRZ/DRC) and then decides overlap geometrically: a layer is kept when
-    its skycell's footprint (`~glue_mvmcut.core.skycells.skycells_covering`) overlaps the box, at
-    any declination and across RA = 0.
+    The skycells come from the tessellation (`~glue_mvmcut.core.skycells.skycells_covering`),
+    at any declination and across RA = 0; their layers from MAST, asked as the seed asks
+    (``project="HAP"``, ``obs_collection="HST"``, image products, skycell observations only,
+    then their drizzled FITS products, DRZ/DRC) in a cone holding the skycells, or from its
+    answer kept on disk for ``glue_mvmcut.conf.query_lifetime`` hours
+    (`~glue_mvmcut.core.querycache`). A layer is kept when its observation's footprint touches
+    the cone circumscribing the box, as MAST's own cone search decides.
 
     Parameters
     ----------
@@ -264,6 +266,11 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
         Instrument names, case-insensitive (default: ``"ACS"`` and ``"WFC3"``).
     filters : sequence of str, optional
         Keep only these filters (e.g. ``["F814W", "f658n"]``).
+    refresh : bool, optional
+        Ask MAST even when its answer for these skycells is on disk.
+    cache : path-like, optional
+        Download cache whose ``queries`` folder keeps MAST's answers (default
+        `~glue_mvmcut.core.files.cache_dir`).
 
     Returns
     -------
@@ -283,7 +290,9 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     """
     coord = resolve_target(coord)
     size = parse_size(size)
-    table = query_layers_near([(coord, size)], instruments=instruments, filters=filters)[0]
+    table = query_layers_near(
+        [(coord, size)], instruments=instruments, filters=filters, refresh=refresh, cache=cache
+    )[0]
     if not len(table):
         searched = [
             f"{label} {', '.join(names).upper()}"
@@ -300,13 +309,31 @@ def query_layers(coord, size, *, instruments=None, filters=None) -> Table:
     return table
 
 
-def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
-    """`query_layers` for several boxes near each other, with one set of MAST requests.
+def query_layers_near(boxes, *, instruments=None, filters=None, refresh=False, cache=None) -> list[Table]:
+    """`query_layers` for several boxes, with one set of MAST requests (or none).
 
-    MAST is asked once, with a cone that holds every box's own cone; each box then keeps the
-    observations whose footprint (``s_region``, read by `~glue_mvmcut.core.footprints`) touches
-    its own cone, the test MAST applies, and the layers whose skycell overlaps it. Each table
-    equals what `query_layers` returns for that box alone (without the warning for empty ones).
+    The skycells covering the boxes come from the tessellation
+    (`~glue_mvmcut.core.skycells.skycells_covering`); MAST is asked once for every layer of
+    those whose list is not on disk (`~glue_mvmcut.core.querycache`): one search in a cone
+    holding all of them, one request for their products. Each box then keeps the layers of its
+    own skycells whose observation's footprint (``s_region``, read by
+    `~glue_mvmcut.core.footprints`) touches the cone circumscribing the box, the test MAST
+    applies to a cone search.
+
+    Parameters
+    ----------
+    boxes : sequence of (coord, size)
+        Box centres and sizes, as `query_layers` takes them.
+    instruments, filters : sequence of str, optional
+        As in `query_layers`, for every box.
+    refresh, cache : optional
+        As in `query_layers`.
+
+    Returns
+    -------
+    list of `~astropy.table.Table`
+        One table per box, in order, as `query_layers` returns it (without the warning for
+        empty ones).
 
     Raises
     ------
@@ -315,55 +342,57 @@ def query_layers_near(boxes, *, instruments=None, filters=None) -> list[Table]:
         cannot be read is named with its observation).
     InvalidNameError
         For an instrument or filter no MVM layer is made of (before MAST is asked).
-
-    Parameters
-    ----------
-    boxes : sequence of (coord, size)
-        Box centres and sizes, as `query_layers` takes them.
-    instruments, filters : sequence of str, optional
-        As in `query_layers`, for every box.
-
-    Returns
-    -------
-    list of `~astropy.table.Table`
-        One table per box, in order.
     """
     instruments, wanted_filters = checked_selection(instruments, filters)  # before MAST is asked
     boxes = [(parse_coord(coord), parse_size(size)) for coord, size in boxes]
-    if not boxes:
-        return []
-    cones = [(coord, math.ceil(box_radius(size).value)) for coord, size in boxes]
-    centre = boxes[0][0] if len(boxes) == 1 else _mean_position([coord for coord, _ in boxes])
-    radius = max(
-        math.ceil(centre.separation(coord).arcsec + cone_radius - 1e-9) for coord, cone_radius in cones
-    )
-    observations_table, products = _query_skycell_layers(centre, radius, instruments, wanted_filters)
-    if observations_table is None:
-        return [_layer_table() for _ in boxes]
-    # One box: MAST's own cone test chose the observations. Several: MAST was asked with a cone
-    # holding them all, and each box keeps the observations whose footprint touches its own cone.
-    footprints = _footprints(observations_table) if len(boxes) > 1 else None
+    covering = [skycells_covering(coord, size) for coord, size in boxes]
+    layers = _skycell_layers(sorted({cell for cells in covering for cell in cells}), refresh, cache)
+    wanted_instruments = {name.lower() for name in instruments or _INSTRUMENTS}
     tables = []
-    for (coord, size), (_, cone_radius) in zip(boxes, cones, strict=True):
-        mine = observations_table
-        if footprints is not None:
-            ra, dec = coord.ra.deg, coord.dec.deg
-            mine = observations_table[[fp.hits_cone(ra, dec, cone_radius / 3600) for fp in footprints]]
-        obsids = {str(o) for o in mine["obsid"]}
-        own = [str(p["parent_obsid"]) in obsids or str(p["obsID"]) in obsids for p in products]
-        tables.append(_layer_rows(products[own], mine, coord, size, wanted_filters))
+    for (coord, size), cells in zip(boxes, covering, strict=True):
+        found = [layers[cell.name] for cell in cells if len(layers[cell.name])]
+        if not found:
+            tables.append(_layer_table())
+            continue
+        table = vstack(found, metadata_conflicts="silent")
+        table.meta.clear()
+        ra, dec, radius = coord.ra.deg, coord.dec.deg, math.ceil(box_radius(size).value) / 3600
+        keep = [
+            row["instrument"] in wanted_instruments
+            and (not wanted_filters or row["filter"] in wanted_filters)
+            and _footprint(row["s_region"]).hits_cone(ra, dec, radius)
+            for row in table
+        ]
+        table = table[keep]
+        table.sort("productFilename")
+        tables.append(table)
     return tables
 
 
-def _footprints(observations_table: Table) -> list[Footprint]:
-    """The footprint (``s_region``) of every observation; an unreadable one is MAST's fault."""
-    footprints = []
-    for row in observations_table:
-        try:
-            footprints.append(parse_region(str(row["s_region"])))
-        except ValueError as exc:
-            raise _unreadable("MVM query", _mast(), f"the footprint of {row['obs_id']}: {exc}") from exc
-    return footprints
+@functools.lru_cache(maxsize=4096)
+def _footprint(s_region: str) -> Footprint:
+    return parse_region(s_region)
+
+
+def _skycell_layers(cells: list[SkyCell], refresh: bool, cache) -> dict[str, Table]:
+    """Every MVM layer of each of ``cells``, by skycell name: from the answers kept in
+    ``cache``, and from MAST for those without one (or all, with ``refresh``)."""
+    server = server_url()
+    layers = {} if refresh else cached_layers(server, [cell.name for cell in cells], cache)
+    missing = [cell for cell in cells if cell.name not in layers]
+    if missing:
+        asked = _ask_mast(missing)
+        keep_layers(server, asked, cache)
+        layers.update(asked)
+    return layers
+
+
+def _cone_around(cells: list[SkyCell]) -> tuple[SkyCoord, int]:
+    """A cone (centre, radius in whole arcsec) holding every one of ``cells``."""
+    cones = [cell.cone() for cell in cells]
+    centre = cones[0][0] if len(cones) == 1 else _mean_position([c for c, _ in cones])
+    radius = max(centre.separation(c).deg + r for c, r in cones) * 3600
+    return centre, math.ceil(radius)
 
 
 def _mean_position(coords: list[SkyCoord]) -> SkyCoord:
@@ -376,70 +405,64 @@ def _mean_position(coords: list[SkyCoord]) -> SkyCoord:
     return SkyCoord(ra, dec, unit="deg", frame="icrs")
 
 
-def _search(centre: SkyCoord, radius: int, instrument: str, criteria: dict, until: float) -> Table:
-    """The skycell observations of one instrument in a cone (radius in arcsec), asked with a
-    client of its own (astroquery keeps a query's state on the client), by ``until``
-    (``time.monotonic()``)."""
+def _ask_mast(cells: list[SkyCell]) -> dict[str, Table]:
+    """Every MVM layer of each of ``cells``, by skycell name, as MAST lists them now: two
+    requests, one search for the skycell observations in a cone holding the cells (whose
+    footprints lie inside their skycells, so none is missed) and one for their products."""
+    centre, radius = _cone_around(cells)
+    names = {cell.name for cell in cells}
     client = observations()
-    with closing(_session(client)), query_deadline(until - time.monotonic()):
+    with closing(_session(client)), query_deadline(float(conf.query_timeout)):
         with _from_mast("MVM query"):
-            responses = client.query_criteria_async(
-                coordinates=centre,
-                radius=f"{radius} arcsec",
-                instrument_name=f"{instrument.upper()}*",
-                **criteria,
+            found = _parse_quietly(
+                client,
+                client.query_criteria_async(
+                    coordinates=centre,
+                    radius=f"{radius} arcsec",
+                    dataproduct_type="IMAGE",
+                    project="HAP",
+                    obs_collection="HST",
+                    obs_id="hst_skycell*",  # the skycell layers only, of every instrument
+                ),
             )
-            table = _parse_quietly(client, responses)
-    if len(table):
-        _check_columns(table, _OBSERVATION_COLUMNS, "MVM query")
-    return table
+        if len(found):
+            _check_columns(found, _OBSERVATION_COLUMNS, "MVM query")
+            found = found[[_skycell_of(str(obs_id)) in names for obs_id in found["obs_id"]]]
+        for row in found:  # a footprint that cannot be read is MAST's fault, and never kept
+            try:
+                _footprint(str(row["s_region"]))
+            except ValueError as exc:
+                raise _unreadable("MVM query", _mast(), f"the footprint of {row['obs_id']}: {exc}") from exc
+        products = Table()
+        if len(found):
+            with _from_mast("MVM query"):
+                products = client.filter_products(
+                    _parse_quietly(client, client.get_product_list_async(found)),
+                    productSubGroupDescription=["DRZ", "DRC"],
+                    extension="fits",
+                )
+            if len(products):
+                _check_columns(products, _PRODUCT_COLUMNS, "MVM query")
+    layers = _layer_rows(products, found)
+    return {
+        name: layers[[str(cell) == name for cell in layers["skycell"]]] if len(layers) else _layer_table()
+        for name in names
+    }
 
 
-def _query_skycell_layers(centre: SkyCoord, radius: int, instruments, wanted_filters):
-    """The skycell observations touching a cone (radius in arcsec) and their DRZ/DRC FITS products,
-    or (None, None) when there are none. The instruments are searched at once (MAST takes one
-    wildcard per column, so one search each), then their products asked for in one request."""
-    criteria = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}
-    # How MAST's filters column spells a two-wheel ACS filter ("f606w-pol60v" in layer names) is
-    # not known: such queries ask MAST for every filter, and keep layers by their names here.
-    if wanted_filters and not any("-" in f for f in wanted_filters):
-        criteria["filters"] = sorted(f.upper() for f in wanted_filters)
-    until = time.monotonic() + float(conf.query_timeout)
-    instruments = list(instruments or _INSTRUMENTS)
-    with ThreadPoolExecutor(len(instruments), thread_name_prefix="mvmcut-query") as pool:
-        searches = []
-        for instrument in instruments:
-            searches.append(pool.submit(_search, centre, radius, instrument, criteria, until))
-            if not _COLUMN_CONFIGS.get(server_url()):  # a first contact: one search fetches
-                searches[-1].result()  # the column config, then the others go at once
-        found = [table for table in (search.result() for search in searches) if len(table)]
-    if not found:
-        return None, None
-    observations_table = vstack(found)
-    observations_table = observations_table[
-        [str(o).startswith("hst_skycell") for o in observations_table["obs_id"]]
-    ]
-    if not len(observations_table):
-        return None, None
-    client = observations()
-    with closing(_session(client)), query_deadline(until - time.monotonic()):
-        with _from_mast("MVM query"):
-            products = client.filter_products(
-                _parse_quietly(client, client.get_product_list_async(observations_table)),
-                productSubGroupDescription=["DRZ", "DRC"],
-                extension="fits",
-            )
-    if len(products):
-        _check_columns(products, _PRODUCT_COLUMNS, "MVM query")
-    return observations_table, products
+def _skycell_of(obs_id: str) -> str | None:
+    """The skycell name in a skycell observation's ``obs_id``; None for anything else."""
+    try:
+        return SkyCell.from_name(obs_id).name
+    except InvalidNameError:
+        return None
 
 
-def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Table:
-    """The MVM layers among MAST's ``products`` whose skycell overlaps the box: MAST's own
-    product columns (``obsID``, ``obs_collection``, ... as astroquery's ``download_products``
-    and drizzlepac's ``hapcut_utils`` take them) after `LAYER_COLUMNS`."""
+def _layer_rows(products, observations_table) -> Table:
+    """The MVM layers among MAST's ``products``: `LAYER_COLUMNS`, then MAST's own product
+    columns (``obsID``, ``obs_collection``, ... as astroquery's ``download_products`` and
+    drizzlepac's ``hapcut_utils`` take them)."""
     by_obsid = {str(row["obsid"]): row for row in observations_table}
-    covering = {cell.name for cell in skycells_covering(coord, size)}
     seen, keep, rows = set(), [], []
     for index, product in enumerate(products):
         filename = str(product["productFilename"])
@@ -454,10 +477,6 @@ def _layer_rows(products, observations_table, coord, size, wanted_filters) -> Ta
             layer = LayerName.parse(filename)
         except InvalidNameError:
             log.warning("Skipping %s: not an MVM layer name.", filename)
-            continue
-        if layer.skycell.name not in covering:
-            continue
-        if wanted_filters and layer.filter not in wanted_filters:
             continue
         obs = by_obsid.get(str(product["parent_obsid"])) or by_obsid.get(str(product["obsID"]))
         seen.add(filename)

@@ -151,6 +151,7 @@ def cutout_mosaic(
     cache=None,
     resample: str = "exact",
     fetch: str = "auto",
+    refresh: bool = False,
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> CutoutResult:
@@ -180,7 +181,8 @@ def cutout_mosaic(
         default), ``"median"``, ``"mean"``, ``"min"``, ``"max"``, ``"first"``, ``"last"`` or
         ``f(sci, wht) -> (sci, wht)`` (see `~glue_mvmcut.core.combiners`); False: cutouts only.
     cache : path-like, optional
-        Download cache (default `~glue_mvmcut.core.download.cache_dir`).
+        Download cache, which also keeps MAST's answers (default
+        `~glue_mvmcut.core.files.cache_dir`).
     resample : {'exact', 'interp'}, optional
         Resampler for cutouts that are not on the mosaic's pixel grid (default: flux-conserving
         ``exact``; see `~glue_mvmcut.core.combine.combine_band`).
@@ -188,6 +190,9 @@ def cutout_mosaic(
         How layer pixels are fetched: ``ranged`` reads only the box's rows from the archive's
         files (HTTP ``Range``); ``download`` caches whole layer files first; ``auto`` (default)
         uses ranged reads and falls back to downloads if the server ignores ``Range``.
+    refresh : bool, optional
+        Ask MAST for the layers even when its answer is kept in the cache (see
+        `~glue_mvmcut.core.mast.query_layers`).
     progress : callable, optional
         ``progress(done, total, message)`` after each unit of work.
     cancel : callable, optional
@@ -209,7 +214,9 @@ def cutout_mosaic(
     steps.check()
     started = time.perf_counter()
     if layers is None:
-        layers = query_layers(coord, size, instruments=instruments, filters=filters)
+        layers = query_layers(
+            coord, size, instruments=instruments, filters=filters, refresh=refresh, cache=cache
+        )
     steps.timed("query", started)
     result = CutoutResult(coord=coord, size=size, layers=layers)
     steps.total = 1 + len(layers) + int(combiner is not False) + int(out_dir is not None)

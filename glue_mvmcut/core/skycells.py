@@ -272,6 +272,15 @@ class SkyCell:
         side = round(SKYCELL_SIDE * ratio)
         return _tan_wcs(parent.crval, crpix, _FINE_DEG / ratio, (side, side))
 
+    def cone(self) -> tuple[SkyCoord, float]:
+        """The smallest cone centred on the skycell's centre that holds all of it: (centre,
+        radius in degrees)."""
+        wcs = self.wcs("fine")
+        low, high = -0.5, SKYCELL_SIDE - 0.5
+        centre = wcs.pixel_to_world((SKYCELL_SIDE - 1) / 2, (SKYCELL_SIDE - 1) / 2)
+        corners = wcs.pixel_to_world([low, high, high, low], [low, low, high, high])
+        return centre, float(centre.separation(corners).deg.max())
+
 
 def _box_corners(coord: SkyCoord, size: u.Quantity) -> SkyCoord:
     """Corners of a box centred on ``coord``, edges along local north and east (great circles)."""
