@@ -89,7 +89,14 @@ def _add_cut_options(parser: argparse.ArgumentParser) -> None:
     from .core.combiners import COMBINERS
 
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    parser.add_argument("--no-combine", action="store_true", help="write cutouts only, no mosaics")
+    parser.add_argument(
+        "--products",
+        choices=("both", "mosaics", "cutouts"),
+        default="both",
+        help="what to write beside the query table: both (default; a band of one cutout gets no "
+        "second copy as its mosaic), mosaics (one per band) or cutouts",
+    )
+    parser.add_argument("--no-combine", action="store_true", help="the same as --products cutouts")
     parser.add_argument(
         "--combine",
         choices=tuple(COMBINERS),
@@ -269,6 +276,7 @@ def _run_cut(
     cache=None,
     fetch="auto",
     refresh=False,
+    products="both",
 ):
     from .core.pipeline import cutout_mosaic
 
@@ -285,6 +293,7 @@ def _run_cut(
             resample=resample,
             fetch=fetch,
             refresh=refresh,
+            products=products,
             progress=bar,
         )
     finally:
@@ -323,7 +332,7 @@ def _summary(result, pngs, as_json: bool) -> None:
         f"{len(result.layers)} layers, {len(result.cutouts)} cutouts, {len(result.mosaics)} mosaics; "
         f"{result.stats.bytes / 1e6:.1f} MB fetched"
     )
-    for path in result.paths["query"] + result.paths["cutouts"] + result.paths["mosaics"] + pngs:
+    for path in result.files() + pngs:
         print(f"  {path}")
 
 
@@ -335,12 +344,13 @@ def _cut(args) -> None:
         Path(args.out),
         instruments=_split(args.instruments),
         filters=_split(args.filters),
-        combine=not args.no_combine and args.combine,
+        combine=args.combine,
         png=args.png,
         resample=args.resample,
         cache=args.cache,
         fetch=args.fetch,
         refresh=args.refresh,
+        products="cutouts" if args.no_combine else args.products,
     )
     _summary(result, pngs, args.json)
 
@@ -367,10 +377,11 @@ def _batch(args) -> int:
             scheduler=args.scheduler,
             workers=args.workers,
             retry_failed=args.retry_failed,
-            combine=not args.no_combine and args.combine,
+            combine=args.combine,
             resample=args.resample,
             fetch=args.fetch,
             refresh=args.refresh,
+            products="cutouts" if args.no_combine else args.products,
             progress=progress,
             dashboard=args.dashboard,
         )

@@ -116,8 +116,8 @@ def test_a_second_run_skips_what_verifies_and_redoes_a_damaged_target(mast, cach
     out = tmp_path / "out"
     first = cutout_batch(targets, size=3, filters=["f814w"], out_dir=out, workers=2)
     assert list(first["status"]) == ["done", "done", "no data"]
-    # Cut one mosaic of target b short, as a crash in mid-write would (without our atomic writes).
-    damaged = next((out / "b").glob("hst_combined*.fits"))
+    # Cut one file of target b short, as a crash in mid-write would (without our atomic writes).
+    damaged = sorted((out / "b").glob("*.fits"))[0]
     damaged.write_bytes(damaged.read_bytes()[:5000])
     mast.reset_stats()
     seen = []
@@ -480,3 +480,17 @@ def test_a_row_asking_for_an_unknown_filter_fails_before_any_work(mast, cache, t
     assert errors["typo"].startswith("Unknown filter 'f841w'") and "F814W" in errors["typo"]
     assert errors["nicmos"].startswith("Unknown instrument 'nicmos': MVM layers are made of ACS and WFC3")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good", MANIFEST]
+
+
+def test_a_batch_writes_the_products_asked_for(mast, cache, tmp_path):
+    targets = Table(rows=[("a", *LMC), ("b", *_offset(LMC, 15, 15))], names=["id", "ra", "dec"])
+    with pytest.raises(ValueError, match="products must be one of both, mosaics, cutouts, not 'all'"):
+        cutout_batch(targets, size=3, out_dir=tmp_path / "refused", products="all")
+    assert mast.requests() == [] and not (tmp_path / "refused").exists()
+    manifest = cutout_batch(targets, size=3, filters=["f814w"], out_dir=tmp_path / "out", products="mosaics")
+    assert list(manifest["status"]) == ["done", "done"]
+    for row in manifest:
+        names = sorted(p.name for p in (tmp_path / "out" / row["id"]).iterdir())
+        assert row["files"].split() == names
+        assert names[-1].startswith("mvm_query-") and names[:-1]
+        assert all(n.startswith("hst_combined_skycells-") and n.endswith(".fits") for n in names[:-1])

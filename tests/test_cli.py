@@ -224,27 +224,29 @@ def test_cut_writes_files_and_reports_json(mast, cache, tmp_path, capsys):
     assert all(Path(p).exists() for p in report["cutouts"] + report["mosaics"] + report["quicklooks"])
 
 
-def test_cut_without_combining(mast, cache, tmp_path, capsys):
-    assert (
-        main(
-            [
-                "cut",
-                "84.9208",
-                "-69.1467",
-                "--size",
-                "5",
-                "--filters",
-                "f658n",
-                "--out",
-                str(tmp_path),
-                "--no-combine",
-            ]
-        )
-        == 0
-    )
+@pytest.mark.parametrize("option", [["--no-combine"], ["--products", "cutouts"]])
+def test_cut_without_combining(mast, cache, tmp_path, capsys, option):
+    args = ["cut", "84.9208", "-69.1467", "--size", "5", "--filters", "f658n", "--out", str(tmp_path)]
+    assert main([*args, *option]) == 0
     out = capsys.readouterr().out
     assert out.startswith("4 layers, 4 cutouts, 0 mosaics;")
-    assert not list(tmp_path.glob("hst_combined*"))
+    assert not list(tmp_path.glob("hst_combined*")) and len(list(tmp_path.glob("hst_cutout*"))) == 4
+
+
+def test_cut_of_mosaics_only_lists_what_it_wrote(mast, cache, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    args = ["cut", "84.9208", "-69.1467", "--size", "5", "--filters", "f658n", "--out", str(out_dir)]
+    assert main([*args, "--products", "mosaics"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("4 layers, 4 cutouts, 1 mosaics;")
+    assert [line.strip() for line in out[1:]] == [
+        str(out_dir / "mvm_query-ra84d9208-decs69d1467_4_cutout.ecsv"),
+        str(out_dir / "hst_combined_skycells-ra84d9208-decs69d1467_acs_wfc_f658n.fits"),
+    ]
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(Path(line.strip()).name for line in out[1:])
+    with pytest.raises(SystemExit):
+        main([*args, "--products", "mosaic"])
+    assert "argument --products: invalid choice: 'mosaic'" in capsys.readouterr().err
 
 
 def test_cut_with_a_combiner_of_ones_choice(mast, cache, tmp_path, capsys):

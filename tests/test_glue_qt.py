@@ -243,12 +243,15 @@ def test_mosaics_only_and_the_folder_is_remembered(app, qtbot, tmp_path):
     dialog = open_dialog(app.session)
     qtbot.addWidget(dialog)
     dialog.out_dir.setText(str(tmp_path / "mine"))
-    dialog.load_choice.setCurrentIndex(dialog.load_choice.findData(False))
-    assert dialog.load_choice.currentText() == "Mosaics only"
+    dialog.products.setCurrentIndex(dialog.products.findData("mosaics"))
+    assert dialog.products.currentText() == "Mosaics only"
     _cut_and_load(qtbot, dialog, "LMC", 4)
     assert dialog.loaded and all(d.label.endswith(" mosaic") for d in dialog.loaded)
     assert list(app.data_collection) == dialog.loaded
-    assert dialog.status.text() == f"Wrote 26 files to {tmp_path / 'mine'}. Loaded 5 mosaics, linked by WCS."
+    # The query table and the five mosaics only.
+    assert dialog.status.text() == f"Wrote 6 files to {tmp_path / 'mine'}. Loaded 5 mosaics, linked by WCS."
+    written = sorted(p.name for p in (tmp_path / "mine").iterdir() if not p.name.startswith("."))
+    assert len(written) == 6 and sum(name.startswith("hst_combined_skycells-") for name in written) == 5
     again = open_dialog(app.session)
     qtbot.addWidget(again)
     assert again.out_dir.text() == str(tmp_path / "mine")
@@ -339,10 +342,10 @@ def test_a_subset_of_a_catalogue_gets_its_mosaics_loaded_and_linked(app, qtbot, 
     assert labels == [
         "0001 ACS/WFC F814W mosaic",
         "0001 ACS/WFC F814W jbp505jg mosaic",  # the exposure-level layer covers the centre only
-        "0002 ACS/WFC F814W mosaic",
+        "0002 ACS/WFC F814W p0081x14y15",  # one skycell there: its cutout stands for the mosaic
     ]
     assert all(d in app.data_collection for d in dialog.loaded)
-    assert {d.meta["COMBINE"] for d in dialog.loaded} == {"max"}
+    assert [d.meta.get("COMBINE") for d in dialog.loaded] == ["max", "max", None]
     assert len(app.data_collection.external_links) == 2  # a star: 3 mosaics, 2 WCS links
     # A subset drawn on one target's mosaic reaches the other mosaic of the same sky.
     first, second = dialog.loaded[:2]

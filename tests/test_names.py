@@ -14,6 +14,7 @@ from glue_mvmcut.core.names import (
     LayerName,
     QueryName,
     coord_token,
+    mosaic_files,
     parse_coord_token,
     parse_product_name,
 )
@@ -208,3 +209,19 @@ def test_invalid_fields_are_refused():
         Band(instrument="acs/wfc", detector="wfc", filter="f814w")
     with pytest.raises(InvalidNameError, match="whole arcseconds"):
         _ = QueryName(1.0, 2.0, 1.5).filename
+
+
+def test_the_file_standing_for_each_bands_mosaic_is_found_by_name():
+    token = "ra84d9208-decs69d1467"
+    names = [
+        f"mvm_query-{token}_3_cutout.ecsv",
+        f"hst_cutout_skycell-p0081x14y14-{token}_acs_wfc_f814w.fits",
+        f"hst_cutout_skycell-p0081x14y15-{token}_acs_wfc_f814w.fits",
+        f"hst_combined_skycells-{token}_acs_wfc_f814w.fits",
+        f"hst_cutout_skycell-p0081x14y14-{token}_wfc3_ir_f160w_coarse.fits",  # alone in its band
+        f"hst_cutout_skycell-p0081x14y14-{token}_acs_wfc_f658n.fits",  # two cutouts, no mosaic
+        f"hst_cutout_skycell-p0081x14y15-{token}_acs_wfc_f658n.fits",
+        "notes.txt",
+    ]
+    assert mosaic_files(names) == [names[3], names[4]]
+    assert mosaic_files([]) == []

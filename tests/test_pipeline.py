@@ -150,6 +150,65 @@ def test_no_data(mast, cache, tmp_path):
     assert len(result.layers) == 0 and result.cutouts == [] and result.mosaics == {}
 
 
+INSIDE_ONE_SKYCELL = (84.9325, -69.14253)  # p0081x14y15 only: every band has one cutout
+
+
+def _files_of(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_a_band_of_one_cutout_is_not_written_twice(mast, cache, tmp_path):
+    result = cutout_mosaic(INSIDE_ONE_SKYCELL, 2, out_dir=tmp_path / "both")
+    assert len(result.cutouts) == len(result.mosaics) == 2  # F658N and F814W have data there
+    # Its cutout's file stands for each band's mosaic: the query table and two files, not four.
+    assert result.paths["mosaics"] == result.paths["cutouts"]
+    assert [p.name for p in result.paths["mosaics"]] == [
+        "hst_cutout_skycell-p0081x14y15-ra84d9325-decs69d1425_acs_wfc_f658n.fits",
+        "hst_cutout_skycell-p0081x14y15-ra84d9325-decs69d1425_acs_wfc_f814w.fits",
+    ]
+    assert _files_of(tmp_path / "both") == sorted(p.name for p in result.files()) and len(result.files()) == 3
+    # Asked for, they are written: mosaics only, under their combined names, same pixels.
+    mosaics = cutout_mosaic(INSIDE_ONE_SKYCELL, 2, out_dir=tmp_path / "mosaics", products="mosaics")
+    assert mosaics.paths["cutouts"] == []
+    assert [p.name for p in mosaics.paths["mosaics"]] == [
+        "hst_combined_skycells-ra84d9325-decs69d1425_acs_wfc_f658n.fits",
+        "hst_combined_skycells-ra84d9325-decs69d1425_acs_wfc_f814w.fits",
+    ]
+    assert _files_of(tmp_path / "mosaics") == sorted(p.name for p in mosaics.files())
+    for cutout_path, mosaic_path in zip(result.paths["mosaics"], mosaics.paths["mosaics"], strict=True):
+        with fits.open(cutout_path) as cutout, fits.open(mosaic_path) as mosaic:
+            assert mosaic[0].header["NCOMBINE"] == 1
+            for ext in ("SCI", "WHT"):
+                assert np.array_equal(mosaic[ext].data, cutout[ext].data)
+
+
+def test_each_kind_of_products_writes_what_it_names(mast, cache, tmp_path):
+    both = cutout_mosaic(LMC, 6, out_dir=tmp_path / "both")
+    assert len(both.cutouts) == 20 and len(both.paths["mosaics"]) == 5
+    assert not set(both.paths["mosaics"]) & set(both.paths["cutouts"])  # four cutouts in each band
+    cutout_mosaic(LMC, 6, out_dir=tmp_path / "mosaics", products="mosaics")
+    cutouts = cutout_mosaic(LMC, 6, out_dir=tmp_path / "cutouts", products="cutouts")
+    assert cutouts.mosaics == {} and "combine" not in cutouts.seconds  # none made, as none is written
+    for kind in ("mosaics", "cutouts"):
+        assert _files_of(tmp_path / kind) == sorted(p.name for p in both.paths["query"] + both.paths[kind])
+        for name in _files_of(tmp_path / kind):  # byte for byte what "both" writes
+            if name.endswith(".fits"):
+                assert (tmp_path / kind / name).read_bytes() == (tmp_path / "both" / name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"products": "mosaic"}, "products must be one of both, mosaics, cutouts, not 'mosaic'."),
+        ({"products": "mosaics", "combine": False}, "products='mosaics' asks for mosaics, and combine=False"),
+    ],
+)
+def test_products_that_cannot_be_made_are_refused_before_any_request(mast, tmp_path, options, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        cutout_mosaic(LMC, 6, out_dir=tmp_path / "out", **options)
+    assert mast.requests() == []
+
+
 @pytest.mark.parametrize(
     "coord, size, error",
     [((10.0, 91.0), 10, InvalidCoordinateError), (LMC, -1, InvalidSizeError), (LMC, 0, InvalidSizeError)],

@@ -37,7 +37,7 @@ from .files import folder_lock, remove_path, remove_stale_parts, writable_folder
 from .manifest import MANIFEST, STATUSES, Record, previous_records, write_manifest
 from .mast import query_layers_near, resolve_name
 from .names import checked_selection
-from .pipeline import cutout_mosaic, write_products
+from .pipeline import checked_combiner, cutout_mosaic, write_products
 from .targets import Target, read_targets
 from .transport import TransferStats
 
@@ -142,10 +142,12 @@ def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, option
             combine=options["combine"],
             resample=options["resample"],
             fetch=options["fetch"],
+            products=options["products"],
             cancel=cancel,
         )
-        write_products(result, partial, cancel)  # the folder is the task's own: no lock
-        record.files = sorted(p.name for paths in result.paths.values() for p in paths)
+        # The folder is the task's own: no lock.
+        write_products(result, partial, cancel, products=options["products"])
+        record.files = sorted(path.name for path in result.files())
         record.status = "done" if result.cutouts else "no data"
         record.bytes, record.requests = result.stats.bytes, result.stats.requests
 
@@ -261,6 +263,7 @@ def cutout_batch(
     resample: str = "exact",
     fetch: str = "auto",
     refresh: bool = False,
+    products: str = "both",
     progress: Callable[[int, int, str], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     dashboard: bool = False,
@@ -288,7 +291,7 @@ def cutout_batch(
         Run the targets that failed before again. Targets whose folder is complete and verifies
         never run again unless they now ask for another box, instruments or filters; targets
         that have not finished (a crash, a cancel) always do.
-    combine, resample, fetch, refresh
+    combine, resample, fetch, refresh, products
         As for `~glue_mvmcut.core.pipeline.cutout_mosaic`; MAST's answers are kept in the
         download cache, shared by every worker that sees it.
     progress : callable, optional
@@ -310,6 +313,7 @@ def cutout_batch(
         ``header_bytes`` and ``header_requests`` (layer headers, read once and shared).
     """
     checked_selection(instruments, filters)  # once, before any work: not a failure per target
+    checked_combiner(combine, products)
     out = writable_folder(out_dir)
     with folder_lock(out, cancel):  # a second batch here waits: no target runs twice at once
         plan = read_targets(targets, size=size, size_y=size_y, instruments=instruments, filters=filters)
@@ -338,6 +342,7 @@ def cutout_batch(
             "resample": resample,
             "fetch": fetch,
             "refresh": refresh,
+            "products": products,
             "cancel_event": stop.name,
         }
         try:

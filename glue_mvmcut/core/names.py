@@ -14,6 +14,7 @@ itself, so integral values, RA near 360 and Dec just below 0 come out right.
 
 import math
 import re
+from collections import defaultdict
 from dataclasses import dataclass, fields
 from decimal import ROUND_DOWN, Decimal
 
@@ -26,6 +27,7 @@ __all__ = [
     "CutoutName",
     "CombinedName",
     "QueryName",
+    "mosaic_files",
     "coord_token",
     "parse_coord_token",
     "parse_product_name",
@@ -273,6 +275,35 @@ class CombinedName(Band):
         )
         ra, dec = parse_coord_token(match["coord"])
         return cls(ra=ra, dec=dec, **_band_fields(match))
+
+
+def mosaic_files(names) -> list[str]:
+    """Among the file names of a folder ``mvmcut cut`` wrote, the one that stands for each
+    band's mosaic, in the order given: the band's combined file, or for a band without one but
+    with a single cutout (not written twice: see ``products``), that cutout.
+
+    Parameters
+    ----------
+    names : iterable of str
+        File names; any that are neither cutouts nor mosaics are left out.
+    """
+    names = list(names)
+    combined, cutouts = {}, defaultdict(list)
+    for name in names:
+        if (band := _band_of_name(CombinedName, name)) is not None:
+            combined[band] = name
+        elif (band := _band_of_name(CutoutName, name)) is not None:
+            cutouts[band].append(name)
+    chosen = set(combined.values())
+    chosen |= {members[0] for band, members in cutouts.items() if band not in combined and len(members) == 1}
+    return [name for name in names if name in chosen]
+
+
+def _band_of_name(kind, name: str) -> Band | None:
+    try:
+        return kind.parse(name).band
+    except InvalidNameError:
+        return None
 
 
 @dataclass(frozen=True)

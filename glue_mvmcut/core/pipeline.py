@@ -21,7 +21,7 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .combine import combine_cutouts
+from .combine import combine_cutouts, group_by_band
 from .combiners import Combiner, combiner_name
 from .coords import box_radius, parse_size
 from .cutout import cut_layer, cut_remote
@@ -35,8 +35,10 @@ from .transport import TransferStats, run, submit
 
 __all__ = [
     "FETCH_MODES",
+    "PRODUCTS",
     "CutoutResult",
     "cutout_mosaic",
+    "checked_combiner",
     "write_fits",
     "write_products",
     "query_table_name",
@@ -45,6 +47,8 @@ __all__ = [
 
 #: How `cutout_mosaic` may fetch pixels.
 FETCH_MODES = ("auto", "ranged", "download")
+#: What `cutout_mosaic` may write beside the query table.
+PRODUCTS = ("both", "mosaics", "cutouts")
 #: Layers cut concurrently by `cutout_mosaic`.
 LAYERS_AT_ONCE = 4
 
@@ -70,7 +74,9 @@ class CutoutResult:
     skipped : list of str
         Layers reported by the archive but with no data in the box.
     paths : dict
-        Files written, under ``"query"``, ``"cutouts"`` and ``"mosaics"`` (empty without out_dir).
+        Files written, under ``"query"``, ``"cutouts"`` and ``"mosaics"`` (empty without
+        out_dir), the mosaics in the order of ``mosaics``. A band's mosaic made of a single
+        cutout is that cutout's file when both were written (``products="both"``).
     stats : `~glue_mvmcut.core.transport.TransferStats`
         Bytes and requests spent fetching layers.
     seconds : dict
@@ -87,6 +93,29 @@ class CutoutResult:
     paths: dict[str, list[Path]] = field(default_factory=lambda: {"query": [], "cutouts": [], "mosaics": []})
     stats: TransferStats = field(default_factory=TransferStats)
     seconds: dict[str, float] = field(default_factory=dict)
+
+    def files(self) -> list[Path]:
+        """Every file written, once each: the query table, the cutouts, then the mosaics."""
+        return list(dict.fromkeys(path for paths in self.paths.values() for path in paths))
+
+
+def checked_combiner(combine, products: str = "both") -> Combiner | bool:
+    """The combiner a run with ``combine`` and ``products`` (as `cutout_mosaic` takes them)
+    uses, False when it makes no mosaics; checked before any work.
+
+    Raises
+    ------
+    ValueError
+        For an unknown combiner or ``products``, or mosaics asked for with ``combine=False``.
+    """
+    combiner = "wmean" if combine is True else combine
+    if combiner is not False:
+        combiner_name(combiner)
+    if products not in PRODUCTS:
+        raise ValueError(f"products must be one of {', '.join(PRODUCTS)}, not {products!r}.")
+    if products == "mosaics" and combiner is False:
+        raise ValueError("products='mosaics' asks for mosaics, and combine=False makes none.")
+    return False if products == "cutouts" else combiner
 
 
 def _fits_name(hdul: fits.HDUList) -> str:
@@ -152,6 +181,7 @@ def cutout_mosaic(
     resample: str = "exact",
     fetch: str = "auto",
     refresh: bool = False,
+    products: str = "both",
     progress: Progress | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> CutoutResult:
@@ -193,6 +223,10 @@ def cutout_mosaic(
     refresh : bool, optional
         Ask MAST for the layers even when its answer is kept in the cache (see
         `~glue_mvmcut.core.mast.query_layers`).
+    products : {'both', 'mosaics', 'cutouts'}, optional
+        What ``out_dir`` receives beside the query table (see `write_products`): cutouts and
+        mosaics (default; a mosaic of a single cutout is not written again), the mosaics only,
+        or the cutouts only (then no mosaics are made, as with ``combine=False``).
     progress : callable, optional
         ``progress(done, total, message)`` after each unit of work.
     cancel : callable, optional
@@ -203,9 +237,7 @@ def cutout_mosaic(
     CutoutResult
     """
     checked_selection(instruments, filters)  # inputs first, before any work
-    combiner = "wmean" if combine is True else combine
-    if combiner is not False:
-        combiner_name(combiner)  # an unknown combiner fails before any work
+    combiner = checked_combiner(combine, products)
     coord = resolve_target(coord)
     size = parse_size(size)
     out_dir = writable_folder(out_dir) if out_dir is not None else None
@@ -221,12 +253,12 @@ def cutout_mosaic(
     result = CutoutResult(coord=coord, size=size, layers=layers)
     steps.total = 1 + len(layers) + int(combiner is not False) + int(out_dir is not None)
     steps.report(f"{len(layers)} layers found")
-    products = [
+    named = [
         (checked_product(str(r["productFilename"]), str(r["dataURI"])), str(r["dataURI"])) for r in layers
     ]
     started = time.perf_counter()
     # Closed however this loop ends: the cuts still under way are cancelled then.
-    with closing(fetcher.cutouts(products, coord, size, result.stats)) as cutouts:
+    with closing(fetcher.cutouts(named, coord, size, result.stats)) as cutouts:
         for name, cutout in cutouts:
             if cutout is None or not np.any(cutout["WHT"].data > 0):
                 log.info("%s has no data in the box; skipped.", name)
@@ -245,9 +277,9 @@ def cutout_mosaic(
     if out_dir is not None:
         started = time.perf_counter()
         with folder_lock(out_dir, cancel):
-            write_products(result, out_dir, cancel)
+            write_products(result, out_dir, cancel, products=products)
         steps.timed("write", started)
-        steps.report(f"wrote {sum(len(p) for p in result.paths.values())} files")
+        steps.report(f"wrote {len(result.files())} files")
     result.seconds = steps.seconds
     return result
 
@@ -341,19 +373,34 @@ async def _stopped(tasks: list[asyncio.Task]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def write_products(result: CutoutResult, out_dir: Path, cancel: Callable[[], bool] | None = None) -> None:
-    """Write the query table, cutouts and mosaics of ``result`` into ``out_dir`` (each file
+def write_products(
+    result: CutoutResult, out_dir: Path, cancel: Callable[[], bool] | None = None, *, products: str = "both"
+) -> None:
+    """Write the query table and the ``products`` of ``result`` into ``out_dir`` (each file
     atomically), recording them in ``result.paths``; what killed runs left of them goes first.
     ``cancel`` is checked between files.
+
+    ``products`` is ``"both"`` (cutouts and mosaics: a band's mosaic made of a single cutout is
+    not written, the cutout's file standing for it in ``result.paths["mosaics"]``),
+    ``"mosaics"`` (one per band, however many cutouts) or ``"cutouts"``.
 
     `cutout_mosaic` calls it holding the folder's lock
     (`~glue_mvmcut.core.files.folder_lock`); a folder of one's own needs none.
     """
-    products = [("cutouts", hdul) for hdul in result.cutouts]
-    products += [("mosaics", hdul) for hdul in result.mosaics.values()]
+    cutouts = result.cutouts if products in ("both", "cutouts") else []
+    mosaics = list(result.mosaics.values()) if products in ("both", "mosaics") else []
+    alone = {}  # a mosaic of a single cutout, when that cutout is written -> the cutout
+    if products == "both":
+        for band, members in group_by_band(result.cutouts).items():
+            if len(members) == 1 and band in result.mosaics:
+                alone[id(result.mosaics[band])] = members[0]
     query_name = query_table_name(result.coord, result.size)
-    remove_stale_parts(out_dir, [query_name, *(_fits_name(hdul) for _, hdul in products)])
+    written = [*cutouts, *(hdul for hdul in mosaics if id(hdul) not in alone)]
+    remove_stale_parts(out_dir, [query_name, *(_fits_name(hdul) for hdul in written)])
     result.paths["query"].append(write_query_table(result.layers, result.coord, result.size, out_dir))
-    for kind, hdul in products:
+    paths = {}
+    for hdul in written:
         _check_cancel(cancel)
-        result.paths[kind].append(write_fits(hdul, out_dir))
+        paths[id(hdul)] = write_fits(hdul, out_dir)
+    result.paths["cutouts"] += [paths[id(hdul)] for hdul in cutouts]
+    result.paths["mosaics"] += [paths[id(alone.get(id(hdul), hdul))] for hdul in mosaics]

@@ -26,7 +26,7 @@ from glue.core.data_collection import DataCollection
 
 from ..core.errors import InvalidNameError
 from ..core.files import checked_fits, structure_problem
-from ..core.names import CombinedName, parse_product_name
+from ..core.names import CombinedName, mosaic_files, parse_product_name
 from .links import fast_link_discovery, link_roots, wcs_links
 from .viewers import open_jupyter_viewers
 
@@ -330,9 +330,8 @@ def prepare_batch(manifest: Table, out_dir, *, roots=()) -> Prepared:
     new = []
     done = manifest[manifest["status"] == "done"]
     for row in done:
-        for name in str(row["files"]).split():
-            if name.startswith("hst_combined"):
-                data = read_mvm(Path(out_dir) / str(row["id"]) / name)
-                data.label = f"{row['id']} {data.label}"
-                new.append(data)
+        for name in mosaic_files(str(row["files"]).split()):
+            data = read_mvm(Path(out_dir) / str(row["id"]) / name)
+            data.label = f"{row['id']} {data.label}"
+            new.append(data)
     return Prepared(new, wcs_links(new, roots), f"{len(done)} targets")

@@ -20,9 +20,11 @@ _DEFAULT_SIZE = 20.0
 #: Where the dialog keeps what it remembers between uses (QSettings: organisation, application).
 SETTINGS = ("glue-mvmcut", "dialog")
 #: What "Load" offers: (label, whether cutouts are loaded too).
-LOAD_CHOICES = (
-    ("Mosaics in viewers, cutouts in the data collection", True),
-    ("Mosaics only", False),
+#: The dialog's choices of products (`~glue_mvmcut.core.pipeline.cutout_mosaic`'s
+#: ``products``), written and loaded alike: mosaics in viewers, cutouts in the data collection.
+PRODUCT_CHOICES = (
+    ("Mosaics in viewers, cutouts in the data collection", "both"),
+    ("Mosaics only", "mosaics"),
 )
 
 
@@ -42,15 +44,16 @@ def _find_layers(target: str, size):
     return coord, query_layers(coord, size)
 
 
-def _cut_and_prepare(coord, size, *, cutouts: bool, roots, title: str, **kwargs):
-    """Worker step: cut, combine and write (`~glue_mvmcut.core.pipeline.cutout_mosaic`), then
-    build the Glue Data and links (`~glue_mvmcut.glue.loader.prepare_result`): everything but
-    adding them, which the GUI thread does in one batch."""
+def _cut_and_prepare(coord, size, *, products: str, roots, title: str, **kwargs):
+    """Worker step: cut, combine and write ``products`` (`~glue_mvmcut.core.pipeline.cutout_mosaic`),
+    then build the Glue Data of the same products and their links
+    (`~glue_mvmcut.glue.loader.prepare_result`): everything but adding them, which the GUI
+    thread does in one batch."""
     from ...core.pipeline import cutout_mosaic
     from ..loader import prepare_result
 
-    result = cutout_mosaic(coord, size, **kwargs)
-    return result, prepare_result(result, cutouts=cutouts, roots=roots, title=title)
+    result = cutout_mosaic(coord, size, products=products, **kwargs)
+    return result, prepare_result(result, cutouts=products == "both", roots=roots, title=title)
 
 
 class MVMCutDialog(WorkerDialog):
@@ -77,9 +80,10 @@ class MVMCutDialog(WorkerDialog):
         self.out_dir.setToolTip("The cutouts and mosaics are written here (remembered for next time)")
         browse = QtWidgets.QPushButton("Choose…")
         browse.clicked.connect(self._choose_out_dir)
-        self.load_choice = QtWidgets.QComboBox()
-        for label, with_cutouts in LOAD_CHOICES:
-            self.load_choice.addItem(label, with_cutouts)
+        self.products = QtWidgets.QComboBox()
+        self.products.setToolTip("Written to the folder and loaded into Glue alike")
+        for label, products in PRODUCT_CHOICES:
+            self.products.addItem(label, products)
 
         form = QtWidgets.QFormLayout()
         form.addRow("Target (RA Dec or name)", self.target)
@@ -89,7 +93,7 @@ class MVMCutDialog(WorkerDialog):
         folder.addWidget(self.out_dir)
         folder.addWidget(browse)
         form.addRow("Write files to", folder)
-        form.addRow("Load", self.load_choice)
+        form.addRow("Products", self.products)
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.search_button)
         buttons.addStretch()
@@ -151,7 +155,7 @@ class MVMCutDialog(WorkerDialog):
             layers=chosen,
             combine=self.combiner.currentData(),
             out_dir=Path(out_dir).expanduser(),
-            cutouts=self.load_choice.currentData(),
+            products=self.products.currentData(),
             roots=link_roots(self.app.data_collection),  # read here: Glue's state is the GUI's
             title=box_title(self._target_text, self._size()),
             cancellable=True,
@@ -229,7 +233,7 @@ class MVMCutDialog(WorkerDialog):
         open_viewers(self.app, prepared, done=lambda _: self._loaded(result, prepared))
 
     def _loaded(self, result, prepared) -> None:
-        written = [path for paths in result.paths.values() for path in paths]
+        written = result.files()
         folder = Path(self.out_dir.text().strip()).expanduser()
         cutouts = len(self.loaded) - len(prepared.mosaics)
         self.finish(
