@@ -27,7 +27,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .combiners import Combiner, combiner_name, describe, stack_combiner
 from .errors import InvalidNameError, NotMVMFileError
-from .fitsheaders import hdu_with_header, read_wcs
+from .fitsheaders import celestial_wcs, hdu_with_header, header_text, read_wcs
 from .names import Band, CombinedName, parse_product_name
 from .threadsafe import per_process
 
@@ -178,6 +178,13 @@ def _groups(images: list[_Input]) -> dict[Band, list[_Input]]:
     for image in images:
         groups[image.band or UNKNOWN_BAND].append(image)
     return dict(groups)
+
+
+def _celestial(header: fits.Header):
+    """The celestial WCS of a header: by wcslib alone where it can (`celestial_wcs`: ~0.3 ms,
+    where ``WCS(header)`` takes ~3 ms), a copy of its own."""
+    wcs = celestial_wcs(header_text(header))
+    return wcs.deepcopy() if wcs is not None else read_wcs(header).celestial
 
 
 def _integer_offset(wcs_in, wcs_out) -> tuple[int, int] | None:
@@ -371,11 +378,11 @@ def _combine(band: Band, images: list[_Input], resample: str, combine: Combiner)
     if resample not in RESAMPLERS:
         raise ValueError(f"resample must be one of {', '.join(RESAMPLERS)}, not {resample!r}.")
     first = images[0]
-    wcs_out = read_wcs(first.sci.header).celestial
+    wcs_out = _celestial(first.sci.header)
     shape = first.sci.data.shape
     placed, off_grid = [], []  # (sci, wht, offset) or the input's index in ``off_grid``
     for image in images:
-        wcs_in = read_wcs(image.sci.header).celestial
+        wcs_in = _celestial(image.sci.header)
         offset = _integer_offset(wcs_in, wcs_out)
         if offset is None:
             placed.append(len(off_grid))
