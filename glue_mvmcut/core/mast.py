@@ -355,7 +355,6 @@ def query_layers_near(boxes, *, instruments=None, filters=None, refresh=False, c
             tables.append(_layer_table())
             continue
         table = vstack(found, metadata_conflicts="silent")
-        table.meta.clear()
         ra, dec, radius = coord.ra.deg, coord.dec.deg, math.ceil(box_radius(size).value) / 3600
         keep = [
             row["instrument"] in wanted_instruments
@@ -363,7 +362,8 @@ def query_layers_near(boxes, *, instruments=None, filters=None, refresh=False, c
             and _footprint(row["s_region"]).hits_cone(ra, dec, radius)
             for row in table
         ]
-        table = table[keep]
+        table = table[keep]  # a table of its own: those kept in memory stay as they are
+        table.meta.clear()
         table.sort("productFilename")
         tables.append(table)
     return tables
