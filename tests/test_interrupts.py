@@ -129,3 +129,46 @@ def test_ctrl_c_while_mvmcut_starts_is_one_line(tmp_path):
     assert process.returncode == 130, process.stderr
     assert process.stderr == "mvmcut: interrupted\n"
     assert not (tmp_path / "out").exists()
+
+
+#: ``mvmcut demo`` as its console script runs it, Ctrl-C coming at a moment of the test's choice:
+#: once the first synthetic layer is written ("archive"), or once the stand-in the demo serves
+#: has answered its first download request ("cut"). The moments are reached on any machine.
+DEMO = """
+import os, signal, sys
+import glue_mvmcut.testing.server as server
+import glue_mvmcut.testing.synth as synth
+
+def interrupt_after(function):
+    def then_ctrl_c(*args, **kwargs):
+        function(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # handled by the main thread, wherever it is
+    return then_ctrl_c
+
+if sys.argv[1] == "archive":
+    synth._write_layer = interrupt_after(synth._write_layer)
+else:
+    server._Handler._download = interrupt_after(server._Handler._download)
+from glue_mvmcut.cli import run
+run(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("moment", ["archive", "cut"])
+def test_the_demo_ends_in_one_line_when_interrupted(tmp_path, moment):
+    out = tmp_path / "demo"
+    process = subprocess.run(
+        [sys.executable, "-c", DEMO, moment, "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "MVMCUT_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    assert process.returncode == 130, process.stderr
+    lines = [line for line in process.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines[-1] == "mvmcut: interrupted" and sum("mvmcut:" in line for line in lines) == 1
+    assert "Traceback" not in process.stderr and "Error" not in process.stderr
+    fits_files = list(out.rglob("*.fits")) if out.exists() else []
+    assert all(fits_problem(path) is None for path in fits_files)  # whatever has a final name is whole
+    if moment == "cut":
+        assert "Stand-in MAST serving 20 layers" in process.stdout
