@@ -65,3 +65,14 @@ def test_heavy_modules_wait_until_they_are_used():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] []"
+
+
+def test_the_package_exports_every_error_of_the_core_lazily():
+    """The root lists the errors by name (importing them would import astropy): the list and the
+    errors module never drift apart."""
+    import glue_mvmcut
+    from glue_mvmcut.core import errors
+
+    assert set(errors.__all__) <= set(glue_mvmcut.__all__)
+    assert all(getattr(glue_mvmcut, name) is getattr(errors, name) for name in errors.__all__)
+    assert sorted(dir(glue_mvmcut)) == sorted(glue_mvmcut.__all__)
