@@ -1,0 +1,119 @@
+"""From a 5" box to an 1800" one: bytes fetched and written, peak memory, wall time and each
+step's seconds of ``mvmcut cut``; then 30 consecutive 20" boxes in one process with MAST's
+answers cold and kept (the query cache).
+
+The archive is bench_fetch's (two F814W layers of about 10300 x 20000 px, trimmed to a 400"
+disc); the stand-in MAST runs in its own process with 20 ms added to every request. Each box is
+cut by a fresh ``mvmcut cut`` process, whose peak resident memory the kernel reports. A box whose
+cutouts and mosaic would not fit in memory (they are held whole until #23's streaming lands) is
+not run, and the memory it would need is printed instead.
+
+    python benchmarks/bench_scale.py [ARCHIVE_DIR]
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_fetch import LATENCY, WIDE, served
+
+from glue_mvmcut.core.endpoints import using_server
+from glue_mvmcut.core.mast import query_layers
+from glue_mvmcut.core.pipeline import cutout_mosaic
+from glue_mvmcut.testing.server import MastServer
+from glue_mvmcut.testing.synth import build_archive
+
+SIZES = (5, 20, 120, 600, 1800)
+#: Arrays held whole for one box of this archive: SCI and WHT of two cutouts and of the mosaic.
+ARRAYS_HELD = 6
+CONSECUTIVE = 30
+
+
+def _available_bytes() -> int:
+    with open("/proc/meminfo") as meminfo:
+        fields = dict(line.split(":", 1) for line in meminfo)
+    return int(fields["MemAvailable"].split()[0]) * 1024
+
+
+def _cut(url: str, size: float, out: Path) -> dict:
+    """``mvmcut cut --json`` of a box at the field centre in a process of its own: its report,
+    the bytes it wrote, its wall time and peak resident memory."""
+    config = out / "config" / "astropy"
+    config.mkdir(parents=True)
+    (config / "astroquery.cfg").write_text(f"[mast]\nserver = {url}\n")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(out / "config"), "MVMCUT_CACHE_DIR": str(out / "cache")}
+    command = ["mvmcut", "cut", str(WIDE.ra), str(WIDE.dec), "--size", str(size), "--out", str(out / "files")]
+    started = time.perf_counter()
+    process = subprocess.Popen([*command, "--json"], stdout=subprocess.PIPE, env=env, text=True)
+    report = json.loads(process.stdout.read())
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.stdout.close()
+    if status:
+        raise RuntimeError(f"mvmcut cut --size {size} failed ({status})")
+    written = sum(p.stat().st_size for p in (out / "files").iterdir())
+    return {**report, "written": written, "wall": wall, "peak": usage.ru_maxrss * 1024}
+
+
+def _boxes(url: str, work: Path) -> None:
+    print("| box | fetched | written | peak RSS | wall | query / cut / combine / write (s) | s per Mpx |")
+    print("|---|---|---|---|---|---|---|")
+    for size in SIZES:
+        pixels = (size / 0.04) ** 2
+        needed = ARRAYS_HELD * 4 * pixels
+        if needed > 0.8 * _available_bytes():
+            print(f'| {size}" | not run: would hold {needed / 1e9:.0f} GB of arrays in memory | | | | | |')
+            continue
+        r = _cut(url, size, work / f"box{size}")
+        seconds = r["seconds"]
+        steps = " / ".join(f"{seconds.get(step, 0):.2f}" for step in ("query", "cut", "combine", "write"))
+        print(
+            f'| {size}" | {r["bytes_fetched"] / 1e6:.1f} MB | {r["written"] / 1e6:.1f} MB | '
+            f"{r['peak'] / 1e6:.0f} MB | {r['wall']:.1f} s | {steps} | {r['wall'] / pixels * 1e6:.3f} |"
+        )
+
+
+def _consecutive(archive, work: Path) -> None:
+    """30 boxes of 20" stepping 10" east, in this process: MAST's answers cold, then kept. The
+    stand-in runs in this process here (20 ms added per request), to count what it is asked."""
+    print(f'\n{CONSECUTIVE} consecutive 20" boxes in one process\n')
+    print("| query cache | MAST requests | seconds per box: query | seconds per box: all |")
+    print("|---|---|---|---|")
+    os.environ["MVMCUT_CACHE_DIR"] = str(work / "consecutive-cache")
+    boxes = [(WIDE.ra + k * 10 / 3600, WIDE.dec) for k in range(-CONSECUTIVE // 2, CONSECUTIVE // 2)]
+    with MastServer(archive) as server, using_server(server.url):
+        server.faults.latency = LATENCY
+        query_layers(boxes[0], 1)  # astroquery's column configs, once per process
+        for path in (work / "consecutive-cache").rglob("*.ecsv"):
+            path.unlink()  # cold: nothing kept
+        for label in ("cold (empty at the start)", "warm (kept from the first pass)"):
+            server.reset_stats()
+            query_seconds = 0.0
+            started = time.perf_counter()
+            for k, coord in enumerate(boxes):
+                result = cutout_mosaic(coord, 20, out_dir=work / "consecutive" / f"{label[:4]}{k}")
+                query_seconds += result.seconds["query"]
+            wall = time.perf_counter() - started
+            asked = len([r for r in server.requests() if r.service.startswith("Mast.")])
+            print(f"| {label} | {asked} | {query_seconds / CONSECUTIVE:.3f} | {wall / CONSECUTIVE:.3f} |")
+
+
+def main() -> None:
+    archive_dir = (
+        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "mvmcut-bench-wide"
+    )
+    archive = build_archive(archive_dir, WIDE)
+    for rec in archive.layers:
+        print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px")
+    with tempfile.TemporaryDirectory(prefix="mvmcut-bench-scale-") as work, served(archive_dir) as url:
+        _boxes(url, Path(work))
+    with tempfile.TemporaryDirectory(prefix="mvmcut-bench-scale-") as work:
+        _consecutive(archive, Path(work))
+
+
+if __name__ == "__main__":
+    main()
