@@ -9,10 +9,15 @@ several ranges (object stores), no Range at all. Cutouts are at the disc centre,
 layers have data.
 
     python benchmarks/bench_fetch.py [ARCHIVE_DIR]     # the archive is built there once (~10 min)
+    python benchmarks/bench_fetch.py --wider [ARCHIVE_DIR]
+
+``--wider``: 2" and 20" boxes on one layer about 21000 px wide and tall (an 840" disc centred on
+skycell p1889x07y13), as wide as real MVM layers: rows of a box lie 84 KB apart there.
 
 Reference time: one Range request for as many bytes as the cutout's pixels + headers.
 """
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +30,7 @@ import astropy.units as u
 import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
-from astropy.nddata import Cutout2D
+from astropy.nddata import Cutout2D, NoOverlapError
 
 from glue_mvmcut import conf
 from glue_mvmcut.core.endpoints import file_url, using_server
@@ -45,6 +50,16 @@ WIDE = Field(
     n_stars=200,
     n_galaxies=10,
     seed=5,
+)
+WIDER = Field(
+    "wider",
+    181.0613606,
+    26.4753710,
+    radius=420.0,
+    layers=(LayerSpec("acs", "wfc", "f814w"),),
+    n_stars=300,
+    n_galaxies=10,
+    seed=6,
 )
 LATENCY = 0.020
 SIZES = (2, 20, 120)
@@ -87,20 +102,23 @@ def served(archive_dir: Path, *options: str):
 
 
 def _needed_bytes(archive, coord, size) -> tuple[int, int]:
-    """Pixel bytes the box covers in every layer (SCI + WHT) and the layers' header bytes (of
-    PRIMARY, SCI and WHT), from the archive's own files."""
+    """Pixel bytes the box covers in every layer it touches (SCI + WHT) and those layers' header
+    bytes (of PRIMARY, SCI and WHT), from the archive's own files."""
     pixels = headers = 0
     for rec in archive.layers:
         with fits.open(archive.directory / rec.filename) as hdul:
             # The box's window on the layer, as Cutout2D places it (an array of the layer's
             # shape that takes no memory stands in for its pixels).
-            box = Cutout2D(
-                np.broadcast_to(np.float32(0), rec.shape),
-                coord,
-                [size, size] * u.arcsec,
-                wcs=read_wcs(hdul["SCI"].header).celestial,
-                mode="partial",
-            )
+            try:
+                box = Cutout2D(
+                    np.broadcast_to(np.float32(0), rec.shape),
+                    coord,
+                    [size, size] * u.arcsec,
+                    wcs=read_wcs(hdul["SCI"].header).celestial,
+                    mode="partial",
+                )
+            except NoOverlapError:  # a neighbouring skycell's sliver of the field
+                continue
             headers += sum(hdul.fileinfo(i)["datLoc"] - hdul.fileinfo(i)["hdrLoc"] for i in range(3))
         (y0, y1), (x0, x1) = box.bbox_original
         pixels += 2 * 4 * (y1 - y0 + 1) * (x1 - x0 + 1)
@@ -155,16 +173,19 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
 
 
 def main() -> None:
+    arguments = [arg for arg in sys.argv[1:] if arg != "--wider"]
+    field, sizes = (WIDER, (2, 20)) if "--wider" in sys.argv else (WIDE, SIZES)
     archive_dir = (
-        Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.gettempdir()) / "mvmcut-bench-wide"
+        Path(arguments[0]) if arguments else Path(tempfile.gettempdir()) / f"mvmcut-bench-{field.name}"
     )
+    os.environ["MVMCUT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mvmcut-bench-cache-")  # MAST's answers
     started = time.perf_counter()
-    archive = build_archive(archive_dir, WIDE)
+    archive = build_archive(archive_dir, field)
     built = time.perf_counter() - started
     for rec in archive.layers:
         print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px, {rec.size / 1e9:.2f} GB")
     print(f"(archive ready in {built:.0f} s)")
-    coord = SkyCoord(WIDE.ra, WIDE.dec, unit="deg")
+    coord = SkyCoord(field.ra, field.dec, unit="deg")
     print(f"\nstand-in MAST with {LATENCY * 1000:.0f} ms added per request\n")
     print(
         "| box | server | mode | bytes moved | pixel + header bytes | ratio | requests | "
@@ -172,13 +193,13 @@ def main() -> None:
         "time ratio (read / cached) | peak Python memory |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    needed = {size: sum(_needed_bytes(archive, coord, size)) for size in SIZES}
+    needed = {size: sum(_needed_bytes(archive, coord, size)) for size in sizes}
     reference = {}  # one request for that many bytes, asked of the multipart server
     for kind, modes in KINDS:
         with served(archive_dir, "--ranges", kind), tempfile.TemporaryDirectory() as cache:
-            layers = query_layers(coord, max(SIZES))
+            layers = query_layers(coord, max(sizes))
             url = file_url(f"mast:HST/product/{archive.layers[0].filename}")
-            for size in SIZES:
+            for size in sizes:
                 if size not in reference:
                     reference[size] = _one_request_seconds(url, needed[size])
                 for mode in modes:

@@ -23,7 +23,7 @@ from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
 from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.core.pipeline import cutout_mosaic
 from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
-from glue_mvmcut.core.servers import MARGIN, server_of
+from glue_mvmcut.core.servers import MARGIN, Server, server_of
 from glue_mvmcut.core.spanplan import request_batches
 from glue_mvmcut.core.transport import TransferStats, run, submit
 from glue_mvmcut.testing.server import MastServer
@@ -224,6 +224,18 @@ def test_servers_that_honour_one_range_per_request(mast, lmc_archive):
     # where cheaper than a request, as the round trips measured say).
     assert multi.count(",") == 2
     assert all("," not in span for span in rest) and stats.requests == 2 + len(rest)
+
+
+def test_a_large_first_reply_tells_the_throughput_once_small_ones_tell_the_round_trip():
+    # A cutout's headers (128 KB) come first: alone they cannot tell round trip from transfer.
+    server = Server("http://archive.example")
+    server.saw_reply(0.030, 131_072)
+    assert (server.round_trip, server.throughput) == (0.030, None)
+    server.saw_reply(0.020, 2_000)  # a row: the round trip is 20 ms, so the headers took 10 ms more
+    assert server.round_trip == 0.020 and server.throughput == pytest.approx(13.1072e6)
+    assert server.request_worth(8) == pytest.approx(0.020 * 13.1072e6 / 8)  # 32.8 KB
+    server.saw_reply(0.022, 1_000_000)  # faster still: 500 MB/s beyond the round trip
+    assert server.throughput == pytest.approx(5e8)
 
 
 @pytest.mark.parametrize("kind", ["first-range", "one-range"])

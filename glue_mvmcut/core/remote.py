@@ -169,7 +169,7 @@ class RemoteFITS:
         self.stats.add(requests=1)
         if reply.url != self.target:
             self._redirected(reply.url)
-        if reply.status == 206:
+        if reply.status in (200, 206):  # a 200's body is left unread: its time is a round trip
             self.server.saw_reply(time.monotonic() - sent, len(reply.body))
         if reply.status in _HEADER_TOO_LONG and len(spans) > 1:
             raise _RangeHeaderTooLong(reply.status)

@@ -19,6 +19,7 @@ child starts afresh.
 
 import os
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -59,7 +60,9 @@ class Server:
     seen before a layer's first data (its primary and SCI headers, for MVM);
     ``header_lengths``: by EXTNAME, the length in bytes (with padding) of the last such header
     read; ``round_trip``: the quickest reply seen, in seconds; ``throughput``: the fastest bytes
-    per second a large reply came at, beyond its round trip.
+    per second a large reply came at beyond the round trip (the quickest one seen since: a
+    cutout's first reply is its largest, and only the small ones after it tell how much of its
+    time was the round trip).
     """
 
     origin: str
@@ -68,6 +71,7 @@ class Server:
     header_lengths: dict[str, int] = field(default_factory=dict)
     round_trip: float | None = None
     throughput: float | None = None
+    _large: deque = field(default_factory=lambda: deque(maxlen=16), repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -84,9 +88,11 @@ class Server:
         """A reply of ``nbytes`` came ``seconds`` after its request left."""
         with self._lock:
             self.round_trip = seconds if self.round_trip is None else min(self.round_trip, seconds)
-            beyond = seconds - self.round_trip
-            if nbytes >= LARGE_REPLY and beyond > 0:
-                self.throughput = max(self.throughput or 0.0, nbytes / beyond)
+            if nbytes >= LARGE_REPLY:
+                self._large.append((seconds, nbytes))
+            rates = [size / (took - self.round_trip) for took, size in self._large if took > self.round_trip]
+            if rates:
+                self.throughput = max(rates)
 
     def request_worth(self, concurrent: int) -> float:
         """Bytes that cost as much time as one more request among ``concurrent`` in flight (a
