@@ -11,6 +11,7 @@ from glue_mvmcut import (
     InvalidCoordinateError,
     InvalidSizeError,
     NoMVMDataWarning,
+    conf,
     cutout_mosaic,
 )
 from glue_mvmcut.core import pipeline
@@ -92,19 +93,22 @@ def test_auto_falls_back_to_downloads_when_range_is_ignored(mast, cache, lmc_arc
 
 @pytest.mark.parametrize("at_once", [1, 4])
 def test_ranged_cuts_read_at_most_layers_at_once(mast, cache, monkeypatch, at_once):
-    # Each cut reads headers, then pixels: with one layer at a time, every file's requests
-    # arrive together; with four, the four files' headers arrive before any of their pixels.
+    # Eight layers (F658N and F814W's all-exposure layers, four skycells). The stand-in counts
+    # the files with requests under way together, whatever the order they come in; with four at
+    # once it answers nothing until four files' requests are there, so the cut can only end if
+    # it reads four at once (a cut reading fewer would wait for its timeout and fail).
     monkeypatch.setattr(pipeline, "LAYERS_AT_ONCE", at_once)
-    layers = query_layers(LMC, 8, filters=["f658n"])
+    layers = query_layers(LMC, 8, filters=["f658n", "f814w"])
+    layers = layers[[not name.endswith("-jbp505jg_drc.fits") for name in layers["productFilename"]]]
+    assert len(layers) == 8
     mast.reset_stats()
-    result = cutout_mosaic(LMC, 8, layers=layers, combine=False, fetch="ranged")
-    assert len(result.cutouts) == 4
-    files = [r.file for r in mast.requests("download")]  # in the order they arrived
-    assert len(files) == 8
-    if at_once == 1:
-        assert files == [f for f in dict.fromkeys(files) for _ in range(2)]
-    else:
-        assert set(files[:4]) == set(files[4:]) and len(set(files)) == 4
+    mast.faults.reset()
+    if at_once > 1:
+        mast.faults.gather(at_once)
+    with conf.set_temp("timeout", 20):
+        result = cutout_mosaic(LMC, 8, layers=layers, combine=False, fetch="ranged")
+    assert len(result.cutouts) == 8 and len(mast.requests("download")) == 16
+    assert mast.faults.most_files_at_once == at_once
 
 
 def test_a_failed_run_leaves_no_cut_running(mast, cache, loop_tasks):

@@ -2,6 +2,7 @@
 redirects, and every way a server can answer ``Range`` requests."""
 
 import threading
+from contextlib import contextmanager
 
 from ..core.servers import RANGE_KINDS
 
@@ -30,14 +31,23 @@ class Faults:
     ``announced_size`` (bytes a HEAD reply says a file has, whatever it has: a server that lies),
     ``content_encoding`` (``"gzip"``: file bodies come gzip-compressed, whatever was accepted),
     ``extra_bytes`` (206 replies carry this many bytes more than the ranges asked).
+
+    `gather` holds file requests until requests for several files are under way at once, and
+    ``most_files_at_once`` tells how many files had requests under way together at most: what
+    a client reads concurrently, told without timing anything.
     """
 
     def __init__(self):
         self._lock = threading.Lock()
+        self._files_changed = threading.Condition()
+        self._under_way: dict[str | None, int] = {}  # file -> its requests being answered
         self.reset()
 
     def reset(self) -> None:
-        """Switch every fault off."""
+        """Switch every fault off; stalls and latency under way end now (`pause`)."""
+        ended, self._over = getattr(self, "_over", None), threading.Event()
+        if ended is not None:
+            ended.set()
         with self._lock:
             self._pending: list[dict] = []
             self.latency = 0.0
@@ -52,6 +62,9 @@ class Faults:
             self.announced_size: int | None = None
             self.content_encoding: str | None = None
             self.extra_bytes = 0
+        with self._files_changed:  # (requests under way stay counted)
+            self._gather = 0
+            self.most_files_at_once = len(self._under_way)
 
     @property
     def ranges(self) -> str:
@@ -97,6 +110,38 @@ class Faults:
         """Send the bodies of the next ``count`` replies at ``rate`` bytes per second: a server
         that never falls silent but hardly moves."""
         self._add("trickle", count, scope, rate=rate)
+
+    def pause(self, seconds: float) -> None:
+        """Wait ``seconds`` (a stall, the latency), or until the faults are reset: a test's
+        stalls end with it, and never hold the next test's requests."""
+        self._over.wait(seconds)
+
+    def gather(self, files: int) -> None:
+        """Answer no file request until requests for ``files`` different files are under way
+        together (after that, answer as usual): only a client reading that many files at once
+        gets its replies (another waits until its timeout)."""
+        with self._files_changed:
+            self._gather = files
+
+    @contextmanager
+    def file_request(self, file: str | None):
+        """Around the answer to one request for ``file``: counts the files under way, and
+        holds the request while `gather` asks for more."""
+        with self._files_changed:
+            self._under_way[file] = self._under_way.get(file, 0) + 1
+            self.most_files_at_once = max(self.most_files_at_once, len(self._under_way))
+            self._files_changed.notify_all()
+            if self._gather:
+                self._files_changed.wait_for(lambda: len(self._under_way) >= self._gather, timeout=60)
+                self._gather = 0  # gathered: the rest as usual
+        try:
+            yield
+        finally:
+            with self._files_changed:
+                if self._under_way[file] > 1:
+                    self._under_way[file] -= 1
+                else:
+                    del self._under_way[file]
 
     def _add(self, kind, count, scope, **params):
         if scope not in ("any", "download", "query"):

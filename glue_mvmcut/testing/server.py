@@ -99,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
     def send_response(self, code, message=None):
         delay = self._due - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            self.server.owner.faults.pause(delay)
         super().send_response(code, message)
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -233,6 +233,11 @@ class _Handler(BaseHTTPRequestHandler):
         if parts.path != DOWNLOAD_PATH:
             self._send_bytes(404, b'{"status": "ERROR", "msg": "not found"}')
             return
+        file = parse_qs(parts.query).get("uri", [""])[0]
+        with self.server.owner.faults.file_request(file):
+            self._download_file(parts)
+
+    def _download_file(self, parts):
         answered, mid_body = self._apply_faults("download")
         if answered:
             return
@@ -366,7 +371,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     if fault["kind"] == "drop":
                         return True
-                    time.sleep(fault["seconds"])
+                    self.server.owner.faults.pause(fault["seconds"])
                     limit = None
                     piece = piece[head:]
                 pending.append(piece)
@@ -466,6 +471,7 @@ class MastServer:
         self.faults = Faults()
         self.records: list[RequestRecord] = []
         self.connections = 0  # connections accepted since the last reset_stats
+        self._since = 0.0  # time.monotonic() of the last reset_stats
         self._records_lock = threading.Lock()
         self._busy = 0
         self._idle = threading.Condition()
@@ -481,7 +487,8 @@ class MastServer:
 
     def _record(self, record: RequestRecord) -> None:
         with self._records_lock:
-            self.records.append(record)
+            if record.arrived >= self._since:  # one that came before reset_stats is not recorded
+                self.records.append(record)
 
     def _connected(self) -> None:
         with self._records_lock:
@@ -530,11 +537,13 @@ class MastServer:
 
     def reset_stats(self) -> None:
         """Forget the request records and the count of connections (after the requests under way
-        are recorded)."""
+        are recorded); a request that came before, answered later (a client gone long since),
+        is not recorded."""
         self.settle()
         with self._records_lock:
             self.records.clear()
             self.connections = 0
+            self._since = time.monotonic()
 
     def start(self) -> "MastServer":
         """Serve in a background thread."""
