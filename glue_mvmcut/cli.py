@@ -96,7 +96,9 @@ def _add_cut_options(parser: argparse.ArgumentParser) -> None:
         help="what to write beside the query table: both (default; a band of one cutout gets no "
         "second copy as its mosaic), mosaics (one per band) or cutouts",
     )
-    parser.add_argument("--no-combine", action="store_true", help="the same as --products cutouts")
+    parser.add_argument(
+        "--no-combine", dest="products", action="store_const", const="cutouts", help="as --products cutouts"
+    )
     parser.add_argument(
         "--combine",
         choices=tuple(COMBINERS),
@@ -350,7 +352,7 @@ def _cut(args) -> None:
         cache=args.cache,
         fetch=args.fetch,
         refresh=args.refresh,
-        products="cutouts" if args.no_combine else args.products,
+        products=args.products,
     )
     _summary(result, pngs, args.json)
 
@@ -381,7 +383,7 @@ def _batch(args) -> int:
             resample=args.resample,
             fetch=args.fetch,
             refresh=args.refresh,
-            products="cutouts" if args.no_combine else args.products,
+            products=args.products,
             progress=progress,
             dashboard=args.dashboard,
         )

@@ -41,13 +41,13 @@ class Faults:
         self._lock = threading.Lock()
         self._files_changed = threading.Condition()
         self._under_way: dict[str | None, int] = {}  # file -> its requests being answered
+        self._over = threading.Event()  # set by reset: the stalls under way end
         self.reset()
 
     def reset(self) -> None:
         """Switch every fault off; stalls and latency under way end now (`pause`)."""
-        ended, self._over = getattr(self, "_over", None), threading.Event()
-        if ended is not None:
-            ended.set()
+        ended, self._over = self._over, threading.Event()
+        ended.set()
         with self._lock:
             self._pending: list[dict] = []
             self.latency = 0.0
