@@ -137,6 +137,16 @@ def test_cutouts_reuse_the_connections_of_earlier_ones(mast, lmc_archive):
     assert mast.connections <= 1
 
 
+def test_connections_idle_longer_than_the_timeout_are_reused_cleanly(mast, lmc_archive):
+    # aiohttp 3.14.0 and 3.14.1 armed the read timeout of a connection back in the pool: once
+    # idle that long, the next request on it failed at once (aiohttp #12953) and was asked again.
+    with conf.set_temp("timeout", 0.3):
+        same_as_local(lmc_archive.directory, FINE, LMC, 4)
+        time.sleep(0.6)
+        same_as_local(lmc_archive.directory, COARSE, LMC, 8)
+    assert [r.status for r in mast.requests("download")] == [206] * 4
+
+
 @pytest.fixture
 def loop_reports():
     """What asyncio reports on the I/O loop during the test (e.g. "exception was never retrieved",
