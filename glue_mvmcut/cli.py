@@ -425,7 +425,8 @@ def _demo(args) -> None:
         ra, dec = DEMO_TARGET
         print(
             f"Stand-in MAST serving {len(archive.layers)} layers at {server.url}\n"
-            f'Cutting a {DEMO_SIZE:g}" box at RA={ra} Dec={dec} (four skycells meet there) ...'
+            f'Cutting a {DEMO_SIZE:g}" box at RA={ra} Dec={dec} (four skycells meet there) ...',
+            flush=True,
         )
         result, pngs = _run_cut(DEMO_TARGET, DEMO_SIZE, out / "cutouts", png=True, cache=out / "cache")
     _summary(result, pngs, as_json=False)
@@ -537,6 +538,7 @@ def _interrupted(signum, frame) -> None:
     status = 128 + signum
     signal.signal(signal.SIGINT, lambda *_: os._exit(status))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(status))
+    sys.stdout.flush()  # what the run said so far, before a cleanup cut short loses it
     print(
         f"mvmcut: {'interrupted' if signum == signal.SIGINT else 'terminated'}", file=sys.stderr, flush=True
     )
