@@ -6,7 +6,7 @@ from astropy.io import fits
 
 pytest.importorskip("glue")
 
-from glue.core import DataCollection
+from glue.core import Data, DataCollection
 from glue.core.data_factories import find_factory, load_data
 from glue.core.roi import RectangularROI
 from glue.core.subset import RoiSubsetState
@@ -193,16 +193,17 @@ def test_link_discovery_finds_what_glues_own_finds_as_directly(written):
     discovery, each by as few links."""
     from glue.core import link_manager
 
-    from glue_mvmcut.glue.links import discover_links, link_roots
+    from glue_mvmcut.glue.links import GLUES_OWN, discover_links, link_roots
     from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
 
-    glues_own = link_manager.discover_links
     collection = DataCollection()
     for _ in range(5):
         data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
         add_prepared(collection, Prepared(data, wcs_links(data, link_roots(collection))))
     assert len(collection) == 100 and len(collection.external_links) == 99  # one per Data added
     assert link_manager.discover_links is discover_links  # what add_prepared put in place
+    glues_own = GLUES_OWN["discover_links"]
+    assert glues_own.__module__ == "glue.core.link_manager"
     manager = collection._link_manager
     links = manager._links | manager._inverse_links
 
@@ -216,6 +217,36 @@ def test_link_discovery_finds_what_glues_own_finds_as_directly(written):
         ours, theirs = discover_links(data, links), glues_own(data, links)
         assert set(ours) == set(theirs) and len(ours) > 300
         assert all(depth(ours, data, cid) == depth(theirs, data, cid) for cid in ours)
+
+
+def test_pixel_alignment_is_found_as_glue_finds_it(written):
+    """For every ordered pair of Data — linked by WCS, pixel-aligned through identity links (one
+    chain of two, one with its axes swapped), or not linked at all — the same answer as Glue's."""
+    from glue.core.link_helpers import LinkSame
+    from glue.core.link_manager import equivalent_pixel_cids as in_use
+
+    from glue_mvmcut.glue.links import GLUES_OWN, equivalent_pixel_cids, link_roots
+    from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
+
+    collection = DataCollection()
+    for _ in range(2):
+        data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
+        add_prepared(collection, Prepared(data, wcs_links(data, link_roots(collection))))
+    a, b, c, swapped = (Data(label=name, x=np.zeros((3, 3))) for name in "abcs")
+    collection.extend([a, b, c, swapped, Data(label="1-d", y=np.zeros(4))])
+    pixels = [d.pixel_component_ids for d in (a, b, c, swapped)]
+    collection.add_link(
+        [LinkSame(pixels[0][i], pixels[1][i]) for i in (0, 1)]
+        + [LinkSame(pixels[1][i], pixels[2][i]) for i in (0, 1)]
+        + [LinkSame(pixels[0][i], pixels[3][1 - i]) for i in (0, 1)]
+    )
+    glues_own = GLUES_OWN["equivalent_pixel_cids"]
+    assert in_use is equivalent_pixel_cids and glues_own.__module__ == "glue.core.link_manager"
+    pairs = [(r, t) for r in collection for t in collection]
+    answers = [equivalent_pixel_cids(r, t) for r, t in pairs]
+    assert answers == [glues_own(r, t) for r, t in pairs]
+    assert answers[pairs.index((a, c))] == [0, 1] and answers[pairs.index((a, swapped))] == [1, 0]
+    assert sum(order is not None for order in answers) == len(collection) + 12  # itself; a, b, c, s
 
 
 def test_load_mvm_without_an_application_opens_no_viewer(mast, cache):

@@ -239,6 +239,55 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
     assert all(cid in later.externally_derivable_components for cid in mosaic.pixel_component_ids)
 
 
+def test_a_batch_updates_the_data_collection_tree_once_leaving_it_as_glue_would(app, qtbot):
+    from glue.core import Data
+    from glue_qt.core.data_collection_model import DataCollectionView
+
+    from glue_mvmcut.glue.loader import Prepared, add_prepared
+
+    (view,) = app.findChildren(DataCollectionView)
+    selections = []
+    view.selectionModel().selectionChanged.connect(lambda *_: selections.append(view.selected_layers()))
+    first = Data(label="first", x=np.zeros((2, 2)))
+    app.data_collection.append(first)  # Glue's own way: the tree selects what is added
+    assert selections == [[first]]
+    batch = [Data(label=f"d{i}", x=np.zeros((2, 2))) for i in range(10)]
+    add_prepared(app, Prepared(batch, []))
+    # Cleared and set once (Glue's own: 10 times each), to the last Data, as Glue leaves it.
+    assert selections[1:] == [[], [batch[-1]]]
+    model = view.model()
+    assert model.rowCount(model.data_index()) == 11 and view.selected_layers() == [batch[-1]]
+    app.data_collection.append(Data(label="after", x=np.zeros((2, 2))))  # the tree listens again
+    assert [d.label for d in selections[-1]] == ["after"]
+
+
+def test_viewers_in_a_hidden_tab_draw_when_shown(app, qtbot, tmp_path):
+    """Glue redraws a viewer whose Data gain links; hidden in another tab, it draws when shown."""
+    app.resize(1400, 900)
+    app.show()
+    dialog = open_dialog(app.session)
+    qtbot.addWidget(dialog)
+    dialog.out_dir.setText(str(tmp_path / "out"))
+    _cut_and_load(qtbot, dialog, "LMC", 4)
+    earlier = app.viewers[0]
+    assert {v.axes.coords[0].get_axislabel() for v in earlier} == {"Right Ascension"}
+    assert {v.axes.coords[1].get_axislabel() for v in earlier} == {"Declination"}
+    _cut_and_load(qtbot, dialog, "84.9300 -69.1440", 4)  # links the earlier load's Data to its own
+    canvases = [viewer.axes.figure.canvas for viewer in earlier]
+    assert not any(canvas.isVisible() for canvas in canvases)
+    hidden_draws = [canvas._draw_count for canvas in canvases]
+    for viewer in earlier:
+        viewer.state.layers[0].v_min = 0.001  # would redraw at once if it were seen
+    qtbot.wait(100)
+    assert [canvas._draw_count for canvas in canvases] == hidden_draws
+    app.tab_widget.setCurrentIndex(0)
+
+    def drawn_since():
+        return all(canvas._draw_count > n for canvas, n in zip(canvases, hidden_draws, strict=True))
+
+    qtbot.waitUntil(drawn_since, timeout=10_000)
+
+
 def test_mosaics_only_and_the_folder_is_remembered(app, qtbot, tmp_path):
     dialog = open_dialog(app.session)
     qtbot.addWidget(dialog)

@@ -57,6 +57,7 @@ ORDER = [
     "glue.links",
     "glue.viewers",
     "glue.qt.viewers",
+    "glue.qt.collection",
     "glue.loader",
     "glue.qt.worker",
     "glue.qt.dialog",

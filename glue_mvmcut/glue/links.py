@@ -8,8 +8,9 @@
 - `mvm_autolink` is Glue's auto-linker for MVM files opened from File → Open or the ``glue``
   command: they are linked as the dialog links them, at once, and `register_autolinker` keeps
   Glue's WCS auto-linker (and its pop-up) away from them.
-- `fast_link_discovery` replaces Glue's link discovery, whose cost grows with the cube of the
-  number of linked Data, by an equivalent one that grows with its square.
+- `fast_link_updates` replaces Glue's link discovery, whose cost grows with the cube of the
+  number of linked Data, by an equivalent one that grows with its square, and its check of
+  which Data are pixel-aligned by an equivalent one that traces each component once.
 """
 
 import heapq
@@ -26,7 +27,9 @@ __all__ = [
     "wcs_links",
     "link_roots",
     "discover_links",
-    "fast_link_discovery",
+    "equivalent_pixel_cids",
+    "GLUES_OWN",
+    "fast_link_updates",
     "AUTOLINK_LABEL",
     "is_mvm_data",
     "mvm_autolink",
@@ -214,11 +217,45 @@ def discover_links(data, links) -> dict:
     return derived
 
 
-def fast_link_discovery() -> None:
-    """Make Glue's link manager use `discover_links` (once per process; idempotent)."""
+def equivalent_pixel_cids(reference, target):
+    """What `glue.core.link_manager.equivalent_pixel_cids` computes — the order of ``reference``'s
+    pixel components that ``target``'s are identical to (through identity links), or None — with
+    each of ``target``'s pixel components traced once.
+
+    Glue's link manager asks it for every ordered pair of Data on each update (15,500 pairs for
+    125 Data), and Glue's own traces both components of every pair of pixel components (eight
+    traces per pair of images, where two tell the same): 0.4 s of the GUI thread at 125 Data.
+    """
+    if target.ndim > reference.ndim:
+        return None
+    if target is reference:
+        return list(range(reference.ndim))
+    from glue.core.link_manager import _find_identical_reference_cid
+
+    reference_pixels = reference.pixel_component_ids
+    order = []
+    for cid in target.pixel_component_ids:
+        # A pixel component of ``reference`` traces to itself: the match is the one ``cid`` traces to.
+        traced = _find_identical_reference_cid(reference, cid)
+        index = next((i for i, own in enumerate(reference_pixels) if own is traced), None)
+        if index is None:
+            return None
+        order.append(index)
+    return order
+
+
+#: Glue's own functions that `fast_link_updates` replaced, by name.
+GLUES_OWN: dict = {}
+
+
+def fast_link_updates() -> None:
+    """Make Glue's link manager use `discover_links` and `equivalent_pixel_cids` (once per
+    process; idempotent)."""
     from glue.core import link_manager
 
-    link_manager.discover_links = discover_links
+    for function in (discover_links, equivalent_pixel_cids):
+        GLUES_OWN.setdefault(function.__name__, getattr(link_manager, function.__name__))
+        setattr(link_manager, function.__name__, function)
 
 
 def is_mvm_data(data) -> bool:
@@ -264,7 +301,7 @@ def _without_mvm(glue_autolink):
 def register_autolinker() -> None:
     """Add `mvm_autolink` to Glue's auto-linkers, accepted without asking unless the user chose
     otherwise, have Glue's WCS auto-linker leave MVM Data to it (it would propose a `WCSLink`
-    for every pair of images, in a pop-up), and use `fast_link_discovery`. Idempotent."""
+    for every pair of images, in a pop-up), and use `fast_link_updates`. Idempotent."""
     # Glue's WCS auto-linker registers itself when its module is imported; make sure it is there
     # to be wrapped, whichever plugin Glue loads first (Glue loads it at start-up anyway).
     import glue.plugins.wcs_autolinking.wcs_autolinking  # noqa: F401
@@ -278,4 +315,4 @@ def register_autolinker() -> None:
         autolinker.add(AUTOLINK_LABEL, mvm_autolink)
     if AUTOLINK_LABEL not in settings.AUTOLINK:
         settings.AUTOLINK[AUTOLINK_LABEL] = "always_accept"
-    fast_link_discovery()
+    fast_link_updates()

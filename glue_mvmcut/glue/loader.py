@@ -14,6 +14,7 @@
 """
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from glue.core.data_collection import DataCollection
 from ..core.errors import InvalidNameError
 from ..core.files import checked_fits, structure_problem
 from ..core.names import CombinedName, mosaic_files, parse_product_name
-from .links import fast_link_discovery, link_roots, wcs_links
+from .links import fast_link_updates, link_roots, wcs_links
 from .viewers import open_jupyter_viewers
 
 __all__ = [
@@ -185,12 +186,23 @@ def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -
     return Prepared(new, wcs_links(new, roots), title or box_title(result.coord, result.size))
 
 
+def _tree_held(target):
+    """For glue-qt's application, its data collection tree reacting once to a batch
+    (`glue_mvmcut.glue.qt.collection.one_tree_update`); nothing to hold elsewhere."""
+    if type(target).__module__.startswith("glue_qt"):
+        from .qt.collection import one_tree_update  # Qt only for glue-qt's application
+
+        return one_tree_update(target)
+    return nullcontext()
+
+
 def add_prepared(app_or_session, prepared: Prepared) -> list[Data]:
     """Add prepared Data and links to Glue in one batch: Glue updates its links once, not once
-    per Data and link. Links to Data removed meanwhile are dropped. Returns the new Data."""
+    per Data and link, and glue-qt's data collection tree once. Links to Data removed meanwhile
+    are dropped. Returns the new Data."""
     collection = _data_collection(app_or_session)
-    fast_link_discovery()
-    with collection.delay_link_manager_update():
+    fast_link_updates()
+    with _tree_held(app_or_session), collection.delay_link_manager_update():
         collection.extend(prepared.data)
         collection.add_link(
             [link for link in prepared.links if link.data1 in collection and link.data2 in collection]

@@ -11,7 +11,7 @@ from qtpy import QtCore, QtWidgets
 
 from ...core.errors import MVMCutError
 from ...core.names import LayerName
-from .viewers import open_viewers
+from .viewers import open_viewers, warm_up
 from .worker import WorkerDialog, add_box_row, add_combiner_row, data_dir
 
 __all__ = ["MVMCutDialog", "show_dialog"]
@@ -48,12 +48,14 @@ def _cut_and_prepare(coord, size, *, products: str, roots, title: str, **kwargs)
     """Worker step: cut, combine and write ``products`` (`~glue_mvmcut.core.pipeline.cutout_mosaic`),
     then build the Glue Data of the same products and their links
     (`~glue_mvmcut.glue.loader.prepare_result`): everything but adding them, which the GUI
-    thread does in one batch."""
+    thread does in one batch, and the imports its viewers need (`~.viewers.warm_up`)."""
     from ...core.pipeline import cutout_mosaic
     from ..loader import prepare_result
 
     result = cutout_mosaic(coord, size, products=products, **kwargs)
-    return result, prepare_result(result, cutouts=products == "both", roots=roots, title=title)
+    prepared = prepare_result(result, cutouts=products == "both", roots=roots, title=title)
+    warm_up()
+    return result, prepared
 
 
 class MVMCutDialog(WorkerDialog):
@@ -229,8 +231,10 @@ class MVMCutDialog(WorkerDialog):
         from ..loader import add_prepared
 
         result, prepared = done
-        self.loaded = add_prepared(self.app, prepared)
+        # The viewers' tab first (they are made in later turns): the earlier load's viewers are
+        # hidden by then, and do not redraw now that their Data gain links to the new ones.
         open_viewers(self.app, prepared, done=lambda _: self._loaded(result, prepared))
+        self.loaded = add_prepared(self.app, prepared)
 
     def _loaded(self, result, prepared) -> None:
         written = result.files()
