@@ -129,6 +129,22 @@ def test_download_products_gets_identical_files(mast, lmc_archive, tmp_path):
     assert mast.bytes_sent == sum(int(size) for size in products["size"])
 
 
+def test_files_asked_for_one_after_another_are_never_counted_together(mast, lmc_archive):
+    # The next request may leave (on another connection) the moment the last byte of a reply is
+    # in: a reply stops counting before its last bytes are sent, so the stand-in never sees two
+    # files under way. Replies of one write and of several (1 MB).
+    urls = [file_url(_layer_uri(f"hst_skycell-p0081x{x}y14_acs_wfc_f814w_all_drc.fits")) for x in (14, 15)]
+    with requests.Session() as first, requests.Session() as second:
+        for number in range(60):
+            last = 99 if number % 3 else 1_000_000
+            session = (first, second)[number % 2]
+            reply = session.get(urls[number % 2], headers={"Range": f"bytes=0-{last}"}, timeout=10)
+            assert reply.status_code == 206 and len(reply.content) == last + 1
+    assert mast.faults.most_files_at_once == 1
+    mast.faults.reset()
+    assert mast.faults.most_files_at_once == 0
+
+
 def test_range_requests(mast, lmc_archive):
     url = file_url(_layer_uri())
     data = (lmc_archive.directory / "hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits").read_bytes()

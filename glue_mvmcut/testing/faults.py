@@ -40,7 +40,6 @@ class Faults:
     def __init__(self):
         self._lock = threading.Lock()
         self._files_changed = threading.Condition()
-        self._under_way: dict[str | None, int] = {}  # file -> its requests being answered
         self._over = threading.Event()  # set by reset: the stalls under way end
         self.reset()
 
@@ -62,9 +61,10 @@ class Faults:
             self.announced_size: int | None = None
             self.content_encoding: str | None = None
             self.extra_bytes = 0
-        with self._files_changed:  # (requests under way stay counted)
+        with self._files_changed:  # requests under way count no more (as in reset_stats)
             self._gather = 0
-            self.most_files_at_once = len(self._under_way)
+            self._under_way: dict[str | None, int] = {}  # file -> its requests being answered
+            self.most_files_at_once = 0
 
     @property
     def ranges(self) -> str:
@@ -126,22 +126,34 @@ class Faults:
     @contextmanager
     def file_request(self, file: str | None):
         """Around the answer to one request for ``file``: counts the files under way, and
-        holds the request while `gather` asks for more."""
+        holds the request while `gather` asks for more. Yields a function to call just before
+        the reply's last bytes are sent, when the request stops counting (else at the end): a
+        client that asks for another file only once a reply is whole is never seen asking for
+        two at once, however soon after those bytes it asks."""
         with self._files_changed:
-            self._under_way[file] = self._under_way.get(file, 0) + 1
-            self.most_files_at_once = max(self.most_files_at_once, len(self._under_way))
+            under_way = self._under_way  # a reset meanwhile starts another count
+            under_way[file] = under_way.get(file, 0) + 1
+            self.most_files_at_once = max(self.most_files_at_once, len(under_way))
             self._files_changed.notify_all()
             if self._gather:
                 self._files_changed.wait_for(lambda: len(self._under_way) >= self._gather, timeout=60)
                 self._gather = 0  # gathered: the rest as usual
-        try:
-            yield
-        finally:
+        counted = True
+
+        def answered():
+            nonlocal counted
             with self._files_changed:
-                if self._under_way[file] > 1:
-                    self._under_way[file] -= 1
-                else:
-                    del self._under_way[file]
+                if counted:
+                    counted = False
+                    if under_way[file] > 1:
+                        under_way[file] -= 1
+                    else:
+                        del under_way[file]
+
+        try:
+            yield answered
+        finally:
+            answered()
 
     def _add(self, kind, count, scope, **params):
         if scope not in ("any", "download", "query"):

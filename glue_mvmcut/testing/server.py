@@ -234,7 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_bytes(404, b'{"status": "ERROR", "msg": "not found"}')
             return
         file = parse_qs(parts.query).get("uri", [""])[0]
-        with self.server.owner.faults.file_request(file):
+        with self.server.owner.faults.file_request(file) as self._answered:
             self._download_file(parts)
 
     def _download_file(self, parts):
@@ -358,6 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pending_bytes = 0
 
         if self._trickle:
+            self._answered()  # a trickle is not a concurrency test: counted until it starts
             with open(path, "rb") as fh:
                 self._send_slowly(b"".join(_body_pieces(fh.fileno(), segments)), self._trickle)
             return False
@@ -374,10 +375,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self.server.owner.faults.pause(fault["seconds"])
                     limit = None
                     piece = piece[head:]
+                if pending_bytes >= _CHUNK:  # sent before the next piece: the last one is kept
+                    flush()
                 pending.append(piece)
                 pending_bytes += len(piece)
-                if pending_bytes >= _CHUNK:
-                    flush()
+        self._answered()  # before the last bytes: the client may ask anew the moment it has them
         flush()
         return False
 
