@@ -188,50 +188,22 @@ def test_links_survive_a_saved_session(written, tmp_path):
         np.testing.assert_array_equal(link.matrix, original[link.data1.label, link.data2.label])
 
 
-def test_link_discovery_finds_what_glues_own_finds_as_directly(written):
-    """Five loads of the same 20 Data: every Data derives the same components as with Glue's own
-    discovery, each by as few links."""
-    from glue.core import link_manager
-
-    from glue_mvmcut.glue.links import GLUES_OWN, discover_links, link_roots
-    from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
-
-    collection = DataCollection()
-    for _ in range(5):
-        data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
-        add_prepared(collection, Prepared(data, wcs_links(data, link_roots(collection))))
-    assert len(collection) == 100 and len(collection.external_links) == 99  # one per Data added
-    assert link_manager.discover_links is discover_links  # what add_prepared put in place
-    glues_own = GLUES_OWN["discover_links"]
-    assert glues_own.__module__ == "glue.core.link_manager"
-    manager = collection._link_manager
-    links = manager._links | manager._inverse_links
-
-    def depth(found, data, cid):
-        own = set(data.main_components + data.coordinate_components)
-        if cid in own:
-            return 0
-        return 1 + max((depth(found, data, c) for c in found[cid].get_from_ids()), default=0)
-
-    for data in list(collection)[::9]:
-        ours, theirs = discover_links(data, links), glues_own(data, links)
-        assert set(ours) == set(theirs) and len(ours) > 300
-        assert all(depth(ours, data, cid) == depth(theirs, data, cid) for cid in ours)
-
-
-def test_pixel_alignment_is_found_as_glue_finds_it(written):
-    """For every ordered pair of Data — linked by WCS, pixel-aligned through identity links (one
-    chain of two, one with its axes swapped), or not linked at all — the same answer as Glue's."""
+def test_link_updates_find_what_glues_own_find(written):
+    """Three loads of the same 20 Data, and images linked by identity links (pixel-aligned: a
+    chain of two, one with its axes swapped): after an update, every Data derives the same
+    components as after Glue's own, each by as few links, and is pixel-aligned with the same
+    Data in the same order."""
     from glue.core.link_helpers import LinkSame
-    from glue.core.link_manager import equivalent_pixel_cids as in_use
+    from glue.core.link_manager import LinkManager
 
-    from glue_mvmcut.glue.links import GLUES_OWN, equivalent_pixel_cids, link_roots
+    from glue_mvmcut.glue.links import GLUES_OWN, link_roots, update_externally_derivable_components
     from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
 
     collection = DataCollection()
-    for _ in range(2):
+    for _ in range(3):
         data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
         add_prepared(collection, Prepared(data, wcs_links(data, link_roots(collection))))
+    assert len(collection) == 60 and len(collection.external_links) == 59  # one per Data added
     a, b, c, swapped = (Data(label=name, x=np.zeros((3, 3))) for name in "abcs")
     collection.extend([a, b, c, swapped, Data(label="1-d", y=np.zeros(4))])
     pixels = [d.pixel_component_ids for d in (a, b, c, swapped)]
@@ -240,13 +212,30 @@ def test_pixel_alignment_is_found_as_glue_finds_it(written):
         + [LinkSame(pixels[1][i], pixels[2][i]) for i in (0, 1)]
         + [LinkSame(pixels[0][i], pixels[3][1 - i]) for i in (0, 1)]
     )
-    glues_own = GLUES_OWN["equivalent_pixel_cids"]
-    assert in_use is equivalent_pixel_cids and glues_own.__module__ == "glue.core.link_manager"
-    pairs = [(r, t) for r in collection for t in collection]
-    answers = [equivalent_pixel_cids(r, t) for r, t in pairs]
-    assert answers == [glues_own(r, t) for r, t in pairs]
-    assert answers[pairs.index((a, c))] == [0, 1] and answers[pairs.index((a, swapped))] == [1, 0]
-    assert sum(order is not None for order in answers) == len(collection) + 12  # itself; a, b, c, s
+    assert LinkManager.update_externally_derivable_components is update_externally_derivable_components
+    glues_own = GLUES_OWN["update_externally_derivable_components"]
+    assert glues_own.__module__ == "glue.core.link_manager"
+
+    def depth(data, cid):
+        if cid in data.main_components + data.coordinate_components:
+            return 0
+        return 1 + max((depth(data, c) for c in data._get_external_link(cid).get_from_ids()), default=0)
+
+    def outcome():
+        return [
+            (
+                {cid: depth(data, cid) for cid in data.externally_derivable_components},
+                {id(other): order for other, order in data._pixel_aligned_data.items()},
+            )
+            for data in collection
+        ]
+
+    ours = outcome()  # as the last add_link left it
+    glues_own(collection._link_manager)
+    assert ours == outcome()
+    assert ours[collection.index(c)][1] == {id(a): [0, 1], id(b): [0, 1], id(swapped): [1, 0]}
+    assert sum(len(aligned) for _, aligned in ours) == 12  # a, b, c and s with each other only
+    assert min(len(derived) for derived, _ in ours[:60]) > 200  # the WCS-linked images: everything
 
 
 def test_load_mvm_without_an_application_opens_no_viewer(mast, cache):
