@@ -339,12 +339,10 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
 
     def _stream(self, path: Path, segments: list, fault: dict | None) -> bool:
-        """Send the body, counting bytes in ``self._sent``; a drop fault stops after its byte
-        count (returns True), a stall fault pauses there.
-
-        Small pieces (multipart framing, short row spans) are gathered into writes of up to
-        ``_CHUNK`` bytes, as a real web server's buffered output would send them.
-        """
+        """Send the body, counting bytes in ``self._sent``, small pieces (multipart framing,
+        short row spans) gathered into writes of up to ``_CHUNK`` bytes as a web server's buffered
+        output sends them; a drop fault stops after its byte count (returns True), a stall
+        fault pauses there."""
         limit = fault["after_bytes"] if fault else None
         pending: list[bytes] = []
         pending_bytes = 0
