@@ -77,9 +77,9 @@ def open_viewers(app, prepared, done=None) -> list:
     and box. Returns the list of viewers.
 
     Given ``done``, the work is spread over turns of Qt's event loop, so the window answers
-    between them: a viewer is made in one turn (~60-100 ms), shows its mosaic in the next (~60
-    ms), and draws in a later one; ``done(viewers)`` is called after the last. Without it, all
-    is done before this returns.
+    between them: the viewers are made one per turn (~60-100 ms each) and tiled, then each shows
+    its mosaic in a turn of its own (~60 ms) and draws in a later one; ``done(viewers)`` is
+    called after the last. Without it, all is done before this returns.
     """
     defer_hidden_draws()
     viewers = []
