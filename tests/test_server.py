@@ -3,6 +3,7 @@
 import re
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from astroquery.exceptions import NoResultsWarning
 
 from glue_mvmcut.core.endpoints import file_url
 from glue_mvmcut.core.mast import forget_column_configs, observations
+from glue_mvmcut.testing.faults import Faults
 from glue_mvmcut.testing.portal import columns_config
 from glue_mvmcut.testing.server import MastServer, parse_ranges
 
@@ -143,6 +145,24 @@ def test_files_asked_for_one_after_another_are_never_counted_together(mast, lmc_
     assert mast.faults.most_files_at_once == 1
     mast.faults.reset()
     assert mast.faults.most_files_at_once == 0
+
+
+def test_a_request_held_to_gather_files_ends_when_the_faults_are_reset():
+    # As stalls do: a test's held request never outlives it (it would hold 60 s otherwise).
+    faults = Faults()
+    faults.gather(2)
+    held = threading.Event()
+
+    def one_file():
+        with faults.file_request("a"):
+            held.set()
+
+    request = threading.Thread(target=one_file)
+    request.start()
+    assert not held.wait(0.2)  # one file of the two: held
+    faults.reset()
+    request.join(10)
+    assert held.is_set() and not request.is_alive()
 
 
 def test_range_requests(mast, lmc_archive):

@@ -44,7 +44,8 @@ class Faults:
         self.reset()
 
     def reset(self) -> None:
-        """Switch every fault off; stalls and latency under way end now (`pause`)."""
+        """Switch every fault off; stalls, latency (`pause`) and requests held by `gather` under
+        way end now."""
         ended, self._over = self._over, threading.Event()
         ended.set()
         with self._lock:
@@ -65,6 +66,7 @@ class Faults:
             self._gather = 0
             self._under_way: dict[str | None, int] = {}  # file -> its requests being answered
             self.most_files_at_once = 0
+            self._files_changed.notify_all()  # held requests: nothing to gather any more
 
     @property
     def ranges(self) -> str:
