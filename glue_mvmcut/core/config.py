@@ -46,6 +46,12 @@ class Conf(_config.ConfigNamespace):
         "(fewest first), for metered links, at the cost of many more requests.",
         module="glue_mvmcut",
     )
+    block_mb = _config.ConfigItem(
+        32.0,
+        "MB of one array's rows handled at a time: cutouts and mosaics larger than this per "
+        "array are written into their files a block of rows at a time, never whole in memory.",
+        module="glue_mvmcut",
+    )
     backoff = _config.ConfigItem(
         0.5,
         "Seconds before the second retry; each further retry waits twice as long.",

@@ -13,7 +13,10 @@ WCS is the layer's own.
 import asyncio
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -26,10 +29,12 @@ from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
 from .coords import parse_coord, parse_size
 from .endpoints import file_url
 from .errors import CompressedLayerError, InvalidNameError, NotMVMFileError, OutsideFootprintError
-from .files import checked_fits
+from .files import atomic_target, checked_fits
+from .fitsfile import LaidOutFITS, block_bytes, placeholder, read_rows, row_blocks, write_fits
 from .fitsheaders import LAYER_HEADERS, HDUInfo, celestial_wcs, edited_header, hdu_with_header, header_text
-from .names import CutoutName, LayerName
+from .names import CutoutName, LayerName, safe_filename
 from .remote import RemoteFITS
+from .skycells import SCALES
 from .transport import TransferStats, Urgent, after_urgent_work, run
 
 __all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name", "physical_pixels"]
@@ -220,6 +225,7 @@ def cut_layer(
     stats: TransferStats | None = None,
     cancel=None,
     hdus: dict[str, HDUInfo] | None = None,
+    out_dir=None,
 ) -> fits.HDUList:
     """Cut SCI and WHT out of one MVM layer, from a local file or straight from the archive.
 
@@ -242,6 +248,10 @@ def cut_layer(
         read again (e.g. shared by many cutouts of one layer). Without it, headers this process
         read before (`~glue_mvmcut.core.fitsheaders.LAYER_HEADERS`) are used when the file has not
         changed since.
+    out_dir : path-like, optional
+        Write the cutout into this folder under its FILENAME (atomically). One larger than
+        ``conf.block_mb`` per array is written a block of rows at a
+        time as they are read, never whole in memory, and returned opened from its file.
 
     Returns
     -------
@@ -263,11 +273,18 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        return run(cut_remote(source, coord, size, stats=stats, cancel=cancel, hdus=hdus))
+        return run(cut_remote(source, coord, size, stats=stats, cancel=cancel, hdus=hdus, out_dir=out_dir))
     hdul, layer = open_layer(source)
     with hdul:
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
         window = _plan(layer, headers, coord, size)
+        if out_dir is not None and _streamed(window.shape):
+            cutout = _Cutout(hdul[0].header, layer, coord, window, streamed=True)
+            with cutout.writing(out_dir, headers) as file:
+                for ext in _EXTENSIONS:
+                    for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
+                        cutout.put(file, ext, rows, read_rows(hdul[ext], rows, window.large[1]))
+            return cutout.opened(out_dir)
         cutout = _Cutout(hdul[0].header, layer, coord, window)
         # A section reads only the rows of the box (only the tiles it touches of a tile-compressed
         # extension), in physical values; the memory-mapped data is quicker where it needs no scaling.
@@ -277,7 +294,32 @@ def cut_layer(
             else hdul[ext].data[window.large]
             for ext in _EXTENSIONS
         ]
-        return cutout.finish(headers, pieces)
+        return _written(cutout.finish(headers, pieces), out_dir)
+
+
+def _streamed(shape: tuple[int, int] | None) -> bool:
+    """Whether a cutout of ``shape`` (None: not known) is written block by block rather than
+    held in memory."""
+    return shape is None or shape[0] * shape[1] * 4 > block_bytes()
+
+
+def _expected_shape(filename: str, size: u.Quantity) -> tuple[int, int] | None:
+    """The (ny, nx) of a box of ``size`` on the MVM layer ``filename`` by its name's pixel
+    scale; None if that is no MVM layer name."""
+    try:
+        scale = SCALES[LayerName.parse(filename).scale] * u.arcsec
+    except InvalidNameError:
+        return None
+    if size.unit == u.pix:
+        return tuple(int(np.round(v)) for v in size.value)
+    return tuple(int(np.round((side / scale).decompose())) for side in size)
+
+
+def _written(cutout: fits.HDUList, out_dir) -> fits.HDUList:
+    """``cutout``, once written into ``out_dir`` (if given)."""
+    if out_dir is not None:
+        write_fits(cutout, out_dir)
+    return cutout
 
 
 def _remote(source: str, stats, cancel) -> RemoteFITS:
@@ -310,22 +352,55 @@ class _StaleHeaders(Exception):
     """The layer changed on the server since its cached headers were read."""
 
 
-async def cut_remote(source: str, coord, size, *, stats=None, cancel=None, hdus=None) -> fits.HDUList:
+async def cut_remote(
+    source: str, coord, size, *, stats=None, cancel=None, hdus=None, out_dir=None
+) -> fits.HDUList:
     """`cut_layer` of a layer in the archive, as a coroutine for the I/O loop
     (`~glue_mvmcut.core.transport.run` or `~glue_mvmcut.core.transport.submit`); ``coord`` an ICRS
     `~astropy.coordinates.SkyCoord` and ``size`` a ``(ny, nx)`` Quantity, as
     `~glue_mvmcut.core.coords.parse_coord` and `~glue_mvmcut.core.coords.parse_size` give them."""
     try:
-        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus)
+        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus, out_dir)
     except _StaleHeaders as exc:
         log.info("%s changed on the server since its headers were read; reading them again.", exc)
-        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus)
+        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus, out_dir)
 
 
-async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None) -> fits.HDUList:
+async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None, out_dir=None) -> fits.HDUList:
+    if out_dir is not None and _streamed(_expected_shape(remote.name, size)):
+        return await _cut_remote_streamed(remote, coord, size, hdus, out_dir)
     # Urgent until the pixel requests leave: other layers' work that fills a wait yields to it.
     with Urgent() as urgency:
-        return await _cut_remote_urgently(remote, coord, size, hdus, urgency)
+        return _written(await _cut_remote_urgently(remote, coord, size, hdus, urgency), out_dir)
+
+
+async def _cut_remote_streamed(remote: RemoteFITS, coord, size, hdus, out_dir) -> fits.HDUList:
+    """`_cut_remote_once` of a cutout written into ``out_dir`` a block of rows at a time: its
+    file is laid out from the headers (all read first: the layout needs WHT's), then each block
+    of rows is read from the archive straight into the file."""
+    cached = LAYER_HEADERS.get(remote.url) if hdus is None else None
+    version = None
+    if cached is not None:
+        hdus, version = cached
+    elif hdus is None:
+        hdus = await remote.read_headers(_EXTENSIONS)
+    _refuse_compressed(remote.name, "SCI", hdus["SCI"])
+    layer = layer_name(hdus["PRIMARY"], remote.name)
+    window = _plan(layer, {ext: hdus[ext] for ext in _EXTENSIONS}, coord, size)
+    cutout = _Cutout(hdus["PRIMARY"], layer, coord, window, streamed=True)
+    with cutout.writing(out_dir, hdus) as file:
+        for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
+            with file.rows(1, cutout.rows_of(rows)) as sci, file.rows(2, cutout.rows_of(rows)) as wht:
+                into = [(block, (slice(None), window.small[1])) for block in (sci, wht)]
+                pieces = await remote.read_windows(
+                    [(hdus[ext], rows, window.large[1]) for ext in _EXTENSIONS], into=into
+                )
+                for ext, (block, at), piece in zip(_EXTENSIONS, into, pieces, strict=True):
+                    physical = physical_pixels(piece, hdus[ext])
+                    if not np.may_share_memory(physical, block):  # a scaled layer's
+                        block[at] = physical
+        _check_version(remote, cached, version, hdus)
+    return cutout.opened(out_dir)
 
 
 async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: Urgent) -> fits.HDUList:
@@ -381,15 +456,22 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
             [(hdus[ext], *cutout.window.large) for ext in _EXTENSIONS],
             into=[(cutout.hdus[ext].data, cutout.window.small) for ext in _EXTENSIONS],
         )
+    _check_version(remote, cached, version, hdus)
+    _check_shapes(layer.filename, known)  # SCI's header is as it was; WHT's may be new
+    return cutout.finish(
+        known, [physical_pixels(piece, known[ext]) for ext, piece in zip(_EXTENSIONS, pieces, strict=True)]
+    )
+
+
+def _check_version(remote: RemoteFITS, cached, version, hdus) -> None:
+    """Keep the headers read of a layer for later cuts (`LAYER_HEADERS`); raise `_StaleHeaders`
+    if headers taken from there (``cached``, of file ``version``) are of another version of the
+    file than the pixels just read."""
     if cached is not None and _differ(remote.version, version):
         LAYER_HEADERS.drop(remote.url)
         raise _StaleHeaders(remote.url)
     if cached is None:
         LAYER_HEADERS.put(remote.url, hdus, remote.version)
-    _check_shapes(layer.filename, known)  # SCI's header is as it was; WHT's may be new
-    return cutout.finish(
-        known, [physical_pixels(piece, known[ext]) for ext, piece in zip(_EXTENSIONS, pieces, strict=True)]
-    )
 
 
 def _differ(now: tuple, then: tuple) -> bool:
@@ -460,6 +542,7 @@ class _Cutout:
         coord,
         window: _Window,
         pixels: dict[str, np.ndarray] | None = None,
+        streamed: bool = False,
     ):
         self.layer, self.window = layer, window
         self.name = CutoutName.for_layer(layer, coord.ra.deg, coord.dec.deg).filename
@@ -475,8 +558,10 @@ class _Cutout:
         self.primary = hdu_with_header(fits.PrimaryHDU, primary)
         # The extensions' HDUs are made now, ~0.3 ms of astropy's each: a header that comes with
         # the pixels (a remote WHT's) then only needs editing. Their data: ``pixels`` (the
-        # arrays remote reads write into) or 0 until `finish`.
-        pixels = pixels or {ext: _new_pixels(window.shape) for ext in _EXTENSIONS}
+        # arrays remote reads write into), 0 until `finish`, or for a ``streamed`` cutout a
+        # placeholder: its pixels go into its file (`writing`).
+        make = placeholder if streamed else _new_pixels
+        pixels = pixels or {ext: make(window.shape) for ext in _EXTENSIONS}
         self.hdus = {ext: fits.ImageHDU(data=pixels[ext]) for ext in _EXTENSIONS}
         self.made_from: dict[str, fits.Header | HDUInfo] = {}  # the layer header of each extension
 
@@ -484,6 +569,31 @@ class _Cutout:
         """Give extension ``ext`` its header, made from the layer's ``header``."""
         self.hdus[ext].header = _cut_header(header, self.window, self.layer.filename)
         self.made_from[ext] = header
+
+    @contextmanager
+    def writing(self, out_dir, headers: dict[str, fits.Header | HDUInfo]) -> Iterator[LaidOutFITS]:
+        """The cutout's file in ``out_dir``, laid out from the layer's ``headers``, for its pixels
+        to be written (`put`); it takes its name when the block ends without an error."""
+        for ext in _EXTENSIONS:
+            self.add(ext, headers[ext])
+        with atomic_target(Path(out_dir) / safe_filename(self.name)) as part:
+            yield LaidOutFITS.create(part, [self.primary, *self.hdus.values()])
+
+    def rows_of(self, rows: slice) -> slice:
+        """The cutout's rows that hold the layer's rows ``rows``."""
+        dy = self.window.offset[1]
+        return slice(rows.start - dy, rows.stop - dy)
+
+    def put(self, file: LaidOutFITS, ext: str, rows: slice, piece: np.ndarray) -> None:
+        """Write ``piece``, the box's columns of the layer's rows ``rows`` of ``ext``, into the
+        cutout's ``file``; rows of zeros (no data) are left unwritten, holes that take no disk."""
+        if piece.any():
+            with file.rows(1 + _EXTENSIONS.index(ext), self.rows_of(rows)) as block:
+                block[:, self.window.small[1]] = piece
+
+    def opened(self, out_dir) -> fits.HDUList:
+        """The cutout's file in ``out_dir``, opened (memory-mapped: nothing is read until used)."""
+        return fits.open(Path(out_dir) / safe_filename(self.name))
 
     def finish(self, headers: dict[str, fits.Header | HDUInfo], pieces) -> fits.HDUList:
         """The HDUList, with each extension (its header made from ``headers`` if not yet)

@@ -29,6 +29,7 @@ __all__ = [
     "cache_dir",
     "writable_folder",
     "write_atomically",
+    "atomic_target",
     "remove_path",
     "remove_stale_parts",
     "open_regular",
@@ -77,11 +78,20 @@ def writable_folder(folder) -> Path:
 
 def write_atomically(target, write: Callable[[Path], None]) -> Path:
     """Write ``target`` with ``write(temporary_path)`` and rename it into place, so an interrupted
-    write never leaves a file (or folder) that looks finished.
+    write never leaves a file (or folder) that looks finished (see `atomic_target`)."""
+    with atomic_target(target) as partial:
+        write(partial)
+    return Path(target)
+
+
+@contextmanager
+def atomic_target(target) -> Iterator[Path]:
+    """The temporary path to write ``target`` at, renamed into place when the block ends
+    without an error: an interrupted write never leaves a file (or folder) that looks finished.
 
     The temporary path has ``target``'s name, in a private folder made beside it
     (``.<name>.<random>.part``, mode 0700, `tempfile.mkdtemp`): nobody can plant a link where
-    ``write`` writes, and two runs writing one name never meet. ``write`` may make a file or a
+    the block writes, and two runs writing one name never meet. The block may make a file or a
     folder there. The private folder goes, whatever happens; one left by a killed run is removed
     by `remove_stale_parts`.
     """
@@ -89,13 +99,12 @@ def write_atomically(target, write: Callable[[Path], None]) -> Path:
     private = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PART, dir=target.parent))
     try:
         partial = private / target.name
-        write(partial)
+        yield partial
         if partial.is_dir():  # a folder replaces only an empty one: whatever is there goes
             remove_path(target)
         os.replace(partial, target)  # a link planted at ``target`` is replaced, not followed
     finally:
         shutil.rmtree(private, ignore_errors=True)
-    return target
 
 
 def remove_path(path: Path) -> None:

@@ -28,6 +28,7 @@ from .cutout import cut_layer, cut_remote
 from .download import download_layer
 from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
 from .files import folder_lock, remove_stale_parts, writable_folder, write_atomically
+from .fitsfile import write_fits
 from .mast import query_layers, resolve_target
 from .names import Band, QueryName, checked_product, checked_selection, safe_filename
 from .remote import RangeNotSupported
@@ -120,16 +121,6 @@ def checked_combiner(combine, products: str = "both") -> Combiner | bool:
 
 def _fits_name(hdul: fits.HDUList) -> str:
     return safe_filename(hdul[0].header["FILENAME"])
-
-
-def write_fits(hdul: fits.HDUList, out_dir) -> Path:
-    """Write ``hdul`` to ``out_dir`` under its primary FILENAME, atomically.
-
-    Its cards are not verified again: they are a layer's as astropy read them, and cards
-    astropy made; verifying each card once more took a quarter of a 20" cut's CPU.
-    """
-    target = Path(out_dir) / _fits_name(hdul)
-    return write_atomically(target, lambda path: hdul.writeto(path, overwrite=True, output_verify="ignore"))
 
 
 def query_table_name(coord: SkyCoord, size: u.Quantity) -> str:

@@ -1,0 +1,152 @@
+"""FITS image files written a block of rows at a time: outputs larger than memory.
+
+The mosaic of a 3600" box is 90000 px square, 32 GB per array. Such a file is laid out first —
+every header where it goes, the data left as a hole that reads as zeros (MVM's "no data", and
+FITS's padding) — as astropy's FAQ makes a FITS file larger than memory ("How can I create a
+very large FITS file from scratch?"); its pixels are then written a block of rows at a time
+through memory-mapped windows that are unmapped after each block, so neither the process's
+memory nor its resident set grows with the file. Rows never written stay holes: a cutout's
+padding beyond its layer takes no disk.
+
+The headers are those astropy writes for the same HDUs (`~astropy.io.fits.HDUList.writeto`
+of the same headers and pixels gives the same bytes). Files are read back a block at a time
+(`read_rows`).
+"""
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.io.fits.hdu.base import BITPIX2DTYPE
+
+from .config import conf
+from .files import write_atomically
+from .fitsheaders import BLOCK
+from .names import safe_filename
+
+__all__ = [
+    "block_bytes",
+    "LaidOutFITS",
+    "row_blocks",
+    "placeholder",
+    "mapped_rows",
+    "read_rows",
+    "write_fits",
+]
+
+
+def block_bytes() -> int:
+    """Bytes of one array's rows handled at a time (``conf.block_mb``)."""
+    return int(float(conf.block_mb) * (1 << 20))
+
+
+def row_blocks(start: int, stop: int, width: int, itemsize: int = 4) -> Iterator[slice]:
+    """Rows ``start:stop`` of an image ``width`` pixels wide, in blocks of about `block_bytes`."""
+    step = max(1, block_bytes() // max(1, width * itemsize))
+    for y in range(start, stop, step):
+        yield slice(y, min(stop, y + step))
+
+
+def placeholder(shape: tuple[int, ...], dtype=">f4") -> np.ndarray:
+    """Pixels of ``shape`` that take no memory (one zero, broadcast): what an HDU is given so
+    that astropy writes its header for that shape and type, its pixels written by blocks."""
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+@contextmanager
+def mapped_rows(
+    path, offset: int, shape: tuple[int, int], dtype, rows: slice, mode: str = "r"
+) -> Iterator[np.ndarray]:
+    """A memory-mapped window on rows ``rows`` of the 2-D array of ``shape`` and ``dtype`` at
+    byte ``offset`` of the file ``path``, unmapped when the block ends (``mode`` ``"r"`` or
+    ``"r+"``, as `numpy.memmap`): the pages it touched leave the process's resident set then,
+    which those of astropy's whole-file memory map never do while the file is open."""
+    start, stop, _ = rows.indices(shape[0])
+    dtype = np.dtype(dtype)
+    window = np.memmap(
+        path,
+        dtype,
+        mode,
+        offset=offset + start * shape[1] * dtype.itemsize,
+        shape=(max(0, stop - start), shape[1]),
+    )
+    try:
+        yield window
+    finally:
+        if mode != "r":
+            window.flush()
+        del window
+
+
+def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.ndarray:
+    """``hdu.data[rows, cols]`` (a copy), read from its file through `mapped_rows` when it is an
+    unscaled image whose data astropy has not loaded: never the whole array in memory."""
+    info = hdu.fileinfo()
+    # ``_data_loaded``: pixels a user may have changed are in memory, not in the file.
+    if info is None or hdu._data_loaded or info["file"].compression or _is_scaled(hdu):
+        return np.array(hdu.section[rows, cols] if info is not None else hdu.data[rows, cols])
+    dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
+    with mapped_rows(info["file"].name, info["datLoc"], hdu.shape, dtype, rows) as window:
+        return np.array(window[:, cols])
+
+
+def _is_scaled(hdu) -> bool:
+    return isinstance(hdu, fits.CompImageHDU) or any(
+        hdu.header.get(keyword) is not None for keyword in ("BSCALE", "BZERO", "BLANK")
+    )
+
+
+def write_fits(hdul: fits.HDUList, out_dir) -> Path:
+    """Write ``hdul`` to ``out_dir`` under its primary FILENAME, atomically.
+
+    Its cards are not verified again: they are a layer's as astropy read them, and cards
+    astropy made; verifying each card once more took a quarter of a 20" cut's CPU.
+    """
+    target = Path(out_dir) / safe_filename(hdul[0].header["FILENAME"])
+    return write_atomically(target, lambda path: hdul.writeto(path, overwrite=True, output_verify="ignore"))
+
+
+class LaidOutFITS:
+    """A FITS file laid out for ``hdus`` (a PRIMARY then images, each with its final header and
+    pixels or a `placeholder` of their shape) at ``path``, its pixels written by `rows`.
+
+    Made by `create`; the pixels the HDUs hold (not placeholders) are written at once.
+    """
+
+    def __init__(self, path: Path, hdus: fits.HDUList, offsets: list[int]):
+        self.path, self.hdus, self.offsets = path, hdus, offsets
+
+    @classmethod
+    def create(cls, path, hdus: Sequence[fits.PrimaryHDU | fits.ImageHDU]) -> "LaidOutFITS":
+        """Write the headers of ``hdus`` into a new file at ``path``, its size that of the whole
+        file; the data regions read as zeros until written."""
+        hdul = fits.HDUList(list(hdus))
+        hdul.update_extend()  # as writeto does: EXTEND = T in a primary followed by extensions
+        offsets, position = [], 0
+        with open(path, "wb") as file:
+            for hdu in hdul:
+                header = hdu.header.tostring().encode("ascii")
+                os.pwrite(file.fileno(), header, position)
+                position += len(header)
+                offsets.append(position)
+                size = hdu.size  # bytes of data, from the header
+                position += -(-size // BLOCK) * BLOCK
+            file.truncate(position)
+        laid = cls(Path(path), hdul, offsets)
+        for index, hdu in enumerate(hdul):
+            data = hdu.data
+            if data is not None and data.size and data.strides != (0,) * data.ndim:
+                for rows in row_blocks(0, data.shape[0], data.shape[1], data.itemsize):
+                    with laid.rows(index, rows) as window:
+                        window[...] = data[rows]
+        return laid
+
+    def rows(self, index: int, rows: slice):
+        """A writable window on rows ``rows`` of HDU ``index``'s pixels (big-endian, C order),
+        a context manager (`mapped_rows`): what is written into it is in the file when it ends."""
+        hdu = self.hdus[index]
+        dtype = np.dtype(hdu.data.dtype).newbyteorder(">")
+        return mapped_rows(self.path, self.offsets[index], hdu.shape, dtype, rows, "r+")
