@@ -19,6 +19,7 @@ the ``glue_mvmcut`` logger.
 
 import logging
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 from astropy.io import fits
@@ -31,7 +32,7 @@ from .core.download import download_layer
 from .core.files import writable_folder
 from .core.mast import query_layers
 from .core.names import safe_filename
-from .core.pipeline import write_fits, write_query_table
+from .core.pipeline import write_query_table
 
 __all__ = ["mvm_id_filenames", "mvm_retrieve_files", "make_the_cut", "mvm_combine"]
 
@@ -142,7 +143,7 @@ def make_the_cut(
     out = writable_folder(output_dir)
     written = []
     for source in input_files:
-        path = write_fits(cut_layer(source, coord, size), out)
+        path = out / safe_filename(cut_layer(source, coord, size, out_dir=out)[0].header["FILENAME"])
         log.log(logging.INFO if verbose else logging.DEBUG, "Cutout FITS file: %s", path)
         written.append(path.name)
     return written
@@ -176,9 +177,8 @@ def mvm_combine(cutout_files, output_dir=".", log_level=logging.INFO, *, combine
     _set_level(log_level)
     if isinstance(cutout_files, (str, Path)):
         cutout_files = [cutout_files]
-    cutouts = []
-    for path in sorted(str(p) for p in cutout_files):
-        with fits.open(path) as hdul:
-            cutouts.append(fits.HDUList([hdu.copy() for hdu in hdul]))
     out = writable_folder(output_dir)
-    return [str(write_fits(mosaic, out)) for mosaic in combine_cutouts(cutouts, combine=combine).values()]
+    with ExitStack() as files:  # read a block of rows at a time as the mosaics need them
+        cutouts = [files.enter_context(fits.open(path)) for path in sorted(str(p) for p in cutout_files)]
+        mosaics = combine_cutouts(cutouts, combine=combine, out_dir=out).values()
+        return [str(out / safe_filename(mosaic[0].header["FILENAME"])) for mosaic in mosaics]

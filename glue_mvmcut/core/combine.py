@@ -23,12 +23,23 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs.utils import proj_plane_pixel_scales
+from astropy.wcs.utils import pixel_to_pixel, proj_plane_pixel_scales
 
 from .combiners import Combiner, combiner_name, describe, stack_combiner
 from .errors import InvalidNameError, NotMVMFileError
+from .files import atomic_target
+from .fitsfile import (
+    LaidOutFITS,
+    block_bytes,
+    file_of,
+    open_mapped,
+    placeholder,
+    read_rows,
+    row_blocks,
+    write_fits,
+)
 from .fitsheaders import celestial_wcs, hdu_with_header, header_text, read_wcs
-from .names import Band, CombinedName, parse_product_name
+from .names import Band, CombinedName, parse_product_name, safe_filename
 from .threadsafe import per_process
 
 __all__ = ["UNKNOWN_BAND", "band_of", "group_by_band", "combine_band", "combine_cutouts"]
@@ -342,7 +353,7 @@ def _fill_stacked(
 
 
 def combine_band(
-    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean"
+    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean", out_dir=None
 ) -> fits.HDUList:
     """Combine the cutouts of one band into a mosaic on the grid of the first cutout.
 
@@ -358,6 +369,11 @@ def combine_band(
         How overlapping inputs make a pixel: ``"wmean"`` (default), ``"median"``, ``"mean"``,
         ``"min"``, ``"max"``, ``"first"``, ``"last"`` or ``f(sci, wht) -> (sci, wht)``; see
         `~glue_mvmcut.core.combiners` for each one's SCI and WHT.
+    out_dir : path-like, optional
+        Write the mosaic into this folder under its FILENAME (atomically). One larger than
+        ``conf.block_mb`` per array is made and written a block of rows at a time (its inputs
+        read as far as each block needs), never whole in memory, and returned opened from its
+        file.
 
     Returns
     -------
@@ -370,60 +386,106 @@ def combine_band(
     if len(groups) != 1:
         raise ValueError(f"combine_band got cutouts of several bands: {sorted(b.label() for b in groups)}")
     ((band, images),) = groups.items()
-    return _combine(band, images, resample, combine)
+    return _written(_combine(band, images, resample, combine, out_dir), out_dir)
 
 
-def _combine(band: Band, images: list[_Input], resample: str, combine: Combiner) -> fits.HDUList:
+def _written(mosaic: fits.HDUList, out_dir) -> fits.HDUList:
+    """``mosaic``, written into ``out_dir`` (if given) unless it is a file there already."""
+    if out_dir is not None and file_of(mosaic) is None:
+        write_fits(mosaic, out_dir)
+    return mosaic
+
+
+def _combine(band: Band, images: list[_Input], resample: str, combine: Combiner, spill=None) -> fits.HDUList:
     combiner_name(combine)  # an unknown name fails before any work
     if resample not in RESAMPLERS:
         raise ValueError(f"resample must be one of {', '.join(RESAMPLERS)}, not {resample!r}.")
-    first = images[0]
-    wcs_out = _celestial(first.sci.header)
-    shape = first.sci.data.shape
-    placed, off_grid = [], []  # (sci, wht, offset) or the input's index in ``off_grid``
+    wcs_out = _celestial(images[0].sci.header)
+    shape = images[0].sci.shape
+    placed = []  # (image, its WCS, its whole-pixel offset on the output grid or None)
     for image in images:
         wcs_in = _celestial(image.sci.header)
-        offset = _integer_offset(wcs_in, wcs_out)
-        if offset is None:
-            placed.append(len(off_grid))
-            off_grid.append((image, wcs_in))
-        else:
-            placed.append((image.sci.data, image.wht.data, offset))
-    on_grid = [entry for entry in placed if not isinstance(entry, int)]
-    if off_grid and combine == "wmean":  # resampled together, weighted as they are combined
-        on_grid.append((*_resample(off_grid, wcs_out, shape, resample), (0, 0)))
-    elif off_grid:
-        # Each resampled on its own, to take part in the stack in the inputs' order (first,
-        # last). reproject_and_coadd has median, min, max, first and last too, but combines
-        # resampled inputs only (the first input, the grid, is pasted), and its footprint is a
-        # sum of weights, not the chosen input's weight.
-        on_grid = [
-            entry
-            if not isinstance(entry, int)
-            else (*_resample([off_grid[entry]], wcs_out, shape, resample), (0, 0))
-            for entry in placed
-        ]
-    pool = _pool()
-    pieces = [p for p in pool.map(lambda args: _piece(*args, shape), on_grid) if p is not None]
-    sci = np.zeros(shape, np.float32)
-    wht = np.zeros(shape, np.float32)
+        placed.append((image, wcs_in, _integer_offset(wcs_in, wcs_out)))
+    off_grid = sum(offset is None for _, _, offset in placed)
+    method = (
+        "exact paste"
+        if not off_grid
+        else f"paste + reproject_{resample}"
+        if off_grid < len(images)
+        else f"reproject_{resample}"
+    )
     if combine == "wmean":
         fill = _fill
     else:
         stacked = stack_combiner(combine)
         fill = functools.partial(_fill_stacked, stacked, not callable(combine))
+    grid = _Grid(wcs_out, shape, resample, together=combine == "wmean")
+    if spill is None or shape[0] * shape[1] * 4 <= block_bytes():
+        sci, wht = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        for rows in row_blocks(0, shape[0], shape[1]):
+            _combine_rows(grid, placed, rows, sci[rows], wht[rows], fill)
+        return _mosaic_hdul(band, images, wcs_out, sci, wht, method, combine)
+    # Larger than a block: made and written into ``spill`` a block of rows at a time.
+    hdul = _mosaic_hdul(band, images, wcs_out, placeholder(shape), placeholder(shape), method, combine)
+    target = Path(spill) / safe_filename(hdul[0].header["FILENAME"])
+    with atomic_target(target) as part:
+        file = LaidOutFITS.create(part, hdul)
+        for rows in row_blocks(0, shape[0], shape[1]):
+            with file.rows(1, rows) as sci, file.rows(2, rows) as wht:
+                _combine_rows(grid, placed, rows, sci, wht, fill)
+    return open_mapped(target)
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """The mosaic's grid, and how inputs off it reach it: ``resample`` (reproject's
+    ``reproject_<resample>``), ``together`` (all at once, weighted as they are combined: for the
+    weighted mean) or each on its own."""
+
+    wcs: object
+    shape: tuple[int, int]
+    resample: str
+    together: bool
+
+
+def _combine_rows(grid: _Grid, placed: list, rows: slice, sci: np.ndarray, wht: np.ndarray, fill) -> None:
+    """Combine the inputs into the mosaic's rows ``rows``, whose pixels are ``sci`` and ``wht``
+    (0 until then): each input's rows that land there are read, pasted or resampled."""
+    width = grid.shape[1]
+    block = (rows.stop - rows.start, width)
+    off_grid = [(image, wcs_in) for image, wcs_in, offset in placed if offset is None]
+    # (sci, wht, offset in the block) of each input, in the inputs' order; the off-grid inputs
+    # resampled together come last, as one.
+    entries = [
+        _on_grid_rows(image, offset, rows, width)
+        if offset is not None
+        else _resampled([(image, wcs_in)], grid, rows)
+        for image, wcs_in, offset in placed
+        if offset is not None or not grid.together
+    ]
+    if grid.together and off_grid:
+        entries.append(_resampled(off_grid, grid, rows))
+    pool = _pool()
+    pieces = [
+        p for p in pool.map(lambda entry: _piece(*entry, block), filter(None, entries)) if p is not None
+    ]
     # Rectangles of at most _BLOCK_ROWS rows, on all cores (numpy releases the GIL): the float64
     # sums stay small, so peak memory is about the float32 outputs.
-    for _ in pool.map(lambda task: fill(sci, wht, *task), _tasks(pieces, shape)):
+    for _ in pool.map(lambda task: fill(sci, wht, *task), _tasks(pieces, block)):
         pass
-    method = (
-        "exact paste"
-        if not off_grid
-        else f"paste + reproject_{resample}"
-        if len(off_grid) < len(images)
-        else f"reproject_{resample}"
-    )
-    return _mosaic_hdul(band, images, wcs_out, sci, wht, method, combine)
+
+
+def _on_grid_rows(image: _Input, offset: tuple[int, int], rows: slice, width: int):
+    """(sci, wht, offset) of the pixels of ``image``, at whole-pixel ``offset`` on the mosaic's
+    grid, that land in its rows ``rows`` (``width`` wide); offset within those rows. None if none do."""
+    dx, dy = offset
+    ny, nx = image.sci.shape
+    y0, y1 = max(0, rows.start - dy), min(ny, rows.stop - dy)
+    x0, x1 = max(0, -dx), min(nx, width - dx)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    window = (slice(y0, y1), slice(x0, x1))
+    return read_rows(image.sci, *window), read_rows(image.wht, *window), (dx + x0, dy + y0 - rows.start)
 
 
 @per_process()
@@ -432,8 +494,10 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="mvmcut-combine")
 
 
-def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.ndarray]:
-    """WHT-weighted mean and summed weight (0 where none) of the off-grid inputs on the output grid."""
+def _resampled(off_grid, grid: _Grid, rows: slice):
+    """(sci, wht, (0, 0)): the WHT-weighted mean and summed weight (0 where none) of the off-grid
+    inputs on the mosaic's rows ``rows``, each input read only where it reaches them; None if
+    none does."""
     # reproject_and_coadd multiplies the *interpolated* SCI by interpolated weights, so an
     # output pixel next to a no-data (0) input pixel gets a value pulled toward 0 (a 5.0 edge
     # pixel comes out 3.35 at a 1/3 px shift). Marking no-data as NaN makes reproject drop
@@ -443,16 +507,65 @@ def _resample(off_grid, wcs_out, shape, resample: str) -> tuple[np.ndarray, np.n
     import reproject
     from reproject.mosaicking import reproject_and_coadd
 
-    inputs = [(np.where(image.wht.data > 0, image.sci.data, np.nan), w) for image, w in off_grid]
-    return reproject_and_coadd(
+    # Rows beyond the block's are resampled too, then dropped: reproject_exact gave a few pixels
+    # of a grid's first row no weight from an input that a larger grid's same pixels had (seen
+    # across two projection cells), and with _HALO rows more the block's pixels are the larger
+    # grid's, bit for bit.
+    start, stop = max(0, rows.start - _HALO), min(grid.shape[0], rows.stop + _HALO)
+    wcs_rows = grid.wcs.deepcopy()
+    wcs_rows.wcs.crpix[1] -= start
+    shape = (stop - start, grid.shape[1])
+    inputs, weights = [], []
+    for image, wcs_in in off_grid:
+        reach = _reach(wcs_in, image.sci.shape, wcs_rows, shape)
+        if reach is None:
+            continue
+        sci, wht = read_rows(image.sci, *reach), read_rows(image.wht, *reach)
+        wcs_part = wcs_in.deepcopy()
+        wcs_part.wcs.crpix -= (reach[1].start, reach[0].start)
+        inputs.append((np.where(wht > 0, sci, np.nan), wcs_part))
+        weights.append(np.clip(wht, 0, None))
+    if not inputs:
+        return None
+    sci, wht = reproject_and_coadd(
         inputs,
-        wcs_out,
+        wcs_rows,
         shape_out=shape,
-        input_weights=[np.clip(image.wht.data, 0, None) for image, _ in off_grid],
+        input_weights=weights,
         combine_function="mean",
-        reproject_function=getattr(reproject, f"reproject_{resample}"),
+        reproject_function=getattr(reproject, f"reproject_{grid.resample}"),
         blank_pixel_value=0.0,
     )
+    inside = slice(rows.start - start, rows.stop - start)
+    return sci[inside], wht[inside], (0, 0)
+
+
+#: Rows resampled beyond a block's on either side, see `_resampled`.
+_HALO = 2
+#: Input pixels beyond those whose centres fall in a block of output rows that resampling it may
+#: use (bilinear interpolation: one; overlap: the pixels a border output pixel touches).
+_MARGIN = 2
+#: Points per output edge whose input pixels bound the input pixels a block of rows needs.
+_EDGE_STEP = 64
+
+
+def _reach(wcs_in, in_shape, wcs_out, out_shape) -> tuple[slice, slice] | None:
+    """The rows and columns of an input (``wcs_in``, ``in_shape``) that resampling onto the
+    grid ``wcs_out`` of ``out_shape`` may use: the input pixels of the output's border,
+    with a margin; None if they miss the input."""
+    ny, nx = out_shape
+    xs = np.unique(np.r_[np.arange(-0.5, nx, _EDGE_STEP), nx - 0.5])
+    ys = np.unique(np.r_[np.arange(-0.5, ny, _EDGE_STEP), ny - 0.5])
+    x = np.r_[xs, xs, np.full(len(ys), -0.5), np.full(len(ys), nx - 0.5)]
+    y = np.r_[np.full(len(xs), -0.5), np.full(len(xs), ny - 0.5), ys, ys]
+    ix, iy = pixel_to_pixel(wcs_out, wcs_in, x, y)
+    if not (np.all(np.isfinite(ix)) and np.all(np.isfinite(iy))):
+        return (slice(0, in_shape[0]), slice(0, in_shape[1]))  # the whole input: no telling
+    x0, x1 = max(0, int(np.floor(ix.min())) - _MARGIN), min(in_shape[1], int(np.ceil(ix.max())) + _MARGIN + 1)
+    y0, y1 = max(0, int(np.floor(iy.min())) - _MARGIN), min(in_shape[0], int(np.ceil(iy.max())) + _MARGIN + 1)
+    if x1 <= x0 or y1 <= y0:
+        return None
+    return slice(y0, y1), slice(x0, x1)
 
 
 def _mosaic_hdul(
@@ -499,14 +612,27 @@ def _mosaic_hdul(
 
 
 def combine_cutouts(
-    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean"
+    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean", out_dir=None
 ) -> dict[Band, fits.HDUList]:
-    """One mosaic per band: `group_by_band` then `combine_band` on each group (``resample`` and
-    ``combine`` as there).
+    """One mosaic per band: `group_by_band` then `combine_band` on each group (``resample``,
+    ``combine`` and ``out_dir`` as there).
 
     A band with a single cutout still yields a mosaic (a copy on its own grid). Cutouts need SCI
     and WHT extensions (by EXTNAME, or astrocut's O_EXT_NM) and a celestial WCS; their band
     comes from `band_of`.
     """
     groups = _groups(_inputs(cutouts))
-    return {band: _combine(band, images, resample, combine) for band, images in groups.items()}
+    return {
+        band: _written(_combine(band, images, resample, combine, out_dir), out_dir)
+        for band, images in groups.items()
+    }
+
+
+def spilled_mosaics(
+    cutouts: Sequence[fits.HDUList], *, resample: str = "exact", combine: Combiner = "wmean", spill=None
+) -> dict[Band, fits.HDUList]:
+    """`combine_cutouts`, but only mosaics larger than ``conf.block_mb`` per array are written
+    (into ``spill``, a block of rows at a time, and returned opened from their files); the
+    others are returned in memory, not written."""
+    groups = _groups(_inputs(cutouts))
+    return {band: _combine(band, images, resample, combine, spill) for band, images in groups.items()}

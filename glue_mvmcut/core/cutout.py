@@ -30,14 +30,32 @@ from .coords import parse_coord, parse_size
 from .endpoints import file_url
 from .errors import CompressedLayerError, InvalidNameError, NotMVMFileError, OutsideFootprintError
 from .files import atomic_target, checked_fits
-from .fitsfile import LaidOutFITS, block_bytes, placeholder, read_rows, row_blocks, write_fits
+from .fitsfile import (
+    LaidOutFITS,
+    block_bytes,
+    file_of,
+    open_mapped,
+    placeholder,
+    read_rows,
+    row_blocks,
+    write_fits,
+)
 from .fitsheaders import LAYER_HEADERS, HDUInfo, celestial_wcs, edited_header, hdu_with_header, header_text
 from .names import CutoutName, LayerName, safe_filename
 from .remote import RemoteFITS
 from .skycells import SCALES
 from .transport import TransferStats, Urgent, after_urgent_work, run
 
-__all__ = ["cut_layer", "layer_hdus", "open_layer", "layer_name", "physical_pixels"]
+__all__ = [
+    "cut_layer",
+    "cut_local",
+    "cut_remote",
+    "layer_hdus",
+    "open_layer",
+    "layer_name",
+    "physical_pixels",
+    "has_data",
+]
 
 log = logging.getLogger(__name__)
 
@@ -273,18 +291,29 @@ def cut_layer(
     coord = parse_coord(coord)
     size = parse_size(size, allow_pixels=True)
     if _is_remote(source):
-        return run(cut_remote(source, coord, size, stats=stats, cancel=cancel, hdus=hdus, out_dir=out_dir))
-    hdul, layer = open_layer(source)
+        cutout = run(cut_remote(source, coord, size, stats=stats, cancel=cancel, hdus=hdus, spill=out_dir))
+    else:
+        cutout = cut_local(source, coord, size, spill=out_dir)
+    if out_dir is not None and file_of(cutout) is None:  # held in memory: written now
+        write_fits(cutout, out_dir)
+    return cutout
+
+
+def cut_local(path, coord, size, *, spill=None) -> fits.HDUList:
+    """`cut_layer` of a local layer file (``coord`` and ``size`` as `cut_remote` takes them); a
+    cutout larger than ``conf.block_mb`` per array is written into the folder ``spill`` (if
+    given) a block of rows at a time and returned opened from its file."""
+    hdul, layer = open_layer(path)
     with hdul:
         headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
         window = _plan(layer, headers, coord, size)
-        if out_dir is not None and _streamed(window.shape):
+        if spill is not None and _streamed(window.shape):
             cutout = _Cutout(hdul[0].header, layer, coord, window, streamed=True)
-            with cutout.writing(out_dir, headers) as file:
+            with cutout.writing(spill, headers) as file:
                 for ext in _EXTENSIONS:
                     for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
                         cutout.put(file, ext, rows, read_rows(hdul[ext], rows, window.large[1]))
-            return cutout.opened(out_dir)
+            return cutout.opened(spill)
         cutout = _Cutout(hdul[0].header, layer, coord, window)
         # A section reads only the rows of the box (only the tiles it touches of a tile-compressed
         # extension), in physical values; the memory-mapped data is quicker where it needs no scaling.
@@ -294,7 +323,7 @@ def cut_layer(
             else hdul[ext].data[window.large]
             for ext in _EXTENSIONS
         ]
-        return _written(cutout.finish(headers, pieces), out_dir)
+        return cutout.finish(headers, pieces)
 
 
 def _streamed(shape: tuple[int, int] | None) -> bool:
@@ -313,13 +342,6 @@ def _expected_shape(filename: str, size: u.Quantity) -> tuple[int, int] | None:
     if size.unit == u.pix:
         return tuple(int(np.round(v)) for v in size.value)
     return tuple(int(np.round((side / scale).decompose())) for side in size)
-
-
-def _written(cutout: fits.HDUList, out_dir) -> fits.HDUList:
-    """``cutout``, once written into ``out_dir`` (if given)."""
-    if out_dir is not None:
-        write_fits(cutout, out_dir)
-    return cutout
 
 
 def _remote(source: str, stats, cancel) -> RemoteFITS:
@@ -353,25 +375,29 @@ class _StaleHeaders(Exception):
 
 
 async def cut_remote(
-    source: str, coord, size, *, stats=None, cancel=None, hdus=None, out_dir=None
+    source: str, coord, size, *, stats=None, cancel=None, hdus=None, spill=None
 ) -> fits.HDUList:
     """`cut_layer` of a layer in the archive, as a coroutine for the I/O loop
     (`~glue_mvmcut.core.transport.run` or `~glue_mvmcut.core.transport.submit`); ``coord`` an ICRS
     `~astropy.coordinates.SkyCoord` and ``size`` a ``(ny, nx)`` Quantity, as
-    `~glue_mvmcut.core.coords.parse_coord` and `~glue_mvmcut.core.coords.parse_size` give them."""
+    `~glue_mvmcut.core.coords.parse_coord` and `~glue_mvmcut.core.coords.parse_size` give them.
+
+    A cutout larger than ``conf.block_mb`` per array (or of a layer whose name does not tell its
+    pixel scale) is written into the folder ``spill`` (if given) a block of rows at a time, as
+    they come, and returned opened from its file."""
     try:
-        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus, out_dir)
+        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus, spill)
     except _StaleHeaders as exc:
         log.info("%s changed on the server since its headers were read; reading them again.", exc)
-        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus, out_dir)
+        return await _cut_remote_once(_remote(source, stats, cancel), coord, size, hdus, spill)
 
 
-async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None, out_dir=None) -> fits.HDUList:
-    if out_dir is not None and _streamed(_expected_shape(remote.name, size)):
-        return await _cut_remote_streamed(remote, coord, size, hdus, out_dir)
+async def _cut_remote_once(remote: RemoteFITS, coord, size, hdus=None, spill=None) -> fits.HDUList:
+    if spill is not None and _streamed(_expected_shape(remote.name, size)):
+        return await _cut_remote_streamed(remote, coord, size, hdus, spill)
     # Urgent until the pixel requests leave: other layers' work that fills a wait yields to it.
     with Urgent() as urgency:
-        return _written(await _cut_remote_urgently(remote, coord, size, hdus, urgency), out_dir)
+        return await _cut_remote_urgently(remote, coord, size, hdus, urgency)
 
 
 async def _cut_remote_streamed(remote: RemoteFITS, coord, size, hdus, out_dir) -> fits.HDUList:
@@ -472,6 +498,13 @@ def _check_version(remote: RemoteFITS, cached, version, hdus) -> None:
         raise _StaleHeaders(remote.url)
     if cached is None:
         LAYER_HEADERS.put(remote.url, hdus, remote.version)
+
+
+def has_data(cutout: fits.HDUList) -> bool:
+    """Whether any pixel of a cutout's WHT is > 0, read a block of rows at a time."""
+    wht = cutout["WHT"]
+    ny, nx = wht.shape
+    return any(np.any(read_rows(wht, rows) > 0) for rows in row_blocks(0, ny, nx))
 
 
 def _differ(now: tuple, then: tuple) -> bool:
@@ -592,8 +625,8 @@ class _Cutout:
                 block[:, self.window.small[1]] = piece
 
     def opened(self, out_dir) -> fits.HDUList:
-        """The cutout's file in ``out_dir``, opened (memory-mapped: nothing is read until used)."""
-        return fits.open(Path(out_dir) / safe_filename(self.name))
+        """The cutout's file in ``out_dir``, memory-mapped (`~glue_mvmcut.core.fitsfile.open_mapped`)."""
+        return open_mapped(Path(out_dir) / safe_filename(self.name))
 
     def finish(self, headers: dict[str, fits.Header | HDUInfo], pieces) -> fits.HDUList:
         """The HDUList, with each extension (its header made from ``headers`` if not yet)

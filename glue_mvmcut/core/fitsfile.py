@@ -13,6 +13,7 @@ of the same headers and pixels gives the same bytes). Files are read back a bloc
 (`read_rows`).
 """
 
+import mmap
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
 from .config import conf
 from .files import write_atomically
-from .fitsheaders import BLOCK
+from .fitsheaders import BLOCK, hdu_with_header
 from .names import safe_filename
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "placeholder",
     "mapped_rows",
     "read_rows",
+    "open_mapped",
+    "file_of",
     "write_fits",
 ]
 
@@ -82,12 +85,19 @@ def mapped_rows(
 
 
 def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.ndarray:
-    """``hdu.data[rows, cols]`` (a copy), read from its file through `mapped_rows` when it is an
-    unscaled image whose data astropy has not loaded: never the whole array in memory."""
+    """``hdu.data[rows, cols]``: a view where the pixels are in memory, else read from their
+    file (through `mapped_rows` where they are stored as they are, `open_mapped`'s pixels too),
+    never the whole array."""
     info = hdu.fileinfo()
-    # ``_data_loaded``: pixels a user may have changed are in memory, not in the file.
-    if info is None or hdu._data_loaded or info["file"].compression or _is_scaled(hdu):
-        return np.array(hdu.section[rows, cols] if info is not None else hdu.data[rows, cols])
+    # ``_data_loaded``: pixels in memory (a user may have changed them) are what counts.
+    if info is None or hdu._data_loaded:
+        data = hdu.data
+        if isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap) and data.mode == "r":
+            with mapped_rows(data.filename, data.offset, data.shape, data.dtype, rows) as window:
+                return np.array(window[:, cols])
+        return data[rows, cols]
+    if info["file"].compression or _is_scaled(hdu):
+        return hdu.section[rows, cols]
     dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
     with mapped_rows(info["file"].name, info["datLoc"], hdu.shape, dtype, rows) as window:
         return np.array(window[:, cols])
@@ -97,6 +107,32 @@ def _is_scaled(hdu) -> bool:
     return isinstance(hdu, fits.CompImageHDU) or any(
         hdu.header.get(keyword) is not None for keyword in ("BSCALE", "BZERO", "BLANK")
     )
+
+
+def open_mapped(path) -> fits.HDUList:
+    """The FITS file ``path``, its images' pixels each a read-only `numpy.memmap` of its own:
+    nothing is read until used, no file stays open (a memory map needs none), and `read_rows`
+    reads them a window at a time. For files written here, of unscaled images."""
+    hdus = []
+    with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+        for hdu in hdul:
+            data = None
+            if hdu.header.get("NAXIS"):
+                dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
+                data = np.memmap(path, dtype, "r", offset=hdu.fileinfo()["datLoc"], shape=hdu.shape)
+            hdus.append(hdu_with_header(type(hdu), hdu.header, data))
+    return fits.HDUList(hdus)
+
+
+def file_of(hdul: fits.HDUList) -> Path | None:
+    """The file ``hdul`` was opened from (by `open_mapped` or astropy), None if it is in memory."""
+    if hdul.filename() is not None:
+        return Path(hdul.filename())
+    for hdu in hdul:
+        data = hdu.data if hdu._data_loaded else None
+        if isinstance(data, np.memmap) and data.filename:
+            return Path(data.filename)
+    return None
 
 
 def write_fits(hdul: fits.HDUList, out_dir) -> Path:

@@ -8,27 +8,27 @@ returns True stops the work between units, leaving no partial file behind.
 import asyncio
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import astropy.units as u
-import numpy as np
 from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .combine import combine_cutouts, group_by_band
+from .combine import group_by_band, spilled_mosaics
 from .combiners import Combiner, combiner_name
 from .coords import box_radius, parse_size
-from .cutout import cut_layer, cut_remote
+from .cutout import cut_local, cut_remote, has_data
 from .download import download_layer
 from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
-from .files import folder_lock, remove_stale_parts, writable_folder, write_atomically
-from .fitsfile import write_fits
+from .files import PART, folder_lock, remove_stale_parts, writable_folder, write_atomically
+from .fitsfile import file_of, write_fits
 from .mast import query_layers, resolve_target
 from .names import Band, QueryName, checked_product, checked_selection, safe_filename
 from .remote import RangeNotSupported
@@ -234,7 +234,6 @@ def cutout_mosaic(
     coord = resolve_target(coord)
     size = parse_size(size)
     out_dir = writable_folder(out_dir) if out_dir is not None else None
-    fetcher = _Fetcher(fetch, cache, cancel, hdus)
     steps = _Steps(progress, cancel)
     steps.check()
     started = time.perf_counter()
@@ -249,32 +248,78 @@ def cutout_mosaic(
     named = [
         (checked_product(str(r["productFilename"]), str(r["dataURI"])), str(r["dataURI"])) for r in layers
     ]
-    started = time.perf_counter()
-    # Closed however this loop ends: the cuts still under way are cancelled then.
-    with closing(fetcher.cutouts(named, coord, size, result.stats)) as cutouts:
-        for name, cutout in cutouts:
-            if cutout is None or not np.any(cutout["WHT"].data > 0):
-                log.info("%s has no data in the box; skipped.", name)
-                result.skipped.append(name)
-            else:
-                result.cutouts.append(cutout)
-            steps.report(f"cut {name}")
+    with ExitStack() as run_files:
+        if out_dir is not None:  # cutouts and mosaics larger than a block are written as made
+            run_files.enter_context(folder_lock(out_dir, cancel))
+        spill = _spill(run_files, out_dir, products)
+        started = time.perf_counter()
+        # Closed however this loop ends: the cuts still under way are cancelled then.
+        fetcher = _Fetcher(fetch, cache, cancel, hdus, spill)
+        with closing(fetcher.cutouts(named, coord, size, result.stats)) as cutouts:
+            for name, cutout in cutouts:
+                if cutout is None or not has_data(cutout):
+                    log.info("%s has no data in the box; skipped.", name)
+                    result.skipped.append(name)
+                    _discard(cutout)
+                else:
+                    result.cutouts.append(cutout)
+                steps.report(f"cut {name}")
+                steps.check()
+        steps.timed("cut", started)
+        if combiner is not False:
             steps.check()
-    steps.timed("cut", started)
-    if combiner is not False:
-        steps.check()
-        started = time.perf_counter()
-        result.mosaics = combine_cutouts(result.cutouts, resample=resample, combine=combiner)
-        steps.timed("combine", started)
-        steps.report(f"{len(result.mosaics)} mosaics")
-    if out_dir is not None:
-        started = time.perf_counter()
-        with folder_lock(out_dir, cancel):
+            started = time.perf_counter()
+            result.mosaics = _mosaics(result.cutouts, resample, combiner, products, out_dir)
+            steps.timed("combine", started)
+            steps.report(f"{len(result.mosaics)} mosaics")
+        if out_dir is not None:
+            started = time.perf_counter()
             write_products(result, out_dir, cancel, products=products)
-        steps.timed("write", started)
-        steps.report(f"wrote {len(result.files())} files")
+            steps.timed("write", started)
+            steps.report(f"wrote {len(result.files())} files")
     result.seconds = steps.seconds
     return result
+
+
+def _spill(run_files: ExitStack, out_dir: Path | None, products: str) -> Path | None:
+    """Where a run writes cutouts and mosaics larger than a block, a block of rows at a time:
+    ``out_dir``, or for ``products="mosaics"`` a private folder in it for the cutouts, removed
+    when the run ends (their memory maps still read them: their disk is freed once the result
+    goes); None without ``out_dir`` (all is held in memory)."""
+    if out_dir is None or products != "mosaics":
+        return out_dir
+    remove_stale_parts(out_dir, [SCRATCH])  # a killed run's
+    scratch = tempfile.TemporaryDirectory(
+        prefix=f".{SCRATCH}.", suffix=PART, dir=out_dir, ignore_cleanup_errors=True
+    )
+    return Path(run_files.enter_context(scratch))
+
+
+#: What the private folder of a run's cutouts is called (`_spill`).
+SCRATCH = "mvmcut-cutouts"
+
+
+def _discard(cutout: fits.HDUList | None) -> None:
+    """Remove the file of a cutout with no data in the box, if it was written."""
+    path = file_of(cutout) if cutout is not None else None
+    if path is not None:
+        path.unlink(missing_ok=True)
+
+
+def _mosaics(cutouts, resample: str, combiner: Combiner, products: str, out_dir: Path | None) -> dict:
+    """The mosaic of each band, those larger than a block written into ``out_dir`` as they are
+    made (`~glue_mvmcut.core.combine.spilled_mosaics`). With ``products="both"`` a band's single
+    cutout written to its file (one larger than a block) is its mosaic: not copied."""
+    spill = out_dir if products in ("both", "mosaics") else None
+    groups = group_by_band(cutouts)
+    alone = {
+        band: members[0]
+        for band, members in groups.items()
+        if products == "both" and len(members) == 1 and file_of(members[0]) is not None
+    }
+    others = [cutout for band, members in groups.items() if band not in alone for cutout in members]
+    made = spilled_mosaics(others, resample=resample, combine=combiner, spill=spill) if others else {}
+    return {band: alone.get(band) or made[band] for band in groups}
 
 
 class _Fetcher:
@@ -284,10 +329,10 @@ class _Fetcher:
     downloads; in ``ranged`` mode it is an error.
     """
 
-    def __init__(self, fetch: str, cache, cancel, hdus: Mapping[str, dict] | None = None):
+    def __init__(self, fetch: str, cache, cancel, hdus: Mapping[str, dict] | None = None, spill=None):
         if fetch not in FETCH_MODES:
             raise ValueError(f"fetch must be one of {FETCH_MODES}, not {fetch!r}.")
-        self.fetch, self.cache, self.cancel = fetch, cache, cancel
+        self.fetch, self.cache, self.cancel, self.spill = fetch, cache, cancel, spill
         self.hdus = hdus or {}
         self.ranged = fetch != "download"
 
@@ -339,7 +384,13 @@ class _Fetcher:
             started.append(asyncio.current_task())
             async with gate:
                 return await cut_remote(
-                    data_uri, coord, size, stats=stats, cancel=self.cancel, hdus=self.hdus.get(name)
+                    data_uri,
+                    coord,
+                    size,
+                    stats=stats,
+                    cancel=self.cancel,
+                    hdus=self.hdus.get(name),
+                    spill=self.spill,
                 )
 
         return submit(cut())
@@ -356,7 +407,7 @@ class _Fetcher:
 
     def _downloaded(self, name: str, data_uri: str, coord, size, stats: TransferStats) -> fits.HDUList:
         path = download_layer(name, data_uri, cache=self.cache, cancel=self.cancel, stats=stats)
-        return cut_layer(path, coord, size)
+        return cut_local(path, coord, size, spill=self.spill)
 
 
 async def _stopped(tasks: list[asyncio.Task]) -> None:
@@ -364,6 +415,14 @@ async def _stopped(tasks: list[asyncio.Task]) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _file_in(hdul: fits.HDUList, folder: Path) -> Path | None:
+    """The file of ``hdul`` if it is one in ``folder`` (written there a block at a time)."""
+    path = file_of(hdul)
+    if path is not None and path.parent.resolve() == Path(folder).resolve():
+        return Path(folder) / path.name
+    return None
 
 
 def write_products(
@@ -394,6 +453,6 @@ def write_products(
     paths = {}
     for hdul in written:
         _check_cancel(cancel)
-        paths[id(hdul)] = write_fits(hdul, out_dir)
+        paths[id(hdul)] = _file_in(hdul, out_dir) or write_fits(hdul, out_dir)
     result.paths["cutouts"] += [paths[id(hdul)] for hdul in cutouts]
     result.paths["mosaics"] += [paths[id(alone.get(id(hdul), hdul))] for hdul in mosaics]

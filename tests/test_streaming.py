@@ -1,0 +1,172 @@
+"""Cutouts and mosaics larger than a block (``conf.block_mb``) are written into their files a
+block of rows at a time, and are byte for byte what the same products held in memory are."""
+
+import filecmp
+import os
+
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from astropy.io import fits
+from astropy.wcs import WCS
+from sameness import hdul_bytes
+
+from glue_mvmcut import Cancelled, conf, cutout_mosaic
+from glue_mvmcut.core.combine import combine_cutouts
+from glue_mvmcut.core.cutout import cut_layer
+from glue_mvmcut.core.fitsfile import LaidOutFITS, file_of, placeholder, read_rows, row_blocks
+from glue_mvmcut.core.mast import query_layers
+from glue_mvmcut.hapcut import make_the_cut, mvm_combine
+
+LMC = SkyCoord(84.9208, -69.1467, unit="deg")
+FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
+COARSE = "hst_skycell-p0081x14y15_wfc3_ir_f160w_coarse-all_drz.fits"
+#: Blocks of 0.05 MB: 13 rows of a 20" cutout (1000 px wide), so every product here takes many.
+SMALL_BLOCKS = 0.05
+
+
+def _hdus(sci, wht):
+    primary = fits.PrimaryHDU()
+    primary.header["FILENAME"] = "laid_out.fits"
+    extensions = []
+    for extname, data in (("SCI", sci), ("WHT", wht)):
+        hdu = fits.ImageHDU(data=data, name=extname)
+        hdu.header["CRPIX1"], hdu.header["BUNIT"] = 1.5, "ELECTRONS/S"
+        extensions.append(hdu)
+    return [primary, *extensions]
+
+
+def test_a_file_laid_out_then_filled_by_blocks_is_what_astropy_writes(tmp_path):
+    rng = np.random.default_rng(5)
+    sci, wht = (rng.random((301, 123)).astype(">f4") for _ in range(2))
+    fits.HDUList(_hdus(sci, wht)).writeto(tmp_path / "astropy.fits", output_verify="ignore")
+    file = LaidOutFITS.create(tmp_path / "blocks.fits", _hdus(placeholder(sci.shape), placeholder(wht.shape)))
+    # Laid out: the size of the whole file, zeros where no pixel has been written yet.
+    assert os.path.getsize(tmp_path / "blocks.fits") == os.path.getsize(tmp_path / "astropy.fits")
+    with fits.open(tmp_path / "blocks.fits") as hdul:
+        assert hdul["SCI"].data.shape == (301, 123) and not hdul["SCI"].data.any()
+    with conf.set_temp("block_mb", 0.01):  # 21 rows a block
+        blocks = list(row_blocks(0, 301, 123))
+        assert [(b.start, b.stop) for b in blocks[:2]] == [(0, 21), (21, 42)] and blocks[-1].stop == 301
+        for index, data in ((1, sci), (2, wht)):
+            for rows in blocks:
+                with file.rows(index, rows) as window:
+                    window[...] = data[rows]
+    assert filecmp.cmp(tmp_path / "astropy.fits", tmp_path / "blocks.fits", shallow=False)
+    with fits.open(tmp_path / "blocks.fits") as hdul:  # read back a block, the file unmapped
+        np.testing.assert_array_equal(read_rows(hdul["WHT"], slice(40, 50), slice(7, 9)), wht[40:50, 7:9])
+
+
+@pytest.mark.parametrize("name", [FINE, COARSE])
+@pytest.mark.parametrize("source", ["local", "multipart", "one-range"])
+def test_cutouts_written_by_blocks_are_the_cutouts_held_in_memory(mast, lmc_archive, tmp_path, name, source):
+    mast.faults.ranges = "one-range" if source == "one-range" else "multipart"
+    layer = lmc_archive.directory / name if source == "local" else f"mast:HST/product/{name}"
+    held = cut_layer(lmc_archive.directory / name, LMC, 20)
+    assert held.filename() is None
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        streamed = cut_layer(layer, LMC, 20, out_dir=tmp_path)
+    path = tmp_path / held[0].header["FILENAME"]
+    assert file_of(streamed) == path  # memory-mapped from its file, not held
+    assert path.read_bytes() == hdul_bytes(held) == hdul_bytes(streamed)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no part left beside it
+
+
+def test_rows_of_no_data_are_left_as_holes(lmc_archive, tmp_path):
+    """A box centred on a layer's corner pixel: the half of its rows beyond the layer are never
+    written (they read as 0), and take no disk."""
+    layer = lmc_archive.directory / FINE
+    with fits.open(layer) as hdul:
+        corner = SkyCoord.from_pixel(5, 5, WCS(hdul["SCI"].header))
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        cutout = cut_layer(layer, corner, 60, out_dir=tmp_path)
+    path = file_of(cutout)
+    assert os.stat(path).st_blocks * 512 < 0.52 * os.path.getsize(path)
+    assert path.read_bytes() == hdul_bytes(cut_layer(layer, corner, 60))
+
+
+@pytest.mark.parametrize("field, resample", [("lmc", "exact"), ("twocells", "exact"), ("twocells", "interp")])
+@pytest.mark.parametrize("combine", ["wmean", "median", "last"])
+def test_mosaics_made_by_blocks_are_the_mosaics_made_whole(archives, tmp_path, field, resample, combine):
+    """Pasted inputs (lmc's fine layers), inputs 1/3 px off the grid (lmc's coarse ones) and
+    inputs of another projection cell (twocells) alike."""
+    archive = archives[field]
+    coord = LMC if field == "lmc" else SkyCoord(archive.field.ra, archive.field.dec, unit="deg")
+    cutouts = [cut_layer(archive.directory / rec.filename, coord, 30) for rec in archive.layers]
+    whole = combine_cutouts(cutouts, resample=resample, combine=combine)
+    methods = {mosaic[0].header["COMBMETH"] for mosaic in whole.values()}
+    assert f"paste + reproject_{resample}" in methods
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        by_blocks = combine_cutouts(cutouts, resample=resample, combine=combine, out_dir=tmp_path)
+    assert by_blocks.keys() == whole.keys()
+    for band, mosaic in by_blocks.items():
+        assert file_of(mosaic) == tmp_path / mosaic[0].header["FILENAME"]
+        assert file_of(mosaic).read_bytes() == hdul_bytes(whole[band])
+
+
+@pytest.mark.parametrize("fetch", ["ranged", "download"])
+@pytest.mark.parametrize("products", ["both", "mosaics", "cutouts"])
+def test_runs_by_blocks_write_what_runs_held_in_memory_write(mast, tmp_path, fetch, products):
+    held = cutout_mosaic(LMC, 20, out_dir=tmp_path / "held", fetch=fetch, products=products)
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        blocks = cutout_mosaic(LMC, 20, out_dir=tmp_path / "blocks", fetch=fetch, products=products)
+    names = sorted(p.name for p in (tmp_path / "held").iterdir())
+    assert sorted(p.name for p in (tmp_path / "blocks").iterdir()) == names  # no scratch folder left
+    assert len(names) == {"both": 1 + 20 + 5, "mosaics": 1 + 5, "cutouts": 1 + 20}[products]
+    for name in names:
+        assert filecmp.cmp(tmp_path / "held" / name, tmp_path / "blocks" / name, shallow=False), name
+    assert [p.name for p in blocks.files()] == [p.name for p in held.files()]
+    for streamed, in_memory in zip(blocks.cutouts, held.cutouts, strict=True):
+        assert file_of(in_memory) is None
+        path = file_of(streamed)  # memory-mapped; for mosaics only, in a folder since removed
+        assert path.parent.exists() == (products != "mosaics")
+        np.testing.assert_array_equal(streamed["WHT"].data, in_memory["WHT"].data)
+
+
+def test_a_band_of_one_cutout_written_by_blocks_is_its_own_mosaic(mast, tmp_path):
+    """Not copied into a mosaic file, as a band of one cutout held in memory is not written twice."""
+    table = query_layers(LMC, 20)
+    one_skycell = table[["p0081x15y15" in name for name in table["productFilename"]]]
+    held = cutout_mosaic(LMC, 20, layers=one_skycell, out_dir=tmp_path / "held")
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        blocks = cutout_mosaic(LMC, 20, layers=one_skycell, out_dir=tmp_path / "blocks")
+    assert len(blocks.cutouts) == len(blocks.mosaics) == 5
+    assert [blocks.mosaics[band] for band in blocks.mosaics] == blocks.cutouts  # the very cutouts
+    assert all(
+        mosaic is not cutout for mosaic, cutout in zip(held.mosaics.values(), held.cutouts, strict=True)
+    )
+    assert blocks.paths["mosaics"] == blocks.paths["cutouts"]
+    assert [p.name for p in blocks.files()] == [p.name for p in held.files()]  # the table, 5 cutouts
+    assert len(list((tmp_path / "blocks").iterdir())) == 6
+
+
+def test_a_cancelled_run_by_blocks_leaves_no_file_that_looks_finished(mast, tmp_path):
+    out = tmp_path / "out"
+
+    def cancel():  # checked between requests: the run stops amid the blocks of the other cutouts
+        return any(out.glob("hst_cutout_*"))
+
+    with conf.set_temp("block_mb", SMALL_BLOCKS), pytest.raises(Cancelled):
+        cutout_mosaic(LMC, 20, out_dir=out, cancel=cancel)
+    written = list(out.iterdir())
+    assert 0 < len(written) < 20
+    for path in written:  # whole cutouts only (their private part folders gone)
+        assert path.name.startswith("hst_cutout_") and path.is_file(), path.name
+        with fits.open(path) as hdul:
+            assert [hdu.name for hdu in hdul] == ["PRIMARY", "SCI", "WHT"]
+            assert hdul["WHT"].data.shape == (500, 500) and hdul["WHT"].data.any()
+
+
+def test_the_seed_functions_write_by_blocks(lmc_archive, tmp_path):
+    layers = [lmc_archive.directory / FINE, lmc_archive.directory / FINE.replace("x14y15", "x15y15")]
+    held = make_the_cut(layers, LMC, 20, output_dir=tmp_path / "held")
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        blocks = make_the_cut(layers, LMC, 20, output_dir=tmp_path / "blocks")
+    assert blocks == held
+    for name in held:
+        assert filecmp.cmp(tmp_path / "held" / name, tmp_path / "blocks" / name, shallow=False)
+    held_mosaic = mvm_combine([tmp_path / "held" / n for n in held], output_dir=tmp_path / "held")
+    with conf.set_temp("block_mb", SMALL_BLOCKS):
+        mosaic = mvm_combine([tmp_path / "blocks" / n for n in held], output_dir=tmp_path / "blocks")
+    assert [os.path.basename(p) for p in mosaic] == [os.path.basename(p) for p in held_mosaic]
+    assert filecmp.cmp(held_mosaic[0], mosaic[0], shallow=False)
