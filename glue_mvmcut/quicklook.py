@@ -11,8 +11,9 @@ from astropy.visualization import AsinhStretch, ImageNormalize, PercentileInterv
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from .core.combine import band_of
+from .core.bands import band_of
 from .core.files import write_atomically
+from .core.fitsfile import read_rows
 
 __all__ = ["quicklook_title", "save_quicklook"]
 
@@ -27,7 +28,7 @@ def quicklook_title(hdul: fits.HDUList) -> str:
     scale = _arcsec_per_pixel(WCS(sci.header).celestial)
     exposure = f"exposure {band.exposure}" if band.exposure else "all exposures"
     what = f"{band.instrument.upper()}/{band.detector.upper()} {band.filter.upper()}"
-    ny, nx = sci.data.shape
+    ny, nx = sci.shape
     head = hdul[0].header
     where = (
         f"{head['RA_OBJ']:.5f} {head['DEC_OBJ']:+.5f}" if "RA_OBJ" in head and "DEC_OBJ" in head else "box"
@@ -45,11 +46,9 @@ def save_quicklook(hdul: fits.HDUList, path, *, title: str | None = None) -> Pat
     """
     from matplotlib.figure import Figure  # imported here: matplotlib is only needed for pictures
 
-    sci = np.asarray(hdul["SCI"].data, dtype=float)
-    has_data = np.asarray(hdul["WHT"].data) > 0
+    sci, has_data, wcs = _shown(hdul)
     values = sci[has_data] if has_data.any() else sci.ravel()
     norm = ImageNormalize(values, interval=PercentileInterval(99.5), stretch=AsinhStretch(0.05))
-    wcs = WCS(hdul["SCI"].header).celestial
     figure = Figure(figsize=(7, 6.4), dpi=100)
     axes = figure.add_subplot(projection=wcs)
     image = axes.imshow(np.where(has_data, sci, np.nan), origin="lower", cmap="gray", norm=norm)
@@ -64,6 +63,24 @@ def save_quicklook(hdul: fits.HDUList, path, *, title: str | None = None) -> Pat
     return write_atomically(
         Path(path), lambda partial: figure.savefig(partial, format="png", bbox_inches="tight")
     )
+
+
+#: Most pixels a quick-look shows on a side: larger images show every n-th row and column.
+SHOWN_PIXELS = 2048
+
+
+def _shown(hdul: fits.HDUList) -> tuple[np.ndarray, np.ndarray, WCS]:
+    """SCI (float), where WHT > 0, and the celestial WCS of what a quick-look shows: the image,
+    or of one larger than `SHOWN_PIXELS` on a side every n-th row and column, read a row at a
+    time (a 3600" mosaic is 32 GB per array)."""
+    sci, wht = hdul["SCI"], hdul["WHT"]
+    step = max(1, -(-max(sci.shape) // SHOWN_PIXELS))
+    columns = slice(None, None, step)
+    rows = range(0, sci.shape[0], step)
+    shown_sci = np.array([read_rows(sci, slice(y, y + 1), columns)[0] for y in rows], dtype=float)
+    shown_wht = np.array([read_rows(wht, slice(y, y + 1), columns)[0] for y in rows])
+    wcs = WCS(sci.header).celestial
+    return shown_sci, shown_wht > 0, wcs[::step, ::step] if step > 1 else wcs
 
 
 def _arcsec_per_pixel(wcs: WCS) -> float:

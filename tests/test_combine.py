@@ -9,7 +9,8 @@ from astropy.nddata import Cutout2D
 from astropy.wcs import WCS
 
 from glue_mvmcut import NotMVMFileError
-from glue_mvmcut.core.combine import UNKNOWN_BAND, _filter_name, band_of, combine_band, combine_cutouts
+from glue_mvmcut.core.bands import UNKNOWN_BAND, band_of, filter_name
+from glue_mvmcut.core.combine import combine_band, combine_cutouts
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.names import Band, CombinedName
 from glue_mvmcut.testing import synth
@@ -356,11 +357,11 @@ def test_a_cutout_whose_band_nothing_tells_is_named(lmc_archive, tmp_path):
 
 
 def test_filters_from_keywords_follow_drizzlepacs_rules():
-    assert _filter_name("F606W;POL60V") == "f606w-pol60v"
-    assert _filter_name("POL120UV;F435W") == "f435w-pol120uv"  # the polarizer last
-    assert _filter_name("CLEAR1L;F814W") == "f814w"
-    assert _filter_name("CLEAR1L;CLEAR2L") == "clear"
-    assert _filter_name("F140LP;N/A;F140LP") == "f140lp"  # SBC's malformed third entry
+    assert filter_name("F606W;POL60V") == "f606w-pol60v"
+    assert filter_name("POL120UV;F435W") == "f435w-pol120uv"  # the polarizer last
+    assert filter_name("CLEAR1L;F814W") == "f814w"
+    assert filter_name("CLEAR1L;CLEAR2L") == "clear"
+    assert filter_name("F140LP;N/A;F140LP") == "f140lp"  # SBC's malformed third entry
 
 
 def test_an_unknown_resampler_is_refused_before_any_work(lmc_archive):

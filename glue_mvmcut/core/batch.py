@@ -37,7 +37,7 @@ from .files import folder_lock, remove_path, remove_stale_parts, writable_folder
 from .manifest import MANIFEST, STATUSES, Record, previous_records, write_manifest
 from .mast import query_layers_near, resolve_name
 from .names import checked_selection
-from .pipeline import checked_combiner, cutout_mosaic, write_products
+from .pipeline import checked_combiner, cutout_mosaic
 from .targets import Target, read_targets
 from .transport import TransferStats
 
@@ -139,14 +139,13 @@ def _target_task(target: Target, layers: Table, hdus: dict, out_dir: str, option
             *target.box,
             layers=layers,
             hdus={name: found[0] for name, found in hdus.items() if found[0] is not None},
+            out_dir=partial,
             combine=options["combine"],
             resample=options["resample"],
             fetch=options["fetch"],
             products=options["products"],
             cancel=cancel,
         )
-        # The folder is the task's own: no lock.
-        write_products(result, partial, cancel, products=options["products"])
         record.files = sorted(path.name for path in result.files())
         record.status = "done" if result.cutouts else "no data"
         record.bytes, record.requests = result.stats.bytes, result.stats.requests

@@ -14,7 +14,6 @@ grid with reproject. The decision is made from the WCSs, never from names.
 import functools
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.wcs.utils import pixel_to_pixel, proj_plane_pixel_scales
+from astropy.wcs.utils import pixel_to_pixel
 
+from .bands import UNKNOWN_BAND, Input, images_by_band, inputs
 from .combiners import Combiner, combiner_name, describe, stack_combiner
-from .errors import InvalidNameError, NotMVMFileError
 from .files import atomic_target
 from .fitsfile import (
     LaidOutFITS,
@@ -39,10 +38,10 @@ from .fitsfile import (
     write_fits,
 )
 from .fitsheaders import celestial_wcs, hdu_with_header, header_text, read_wcs
-from .names import Band, CombinedName, parse_product_name, safe_filename
+from .names import Band, CombinedName, safe_filename
 from .threadsafe import per_process
 
-__all__ = ["UNKNOWN_BAND", "band_of", "group_by_band", "combine_band", "combine_cutouts"]
+__all__ = ["combine_band", "combine_cutouts", "spilled_mosaics"]
 
 log = logging.getLogger(__name__)
 
@@ -51,144 +50,6 @@ RESAMPLERS = ("exact", "interp")
 _BLOCK_ROWS = 256
 _CACHED_PIXELS = 1 << 16
 _PRIMARY_KEYS = ("TELESCOP", "INSTRUME", "DETECTOR", "FILTER", "D001SCAL", "RA_OBJ", "DEC_OBJ")
-_SCALES = {"fine": 0.04, "coarse": 0.12}  # arcsec per pixel
-#: The band of cutouts that neither their names nor their headers tell (one mosaic per call).
-UNKNOWN_BAND = Band(instrument="unknown", detector="unknown", filter="unknown")
-
-
-@dataclass
-class _Input:
-    """One cutout as combine reads it: its SCI and WHT HDUs, primary header, band (None when
-    nothing tells it) and how messages name it."""
-
-    hdul: fits.HDUList
-    sci: fits.ImageHDU
-    wht: fits.ImageHDU
-    band: Band | None
-    name: str
-
-    @classmethod
-    def of(cls, hdul: fits.HDUList, index: int = 0) -> "_Input":
-        primary = hdul[0].header
-        named = hdul.filename() or primary.get("FILENAME") or primary.get("ORIG_FLE")
-        name = Path(str(named)).name if named else f"cutout {index + 1} (in memory)"
-        extensions = {}
-        for hdu in hdul[1:]:
-            # astrocut names both CUTOUT and keeps the layer's names in O_EXT_NM
-            for key in ("EXTNAME", "O_EXT_NM"):
-                extname = str(hdu.header.get(key, "")).strip().upper()
-                if extname in ("SCI", "WHT"):
-                    extensions.setdefault(extname, hdu)
-                    break
-        for extname in ("SCI", "WHT"):
-            if extname not in extensions:
-                raise NotMVMFileError(f"{name} is not a cutout: it has no {extname} extension.")
-        sci, wht = extensions["SCI"], extensions["WHT"]
-        return cls(hdul, sci, wht, _band(hdul, sci), name)
-
-    @property
-    def primary(self) -> fits.Header:
-        return self.hdul[0].header
-
-    def get(self, keyword: str, default=None):
-        """A keyword of the primary header, else of SCI's."""
-        return self.primary.get(keyword, self.sci.header.get(keyword, default))
-
-
-def _band(hdul: fits.HDUList, sci: fits.ImageHDU) -> Band | None:
-    """The band an image's names say (FILENAME, ORIG_FLE, its file's name), else its keywords."""
-    names = (hdul[0].header.get("FILENAME"), hdul[0].header.get("ORIG_FLE"), sci.header.get("ORIG_FLE"))
-    for name in (*names, Path(hdul.filename() or "").name):
-        try:
-            return parse_product_name(str(name or "")).band
-        except InvalidNameError:
-            continue
-    return _band_from_keywords(hdul[0].header, sci)
-
-
-def _band_from_keywords(primary: fits.Header, sci: fits.ImageHDU) -> Band | None:
-    """The band INSTRUME, DETECTOR and FILTER (or ACS's FILTER1 and FILTER2) give, with the scale
-    nearest the SCI WCS's pixel scale; None where they are missing or malformed."""
-
-    def value(keyword: str) -> str:
-        return str(primary.get(keyword, sci.header.get(keyword, ""))).strip()
-
-    filters = value("FILTER") or ";".join(v for v in (value("FILTER1"), value("FILTER2")) if v)
-    if not (value("INSTRUME") and value("DETECTOR") and filters):
-        return None
-    wcs = read_wcs(sci.header).celestial
-    if not wcs.has_celestial:
-        return None
-    arcsec = float(np.mean(proj_plane_pixel_scales(wcs))) * 3600
-    try:
-        return Band(
-            instrument=value("INSTRUME").lower(),
-            detector=value("DETECTOR").lower(),
-            filter=_filter_name(filters),
-            scale=min(_SCALES, key=lambda scale: abs(_SCALES[scale] - arcsec)),
-        )
-    except InvalidNameError:
-        return None
-
-
-def _filter_name(raw: str) -> str:
-    """An MVM name's filter from a FILTER keyword, as drizzlepac's ``determine_filter_name`` makes
-    it: the first two of the ';'-separated wheels, clear (and SBC's n/a) ones left out, a
-    polarizer last, joined by '-'; ``clear`` when both are clear."""
-    wheels = [f for f in raw.lower().split(";")[:2] if "clear" not in f and "n/a" not in f]
-    if wheels and wheels[0].startswith("pol"):
-        wheels.reverse()
-    return "-".join(wheels) or "clear"
-
-
-def band_of(hdul: fits.HDUList) -> Band:
-    """The band of a layer, cutout or mosaic: from its FILENAME or ORIG_FLE keyword or its file's
-    name, else from its INSTRUME, DETECTOR and FILTER keywords and pixel scale.
-
-    Raises
-    ------
-    NotMVMFileError
-        Naming the file, if it has no SCI and WHT extensions or nothing tells its band.
-    """
-    image = _Input.of(hdul)
-    if image.band is None:
-        raise NotMVMFileError(_no_band(image))
-    return image.band
-
-
-def _no_band(image: _Input) -> str:
-    return (
-        f"Cannot tell the band of {image.name}: neither its name, FILENAME or ORIG_FLE, nor its "
-        "INSTRUME, DETECTOR and FILTER keywords give it."
-    )
-
-
-def group_by_band(cutouts: Sequence[fits.HDUList]) -> dict[Band, list[fits.HDUList]]:
-    """Group cutouts by band (instrument, detector, filter, scale, exposure), in input order.
-
-    Cutouts whose band nothing tells (`band_of`) form one group, `UNKNOWN_BAND`, when none of
-    the others tells one either: one mosaic per call.
-
-    Raises
-    ------
-    NotMVMFileError
-        Naming the first cutout whose band cannot be told, when others' can.
-    """
-    return {band: [image.hdul for image in group] for band, group in _groups(_inputs(cutouts)).items()}
-
-
-def _inputs(cutouts: Sequence[fits.HDUList]) -> list[_Input]:
-    return [_Input.of(cutout, index) for index, cutout in enumerate(cutouts)]
-
-
-def _groups(images: list[_Input]) -> dict[Band, list[_Input]]:
-    unknown = [image for image in images if image.band is None]
-    if unknown and len(unknown) < len(images):
-        raise NotMVMFileError(_no_band(unknown[0]) + " Combine it in a call of its own.")
-    groups: dict[Band, list[_Input]] = defaultdict(list)
-    for image in images:
-        groups[image.band or UNKNOWN_BAND].append(image)
-    return dict(groups)
 
 
 def _celestial(header: fits.Header):
@@ -382,7 +243,7 @@ def combine_band(
     """
     if not cutouts:
         raise ValueError("combine_band needs at least one cutout.")
-    groups = _groups(_inputs(cutouts))
+    groups = images_by_band(inputs(cutouts))
     if len(groups) != 1:
         raise ValueError(f"combine_band got cutouts of several bands: {sorted(b.label() for b in groups)}")
     ((band, images),) = groups.items()
@@ -396,7 +257,7 @@ def _written(mosaic: fits.HDUList, out_dir) -> fits.HDUList:
     return mosaic
 
 
-def _combine(band: Band, images: list[_Input], resample: str, combine: Combiner, spill=None) -> fits.HDUList:
+def _combine(band: Band, images: list[Input], resample: str, combine: Combiner, spill=None) -> fits.HDUList:
     combiner_name(combine)  # an unknown name fails before any work
     if resample not in RESAMPLERS:
         raise ValueError(f"resample must be one of {', '.join(RESAMPLERS)}, not {resample!r}.")
@@ -475,7 +336,7 @@ def _combine_rows(grid: _Grid, placed: list, rows: slice, sci: np.ndarray, wht: 
         pass
 
 
-def _on_grid_rows(image: _Input, offset: tuple[int, int], rows: slice, width: int):
+def _on_grid_rows(image: Input, offset: tuple[int, int], rows: slice, width: int):
     """(sci, wht, offset) of the pixels of ``image``, at whole-pixel ``offset`` on the mosaic's
     grid, that land in its rows ``rows`` (``width`` wide); offset within those rows. None if none do."""
     dx, dy = offset
@@ -569,7 +430,7 @@ def _reach(wcs_in, in_shape, wcs_out, out_shape) -> tuple[slice, slice] | None:
 
 
 def _mosaic_hdul(
-    band: Band, images: list[_Input], wcs_out, sci, wht, method: str, combine: Combiner
+    band: Band, images: list[Input], wcs_out, sci, wht, method: str, combine: Combiner
 ) -> fits.HDUList:
     first = images[0]
     head = first.primary
@@ -621,7 +482,7 @@ def combine_cutouts(
     and WHT extensions (by EXTNAME, or astrocut's O_EXT_NM) and a celestial WCS; their band
     comes from `band_of`.
     """
-    groups = _groups(_inputs(cutouts))
+    groups = images_by_band(inputs(cutouts))
     return {
         band: _written(_combine(band, images, resample, combine, out_dir), out_dir)
         for band, images in groups.items()
@@ -634,5 +495,5 @@ def spilled_mosaics(
     """`combine_cutouts`, but only mosaics larger than ``conf.block_mb`` per array are written
     (into ``spill``, a block of rows at a time, and returned opened from their files); the
     others are returned in memory, not written."""
-    groups = _groups(_inputs(cutouts))
+    groups = images_by_band(inputs(cutouts))
     return {band: _combine(band, images, resample, combine, spill) for band, images in groups.items()}

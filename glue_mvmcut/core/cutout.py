@@ -11,7 +11,6 @@ WCS is the layer's own.
 """
 
 import asyncio
-import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,212 +22,45 @@ import numpy as np
 from astropy.io import fits
 from astropy.nddata import NoOverlapError
 from astropy.nddata.utils import overlap_slices
-from astropy.wcs import WCS
-from astropy.wcs.utils import proj_plane_pixel_scales, skycoord_to_pixel
+from astropy.wcs.utils import skycoord_to_pixel
 
 from .coords import parse_coord, parse_size
 from .endpoints import file_url
-from .errors import CompressedLayerError, InvalidNameError, NotMVMFileError, OutsideFootprintError
-from .files import atomic_target, checked_fits
+from .errors import InvalidNameError
+from .files import atomic_target
 from .fitsfile import (
     LaidOutFITS,
     block_bytes,
     file_of,
+    is_scaled,
     open_mapped,
     placeholder,
     read_rows,
     row_blocks,
     write_fits,
 )
-from .fitsheaders import LAYER_HEADERS, HDUInfo, celestial_wcs, edited_header, hdu_with_header, header_text
+from .fitsheaders import LAYER_HEADERS, HDUInfo, edited_header, hdu_with_header
+from .layers import (
+    EXTENSIONS,
+    Window,
+    box_shape,
+    check_shapes,
+    cut_header,
+    layer_name,
+    open_layer,
+    physical_pixels,
+    plan_window,
+    refuse_compressed,
+    wcs_scales,
+)
 from .names import CutoutName, LayerName, safe_filename
 from .remote import RemoteFITS
 from .skycells import SCALES
 from .transport import TransferStats, Urgent, after_urgent_work, run
 
-__all__ = [
-    "cut_layer",
-    "cut_local",
-    "cut_remote",
-    "layer_hdus",
-    "open_layer",
-    "layer_name",
-    "physical_pixels",
-    "has_data",
-]
+__all__ = ["cut_layer", "cut_local", "cut_remote", "layer_hdus", "has_data"]
 
 log = logging.getLogger(__name__)
-
-_EXTENSIONS = ("SCI", "WHT")
-
-
-def layer_name(primary: fits.Header | HDUInfo, filename: str | None = None) -> LayerName:
-    """The MVM layer a file holds, from its file name or, failing that, its FILENAME keyword."""
-    if filename:
-        try:
-            return LayerName.parse(filename)
-        except InvalidNameError:
-            pass
-    keyword = str(primary.get("FILENAME", ""))
-    try:
-        return LayerName.parse(keyword)
-    except InvalidNameError:
-        pass
-    shown = filename or keyword or "this file"
-    raise NotMVMFileError(
-        f"{shown} is not an MVM layer: neither its name nor its FILENAME keyword is an MVM layer "
-        "name such as hst_skycell-p0081x14y14_acs_wfc_f814w_all_drc.fits."
-    )
-
-
-def _check_extensions(
-    name: str, headers: dict[str, fits.Header | HDUInfo | None]
-) -> tuple[tuple[int, int], WCS]:
-    """Check SCI and WHT are 2-D images of one shape with a celestial WCS; return (ny, nx) and
-    SCI's celestial WCS."""
-    shape = _check_shapes(name, headers)
-    sci = headers["SCI"]
-    wcs = celestial_wcs(header_text(sci))
-    if wcs is None:
-        raise NotMVMFileError(f"{name}: the SCI extension has no celestial WCS.")
-    return shape, copy.deepcopy(wcs)
-
-
-def _check_shapes(name: str, headers: dict[str, fits.Header | HDUInfo | None]) -> tuple[int, int]:
-    """Check SCI and WHT are 2-D images of one shape; return (ny, nx)."""
-    shapes = set()
-    for extname, header in headers.items():
-        if header is None:
-            raise NotMVMFileError(f"{name} is not an MVM layer: it has no {extname} extension.")
-        _refuse_compressed(name, extname, header)
-        if header.get("NAXIS") != 2:
-            raise NotMVMFileError(f"{name}: the {extname} extension is not a 2-D image.")
-        shapes.add((header["NAXIS2"], header["NAXIS1"]))
-    if len(shapes) != 1:
-        raise NotMVMFileError(f"{name}: SCI and WHT have different shapes {sorted(shapes)}.")
-    return shapes.pop()
-
-
-def _refuse_compressed(name: str, extname: str, header: fits.Header | HDUInfo) -> None:
-    """Refuse a tile-compressed extension read over ranges: its header is that of the binary
-    table the image is stored in (astropy shows a local file's as the image's), and its rows
-    are not the image's."""
-    if header.get("ZIMAGE"):
-        raise CompressedLayerError(
-            f"{name}: its {extname} is tile-compressed, so its rows cannot be read with ranges; "
-            "fetch the layer whole (--fetch download, or auto)."
-        )
-
-
-def open_layer(source) -> tuple[fits.HDUList, LayerName]:
-    """Open a local MVM layer file memory-mapped, after checking that it is one and is whole.
-
-    Raises
-    ------
-    NotMVMFileError
-        If the file is not FITS, is truncated, has no SCI/WHT images of one 2-D shape or no
-        celestial WCS, or its name is not an MVM layer name.
-    """
-    path = checked_fits(source)
-    hdul = fits.open(path)  # memory-mapped; not ``memmap=True``, which refuses scaled integers
-    try:
-        name = layer_name(hdul[0].header, path.name)
-        _check_extensions(path.name, {ext: hdul[ext].header if ext in hdul else None for ext in _EXTENSIONS})
-    except BaseException:
-        hdul.close()
-        raise
-    return hdul, name
-
-
-@dataclass
-class _Window:
-    """Where the box falls: its shape and the matching slices of the layer and of the cutout."""
-
-    shape: tuple[int, int]
-    large: tuple[slice, slice]
-    small: tuple[slice, slice]
-
-    @property
-    def offset(self) -> tuple[int, int]:
-        """(dx, dy): the layer pixel at the cutout's pixel (0, 0)."""
-        return (self.large[1].start - self.small[1].start, self.large[0].start - self.small[0].start)
-
-
-def _box_shape(wcs: WCS, size: u.Quantity) -> tuple[int, int]:
-    """The box's (ny, nx) in pixels of ``wcs``, rounded as `~astropy.nddata.Cutout2D` does."""
-    if size.unit == u.pix:
-        return tuple(int(np.round(v)) for v in size.value)
-    scales = proj_plane_pixel_scales(wcs) * u.Unit(wcs.wcs.cunit[0])
-    return tuple(int(np.round((side / scale).decompose())) for side, scale in zip(size, scales, strict=True))
-
-
-def _window(wcs: WCS, layer_shape, coord, size: u.Quantity, what: str) -> _Window:
-    """The box's window in the layer, computed exactly as `~astropy.nddata.Cutout2D` does."""
-    shape = _box_shape(wcs, size)
-    x, y = skycoord_to_pixel(coord, wcs, mode="all")
-    try:
-        large, small = overlap_slices(layer_shape, shape, (float(y), float(x)), mode="partial")
-    except NoOverlapError:
-        raise OutsideFootprintError(
-            f"The {size[1]:g} x {size[0]:g} box at {coord.to_string('decimal', precision=6)} "
-            f"lies wholly outside {what}."
-        ) from None
-    return _Window(shape, large, small)
-
-
-def _cut_header(header: fits.Header | HDUInfo, window: _Window, layer_file: str) -> fits.Header:
-    """The layer's extension header for the cutout: new NAXIS, CRPIX shifted, provenance."""
-    ny, nx = window.shape
-    dx, dy = window.offset
-    return edited_header(
-        header,
-        [
-            ("NAXIS1", nx),
-            ("NAXIS2", ny),
-            ("CRPIX1", header["CRPIX1"] - dx),
-            ("CRPIX2", header["CRPIX2"] - dy),
-            ("LTV1", -float(dx), "offset of the layer's pixel grid in this cutout"),
-            ("LTV2", -float(dy), "offset of the layer's pixel grid in this cutout"),
-            ("ORIG_FLE", layer_file),  # the layer this cutout was cut from (too long for a comment)
-            ("O_EXT_NM", header.get("EXTNAME", ""), "extension of the layer"),
-        ],
-        drop=_SCALING,  # the cutout holds physical values
-    )
-
-
-#: The keywords that turn a layer's stored integers into its physical values (FITS 4.0 §5.3).
-_SCALING = ("BSCALE", "BZERO", "BLANK")
-
-
-def _is_scaled(header: fits.Header | HDUInfo) -> bool:
-    return any(header.get(keyword) is not None for keyword in _SCALING)
-
-
-def physical_pixels(stored: np.ndarray, header: fits.Header | HDUInfo) -> np.ndarray:
-    """The physical values of pixels ``stored`` as read from the bytes of the HDU whose header
-    is ``header``: BSCALE and BZERO applied, BLANK pixels NaN — the values astropy's own read
-    of the file gives (as float32, the cutout's type).
-
-    Written by hand because astropy scales only data it reads from a file itself (this follows
-    ``_ImageBaseHDU._scale_data``, pseudo-unsigned integers and the falsy ``BLANK = 0`` included),
-    and a ranged read fetches the stored bytes.
-    """
-    bitpix = header["BITPIX"]
-    bscale, bzero = header.get("BSCALE", 1), header.get("BZERO", 0)
-    blank = header.get("BLANK") if bitpix > 0 else None
-    if bscale == 1 and bzero == 0 and blank is None:
-        return stored
-    unsigned = bscale == 1 and (
-        bitpix == 8 and bzero == -128 or bitpix in (16, 32, 64) and bzero == 1 << (bitpix - 1)
-    )
-    data = np.array(stored, dtype=np.float64 if bitpix > 16 or bitpix == -64 else np.float32)
-    if bscale != 1:
-        data *= bscale
-    if bzero != 0:
-        data += bzero
-    if blank and not unsigned:
-        data[stored == blank] = np.nan
-    return data.astype(np.float32, copy=False)
 
 
 def _is_remote(source) -> bool:
@@ -305,12 +137,12 @@ def cut_local(path, coord, size, *, spill=None) -> fits.HDUList:
     given) a block of rows at a time and returned opened from its file."""
     hdul, layer = open_layer(path)
     with hdul:
-        headers = {ext: hdul[ext].header for ext in _EXTENSIONS}
-        window = _plan(layer, headers, coord, size)
+        headers = {ext: hdul[ext].header for ext in EXTENSIONS}
+        window = plan_window(layer, headers, coord, size)
         if spill is not None and _streamed(window.shape):
             cutout = _Cutout(hdul[0].header, layer, coord, window, streamed=True)
             with cutout.writing(spill, headers) as file:
-                for ext in _EXTENSIONS:
+                for ext in EXTENSIONS:
                     for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
                         cutout.put(file, ext, rows, read_rows(hdul[ext], rows, window.large[1]))
             return cutout.opened(spill)
@@ -319,9 +151,9 @@ def cut_local(path, coord, size, *, spill=None) -> fits.HDUList:
         # extension), in physical values; the memory-mapped data is quicker where it needs no scaling.
         pieces = [
             hdul[ext].section[window.large]
-            if isinstance(hdul[ext], fits.CompImageHDU) or _is_scaled(headers[ext])
+            if isinstance(hdul[ext], fits.CompImageHDU) or is_scaled(headers[ext])
             else hdul[ext].data[window.large]
-            for ext in _EXTENSIONS
+            for ext in EXTENSIONS
         ]
         return cutout.finish(headers, pieces)
 
@@ -339,9 +171,7 @@ def _expected_shape(filename: str, size: u.Quantity) -> tuple[int, int] | None:
         scale = SCALES[LayerName.parse(filename).scale] * u.arcsec
     except InvalidNameError:
         return None
-    if size.unit == u.pix:
-        return tuple(int(np.round(v)) for v in size.value)
-    return tuple(int(np.round((side / scale).decompose())) for side in size)
+    return box_shape(size, [scale, scale])
 
 
 def _remote(source: str, stats, cancel) -> RemoteFITS:
@@ -367,7 +197,7 @@ def layer_hdus(
     stats, cancel
         As for `cut_layer`.
     """
-    return run(_remote(source, stats, cancel).read_headers(_EXTENSIONS))
+    return run(_remote(source, stats, cancel).read_headers(EXTENSIONS))
 
 
 class _StaleHeaders(Exception):
@@ -409,19 +239,19 @@ async def _cut_remote_streamed(remote: RemoteFITS, coord, size, hdus, out_dir) -
     if cached is not None:
         hdus, version = cached
     elif hdus is None:
-        hdus = await remote.read_headers(_EXTENSIONS)
-    _refuse_compressed(remote.name, "SCI", hdus["SCI"])
+        hdus = await remote.read_headers(EXTENSIONS)
+    refuse_compressed(remote.name, "SCI", hdus["SCI"])
     layer = layer_name(hdus["PRIMARY"], remote.name)
-    window = _plan(layer, {ext: hdus[ext] for ext in _EXTENSIONS}, coord, size)
+    window = plan_window(layer, {ext: hdus[ext] for ext in EXTENSIONS}, coord, size)
     cutout = _Cutout(hdus["PRIMARY"], layer, coord, window, streamed=True)
     with cutout.writing(out_dir, hdus) as file:
         for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
             with file.rows(1, cutout.rows_of(rows)) as sci, file.rows(2, cutout.rows_of(rows)) as wht:
                 into = [(block, (slice(None), window.small[1])) for block in (sci, wht)]
                 pieces = await remote.read_windows(
-                    [(hdus[ext], rows, window.large[1]) for ext in _EXTENSIONS], into=into
+                    [(hdus[ext], rows, window.large[1]) for ext in EXTENSIONS], into=into
                 )
-                for ext, (block, at), piece in zip(_EXTENSIONS, into, pieces, strict=True):
+                for ext, (block, at), piece in zip(EXTENSIONS, into, pieces, strict=True):
                     physical = physical_pixels(piece, hdus[ext])
                     if not np.may_share_memory(physical, block):  # a scaled layer's
                         block[at] = physical
@@ -441,51 +271,51 @@ async def _cut_remote_urgently(remote: RemoteFITS, coord, size, hdus, urgency: U
             await after_urgent_work()  # the request leaves, then its wait is put to use
             return _Guess.of(remote.name, coord, size)
 
-        hdus, guess = await asyncio.gather(remote.read_headers(_EXTENSIONS, guess_last=True), guessed())
+        hdus, guess = await asyncio.gather(remote.read_headers(EXTENSIONS, guess_last=True), guessed())
     # Up to the requests, keywords are read from the headers' cards one by one: astropy parses
     # whole headers meanwhile, for the output.
-    _refuse_compressed(remote.name, "SCI", hdus["SCI"])  # before any of its rows are asked for
+    refuse_compressed(remote.name, "SCI", hdus["SCI"])  # before any of its rows are asked for
     layer = layer_name(hdus["PRIMARY"], remote.name)
-    known = {ext: hdus[ext] for ext in _EXTENSIONS}
+    known = {ext: hdus[ext] for ext in EXTENSIONS}
     window = guess.window(hdus["SCI"]) if guess is not None else None
     if window is None:
-        window = _plan(layer, known, coord, size)
+        window = plan_window(layer, known, coord, size)
     cutout = None
-    pixels = {ext: _new_pixels(window.shape) for ext in _EXTENSIONS}  # the rows are read into them
+    pixels = {ext: _new_pixels(window.shape) for ext in EXTENSIONS}  # the rows are read into them
 
     async def meanwhile():  # while the pixels are on their way: what is known already
         nonlocal cutout
-        checked = _plan(layer, known, coord, size) if guess is not None else window
+        checked = plan_window(layer, known, coord, size) if guess is not None else window
         await asyncio.sleep(0)  # each step of ~1-3 ms lets replies that came in go first
         cutout = _Cutout(hdus["PRIMARY"], layer, coord, checked, pixels if checked == window else None)
-        for ext in _EXTENSIONS:
+        for ext in EXTENSIONS:
             if not known[ext].guessed:
                 await asyncio.sleep(0)
                 cutout.add(ext, known[ext])
 
     def header_came(info: HDUInfo):  # WHT's header, with the first of the pixels
-        for ext in _EXTENSIONS:
+        for ext in EXTENSIONS:
             if known[ext] is info and cutout is not None:
                 cutout.add(ext, info)
 
-    windows = [(hdus[ext], *window.large) for ext in _EXTENSIONS]
+    windows = [(hdus[ext], *window.large) for ext in EXTENSIONS]
     pieces = await remote.read_windows(
         windows,
         meanwhile=meanwhile,
         on_header=header_came,
         urgency=urgency,
-        into=[(pixels[ext], window.small) for ext in _EXTENSIONS],
+        into=[(pixels[ext], window.small) for ext in EXTENSIONS],
     )
     if cutout.window != window:  # the tessellation's guess was wrong: the right rows, now
         log.info("%s: the box is not where its skycell's grid puts it; reading its rows again.", remote.name)
         pieces = await remote.read_windows(
-            [(hdus[ext], *cutout.window.large) for ext in _EXTENSIONS],
-            into=[(cutout.hdus[ext].data, cutout.window.small) for ext in _EXTENSIONS],
+            [(hdus[ext], *cutout.window.large) for ext in EXTENSIONS],
+            into=[(cutout.hdus[ext].data, cutout.window.small) for ext in EXTENSIONS],
         )
     _check_version(remote, cached, version, hdus)
-    _check_shapes(layer.filename, known)  # SCI's header is as it was; WHT's may be new
+    check_shapes(layer.filename, known)  # SCI's header is as it was; WHT's may be new
     return cutout.finish(
-        known, [physical_pixels(piece, known[ext]) for ext, piece in zip(_EXTENSIONS, pieces, strict=True)]
+        known, [physical_pixels(piece, known[ext]) for ext, piece in zip(EXTENSIONS, pieces, strict=True)]
     )
 
 
@@ -516,7 +346,7 @@ def _differ(now: tuple, then: tuple) -> bool:
 class _Guess:
     """Where the box falls on a layer's full skycell, from the tessellation alone: worked out
     while the layer's headers are on their way, so that its rows can be asked for as soon as
-    they arrive. (`_plan`, from the headers, checks it while the rows are on their way.)
+    they arrive. (`plan_window`, from the headers, checks it while the rows are on their way.)
 
     A layer is its skycell's grid trimmed to a subarray (MVM), so the box's place in the layer
     is its place on the skycell shifted by the difference of their CRPIX.
@@ -536,9 +366,9 @@ class _Guess:
             return None
         wcs = layer.skycell.wcs(layer.scale)
         x, y = skycoord_to_pixel(coord, wcs, mode="all")
-        return cls(float(x), float(y), _box_shape(wcs, size), tuple(wcs.wcs.crpix.tolist()))
+        return cls(float(x), float(y), box_shape(size, wcs_scales(wcs)), tuple(wcs.wcs.crpix.tolist()))
 
-    def window(self, sci: fits.Header | HDUInfo) -> _Window | None:
+    def window(self, sci: fits.Header | HDUInfo) -> Window | None:
         """The box's window in the layer whose SCI header is ``sci``; None if it cannot say."""
         try:
             x = self.x - (self.crpix[0] - float(sci["CRPIX1"]))
@@ -546,13 +376,7 @@ class _Guess:
             large, small = overlap_slices((sci["NAXIS2"], sci["NAXIS1"]), self.shape, (y, x), mode="partial")
         except (KeyError, TypeError, ValueError, NoOverlapError):
             return None
-        return _Window(self.shape, large, small)
-
-
-def _plan(layer: LayerName, headers: dict[str, fits.Header | HDUInfo], coord, size) -> _Window:
-    """Check the layer's SCI and WHT headers and find the box's window in it."""
-    shape, wcs = _check_extensions(layer.filename, headers)
-    return _window(wcs, shape, coord, size, layer.filename)
+        return Window(self.shape, large, small)
 
 
 def _new_pixels(shape: tuple[int, int]) -> np.ndarray:
@@ -573,7 +397,7 @@ class _Cutout:
         primary_header: fits.Header | HDUInfo,
         layer: LayerName,
         coord,
-        window: _Window,
+        window: Window,
         pixels: dict[str, np.ndarray] | None = None,
         streamed: bool = False,
     ):
@@ -594,20 +418,20 @@ class _Cutout:
         # arrays remote reads write into), 0 until `finish`, or for a ``streamed`` cutout a
         # placeholder: its pixels go into its file (`writing`).
         make = placeholder if streamed else _new_pixels
-        pixels = pixels or {ext: make(window.shape) for ext in _EXTENSIONS}
-        self.hdus = {ext: fits.ImageHDU(data=pixels[ext]) for ext in _EXTENSIONS}
+        pixels = pixels or {ext: make(window.shape) for ext in EXTENSIONS}
+        self.hdus = {ext: fits.ImageHDU(data=pixels[ext]) for ext in EXTENSIONS}
         self.made_from: dict[str, fits.Header | HDUInfo] = {}  # the layer header of each extension
 
     def add(self, ext: str, header: fits.Header | HDUInfo) -> None:
         """Give extension ``ext`` its header, made from the layer's ``header``."""
-        self.hdus[ext].header = _cut_header(header, self.window, self.layer.filename)
+        self.hdus[ext].header = cut_header(header, self.window, self.layer.filename)
         self.made_from[ext] = header
 
     @contextmanager
     def writing(self, out_dir, headers: dict[str, fits.Header | HDUInfo]) -> Iterator[LaidOutFITS]:
         """The cutout's file in ``out_dir``, laid out from the layer's ``headers``, for its pixels
         to be written (`put`); it takes its name when the block ends without an error."""
-        for ext in _EXTENSIONS:
+        for ext in EXTENSIONS:
             self.add(ext, headers[ext])
         with atomic_target(Path(out_dir) / safe_filename(self.name)) as part:
             yield LaidOutFITS.create(part, [self.primary, *self.hdus.values()])
@@ -621,7 +445,7 @@ class _Cutout:
         """Write ``piece``, the box's columns of the layer's rows ``rows`` of ``ext``, into the
         cutout's ``file``; rows of zeros (no data) are left unwritten, holes that take no disk."""
         if piece.any():
-            with file.rows(1 + _EXTENSIONS.index(ext), self.rows_of(rows)) as block:
+            with file.rows(1 + EXTENSIONS.index(ext), self.rows_of(rows)) as block:
                 block[:, self.window.small[1]] = piece
 
     def opened(self, out_dir) -> fits.HDUList:
@@ -632,7 +456,7 @@ class _Cutout:
         """The HDUList, with each extension (its header made from ``headers`` if not yet)
         holding its piece of the layer's pixels (copied, unless read into it already)."""
         out = fits.HDUList([self.primary])
-        for ext, piece in zip(_EXTENSIONS, pieces, strict=True):
+        for ext, piece in zip(EXTENSIONS, pieces, strict=True):
             if self.made_from.get(ext) is not headers[ext]:
                 self.add(ext, headers[ext])
             hdu = self.hdus[ext]

@@ -37,6 +37,8 @@ __all__ = [
     "read_rows",
     "open_mapped",
     "file_of",
+    "SCALING",
+    "is_scaled",
     "write_fits",
 ]
 
@@ -96,17 +98,21 @@ def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.
             with mapped_rows(data.filename, data.offset, data.shape, data.dtype, rows) as window:
                 return np.array(window[:, cols])
         return data[rows, cols]
-    if info["file"].compression or _is_scaled(hdu):
+    if info["file"].compression or isinstance(hdu, fits.CompImageHDU) or is_scaled(hdu.header):
         return hdu.section[rows, cols]
     dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
     with mapped_rows(info["file"].name, info["datLoc"], hdu.shape, dtype, rows) as window:
         return np.array(window[:, cols])
 
 
-def _is_scaled(hdu) -> bool:
-    return isinstance(hdu, fits.CompImageHDU) or any(
-        hdu.header.get(keyword) is not None for keyword in ("BSCALE", "BZERO", "BLANK")
-    )
+#: The keywords that turn stored integers into physical values (FITS 4.0 §5.3).
+SCALING = ("BSCALE", "BZERO", "BLANK")
+
+
+def is_scaled(header) -> bool:
+    """Whether the header (astropy's, or an `~glue_mvmcut.core.fitsheaders.HDUInfo`) scales its
+    stored values."""
+    return any(header.get(keyword) is not None for keyword in SCALING)
 
 
 def open_mapped(path) -> fits.HDUList:

@@ -21,7 +21,8 @@ from astropy.coordinates import SkyCoord
 from astropy.io import fits
 from astropy.table import Table
 
-from .combine import group_by_band, spilled_mosaics
+from .bands import group_by_band
+from .combine import spilled_mosaics
 from .combiners import Combiner, combiner_name
 from .coords import box_radius, parse_size
 from .cutout import cut_local, cut_remote, has_data
