@@ -10,9 +10,14 @@ layers have data.
 
     python benchmarks/bench_fetch.py [ARCHIVE_DIR]     # the archive is built there once (~10 min)
     python benchmarks/bench_fetch.py --wider [ARCHIVE_DIR]
+    python benchmarks/bench_fetch.py --throughput [ARCHIVE_DIR]
 
 ``--wider``: 2" and 20" boxes on one layer about 21000 px wide and tall (an 840" disc centred on
 skycell p1889x07y13), as wide as real MVM layers: rows of a box lie 84 KB apart there.
+
+``--throughput``: a 600" box cut into files (``cutout_mosaic(out_dir=..., products="cutouts")``,
+by blocks of rows) from the multipart server, against one sequential read of as many bytes from
+the same server.
 
 Reference time: one Range request for as many bytes as the cutout's pixels + headers.
 """
@@ -172,7 +177,49 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     return stats, min(cold), min(warm), peak
 
 
+def _sequential_seconds(url: str, nbytes: int) -> float:
+    """One Range request for ``nbytes`` from the file's start, read as it comes (16 MB at a time)."""
+    with http_session() as session:
+        start = time.perf_counter()
+        with session.get(url, headers={"Range": f"bytes=0-{nbytes - 1}"}, stream=True) as reply:
+            for _ in reply.iter_content(16 << 20):
+                pass
+        return time.perf_counter() - start
+
+
+def _throughput(archive_dir: Path, archive, coord, size: float = 600, repeats: int = 3) -> None:
+    """A ``size`` box cut into files, and one sequential read of as many bytes (best of
+    ``repeats`` each, in turns)."""
+    print(f'\n{size:g}" box cut into files against one sequential read of as many bytes\n')
+    print("| box | cut: bytes | cut: seconds | cut: MB/s | one read: seconds | one read: MB/s | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    with served(archive_dir), tempfile.TemporaryDirectory() as work:
+        layers = query_layers(coord, size)
+        url = file_url(f"mast:HST/product/{archive.layers[0].filename}")
+        cut, read, moved = [], [], 0
+        for k in range(repeats):
+            forget_headers()
+            start = time.perf_counter()
+            result = cutout_mosaic(
+                coord, size, layers=layers, out_dir=Path(work) / str(k), products="cutouts"
+            )
+            cut.append(time.perf_counter() - start)
+            moved = result.stats.bytes
+            read.append(_sequential_seconds(url, min(moved, archive.layers[0].size)))
+    rate, sequential = moved / min(cut) / 1e6, moved / min(read) / 1e6
+    print(
+        f'| {size:g}" | {moved / 1e6:.0f} MB | {min(cut):.2f} | {rate:.0f} | {min(read):.2f} | '
+        f"{sequential:.0f} | {rate / sequential:.2f} |"
+    )
+
+
 def main() -> None:
+    if "--throughput" in sys.argv:
+        arguments = [arg for arg in sys.argv[1:] if arg != "--throughput"]
+        archive_dir = Path(arguments[0]) if arguments else Path(tempfile.gettempdir()) / "mvmcut-bench-wide"
+        archive = build_archive(archive_dir, WIDE)
+        _throughput(archive_dir, archive, SkyCoord(WIDE.ra, WIDE.dec, unit="deg"))
+        return
     arguments = [arg for arg in sys.argv[1:] if arg != "--wider"]
     field, sizes = (WIDER, (2, 20)) if "--wider" in sys.argv else (WIDE, SIZES)
     archive_dir = (

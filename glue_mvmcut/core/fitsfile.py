@@ -81,8 +81,8 @@ def mapped_rows(
     try:
         yield window
     finally:
-        if mode != "r":
-            window.flush()
+        # Unmapped, not flushed: msync would wait for the disk at every block; the kernel
+        # writes the pages back in its own time, as it does a write's.
         del window
 
 
