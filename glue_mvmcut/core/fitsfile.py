@@ -16,7 +16,7 @@ of the same headers and pixels gives the same bytes). Files are read back a bloc
 import mmap
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import numpy as np
@@ -61,29 +61,40 @@ def placeholder(shape: tuple[int, ...], dtype=">f4") -> np.ndarray:
     return np.broadcast_to(np.zeros((), dtype), shape)
 
 
+#: Linux's madvise advice (5.14 on) that faults a mapping's pages in, for reading or for writing,
+#: in one call: faulting them in one by one as they are first touched took about as long as
+#: copying the pixels (a 600" cut: 5.1-5.7 s without, 3.7-4.8 s with). Python 3.11's mmap module
+#: does not name them.
+_POPULATE = {"r": 22, "r+": 23}
+
+
 @contextmanager
 def mapped_rows(
     path, offset: int, shape: tuple[int, int], dtype, rows: slice, mode: str = "r"
 ) -> Iterator[np.ndarray]:
     """A memory-mapped window on rows ``rows`` of the 2-D array of ``shape`` and ``dtype`` at
-    byte ``offset`` of the file ``path``, unmapped when the block ends (``mode`` ``"r"`` or
-    ``"r+"``, as `numpy.memmap`): the pages it touched leave the process's resident set then,
-    which those of astropy's whole-file memory map never do while the file is open."""
+    byte ``offset`` of the file ``path`` (``mode`` ``"r"`` or ``"r+"``), its pages faulted in at
+    once, unmapped when the block ends and nothing refers to it any more: the pages it touched
+    leave the process's resident set then, which those of astropy's whole-file memory map never
+    do while the file is open."""
     start, stop, _ = rows.indices(shape[0])
     dtype = np.dtype(dtype)
-    window = np.memmap(
-        path,
-        dtype,
-        mode,
-        offset=offset + start * shape[1] * dtype.itemsize,
-        shape=(max(0, stop - start), shape[1]),
-    )
-    try:
-        yield window
-    finally:
-        # Unmapped, not flushed: msync would wait for the disk at every block; the kernel
-        # writes the pages back in its own time, as it does a write's.
-        del window
+    count = max(0, stop - start) * shape[1]
+    if not count:
+        yield np.zeros((max(0, stop - start), shape[1]), dtype)
+        return
+    first = offset + start * shape[1] * dtype.itemsize
+    aligned = first - first % mmap.ALLOCATIONGRANULARITY
+    access = mmap.ACCESS_READ if mode == "r" else mmap.ACCESS_WRITE
+    with open(path, "rb" if mode == "r" else "r+b") as file:
+        mapping = mmap.mmap(
+            file.fileno(), first - aligned + count * dtype.itemsize, access=access, offset=aligned
+        )
+    with suppress(AttributeError, OSError):  # no madvise (Windows), or a kernel without the advice
+        mapping.madvise(_POPULATE[mode])
+    # Unmapped, not flushed: msync would wait for the disk at every block; the kernel writes
+    # the pages back in its own time, as it does a write's.
+    yield np.frombuffer(mapping, dtype, count, first - aligned).reshape(-1, shape[1])
 
 
 def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.ndarray:
