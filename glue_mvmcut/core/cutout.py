@@ -246,7 +246,11 @@ async def _cut_remote_streamed(remote: RemoteFITS, coord, size, hdus, out_dir) -
     cutout = _Cutout(hdus["PRIMARY"], layer, coord, window, streamed=True)
     with cutout.writing(out_dir, hdus) as file:
         for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
-            with file.rows(1, cutout.rows_of(rows)) as sci, file.rows(2, cutout.rows_of(rows)) as wht:
+            filled = window.small[1]
+            with (
+                file.rows(1, cutout.rows_of(rows), filled) as sci,
+                file.rows(2, cutout.rows_of(rows), filled) as wht,
+            ):
                 into = [(block, (slice(None), window.small[1])) for block in (sci, wht)]
                 pieces = await remote.read_windows(
                     [(hdus[ext], rows, window.large[1]) for ext in EXTENSIONS], into=into
@@ -445,7 +449,7 @@ class _Cutout:
         """Write ``piece``, the box's columns of the layer's rows ``rows`` of ``ext``, into the
         cutout's ``file``; rows of zeros (no data) are left unwritten, holes that take no disk."""
         if piece.any():
-            with file.rows(1 + EXTENSIONS.index(ext), self.rows_of(rows)) as block:
+            with file.rows(1 + EXTENSIONS.index(ext), self.rows_of(rows), self.window.small[1]) as block:
                 block[:, self.window.small[1]] = piece
 
     def opened(self, out_dir) -> fits.HDUList:

@@ -70,13 +70,21 @@ _POPULATE = {"r": 22, "r+": 23}
 
 @contextmanager
 def mapped_rows(
-    path, offset: int, shape: tuple[int, int], dtype, rows: slice, mode: str = "r"
+    path,
+    offset: int,
+    shape: tuple[int, int],
+    dtype,
+    rows: slice,
+    mode: str = "r",
+    filled: slice | None = None,
 ) -> Iterator[np.ndarray]:
     """A memory-mapped window on rows ``rows`` of the 2-D array of ``shape`` and ``dtype`` at
-    byte ``offset`` of the file ``path`` (``mode`` ``"r"`` or ``"r+"``), its pages faulted in at
-    once, unmapped when the block ends and nothing refers to it any more: the pages it touched
-    leave the process's resident set then, which those of astropy's whole-file memory map never
-    do while the file is open."""
+    byte ``offset`` of the file ``path`` (``mode`` ``"r"`` or ``"r+"``), unmapped when the block
+    ends and nothing refers to it any more: the pages it touched leave the process's resident
+    set then, which those of astropy's whole-file memory map never do while the file is open.
+
+    The pages of a window read, and those of the columns ``filled`` of a window written, are
+    faulted in at once (only those: a page written takes disk, where a hole takes none)."""
     start, stop, _ = rows.indices(shape[0])
     dtype = np.dtype(dtype)
     count = max(0, stop - start) * shape[1]
@@ -91,10 +99,30 @@ def mapped_rows(
             file.fileno(), first - aligned + count * dtype.itemsize, access=access, offset=aligned
         )
     with suppress(AttributeError, OSError):  # no madvise (Windows), or a kernel without the advice
-        mapping.madvise(_POPULATE[mode])
+        for start_byte, length in _populated(first - aligned, shape[1], dtype.itemsize, count, mode, filled):
+            mapping.madvise(_POPULATE[mode], start_byte, length)
     # Unmapped, not flushed: msync would wait for the disk at every block; the kernel writes
     # the pages back in its own time, as it does a write's.
     yield np.frombuffer(mapping, dtype, count, first - aligned).reshape(-1, shape[1])
+
+
+def _populated(first: int, width: int, itemsize: int, count: int, mode: str, filled: slice | None):
+    """(start, length) of the bytes of a mapping to fault in (see `mapped_rows`): all of it to
+    read; to write, the columns ``filled`` of each row (all of them at once where they are
+    whole rows), page-aligned."""
+    if mode == "r" or filled is not None and filled.indices(width)[:2] == (0, width):
+        return [(0, first + count * itemsize)]
+    if filled is None:
+        return []
+    begin, end, _ = filled.indices(width)
+    page = mmap.PAGESIZE
+    row_bytes = width * itemsize
+    spans = []
+    for row_start in range(first, first + count * itemsize, row_bytes):
+        start_byte = row_start + begin * itemsize
+        aligned = start_byte - start_byte % page
+        spans.append((aligned, row_start + end * itemsize - aligned))
+    return spans
 
 
 def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.ndarray:
@@ -193,13 +221,14 @@ class LaidOutFITS:
             data = hdu.data
             if data is not None and data.size and data.strides != (0,) * data.ndim:
                 for rows in row_blocks(0, data.shape[0], data.shape[1], data.itemsize):
-                    with laid.rows(index, rows) as window:
+                    with laid.rows(index, rows, filled=slice(None)) as window:
                         window[...] = data[rows]
         return laid
 
-    def rows(self, index: int, rows: slice):
+    def rows(self, index: int, rows: slice, filled: slice | None = None):
         """A writable window on rows ``rows`` of HDU ``index``'s pixels (big-endian, C order),
-        a context manager (`mapped_rows`): what is written into it is in the file when it ends."""
+        a context manager (`mapped_rows`, whose ``filled`` it takes: the columns that will be
+        written): what is written into it is in the file when it ends."""
         hdu = self.hdus[index]
         dtype = np.dtype(hdu.data.dtype).newbyteorder(">")
-        return mapped_rows(self.path, self.offsets[index], hdu.shape, dtype, rows, "r+")
+        return mapped_rows(self.path, self.offsets[index], hdu.shape, dtype, rows, "r+", filled)
