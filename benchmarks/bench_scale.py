@@ -54,6 +54,10 @@ def _cut(url: str, size: float, out: Path) -> dict:
     return {**report, "written": written, "on_disk": on_disk, "wall": wall, "peak": usage.ru_maxrss * 1024}
 
 
+def _amount(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.1f} MB" if nbytes < 1e9 else f"{nbytes / 1e9:.2f} GB"
+
+
 def _boxes(url: str, work: Path) -> None:
     print(
         "| box | fetched | written (on disk) | peak RSS | wall | query / cut / combine / write (s) | "
@@ -66,8 +70,8 @@ def _boxes(url: str, work: Path) -> None:
         steps = " / ".join(f"{seconds.get(step, 0):.2f}" for step in ("query", "cut", "combine", "write"))
         fetched_pixels = r["bytes_fetched"] / 8  # SCI and WHT, 4 bytes each
         print(
-            f'| {size}" | {r["bytes_fetched"] / 1e6:.1f} MB | {r["written"] / 1e9:.2f} GB '
-            f"({r['on_disk'] / 1e9:.2f} GB) | {r['peak'] / 1e6:.0f} MB | {r['wall']:.1f} s | {steps} | "
+            f'| {size}" | {r["bytes_fetched"] / 1e6:.1f} MB | {_amount(r["written"])} '
+            f"({_amount(r['on_disk'])}) | {r['peak'] / 1e6:.0f} MB | {r['wall']:.1f} s | {steps} | "
             f"{r['wall'] / fetched_pixels * 1e6:.3f} |"
         )
         shutil.rmtree(work / f"box{size}")  # the next box's room

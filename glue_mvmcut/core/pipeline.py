@@ -70,9 +70,14 @@ class CutoutResult:
     layers : `~astropy.table.Table`
         The layers the archive reported (see `~glue_mvmcut.core.mast.query_layers`).
     cutouts : list of `~astropy.io.fits.HDUList`
-        One per layer that has data in the box.
+        One per layer that has data in the box: held in memory, or, with an output folder,
+        memory-mapped from its file when larger than ``conf.block_mb`` per array (written a
+        block of rows at a time; with ``products="mosaics"`` in a private folder removed at the
+        end, still readable through its memory maps).
     mosaics : dict
-        `~glue_mvmcut.core.names.Band` → mosaic HDUList.
+        `~glue_mvmcut.core.names.Band` → mosaic HDUList, held or memory-mapped as the cutouts
+        (a band of one memory-mapped cutout has that cutout for mosaic with
+        ``products="both"``).
     skipped : list of str
         Layers reported by the archive but with no data in the box.
     paths : dict
