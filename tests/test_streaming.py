@@ -14,7 +14,15 @@ from sameness import hdul_bytes
 from glue_mvmcut import Cancelled, conf, cutout_mosaic
 from glue_mvmcut.core.combine import combine_cutouts
 from glue_mvmcut.core.cutout import cut_layer
-from glue_mvmcut.core.fitsfile import LaidOutFITS, file_of, placeholder, read_rows, row_blocks
+from glue_mvmcut.core.fitsfile import (
+    LaidOutFITS,
+    file_of,
+    open_mapped,
+    placeholder,
+    read_rows,
+    row_blocks,
+    stored_rows,
+)
 from glue_mvmcut.core.mast import query_layers
 from glue_mvmcut.hapcut import make_the_cut, mvm_combine
 
@@ -55,6 +63,29 @@ def test_a_file_laid_out_then_filled_by_blocks_is_what_astropy_writes(tmp_path):
     assert filecmp.cmp(tmp_path / "astropy.fits", tmp_path / "blocks.fits", shallow=False)
     with fits.open(tmp_path / "blocks.fits") as hdul:  # read back a block, the file unmapped
         np.testing.assert_array_equal(read_rows(hdul["WHT"], slice(40, 50), slice(7, 9)), wht[40:50, 7:9])
+
+
+def test_rows_never_written_are_known_without_reading_them(tmp_path):
+    """A laid-out file's rows written in the middle only: the rows around them are holes, which
+    `stored_rows` finds (so no one reads them), as it finds an array never written (its first
+    and last pages shared with headers); in memory, every row counts."""
+    shape = (3000, 1024)  # rows of 4 KB: a page each
+    hdus = _hdus(placeholder(shape), placeholder(shape))
+    file = LaidOutFITS.create(tmp_path / "sparse.fits", hdus)
+    with file.rows(2, slice(1200, 1700), filled=slice(None)) as window:
+        window[100:400, 5] = 7.0  # rows 1300-1599 hold data; 1200-1299, 1600-1699 zeros written
+    mapped = open_mapped(tmp_path / "sparse.fits")
+    # To within a page: the file's pages are not the rows' (a header comes first), and the
+    # pages written reach into rows 1199 and 1700.
+    assert stored_rows(mapped["WHT"]) == slice(1199, 1701)
+    assert stored_rows(mapped["SCI"]) == slice(0, 0)  # never written
+    with fits.open(tmp_path / "sparse.fits") as hdul:  # astropy's own, not read yet
+        assert stored_rows(hdul["WHT"]) == slice(1199, 1701)
+        np.testing.assert_array_equal(
+            read_rows(hdul["WHT"], slice(1299, 1301), slice(4, 6)), [[0, 0], [0, 7]]
+        )
+    in_memory = fits.ImageHDU(np.zeros(shape, np.float32))
+    assert stored_rows(in_memory) == slice(0, 3000)
 
 
 @pytest.mark.parametrize("name", [FINE, COARSE])

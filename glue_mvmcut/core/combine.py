@@ -35,6 +35,7 @@ from .fitsfile import (
     placeholder,
     read_rows,
     row_blocks,
+    stored_rows,
     write_fits,
 )
 from .fitsheaders import celestial_wcs, hdu_with_header, header_text, read_wcs
@@ -263,11 +264,13 @@ def _combine(band: Band, images: list[Input], resample: str, combine: Combiner, 
         raise ValueError(f"resample must be one of {', '.join(RESAMPLERS)}, not {resample!r}.")
     wcs_out = _celestial(images[0].sci.header)
     shape = images[0].sci.shape
-    placed = []  # (image, its WCS, its whole-pixel offset on the output grid or None)
+    # (image, its WCS, its whole-pixel offset on the output grid or None, the rows its file
+    # stores: beyond them it has no data, and they are never read)
+    placed = []
     for image in images:
         wcs_in = _celestial(image.sci.header)
-        placed.append((image, wcs_in, _integer_offset(wcs_in, wcs_out)))
-    off_grid = sum(offset is None for _, _, offset in placed)
+        placed.append((image, wcs_in, _integer_offset(wcs_in, wcs_out), stored_rows(image.wht)))
+    off_grid = sum(offset is None for _, _, offset, _ in placed)
     method = (
         "exact paste"
         if not off_grid
@@ -314,14 +317,14 @@ def _combine_rows(grid: _Grid, placed: list, rows: slice, sci: np.ndarray, wht: 
     (0 until then): each input's rows that land there are read, pasted or resampled."""
     width = grid.shape[1]
     block = (rows.stop - rows.start, width)
-    off_grid = [(image, wcs_in) for image, wcs_in, offset in placed if offset is None]
+    off_grid = [(image, wcs_in) for image, wcs_in, offset, _ in placed if offset is None]
     # (sci, wht, offset in the block) of each input, in the inputs' order; the off-grid inputs
     # resampled together come last, as one.
     entries = [
-        _on_grid_rows(image, offset, rows, width)
+        _on_grid_rows(image, offset, rows, width, stored)
         if offset is not None
         else _resampled([(image, wcs_in)], grid, rows)
-        for image, wcs_in, offset in placed
+        for image, wcs_in, offset, stored in placed
         if offset is not None or not grid.together
     ]
     if grid.together and off_grid:
@@ -336,12 +339,13 @@ def _combine_rows(grid: _Grid, placed: list, rows: slice, sci: np.ndarray, wht: 
         pass
 
 
-def _on_grid_rows(image: Input, offset: tuple[int, int], rows: slice, width: int):
+def _on_grid_rows(image: Input, offset: tuple[int, int], rows: slice, width: int, stored: slice):
     """(sci, wht, offset) of the pixels of ``image``, at whole-pixel ``offset`` on the mosaic's
-    grid, that land in its rows ``rows`` (``width`` wide); offset within those rows. None if none do."""
+    grid, that land in its rows ``rows`` (``width`` wide), of its ``stored`` rows (beyond which
+    its WHT is 0); offset within those rows. None if none do."""
     dx, dy = offset
     ny, nx = image.sci.shape
-    y0, y1 = max(0, rows.start - dy), min(ny, rows.stop - dy)
+    y0, y1 = max(0, rows.start - dy, stored.start), min(ny, rows.stop - dy, stored.stop)
     x0, x1 = max(0, -dx), min(nx, width - dx)
     if y1 <= y0 or x1 <= x0:
         return None

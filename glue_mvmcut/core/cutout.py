@@ -37,6 +37,7 @@ from .fitsfile import (
     placeholder,
     read_rows,
     row_blocks,
+    stored_rows,
     write_fits,
 )
 from .fitsheaders import LAYER_HEADERS, HDUInfo, edited_header, hdu_with_header
@@ -335,10 +336,13 @@ def _check_version(remote: RemoteFITS, cached, version, hdus) -> None:
 
 
 def has_data(cutout: fits.HDUList) -> bool:
-    """Whether any pixel of a cutout's WHT is > 0, read a block of rows at a time."""
+    """Whether any pixel of a cutout's WHT is > 0, read a block of rows at a time (where its
+    file holds more than holes)."""
     wht = cutout["WHT"]
-    ny, nx = wht.shape
-    return any(np.any(read_rows(wht, rows) > 0) for rows in row_blocks(0, ny, nx))
+    stored = stored_rows(wht)
+    return any(
+        np.any(read_rows(wht, rows) > 0) for rows in row_blocks(stored.start, stored.stop, wht.shape[1])
+    )
 
 
 def _differ(now: tuple, then: tuple) -> bool:

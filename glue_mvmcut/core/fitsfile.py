@@ -35,6 +35,7 @@ __all__ = [
     "placeholder",
     "mapped_rows",
     "read_rows",
+    "stored_rows",
     "open_mapped",
     "file_of",
     "SCALING",
@@ -129,19 +130,66 @@ def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.
     """``hdu.data[rows, cols]``: a view where the pixels are in memory, else read from their
     file (through `mapped_rows` where they are stored as they are, `open_mapped`'s pixels too),
     never the whole array."""
+    stored = _storage(hdu)
+    if stored is not None:
+        with mapped_rows(*stored, rows) as window:
+            return np.array(window[:, cols])
+    in_memory = hdu.fileinfo() is None or hdu._data_loaded
+    return hdu.data[rows, cols] if in_memory else hdu.section[rows, cols]
+
+
+def stored_rows(hdu: fits.ImageHDU) -> slice:
+    """The rows of ``hdu`` beyond which its file holds only holes (found with ``SEEK_DATA``
+    and ``SEEK_HOLE``, to within a page) and zeros: a cutout or mosaic of a box wider than its
+    layers need not be read there. All the rows where the pixels are in memory, or the system
+    cannot tell."""
+    ny, nx = hdu.shape
+    stored = _storage(hdu)
+    if stored is None or not hasattr(os, "SEEK_DATA"):
+        return slice(0, ny)
+    path, offset, _, dtype = stored
+    row_bytes, page = nx * dtype.itemsize, mmap.PAGESIZE
+    end = offset + ny * row_bytes
+    # Pages wholly the pixels' are told by the file system; the first and last, which they may
+    # share with the headers around them, by their bytes.
+    inner = (min(end, -(-offset // page) * page), max(offset, end // page * page))
+    found = []
+    with open(path, "rb") as file:
+        fd = file.fileno()
+        position = inner[0]
+        while position < inner[1]:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError:  # ENXIO: nothing but holes to the end of the file
+                break
+            if start >= inner[1]:
+                break
+            position = os.lseek(fd, start, os.SEEK_HOLE)
+            found.append((start, min(position, inner[1])))
+        for lo, hi in ((offset, inner[0]), (max(inner), end)):
+            if hi > lo and any(os.pread(fd, hi - lo, lo)):
+                found.append((lo, hi))
+    if not found:
+        return slice(0, 0)
+    first, last = min(lo for lo, _ in found), max(hi for _, hi in found)
+    return slice((first - offset) // row_bytes, -(-(last - offset) // row_bytes))
+
+
+def _storage(hdu: fits.ImageHDU) -> tuple | None:
+    """(path, offset, shape, dtype) of the pixels of ``hdu`` in its file where they are stored
+    as they are and not in memory (an `open_mapped` image's memory map counts as its file);
+    None where they are in memory or must be decoded (scaled, compressed)."""
     info = hdu.fileinfo()
     # ``_data_loaded``: pixels in memory (a user may have changed them) are what counts.
     if info is None or hdu._data_loaded:
         data = hdu.data
         if isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap) and data.mode == "r":
-            with mapped_rows(data.filename, data.offset, data.shape, data.dtype, rows) as window:
-                return np.array(window[:, cols])
-        return data[rows, cols]
+            return data.filename, data.offset, data.shape, data.dtype
+        return None
     if info["file"].compression or isinstance(hdu, fits.CompImageHDU) or is_scaled(hdu.header):
-        return hdu.section[rows, cols]
+        return None
     dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
-    with mapped_rows(info["file"].name, info["datLoc"], hdu.shape, dtype, rows) as window:
-        return np.array(window[:, cols])
+    return info["file"].name, info["datLoc"], hdu.shape, dtype
 
 
 #: The keywords that turn stored integers into physical values (FITS 4.0 §5.3).
