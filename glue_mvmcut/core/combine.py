@@ -287,7 +287,7 @@ def _combine(band: Band, images: list[Input], resample: str, combine: Combiner, 
     if spill is None or shape[0] * shape[1] * 4 <= block_bytes():
         sci, wht = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
         for rows in row_blocks(0, shape[0], shape[1]):
-            _combine_rows(grid, placed, rows, sci[rows], wht[rows], fill)
+            _fill_rows(_row_pieces(grid, placed, rows), sci[rows], wht[rows], fill)
         return _mosaic_hdul(band, images, wcs_out, sci, wht, method, combine)
     # Larger than a block: made and written into ``spill`` a block of rows at a time.
     hdul = _mosaic_hdul(band, images, wcs_out, placeholder(shape), placeholder(shape), method, combine)
@@ -295,8 +295,12 @@ def _combine(band: Band, images: list[Input], resample: str, combine: Combiner, 
     with atomic_target(target) as part:
         file = LaidOutFITS.create(part, hdul)
         for rows in row_blocks(0, shape[0], shape[1]):
-            with file.rows(1, rows) as sci, file.rows(2, rows) as wht:
-                _combine_rows(grid, placed, rows, sci, wht, fill)
+            pieces = _row_pieces(grid, placed, rows)
+            if not pieces:  # rows no input covers: holes
+                continue
+            filled = slice(min(p.x0 for p in pieces), max(p.x1 for p in pieces))
+            with file.rows(1, rows, filled) as sci, file.rows(2, rows, filled) as wht:
+                _fill_rows(pieces, sci, wht, fill)
     return open_mapped(target)
 
 
@@ -312,9 +316,9 @@ class _Grid:
     together: bool
 
 
-def _combine_rows(grid: _Grid, placed: list, rows: slice, sci: np.ndarray, wht: np.ndarray, fill) -> None:
-    """Combine the inputs into the mosaic's rows ``rows``, whose pixels are ``sci`` and ``wht``
-    (0 until then): each input's rows that land there are read, pasted or resampled."""
+def _row_pieces(grid: _Grid, placed: list, rows: slice) -> list[_Piece]:
+    """The inputs' pieces in the mosaic's rows ``rows`` (offsets within them): each input's rows
+    that land there read, pasted or resampled."""
     width = grid.shape[1]
     block = (rows.stop - rows.start, width)
     off_grid = [(image, wcs_in) for image, wcs_in, offset, _ in placed if offset is None]
@@ -329,13 +333,17 @@ def _combine_rows(grid: _Grid, placed: list, rows: slice, sci: np.ndarray, wht: 
     ]
     if grid.together and off_grid:
         entries.append(_resampled(off_grid, grid, rows))
-    pool = _pool()
-    pieces = [
-        p for p in pool.map(lambda entry: _piece(*entry, block), filter(None, entries)) if p is not None
+    return [
+        p for p in _pool().map(lambda entry: _piece(*entry, block), filter(None, entries)) if p is not None
     ]
+
+
+def _fill_rows(pieces: list[_Piece], sci: np.ndarray, wht: np.ndarray, fill) -> None:
+    """Combine ``pieces`` into a block of the mosaic's rows, whose pixels are ``sci`` and ``wht``
+    (0 until then)."""
     # Rectangles of at most _BLOCK_ROWS rows, on all cores (numpy releases the GIL): the float64
     # sums stay small, so peak memory is about the float32 outputs.
-    for _ in pool.map(lambda task: fill(sci, wht, *task), _tasks(pieces, block)):
+    for _ in _pool().map(lambda task: fill(sci, wht, *task), _tasks(pieces, sci.shape)):
         pass
 
 

@@ -77,15 +77,16 @@ def mapped_rows(
     dtype,
     rows: slice,
     mode: str = "r",
-    filled: slice | None = None,
+    touched: slice | None = None,
 ) -> Iterator[np.ndarray]:
     """A memory-mapped window on rows ``rows`` of the 2-D array of ``shape`` and ``dtype`` at
     byte ``offset`` of the file ``path`` (``mode`` ``"r"`` or ``"r+"``), unmapped when the block
     ends and nothing refers to it any more: the pages it touched leave the process's resident
     set then, which those of astropy's whole-file memory map never do while the file is open.
 
-    The pages of a window read, and those of the columns ``filled`` of a window written, are
-    faulted in at once (only those: a page written takes disk, where a hole takes none)."""
+    The pages of the columns ``touched`` (read or written) of each row are faulted in at once,
+    and only those: a page written takes disk where a hole takes none, and filling a hole's
+    pages with zeros to read them takes time."""
     start, stop, _ = rows.indices(shape[0])
     dtype = np.dtype(dtype)
     count = max(0, stop - start) * shape[1]
@@ -100,27 +101,26 @@ def mapped_rows(
             file.fileno(), first - aligned + count * dtype.itemsize, access=access, offset=aligned
         )
     with suppress(AttributeError, OSError):  # no madvise (Windows), or a kernel without the advice
-        if mode != "r" and filled is not None and 2 * len(range(*filled.indices(shape[1]))) < shape[1]:
-            # No read-ahead where less than half of each row is written: it zero-filled the
+        if touched is not None and 2 * len(range(*touched.indices(shape[1]))) < shape[1]:
+            # No read-ahead where less than half of each row is touched: it zero-filled the
             # holes between (three quarters of a 1800" cut's CPU: 27-30 s, without 8 s). Where
-            # most is, it fills pages about to be written (a 600" cut 4.0-4.6 s, without 5.9-6.8).
+            # most is, it fills pages about to be used (a 600" cut 4.0-4.6 s, without 5.9-6.8).
             mapping.madvise(mmap.MADV_RANDOM)
-        for start_byte, length in _populated(first - aligned, shape[1], dtype.itemsize, count, mode, filled):
+        for start_byte, length in _populated(first - aligned, shape[1], dtype.itemsize, count, touched):
             mapping.madvise(_POPULATE[mode], start_byte, length)
     # Unmapped, not flushed: msync would wait for the disk at every block; the kernel writes
     # the pages back in its own time, as it does a write's.
     yield np.frombuffer(mapping, dtype, count, first - aligned).reshape(-1, shape[1])
 
 
-def _populated(first: int, width: int, itemsize: int, count: int, mode: str, filled: slice | None):
-    """(start, length) of the bytes of a mapping to fault in (see `mapped_rows`): all of it to
-    read; to write, the columns ``filled`` of each row (all of them at once where they are
-    whole rows), page-aligned."""
-    if mode == "r" or filled is not None and filled.indices(width)[:2] == (0, width):
-        return [(0, first + count * itemsize)]
-    if filled is None:
+def _populated(first: int, width: int, itemsize: int, count: int, touched: slice | None):
+    """(start, length) of the bytes of a mapping to fault in (see `mapped_rows`): the columns
+    ``touched`` of each row (all at once where they are whole rows), page-aligned."""
+    if touched is None:
         return []
-    begin, end, _ = filled.indices(width)
+    begin, end, _ = touched.indices(width)
+    if (begin, end) == (0, width):
+        return [(0, first + count * itemsize)]
     page = mmap.PAGESIZE
     row_bytes = width * itemsize
     spans = []
@@ -137,7 +137,7 @@ def read_rows(hdu: fits.ImageHDU, rows: slice, cols: slice = slice(None)) -> np.
     never the whole array."""
     stored = _storage(hdu)
     if stored is not None:
-        with mapped_rows(*stored, rows) as window:
+        with mapped_rows(*stored, rows, touched=cols) as window:
             return np.array(window[:, cols])
     in_memory = hdu.fileinfo() is None or hdu._data_loaded
     return hdu.data[rows, cols] if in_memory else hdu.section[rows, cols]
@@ -280,8 +280,8 @@ class LaidOutFITS:
 
     def rows(self, index: int, rows: slice, filled: slice | None = None):
         """A writable window on rows ``rows`` of HDU ``index``'s pixels (big-endian, C order),
-        a context manager (`mapped_rows`, whose ``filled`` it takes: the columns that will be
-        written): what is written into it is in the file when it ends."""
+        a context manager (`mapped_rows`; ``filled``: the columns that will be written, as its
+        ``touched``): what is written into it is in the file when it ends."""
         hdu = self.hdus[index]
         dtype = np.dtype(hdu.data.dtype).newbyteorder(">")
-        return mapped_rows(self.path, self.offsets[index], hdu.shape, dtype, rows, "r+", filled)
+        return mapped_rows(self.path, self.offsets[index], hdu.shape, dtype, rows, "r+", touched=filled)

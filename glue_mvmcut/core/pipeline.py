@@ -325,7 +325,7 @@ def _mosaics(cutouts, resample: str, combiner: Combiner, products: str, out_dir:
     }
     others = [cutout for band, members in groups.items() if band not in alone for cutout in members]
     made = spilled_mosaics(others, resample=resample, combine=combiner, spill=spill) if others else {}
-    return {band: alone.get(band) or made[band] for band in groups}
+    return {band: alone[band] if band in alone else made[band] for band in groups}
 
 
 class _Fetcher:
