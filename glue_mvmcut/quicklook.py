@@ -79,8 +79,22 @@ def _shown(hdul: fits.HDUList) -> tuple[np.ndarray, np.ndarray, WCS]:
     rows = range(0, sci.shape[0], step)
     shown_sci = np.array([read_rows(sci, slice(y, y + 1), columns)[0] for y in rows], dtype=float)
     shown_wht = np.array([read_rows(wht, slice(y, y + 1), columns)[0] for y in rows])
-    wcs = WCS(sci.header).celestial
-    return shown_sci, shown_wht > 0, wcs[::step, ::step] if step > 1 else wcs
+    return shown_sci, shown_wht > 0, _every_nth(WCS(sci.header).celestial, step)
+
+
+def _every_nth(wcs: WCS, step: int) -> WCS:
+    """The WCS of every ``step``-th pixel of ``wcs``'s grid, from the first. By hand: astropy's
+    slicing with a step scales CDELT, which a CD matrix (MVM's) overrides."""
+    if step == 1:
+        return wcs
+    thinned = wcs.deepcopy()
+    thinned.wcs.crpix = (thinned.wcs.crpix - 1) / step + 1
+    if thinned.wcs.has_cd():
+        thinned.wcs.cd = thinned.wcs.cd * step
+    else:
+        thinned.wcs.cdelt = thinned.wcs.cdelt * step
+    thinned.wcs.set()
+    return thinned
 
 
 def _arcsec_per_pixel(wcs: WCS) -> float:

@@ -53,3 +53,22 @@ def test_a_quicklook_is_a_picture_with_its_unit_compass_and_scale_bar(demo, tmp_
     labels = sorted(text.get_text() for text in image_axes.texts if text.get_text())  # not the arrows
     assert labels == ['2"', "E", "N"]  # a fifth of 10" is 2"
     assert image_axes.get_title() == quicklook_title(mosaic)
+
+
+def test_a_large_image_shows_every_nth_pixel_read_a_row_at_a_time(demo, tmp_path, monkeypatch):
+    """Past SHOWN_PIXELS on a side (2048; 50 here), every n-th row and column, with the WCS of
+    that grid: a 3600" mosaic (90000 px) is never read whole."""
+    from astropy.wcs import WCS
+
+    from glue_mvmcut import quicklook
+
+    monkeypatch.setattr(quicklook, "SHOWN_PIXELS", 50)
+    fine = next(m for m in demo.mosaics.values() if m[0].header["FILENAME"].endswith("_acs_wfc_f814w.fits"))
+    sci, has_data, wcs = quicklook._shown(fine)
+    assert fine["SCI"].data.shape == (250, 250) and sci.shape == has_data.shape == (50, 50)  # n = 5
+    np.testing.assert_array_equal(sci, fine["SCI"].data[::5, ::5].astype(float))
+    np.testing.assert_array_equal(has_data, fine["WHT"].data[::5, ::5] > 0)
+    full = WCS(fine["SCI"].header).celestial
+    for x, y in ((0, 0), (49, 20)):  # pixel (x, y) shown is pixel (5x, 5y) of the image
+        assert wcs.pixel_to_world(x, y).separation(full.pixel_to_world(5 * x, 5 * y)).arcsec < 1e-6
+    assert imread(save_quicklook(fine, tmp_path / "thinned.png")).shape[2] == 4
