@@ -494,11 +494,8 @@ def combine_cutouts(
     and WHT extensions (by EXTNAME, or astrocut's O_EXT_NM) and a celestial WCS; their band
     comes from `band_of`.
     """
-    groups = images_by_band(inputs(cutouts))
-    return {
-        band: _written(_combine(band, images, resample, combine, out_dir), out_dir)
-        for band, images in groups.items()
-    }
+    mosaics = spilled_mosaics(cutouts, resample=resample, combine=combine, spill=out_dir)
+    return {band: _written(mosaic, out_dir) for band, mosaic in mosaics.items()}
 
 
 def spilled_mosaics(

@@ -245,14 +245,12 @@ async def _cut_remote_streamed(remote: RemoteFITS, coord, size, hdus, out_dir) -
     layer = layer_name(hdus["PRIMARY"], remote.name)
     window = plan_window(layer, {ext: hdus[ext] for ext in EXTENSIONS}, coord, size)
     cutout = _Cutout(hdus["PRIMARY"], layer, coord, window, streamed=True)
+    columns = window.small[1]  # of the cutout, where the layer's pixels go
     with cutout.writing(out_dir, hdus) as file:
         for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
-            filled = window.small[1]
-            with (
-                file.rows(1, cutout.rows_of(rows), filled) as sci,
-                file.rows(2, cutout.rows_of(rows), filled) as wht,
-            ):
-                into = [(block, (slice(None), window.small[1])) for block in (sci, wht)]
+            written = cutout.rows_of(rows)
+            with file.rows(1, written, columns) as sci, file.rows(2, written, columns) as wht:
+                into = [(block, (slice(None), columns)) for block in (sci, wht)]
                 pieces = await remote.read_windows(
                     [(hdus[ext], rows, window.large[1]) for ext in EXTENSIONS], into=into
                 )

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
-from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
 from .config import conf
 from .files import write_atomically
-from .fitsheaders import BLOCK, hdu_with_header
+from .fitsheaders import BLOCK, hdu_with_header, stored_dtype
 from .names import safe_filename
 
 __all__ = [
@@ -193,8 +192,7 @@ def _storage(hdu: fits.ImageHDU) -> tuple | None:
         return None
     if info["file"].compression or isinstance(hdu, fits.CompImageHDU) or is_scaled(hdu.header):
         return None
-    dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
-    return info["file"].name, info["datLoc"], hdu.shape, dtype
+    return info["file"].name, info["datLoc"], hdu.shape, stored_dtype(hdu.header["BITPIX"])
 
 
 #: The keywords that turn stored integers into physical values (FITS 4.0 §5.3).
@@ -216,7 +214,7 @@ def open_mapped(path) -> fits.HDUList:
         for hdu in hdul:
             data = None
             if hdu.header.get("NAXIS"):
-                dtype = np.dtype(BITPIX2DTYPE[hdu.header["BITPIX"]]).newbyteorder(">")
+                dtype = stored_dtype(hdu.header["BITPIX"])
                 data = np.memmap(path, dtype, "r", offset=hdu.fileinfo()["datLoc"], shape=hdu.shape)
             hdus.append(hdu_with_header(type(hdu), hdu.header, data))
     return fits.HDUList(hdus)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from astropy.io import fits
+from astropy.io.fits.hdu.base import BITPIX2DTYPE
 from astropy.wcs import WCS, FITSFixedWarning, Wcsprm
 
 from .errors import NotMVMFileError
@@ -43,6 +44,7 @@ __all__ = [
     "edited_header",
     "card_image",
     "hdu_with_header",
+    "stored_dtype",
     "read_wcs",
     "plain_wcs",
     "celestial_wcs",
@@ -350,6 +352,11 @@ def card_image(keyword: str, value, comment: str | None, old: str | None = None)
     if comment is None and old is not None:
         comment = fits.Card.fromstring(old).comment
     return fits.Card(keyword, value, comment).image
+
+
+def stored_dtype(bitpix: int) -> np.dtype:
+    """The numpy type of pixels stored with ``BITPIX`` = ``bitpix``: big-endian, as in FITS."""
+    return np.dtype(BITPIX2DTYPE[bitpix]).newbyteorder(">")
 
 
 def hdu_with_header(kind, header: fits.Header, data: np.ndarray | None = None):

@@ -287,6 +287,10 @@ def cutout_mosaic(
     return result
 
 
+#: What the private folder of a run's cutouts is called (`_spill`).
+SCRATCH = "mvmcut-cutouts"
+
+
 def _spill(run_files: ExitStack, out_dir: Path | None, products: str) -> Path | None:
     """Where a run writes cutouts and mosaics larger than a block, a block of rows at a time:
     ``out_dir``, or for ``products="mosaics"`` a private folder in it for the cutouts, removed
@@ -299,10 +303,6 @@ def _spill(run_files: ExitStack, out_dir: Path | None, products: str) -> Path | 
         prefix=f".{SCRATCH}.", suffix=PART, dir=out_dir, ignore_cleanup_errors=True
     )
     return Path(run_files.enter_context(scratch))
-
-
-#: What the private folder of a run's cutouts is called (`_spill`).
-SCRATCH = "mvmcut-cutouts"
 
 
 def _discard(cutout: fits.HDUList | None) -> None:

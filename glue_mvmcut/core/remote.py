@@ -26,12 +26,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
-from astropy.io.fits.hdu.base import BITPIX2DTYPE
 
 from .byteranges import Parts, ReplyError, Targets, copy_parts, parse_multipart, parse_single
 from .config import conf
 from .errors import ArchiveError, Cancelled, NotMVMFileError
-from .fitsheaders import BLOCK, CARD, END_CARD, MAX_HEADER, HDUInfo, find_card
+from .fitsheaders import BLOCK, CARD, END_CARD, MAX_HEADER, HDUInfo, find_card, stored_dtype
 from .servers import location, relocate, server_of
 from .spanplan import gaps_between, joins_within_budget, merge_spans, request_batches
 from .transport import (
@@ -561,7 +560,7 @@ class RemoteFITS:
         """The big-endian array that is to hold ``data[rows, cols]`` of ``info``, its rows added
         to ``targets`` (one span per row, as `_row_spans` gives them): ``array[at]`` of ``into``
         = ``(array, at)`` if it can (see `read_windows`), else a new one."""
-        dtype = np.dtype(BITPIX2DTYPE[info["BITPIX"]]).newbyteorder(">")
+        dtype = stored_dtype(info["BITPIX"])
         shape = (rows.stop - rows.start, cols.stop - cols.start)
         if into is None or into[0].dtype != dtype or not into[0].flags.c_contiguous:
             into = (np.empty(shape, dtype), (slice(0, shape[0]), slice(0, shape[1])))
