@@ -17,7 +17,8 @@ from glue_mvmcut.core.endpoints import file_url
 from glue_mvmcut.core.mast import forget_column_configs, observations
 from glue_mvmcut.testing.faults import Faults
 from glue_mvmcut.testing.portal import columns_config
-from glue_mvmcut.testing.server import MastServer, parse_ranges
+from glue_mvmcut.testing.ranges import parse_ranges
+from glue_mvmcut.testing.server import MastServer
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 SEED_CRITERIA = {"dataproduct_type": "IMAGE", "project": "HAP", "obs_collection": "HST"}

@@ -20,6 +20,7 @@ __all__ = [
     "ReplyError",
     "Parts",
     "Targets",
+    "content_range",
     "parse_single",
     "parse_multipart",
     "parts_as_asked",
@@ -196,16 +197,24 @@ def parts_as_asked(
     return Parts(body, starts, data_at, lengths), total
 
 
-def parse_single(content_range: str, body: bytes) -> tuple[Parts, bytes]:
-    """The one part of a ``206`` reply that is not multipart, and the file size its
-    ``Content-Range`` header value gives (``b"*"`` where it does not say)."""
-    match = _CONTENT_RANGE.fullmatch(content_range.encode())
+def content_range(value: str, length: int) -> tuple[int, int, bytes]:
+    """The (start, stop) a ``Content-Range`` header ``value`` gives a ``206`` reply's body of
+    ``length`` bytes, and the file size (``b"*"`` where it does not say); `ReplyError` if
+    it names no range or one of another length."""
+    match = _CONTENT_RANGE.fullmatch(value.encode())
     if match is None:
         raise ReplyError("a 206 reply without a valid Content-Range")
     start, stop = int(match[1]), int(match[2]) + 1
-    if stop - start != len(body):
-        raise ReplyError(f"got {len(body)} bytes for a {stop - start}-byte range")
-    return Parts(body, [start], [0], [len(body)]), match[3]
+    if stop - start != length:
+        raise ReplyError(f"got {length} bytes for a {stop - start}-byte range")
+    return start, stop, match[3]
+
+
+def parse_single(value: str, body: bytes) -> tuple[Parts, bytes]:
+    """The one part of a ``206`` reply that is not multipart, and the file size its
+    ``Content-Range`` header ``value`` gives (``b"*"`` where it does not say)."""
+    start, _, total = content_range(value, len(body))
+    return Parts(body, [start], [0], [len(body)]), total
 
 
 def parse_multipart(

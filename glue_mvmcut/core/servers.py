@@ -11,7 +11,10 @@ than assumed:
   trips, where a wrong length costs one or two more);
 - where a file's requests were redirected to (`location`), so that later ones go there at once;
 - how long a round trip takes and how fast bytes come (`Server.saw_reply`): for a server that
-  answers one range per request, whether joining two spans costs less than a request more.
+  answers one range per request, whether joining two spans costs less than a request more;
+- whether it answers requests pipelined on one connection (`Server.pipelines`,
+  `~glue_mvmcut.core.pipelining`): then a request more costs the server's time for it, not a
+  round trip.
 
 Kept per server (scheme, host and port, after redirects) for the life of the process; a forked
 child starts afresh.
@@ -50,6 +53,10 @@ MARGIN = 4 * 2880
 #: (a modest link: 50 ms, 20 MB/s).
 LARGE_REPLY = 128 * 1024
 ASSUMED_ROUND_TRIP, ASSUMED_THROUGHPUT = 0.05, 20e6
+#: A server's time for one more pipelined request of a few kB, and the least time to wait for
+#: the second reply of a connection's first pipeline (a server that does not pipeline falls
+#: silent after its first reply instead).
+PIPELINED_REQUEST, LEAST_PATIENCE = 2e-4, 1.0
 
 
 @dataclass
@@ -62,7 +69,8 @@ class Server:
     read; ``round_trip``: the quickest reply seen, in seconds; ``throughput``: the fastest bytes
     per second a large reply came at beyond the round trip (the quickest one seen since: a
     cutout's first reply is its largest, and only the small ones after it tell how much of its
-    time was the round trip).
+    time was the round trip); ``pipelines``: whether the server answers requests pipelined on
+    one connection, None until replies showed it.
     """
 
     origin: str
@@ -71,6 +79,7 @@ class Server:
     header_lengths: dict[str, int] = field(default_factory=dict)
     round_trip: float | None = None
     throughput: float | None = None
+    pipelines: bool | None = None
     _large: deque = field(default_factory=lambda: deque(maxlen=16), repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -94,13 +103,25 @@ class Server:
             if rates:
                 self.throughput = max(rates)
 
-    def request_worth(self, concurrent: int) -> float:
-        """Bytes that cost as much time as one more request among ``concurrent`` in flight (a
-        round trip's share): a gap narrower than this is cheaper fetched than skipped."""
+    def saw_pipelining(self, works: bool) -> None:
+        """Requests pipelined on one connection were answered (``works``), or only the first."""
+        with self._lock:
+            self.pipelines = works
+
+    def request_worth(self, concurrent: int, pipelined: bool = False) -> float:
+        """Bytes that cost as much time as one more request among ``concurrent`` connections:
+        a round trip's share, or ``pipelined``, the server's time for it (`PIPELINED_REQUEST`).
+        A gap narrower than this is cheaper fetched than skipped."""
         with self._lock:
             round_trip = self.round_trip if self.round_trip is not None else ASSUMED_ROUND_TRIP
             throughput = self.throughput or ASSUMED_THROUGHPUT
-        return round_trip * throughput / max(concurrent, 1)
+        return (PIPELINED_REQUEST if pipelined else round_trip) * throughput / max(concurrent, 1)
+
+    def patience(self) -> float:
+        """Seconds to wait for a second pipelined reply before taking the server for one that
+        does not pipeline (until one of its pipelines was answered)."""
+        with self._lock:
+            return max(LEAST_PATIENCE, 10 * (self.round_trip or ASSUMED_ROUND_TRIP))
 
     def first_read(self) -> int:
         """Bytes to read first from one of this server's files: its headers up to the first data."""

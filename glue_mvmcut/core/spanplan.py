@@ -1,6 +1,6 @@
 """Which requests fetch a set of byte spans of a file: spans joined where the gap between them
 costs less than a request of their own, and batched into multi-range requests whose ``Range``
-header and reply stay within bounds (`~glue_mvmcut.core.remote.RemoteFITS` sends them).
+header and reply stay within bounds (`~glue_mvmcut.core.rangedfile.RangedFile` sends them).
 
 For a server that answers one range per request, every span left alone costs a request, and
 every gap joined costs its bytes: `joins_within_budget` joins the narrowest gaps that are

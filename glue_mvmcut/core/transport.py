@@ -53,6 +53,7 @@ from .config import conf
 from .endpoints import astroquery_config_file, server_url
 from .errors import ArchiveError
 from .limits import Pace, ReplyRefused, TooSlowError, check_encoding, read_body
+from .pipelining import close_idle_connections
 
 __all__ = [
     "TransferStats",
@@ -67,6 +68,7 @@ __all__ = [
     "with_timeouts",
     "Reply",
     "get_range",
+    "proxy_of",
     "run",
     "submit",
     "Urgent",
@@ -322,7 +324,7 @@ class _IO:
     @staticmethod
     async def _open() -> aiohttp.ClientSession:
         # Not trust_env: it looks up .netrc and the proxy settings on a thread for every request,
-        # so a request's bytes leave only after other work on the loop; the proxy is `_proxy`'s.
+        # so a request's bytes leave only after other work on the loop; the proxy is `proxy_of`'s.
         connector = aiohttp.TCPConnector(limit=64, limit_per_host=int(conf.connections))
         # Bodies as sent: an encoding that was not asked for is refused (`get_range`), not inflated.
         return aiohttp.ClientSession(connector=connector, auto_decompress=False)
@@ -333,6 +335,7 @@ class _IO:
     def close(self) -> None:
         if self.pid == os.getpid():  # a forked child leaves its parent's alone
             self.run(self.session.close())
+            self.run(close_idle_connections())
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
@@ -437,7 +440,7 @@ async def after_urgent_work(urgency: Urgent | None = None, until: asyncio.Future
             calm.cancel()
 
 
-def _proxy(url: str) -> str | None:
+def proxy_of(url: str) -> str | None:
     """The proxy the environment names for ``url`` (``HTTP(S)_PROXY``, ``NO_PROXY``), as requests uses it."""
     parts = urlsplit(url)
     return _proxy_for(parts.scheme, parts.hostname)
@@ -504,7 +507,7 @@ async def get_range(url: str, byte_range: str, asked: int) -> Reply:
     limit = asked + _PART_OVERHEAD * (byte_range.count(",") + 1) + _REPLY_MARGIN
     try:
         async with _the_io().session.get(
-            url, headers=headers, timeout=timeout, proxy=_proxy(url), max_redirects=MAX_REDIRECTS + 1
+            url, headers=headers, timeout=timeout, proxy=proxy_of(url), max_redirects=MAX_REDIRECTS + 1
         ) as response:
             body = b""
             if response.status == 206:

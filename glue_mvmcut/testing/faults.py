@@ -6,9 +6,14 @@ from contextlib import contextmanager
 
 from ..core.servers import RANGE_KINDS
 
-__all__ = ["GARBLE_KINDS", "RANGE_KINDS", "REDIRECT_STATUSES", "Faults"]
+__all__ = ["GARBLE_KINDS", "PIPELINING_KINDS", "RANGE_KINDS", "REDIRECT_STATUSES", "Faults"]
 
 GARBLE_KINDS = ("part-length", "no-content-range", "no-boundary")
+#: How a server takes requests sent on a connection before the previous reply (HTTP/1.1
+#: pipelining): answers them in order; answers the first and closes the connection
+#: (``Connection: close``); or loses them, as a server or middlebox that reads one request at a
+#: time and throws away what came with it.
+PIPELINING_KINDS = ("answers", "closes", "loses")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
@@ -30,7 +35,9 @@ class Faults:
     with its connection, as MAST's files sometimes come, astroquery #3290),
     ``announced_size`` (bytes a HEAD reply says a file has, whatever it has: a server that lies),
     ``content_encoding`` (``"gzip"``: file bodies come gzip-compressed, whatever was accepted),
-    ``extra_bytes`` (206 replies carry this many bytes more than the ranges asked).
+    ``extra_bytes`` (206 replies carry this many bytes more than the ranges asked),
+    ``pipelining`` (what becomes of requests sent before the previous reply, one of
+    `PIPELINING_KINDS`).
 
     `gather` holds file requests until requests for several files are under way at once, and
     ``most_files_at_once`` tells how many files had requests under way together at most: what
@@ -62,6 +69,7 @@ class Faults:
             self.announced_size: int | None = None
             self.content_encoding: str | None = None
             self.extra_bytes = 0
+            self.pipelining = "answers"
         with self._files_changed:  # requests under way count no more (as in reset_stats)
             self._gather = 0
             self._under_way: dict[str | None, int] = {}  # file -> its requests being answered
@@ -77,6 +85,16 @@ class Faults:
         if kind not in RANGE_KINDS:
             raise ValueError(f"Unknown range kind {kind!r}; one of {RANGE_KINDS}")
         self._ranges = kind
+
+    @property
+    def pipelining(self) -> str:
+        return self._pipelining
+
+    @pipelining.setter
+    def pipelining(self, kind: str) -> None:
+        if kind not in PIPELINING_KINDS:
+            raise ValueError(f"Unknown pipelining kind {kind!r}; one of {PIPELINING_KINDS}")
+        self._pipelining = kind
 
     @property
     def redirect_status(self) -> int:

@@ -15,9 +15,8 @@ Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server 
 import argparse
 import email.utils
 import gzip
+import itertools
 import json
-import os
-import re
 import socket
 import sys
 import threading
@@ -26,12 +25,9 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import numpy as np
-
-from .faults import RANGE_KINDS, Faults
+from .faults import PIPELINING_KINDS, RANGE_KINDS, Faults
 from .portal import (
     COLUMNS_CONFIG_PATH,
     DOWNLOAD_PATH,
@@ -41,16 +37,13 @@ from .portal import (
     Catalogue,
     columns_config,
 )
+from .ranges import CHUNK, FileConnection, body_pieces, parse_ranges
 from .stamps import StampedReader
 from .synth import Archive
 
-__all__ = ["MastServer", "RequestRecord", "parse_ranges"]
+__all__ = ["MastServer", "RequestRecord"]
 
-_CHUNK = 1 << 20
 _PRELOAD = 16 << 20  # replies up to this long are read from the file before they are due
-# One range of a "bytes=" list: a whole comma-separated item, so malformed items are skipped.
-_RANGE_SPECS = re.compile(r"(?:^|,)\s*(\d*)-(\d*)\s*(?=,|$)")
-_PLAIN_RANGES = re.compile(r"\d{1,18}-\d{1,18}(?:,\d{1,18}-\d{1,18})*")  # numbers within int64
 
 
 @dataclass
@@ -65,9 +58,11 @@ class RequestRecord:
     bytes_sent: int
     arrived: float = 0.0  # time.monotonic() when the request arrived
     file: str | None = None  # the product a download asked for
+    connection: int = 0  # the connection it came on (numbered as they were accepted, from 1)
+    answered: float = 0.0  # time.monotonic() when its reply was sent (or broken off)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(FileConnection, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; with Nagle's algorithm on, the client's delayed
     # ACK holds the body back ~40 ms per reply, which a real archive server does not do.
@@ -79,7 +74,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
-        self.server.owner._connected()
+        self._connection = self.server.owner._connected()
         self._reader = StampedReader.attach(self)
 
     # The added latency runs from the request's arrival to the reply's first byte, while the
@@ -100,14 +95,27 @@ class _Handler(BaseHTTPRequestHandler):
         delay = self._due - time.monotonic()
         if delay > 0:
             self.server.owner.faults.pause(delay)
+        if self.server.owner.faults.pipelining == "loses":
+            self.lose_what_came_meanwhile()
         super().send_response(code, message)
+        if self.server.owner.faults.pipelining == "closes":
+            self.send_header("Connection", "close")  # one request per connection
 
     # -- plumbing -------------------------------------------------------------------------------
     def _record(self, service, status, sent, byte_range=None):
         file = parse_qs(urlsplit(self.path).query).get("uri", [""])[0].removeprefix(URI_PREFIX) or None
         self.server.owner._record(
             RequestRecord(
-                self.command, urlsplit(self.path).path, service, byte_range, status, sent, self._arrived, file
+                self.command,
+                urlsplit(self.path).path,
+                service,
+                byte_range,
+                status,
+                sent,
+                self._arrived,
+                file,
+                self._connection,
+                time.monotonic(),
             )
         )
 
@@ -253,7 +261,8 @@ class _Handler(BaseHTTPRequestHandler):
         if faults.redirect_to:
             self._redirect(faults.redirect_to.rstrip("/") + self.path, faults.redirect_status)
             return
-        size = path.stat().st_size
+        stat = path.stat()
+        size = stat.st_size
         byte_range = self.headers.get("Range")
         if byte_range and faults.max_range_header and len(byte_range) > faults.max_range_header:
             self._send_bytes(
@@ -268,8 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self._record("download", 416, 0, byte_range)
             return
-        modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
-        etag = f'"{size:x}-{path.stat().st_mtime_ns:x}"'
+        modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+        etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
         if self.headers.get("If-Range") not in (None, modified, etag):
             spans = []  # the file changed since the part the client holds: all of it (RFC 9110)
         if len(spans) > 1 and faults.ranges == "first-range":
@@ -305,8 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "GET" and (
             length <= _PRELOAD or faults.content_encoding
         ):  # read while the latency runs
-            with open(path, "rb") as fh:
-                segments = [b"".join(_body_pieces(fh.fileno(), segments))]
+            segments = [b"".join(body_pieces(self.open_file(path, stat), segments))]
             if faults.content_encoding:
                 segments = [gzip.compress(segments[0], mtime=0)]
                 length = len(segments[0])
@@ -327,104 +335,61 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Accept-Ranges", "bytes")
         if status == 206 and len(spans) == 1:
             self.send_header("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}")
-        self.end_headers()
+        if self.command == "GET":  # the headers go out with the body's first bytes (`_stream`)
+            self._headers_buffer.append(b"\r\n")
+        else:
+            self.end_headers()
         self._sent, dropped = 0, False
         try:
             if self.command == "GET":
-                dropped = self._stream(path, segments, mid_body)
+                dropped = self._stream(self.open_file(path, stat), segments, mid_body)
         finally:  # recorded even when the client hangs up mid-body
             self._record("download", status, self._sent, byte_range)
         if dropped:  # hang up only once recorded, so a client that sees the drop sees the record
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _stream(self, path: Path, segments: list, fault: dict | None) -> bool:
+    def _stream(self, fd: int, segments: list, fault: dict | None) -> bool:
         """Send the body, counting bytes in ``self._sent``, small pieces (multipart framing,
-        short row spans) gathered into writes of up to ``_CHUNK`` bytes as a web server's buffered
+        short row spans) gathered into writes of up to ``CHUNK`` bytes as a web server's buffered
         output sends them; a drop fault stops after its byte count (returns True), a stall
         fault pauses there."""
         limit = fault["after_bytes"] if fault else None
         pending: list[bytes] = []
         pending_bytes = 0
 
-        def flush():
+        def flush():  # with the headers, if they are still to go: one write, as web servers send
             nonlocal pending_bytes
-            if pending:
-                self.wfile.write(b"".join(pending))
-                self._sent += pending_bytes
-                pending.clear()
-                pending_bytes = 0
+            self.wfile.write(b"".join(self._headers_buffer + pending))
+            self._headers_buffer = []
+            self._sent += pending_bytes
+            pending.clear()
+            pending_bytes = 0
 
         if self._trickle:
+            self.flush_headers()
             self._answered()  # a trickle is not a concurrency test: counted until it starts
-            with open(path, "rb") as fh:
-                self._send_slowly(b"".join(_body_pieces(fh.fileno(), segments)), self._trickle)
+            self._send_slowly(b"".join(body_pieces(fd, segments)), self._trickle)
             return False
-        with open(path, "rb") as fh:
-            for piece in _body_pieces(fh.fileno(), segments):
-                if limit is not None and self._sent + pending_bytes + len(piece) >= limit:
-                    head = limit - self._sent - pending_bytes
-                    pending.append(piece[:head])
-                    pending_bytes += head
-                    flush()
-                    self.wfile.flush()
-                    if fault["kind"] == "drop":
-                        return True
-                    self.server.owner.faults.pause(fault["seconds"])
-                    limit = None
-                    piece = piece[head:]
-                if pending_bytes >= _CHUNK:  # sent before the next piece: the last one is kept
-                    flush()
-                pending.append(piece)
-                pending_bytes += len(piece)
+        for piece in body_pieces(fd, segments):
+            if limit is not None and self._sent + pending_bytes + len(piece) >= limit:
+                head = limit - self._sent - pending_bytes
+                pending.append(piece[:head])
+                pending_bytes += head
+                flush()
+                self.wfile.flush()
+                if fault["kind"] == "drop":
+                    return True
+                self.server.owner.faults.pause(fault["seconds"])
+                limit = None
+                piece = piece[head:]
+            if pending_bytes >= CHUNK:  # sent before the next piece: the last one is kept
+                flush()
+            pending.append(piece)
+            pending_bytes += len(piece)
         self._answered()  # before the last bytes: the client may ask anew the moment it has them
         flush()
         return False
-
-
-def _body_pieces(fd: int, segments: list):
-    """The body's bytes, segment by segment: literal bytes as they are, (offset, length) of the
-    file in blocks of at most ``_CHUNK`` (a short read ends a segment: the file shrank)."""
-    for segment in segments:
-        if isinstance(segment, bytes):
-            yield segment
-            continue
-        offset, length = segment
-        if length <= _CHUNK:  # most segments: one read
-            yield os.pread(fd, length, offset)
-            continue
-        while length > 0:
-            block = os.pread(fd, min(_CHUNK, length), offset)
-            if not block:
-                break
-            offset += len(block)
-            length -= len(block)
-            yield block
-
-
-def parse_ranges(header: str, size: int) -> list[tuple[int, int]]:
-    """Satisfiable spans of a ``bytes=`` Range header as inclusive (start, end) pairs."""
-    header = header.strip()
-    if not header.startswith("bytes="):
-        return []
-    plain = header[len("bytes=") :]
-    if _PLAIN_RANGES.fullmatch(plain):  # "a-b,c-d,...", as clients send it: parsed by numpy
-        pairs = np.array(plain.replace("-", ",").split(","), dtype=np.int64).reshape(-1, 2)
-        pairs[:, 1] = np.minimum(pairs[:, 1], size - 1)
-        keep = (pairs[:, 0] < size) & (pairs[:, 0] <= pairs[:, 1])
-        return [tuple(pair) for pair in pairs[keep].tolist()]
-    spans = []
-    for first, last in _RANGE_SPECS.findall(header[len("bytes=") :]):
-        if first == "":
-            if last == "":
-                continue
-            start, end = max(0, size - int(last)), size - 1
-        else:
-            start = int(first)
-            end = min(size - 1, int(last)) if last else size - 1
-        if start < size and start <= end:
-            spans.append((start, end))
-    return spans
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -471,6 +436,7 @@ class MastServer:
         self.faults = Faults()
         self.records: list[RequestRecord] = []
         self.connections = 0  # connections accepted since the last reset_stats
+        self._numbers = itertools.count(1)
         self._since = 0.0  # time.monotonic() of the last reset_stats
         self._records_lock = threading.Lock()
         self._busy = 0
@@ -490,9 +456,11 @@ class MastServer:
             if record.arrived >= self._since:  # one that came before reset_stats is not recorded
                 self.records.append(record)
 
-    def _connected(self) -> None:
+    def _connected(self) -> int:
+        """Count a new connection; returns its number."""
         with self._records_lock:
             self.connections += 1
+            return next(self._numbers)
 
     @contextmanager
     def _in_flight(self):
@@ -580,11 +548,19 @@ def main(argv=None) -> None:
         help="how to answer Range requests: several ranges in a multipart reply (default), the first "
         "of several only, the whole file to several (as object stores do), or Range ignored",
     )
+    parser.add_argument(
+        "--pipelining",
+        choices=PIPELINING_KINDS,
+        default="answers",
+        help="what becomes of requests sent before the previous reply: answered in order (default), "
+        "the connection closed after the first, or lost",
+    )
     parser.add_argument("--redirect-to", metavar="URL", help="redirect file requests to this server")
     args = parser.parse_args(argv)
     server = MastServer(args.archive_dir, port=args.port)
     server.faults.latency = args.latency
     server.faults.ranges = args.ranges
+    server.faults.pipelining = args.pipelining
     server.faults.redirect_to = args.redirect_to
     print(server.url, flush=True)
     try:

@@ -1,0 +1,274 @@
+"""Many one-range requests on few connections: HTTP/1.1 pipelining.
+
+A server that answers one range per request (object stores; servers that send the first of
+several ranges only) costs a request per row of a box, ~1000 for a 20" box on a layer as wide as a
+real one. One after another over ``conf.connections`` kept-alive connections, that is 125 round
+trips (2.5 s at 20 ms, where one multi-range request takes 0.05 s); joining rows instead moves
+40 times the bytes. HTTP/1.1 lets a client send its next requests before the replies to the
+earlier ones are in (RFC 9112, section 9.3.2: a server answers them in order), so a connection
+takes its whole share of the requests in about one round trip.
+
+Hand-written because none of the clients we use pipelines: aiohttp and urllib3 (requests) send a
+connection's next request only once the previous reply is read, and httpx's answer is HTTP/2,
+which object stores such as S3 do not speak. So this module speaks just the part of HTTP/1.1 it
+needs: GETs of one range, and ``206`` replies with a ``Content-Length``. Any other reply (a
+redirect, an error, a whole file, an encoded or chunked body) ends the pipeline before its body
+is read, and the caller asks for that range in the ordinary way (`~glue_mvmcut.core.transport.get_range`),
+which knows what to do with it. A server that takes a connection's first request only (it closes
+or falls silent) is remembered (`~glue_mvmcut.core.servers.Server.pipelines`) and asked one request
+at a time from then on.
+
+Runs on the process's I/O loop only: connections are kept per server, at most
+``conf.connections`` of them at once, and reused while their replies were read whole.
+"""
+
+import asyncio
+import os
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .config import conf
+from .limits import Pace
+from .servers import Server
+
+__all__ = ["Pipelined", "pipelined_ranges", "close_idle_connections"]
+
+#: Requests sent ahead of the replies read: enough to fill a round trip with small replies,
+#: few enough that a server's input buffer holds them (nginx reads 8 KB of a connection at once).
+DEPTH = 48
+#: Replies handed on at once: each handing copies its rows with numpy, ~30 µs, more than the
+#: reading of a small reply.
+GROUP = 32
+#: A reply's head (status line and headers) longer than this is not read as one.
+_HEAD_LIMIT = 64 * 1024
+
+
+@dataclass
+class Pipelined:
+    """What a pipeline did: ``answered`` replies given to the caller, in order, out of ``sent``
+    requests sent; ``why`` it ended early (None if every request was answered)."""
+
+    answered: int
+    sent: int
+    why: str | None = None
+
+
+class _Connection:
+    """An open connection to a server, its streams and whether it can take more requests."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.reusable = True
+        self.fresh = True  # False once kept for later: its server may have closed it meanwhile
+
+    def close(self) -> None:
+        self.reusable = False
+        self.writer.close()
+
+
+_idle: dict[str, list[_Connection]] = {}  # origin -> connections whose replies were all read
+_slots: dict[str, asyncio.Semaphore] = {}  # origin -> room for conf.connections pipelines
+
+
+async def _connect(origin: str, host: str, port: int, secure: bool, fresh: bool = False) -> _Connection:
+    """A kept connection to ``origin`` (unless ``fresh``), else a new one."""
+    while _idle.get(origin) and not fresh:
+        connection = _idle[origin].pop()
+        if not connection.reader.at_eof() and not connection.writer.is_closing():
+            return connection
+        connection.close()
+    context = ssl.create_default_context() if secure else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(host, port, ssl=context, limit=_HEAD_LIMIT), float(conf.timeout)
+    )
+    return _Connection(reader, writer)
+
+
+def _head(data: bytes) -> tuple[int, str, dict[str, str]]:
+    """The status, HTTP version and headers (names lower-cased) of a reply's head."""
+    status_line, *lines = data.decode("latin-1").split("\r\n")
+    version, status = status_line.split(" ", 2)[:2]
+    headers = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return int(status), version, headers
+
+
+def _plain_206(status: int, headers: Mapping[str, str], start: int, stop: int) -> bool:
+    """Whether a reply is a ``206`` of bytes ``start`` to ``stop`` at most, announced up front
+    and sent as they are."""
+    length = headers.get("content-length", "")
+    return (
+        status == 206
+        and length.isdigit()
+        and int(length) <= stop - start
+        and "transfer-encoding" not in headers
+        and headers.get("content-encoding", "identity") == "identity"
+        and not headers.get("content-type", "").startswith("multipart/")
+    )
+
+
+def _answers(headers: Mapping[str, str], start: int) -> bool:
+    """Whether a ``206`` reply's ``headers`` say it holds the bytes from ``start`` on (else it
+    answers another request: the server lost some of the pipeline)."""
+    return headers.get("content-range", "").startswith(f"bytes {start}-")
+
+
+async def pipelined_ranges(
+    url: str,
+    spans: Sequence[tuple[int, int]],
+    on_replies: Callable[[int, list[tuple[Mapping[str, str], bytes]]], None],
+    server: Server,
+) -> Pipelined:
+    """GET each (start, stop) of ``spans`` of ``url`` with one range per request, the requests
+    pipelined on one connection; ``on_replies(i, replies)`` gets the ``206`` replies in order,
+    a list of (headers, body) from span ``i`` on, a few at a time (header names lower-case).
+
+    Stops at the first reply that is not a plain ``206`` (before its body), at a broken or
+    closed connection and at a silence longer than ``conf.timeout`` (or, until the server has
+    answered a pipeline, one of ``server.patience()`` before a second reply): those spans are
+    the caller's to ask for another way. Errors of ``on_replies`` are raised (the connection is
+    closed). What the replies show of the server's pipelining goes to ``server``
+    (`~glue_mvmcut.core.servers.Server.saw_pipelining`).
+    """
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    host_header = parts.hostname + (f":{parts.port}" if parts.port else "")
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    requests = [
+        (
+            f"GET {target} HTTP/1.1\r\nHost: {host_header}\r\nRange: bytes={start}-{stop - 1}\r\n"
+            "Accept-Encoding: identity\r\n\r\n"
+        ).encode("latin-1")
+        for start, stop in spans
+    ]
+    origin = server.origin
+    slots = _slots.setdefault(origin, asyncio.Semaphore(int(conf.connections)))
+    async with slots:
+        done = Pipelined(0, 0)
+        fresh = False
+        while True:
+            try:
+                connection = await _connect(origin, parts.hostname, port, secure, fresh)
+            except (OSError, TimeoutError):
+                done.why = "no connection"
+                return done
+            sent_before = done.sent
+            try:
+                done.why = await _exchange(connection, requests, spans, on_replies, server, done)
+            finally:
+                if done.why is None and connection.reusable:
+                    connection.fresh = False
+                    _idle.setdefault(origin, []).append(connection)
+                else:
+                    connection.close()
+            if done.why is None or done.answered or connection.fresh:
+                return done
+            # A kept connection the server had closed meanwhile (its requests never reached it):
+            # once more on a new one.
+            fresh, done.sent = True, sent_before
+
+
+async def _exchange(connection, requests, spans, on_replies, server: Server, done: Pipelined) -> str | None:
+    """Send ``requests`` (DEPTH ahead of the replies) and hand their replies to ``on_replies``
+    (GROUP at a time), counting in ``done``; returns why it stopped early, None if every reply came."""
+    proven = server.pipelines
+    queued = done.answered  # requests sent on this connection so far
+    replies: list[tuple[Mapping[str, str], bytes]] = []  # read, not yet handed on
+    # One deadline, moved on at each reply (asyncio.wait_for would make a task per read).
+    loop, silence = asyncio.get_running_loop(), float(conf.timeout)
+    wait = Pace.allowance(max(stop - start for start, stop in spans))
+    try:
+        async with asyncio.timeout(None) as deadline:
+            while done.answered + len(replies) < len(requests):
+                at = done.answered + len(replies)
+                ahead = requests[queued : at + DEPTH]
+                if ahead:
+                    connection.writer.write(b"".join(ahead))
+                    queued += len(ahead)
+                    done.sent += len(ahead)
+                    deadline.reschedule(loop.time() + silence)
+                    await connection.writer.drain()
+                patient = at == 1 and not proven
+                deadline.reschedule(loop.time() + (min(wait, server.patience()) if patient else wait))
+                head = await connection.reader.readuntil(b"\r\n\r\n")
+                status, version, headers = _head(head)
+                start, stop = spans[at]
+                if not _plain_206(status, headers, start, stop):
+                    return f"HTTP {status}"
+                if not _answers(headers, start):
+                    connection.reusable = False
+                    if not proven:
+                        server.saw_pipelining(False)
+                    return f"reply {at + 1} answers another request"
+                replies.append((headers, await connection.reader.readexactly(int(headers["content-length"]))))
+                if at == 1 and not proven:
+                    server.saw_pipelining(True)
+                if len(replies) == GROUP:
+                    _hand_on(on_replies, replies, done)
+                closing = headers.get("connection", "").lower()
+                if closing == "close" or (version == "HTTP/1.0" and closing != "keep-alive"):
+                    connection.reusable = False
+                    if done.answered + len(replies) < len(requests):
+                        return _declined(
+                            connection, server, done, "the server closed the connection", len(replies)
+                        )
+    except asyncio.IncompleteReadError as exc:  # closed: between replies, or amid one (a break)
+        connection.reusable = False
+        if exc.partial:
+            return f"the connection broke after {done.answered + len(replies)} replies"
+        return _declined(connection, server, done, "the server closed the connection", len(replies))
+    except TimeoutError:
+        connection.reusable = False
+        return _declined(connection, server, done, "the server fell silent", len(replies))
+    except (OSError, asyncio.LimitOverrunError) as exc:
+        connection.reusable = False
+        return f"{type(exc).__name__} after {done.answered + len(replies)} replies"
+    except ValueError:  # a head that is not HTTP
+        connection.reusable = False
+        return "a reply that is not HTTP"
+    finally:
+        if replies:  # (raises what on_replies raises, the connection then closed)
+            connection.reusable = connection.reusable and done.answered + len(replies) == len(requests)
+            _hand_on(on_replies, replies, done)
+    return None
+
+
+def _hand_on(on_replies, replies: list, done: Pipelined) -> None:
+    """Give ``replies`` to ``on_replies`` with the index of the first, count them, empty the list."""
+    first, handed = done.answered, replies[:]
+    done.answered += len(replies)
+    replies.clear()
+    on_replies(first, handed)
+
+
+def _declined(connection: _Connection, server: Server, done: Pipelined, why: str, pending: int = 0) -> str:
+    """A new connection ended with requests unanswered (``pending`` replies read, not yet counted):
+    a server not known to pipeline that answered one request at most of several is taken for one
+    that does not."""
+    answered = done.answered + pending
+    if connection.fresh and answered <= 1 and done.sent > 1 and not server.pipelines:
+        server.saw_pipelining(False)
+    return f"{why} after {answered} replies"
+
+
+async def close_idle_connections() -> None:
+    """Close the connections kept for later pipelines (on the I/O loop, as it closes)."""
+    for connections in _idle.values():
+        for connection in connections:
+            connection.close()
+    _idle.clear()
+
+
+def _renew_after_fork() -> None:
+    """In a forked child: none of the parent's connections, nor its loop's semaphores."""
+    _idle.clear()
+    _slots.clear()
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)
