@@ -5,7 +5,7 @@ The archive: a 400" disc centred on the overlap of skycells p1889x07y13 and p188
 of the two F814W layers is trimmed to about 10300 x 20000 px (0.8 GB per array, 2.5 GB per file with CTX).
 The stand-in MAST runs in its own process with 20 ms added to every request, as each kind of
 server (``--ranges``): multipart replies, the first of several ranges only, the whole file to
-several ranges (object stores), no Range at all. Cutouts are at the disc centre, where both
+several ranges (object stores; also one that takes no pipelined requests), no Range at all. Cutouts are at the disc centre, where both
 layers have data.
 
     python benchmarks/bench_fetch.py [ARCHIVE_DIR]     # the archive is built there once (~10 min)
@@ -68,13 +68,16 @@ WIDER = Field(
 )
 LATENCY = 0.020
 SIZES = (2, 20, 120)
-#: Each kind of server, and the fetch modes timed against it ("ranged, overfetch 2": rows
-#: joined only as far as twice the bytes needed, not wherever cheaper than a request).
+#: Each kind of server (the stand-in's options for it), and the fetch modes timed against it
+#: ("ranged, overfetch 2": rows joined only as far as twice the bytes needed, not wherever
+#: cheaper than a request). "one-range, no pipelining": an object store that closes the
+#: connection after each reply, so its requests go one at a time.
 KINDS = (
-    ("multipart", ("ranged", "download")),
-    ("first-range", ("ranged", "ranged, overfetch 2")),
-    ("one-range", ("ranged", "ranged, overfetch 2")),
-    ("no-range", ("auto",)),
+    ("multipart", ("--ranges", "multipart"), ("ranged", "download")),
+    ("first-range", ("--ranges", "first-range"), ("ranged", "ranged, overfetch 2")),
+    ("one-range", ("--ranges", "one-range"), ("ranged", "ranged, overfetch 2")),
+    ("one-range, no pipelining", ("--ranges", "one-range", "--pipelining", "closes"), ("ranged",)),
+    ("no-range", ("--ranges", "no-range"), ("auto",)),
 )
 
 
@@ -242,8 +245,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     needed = {size: sum(_needed_bytes(archive, coord, size)) for size in sizes}
     reference = {}  # one request for that many bytes, asked of the multipart server
-    for kind, modes in KINDS:
-        with served(archive_dir, "--ranges", kind), tempfile.TemporaryDirectory() as cache:
+    for kind, options, modes in KINDS:
+        with served(archive_dir, *options), tempfile.TemporaryDirectory() as cache:
             layers = query_layers(coord, max(sizes))
             url = file_url(f"mast:HST/product/{archive.layers[0].filename}")
             for size in sizes:

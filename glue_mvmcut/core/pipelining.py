@@ -248,11 +248,11 @@ def _hand_on(on_replies, replies: list, done: Pipelined) -> None:
 
 
 def _declined(connection: _Connection, server: Server, done: Pipelined, why: str, pending: int = 0) -> str:
-    """A new connection ended with requests unanswered (``pending`` replies read, not yet counted):
-    a server not known to pipeline that answered one request at most of several is taken for one
-    that does not."""
+    """A connection ended with requests unanswered (``pending`` replies read, not yet counted):
+    a server not known to pipeline that answered one request of several is taken for one that
+    does not (one that answered none on a kept connection had closed it before they came)."""
     answered = done.answered + pending
-    if connection.fresh and answered <= 1 and done.sent > 1 and not server.pipelines:
+    if (connection.fresh or answered) and answered <= 1 and done.sent > 1 and not server.pipelines:
         server.saw_pipelining(False)
     return f"{why} after {answered} replies"
 

@@ -59,7 +59,7 @@ class RequestRecord:
     arrived: float = 0.0  # time.monotonic() when the request arrived
     file: str | None = None  # the product a download asked for
     connection: int = 0  # the connection it came on (numbered as they were accepted, from 1)
-    answered: float = 0.0  # time.monotonic() when its reply was sent (or broken off)
+    replied: float = 0.0  # time.monotonic() when its reply began
 
 
 class _Handler(FileConnection, BaseHTTPRequestHandler):
@@ -82,7 +82,8 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
     # where this one spends ~1 ms of Python per multi-range reply, concurrent replies in turn.
     # Arrival is when the kernel received the request (`StampedReader`), not when this
     # handler's thread, after waiting for the GIL behind the others' work, reads it.
-    _due = _arrived = 0.0  # errors sent before a request is parsed (a 414 for a huge line) go at once
+    # Errors sent before a request is parsed (a 414 for a huge line) go at once.
+    _due = _arrived = _replied = 0.0
     _trickle: float | None = None  # bytes per second of this reply's body, if it trickles
 
     def parse_request(self):
@@ -97,6 +98,7 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
             self.server.owner.faults.pause(delay)
         if self.server.owner.faults.pipelining == "loses":
             self.lose_what_came_meanwhile()
+        self._replied = time.monotonic()
         super().send_response(code, message)
         if self.server.owner.faults.pipelining == "closes":
             self.send_header("Connection", "close")  # one request per connection
@@ -115,7 +117,7 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
                 self._arrived,
                 file,
                 self._connection,
-                time.monotonic(),
+                self._replied,
             )
         )
 

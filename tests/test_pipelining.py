@@ -1,0 +1,83 @@
+"""Servers that answer one range per request: a box's rows are asked for one request each,
+pipelined on few connections (HTTP/1.1), and every way a server may take a pipeline still
+gives the cutout."""
+
+from collections import defaultdict
+
+import pytest
+from sameness import same_as_local
+
+from glue_mvmcut import conf
+from glue_mvmcut.core.endpoints import file_url
+from glue_mvmcut.core.remote import RemoteFITS
+from glue_mvmcut.core.servers import server_of
+from glue_mvmcut.core.transport import TransferStats, run
+from glue_mvmcut.testing.faults import PIPELINING_KINDS
+
+LMC = (84.9208, -69.1467)
+FINE = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
+# Rows of a 2" box on a layer 22000 px wide: 200 bytes every 88 000.
+ROWS = [(10_000 + 88_000 * row, 10_200 + 88_000 * row) for row in range(50)]
+
+
+def pipelined(records) -> bool:
+    """Whether some request came on its connection before the reply to the one before it began
+    (which a client that waits for each reply never does)."""
+    by_connection = defaultdict(list)
+    for record in records:
+        by_connection[record.connection].append(record)
+    return any(
+        later.arrived < earlier.replied
+        for requests in by_connection.values()
+        for earlier, later in zip(requests, requests[1:], strict=False)
+    )
+
+
+@pytest.mark.parametrize("kind", ["first-range", "one-range"])
+def test_rows_of_a_one_range_server_come_a_request_each_pipelined(mast, lmc_archive, kind):
+    mast.faults.ranges = kind
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    got = run(remote.read_spans(ROWS))
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert [bytes(g) for g in got] == [local[a:b] for a, b in ROWS]
+    # The first request asks for every row; then the rows it did not bring, one request each:
+    # no byte but the rows' (joining rows 88 000 bytes apart costs more than a request).
+    first, *rest = mast.requests("download")
+    assert first.range.count(",") == len(ROWS) - 1
+    assert len(rest) == (len(ROWS) - 1 if kind == "first-range" else len(ROWS))
+    assert all("," not in r.range and r.status == 206 for r in rest)
+    assert remote.stats.bytes == len(ROWS) * 200 and remote.stats.requests == 1 + len(rest)
+    assert pipelined(rest) and len({r.connection for r in rest}) <= int(conf.connections)
+    assert server_of(mast.url).pipelines is True
+
+
+@pytest.mark.parametrize("pipelining", PIPELINING_KINDS)
+@pytest.mark.parametrize("kind", ["first-range", "one-range"])
+def test_every_way_of_taking_a_pipeline_gives_the_local_cutout(mast, lmc_archive, kind, pipelining):
+    mast.faults.ranges, mast.faults.pipelining = kind, pipelining
+    stats = TransferStats()
+    with conf.set_temp("overfetch", 1):  # rows never joined (on this narrow layer, they may be)
+        same_as_local(lmc_archive.directory, FINE, LMC, 6, stats=stats)
+    # Learned from the first pipeline: a server that closes the connection after one reply, or
+    # loses what came with the first request, is asked one request at a time from then on.
+    assert server_of(mast.url).pipelines is (pipelining == "answers")
+    rows = [r for r in mast.requests("download") if r.status == 206]
+    assert pipelined(rows) is (pipelining == "answers")
+    assert stats.bytes < 0.5 * lmc_archive.layer(FINE).size  # never the whole file
+
+
+def test_a_pipeline_broken_amid_a_reply_is_asked_again_from_there(mast, lmc_archive):
+    url = file_url(f"mast:HST/product/{FINE}")
+    server_of(url).saw_ranges("one-range")  # known: the rows are pipelined at once
+    mast.faults.drop(after_bytes=100, count=1)  # one reply of the pipelines breaks off
+    remote = RemoteFITS(url)
+    got = run(remote.read_spans(ROWS))
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert [bytes(g) for g in got] == [local[a:b] for a, b in ROWS]
+    records = mast.requests("download")
+    assert [r.bytes_sent for r in records].count(100) == 1
+    # Every row came whole once at least (the broken one, and any after it on that connection,
+    # asked again); the broken reply's bytes were not taken.
+    assert {r.range for r in records if r.bytes_sent == 200} == {f"bytes={a}-{b - 1}" for a, b in ROWS}
+    assert remote.stats.bytes == len(ROWS) * 200
+    assert server_of(url).pipelines is True  # a break is not a refusal
