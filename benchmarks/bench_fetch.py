@@ -5,8 +5,8 @@ The archive: a 400" disc centred on the overlap of skycells p1889x07y13 and p188
 of the two F814W layers is trimmed to about 10300 x 20000 px (0.8 GB per array, 2.5 GB per file with CTX).
 The stand-in MAST runs in its own process with 20 ms added to every request, as each kind of
 server (``--ranges``): multipart replies, the first of several ranges only, the whole file to
-several ranges (object stores; also one that takes no pipelined requests), no Range at all. Cutouts are at the disc centre, where both
-layers have data.
+several ranges (object stores; also one that takes no pipelined requests), no Range at all.
+Cutouts are at the disc centre, where both layers have data.
 
     python benchmarks/bench_fetch.py [ARCHIVE_DIR]     # the archive is built there once (~10 min)
     python benchmarks/bench_fetch.py --wider [ARCHIVE_DIR]

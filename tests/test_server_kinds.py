@@ -139,7 +139,27 @@ def test_check_server_tells_each_kind_and_what_the_cutter_will_do(mast, lmc_arch
             "no-range": "200 with the whole file",
         }[kind]
     )
+    assert lines[7] == "pipelining:      " + (
+        "(not tried)" if kind == "no-range" else "answered in order (4 of 4 requests)"
+    )
     assert lines[-1].startswith("the cutter will: " + ("whole-layer" if kind == "no-range" else "ranged"))
+
+
+@pytest.mark.parametrize(
+    ("pipelining", "said"),
+    [
+        ("closes", "not taken: the server closed the connection after 1 replies (4 sent)"),
+        ("loses", "not taken: the server fell silent after 1 replies (4 sent)"),
+    ],
+)
+def test_check_server_tells_whether_the_server_takes_pipelined_requests(mast, pipelining, said):
+    mast.faults.ranges, mast.faults.pipelining = "one-range", pipelining
+    report = check_server()
+    assert report.pipelining == said and report.lines()[7] == "pipelining:      " + said
+    assert report.plan == (
+        "ranged cutouts, one range per request, one at a time over up to 8 connections; "
+        "rows joined where cheaper than a request"
+    )
 
 
 def test_check_server_follows_redirects_and_says_where(mast, storage, capsys):

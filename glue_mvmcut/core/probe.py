@@ -2,7 +2,8 @@
 
 It probes with one small MVM layer: whether the server answers, whether the MVM query works,
 where file requests are redirected, the HTTP version, ``Accept-Ranges``, what one range and
-several ranges in one request bring back (`~glue_mvmcut.core.servers.RANGE_KINDS`), the round
+several ranges in one request bring back (`~glue_mvmcut.core.servers.RANGE_KINDS`), whether
+requests pipelined on one connection are answered (`~glue_mvmcut.core.pipelining`), the round
 trip and the throughput. Users learn why a cutout moves what it does; we learn how the real
 archive behaves.
 """
@@ -15,9 +16,10 @@ from .config import conf
 from .endpoints import file_url, server_url
 from .errors import ArchiveError, NoMVMDataWarning
 from .mast import query_layers
-from .servers import RANGE_KINDS
+from .pipelining import pipelined_ranges
+from .servers import RANGE_KINDS, Server, server_of
 from .threadsafe import catch_warnings
-from .transport import http_session, transport_errors
+from .transport import http_session, proxy_of, run, transport_errors
 
 __all__ = ["ServerReport", "check_server", "PROBE_POSITION"]
 
@@ -26,6 +28,7 @@ __all__ = ["ServerReport", "check_server", "PROBE_POSITION"]
 PROBE_POSITION = (84.9208, -69.1467)
 _BLOCK = 2880
 _THROUGHPUT_BYTES = 4 << 20
+_PIPELINED = 4  # requests in the pipelining probe
 
 
 @dataclass
@@ -40,6 +43,7 @@ class ServerReport:
     http_version: str = ""
     accept_ranges: str | None = None
     ranges: str = ""  # one of RANGE_KINDS
+    pipelining: str = ""  # what became of requests pipelined on one connection
     round_trip: float = 0.0
     throughput: float = 0.0
 
@@ -51,9 +55,10 @@ class ServerReport:
         if self.ranges == "no-range":
             return "whole-layer downloads (--fetch auto; --fetch ranged fails), resumable, into the cache"
         bound = f", within {conf.overfetch}x the bytes a box needs" if float(conf.overfetch) else ""
+        how = "pipelined on" if self.pipelining.startswith("answered") else "one at a time over"
         return (
-            f"ranged cutouts, one range per request, up to {conf.connections} at once; rows joined "
-            f"where cheaper than a request{bound}"
+            f"ranged cutouts, one range per request, {how} up to {conf.connections} connections; "
+            f"rows joined where cheaper than a request{bound}"
         )
 
     def lines(self) -> list[str]:
@@ -68,6 +73,7 @@ class ServerReport:
             f"Accept-Ranges:   {self.accept_ranges or '(not sent)'}",
             f"one range:       {'206, as asked' if self.ranges != 'no-range' else '200, the whole file'}",
             f"several ranges:  {_SEVERAL[self.ranges]}",
+            f"pipelining:      {self.pipelining or '(not tried)'}",
             f"round trip:      {self.round_trip * 1000:.0f} ms",
             f"throughput:      {self.throughput / 1e6:.1f} MB/s",
             f"the cutter will: {self.plan}",
@@ -136,7 +142,20 @@ def check_server(position=PROBE_POSITION, *, timeout: float | None = None) -> Se
         if report.ranges != "no-range":
             _, seconds, nbytes = _get(session, target, f"bytes=0-{_THROUGHPUT_BYTES - 1}", read=True)
             report.throughput = nbytes / max(seconds - report.round_trip, 1e-6)
+            report.pipelining = _pipelining(target)
     return report
+
+
+def _pipelining(url: str) -> str:
+    """What became of `_PIPELINED` one-range requests pipelined on one connection to ``url``."""
+    if proxy_of(url) is not None:
+        return "not tried (through a proxy)"
+    probe = Server(server_of(url).origin)  # its own: nothing learned yet, so it is put to the test
+    spans = [(k * _BLOCK, (k + 1) * _BLOCK) for k in range(_PIPELINED)]
+    done = run(pipelined_ranges(url, spans, lambda first, replies: None, probe))
+    if done.why is None:
+        return f"answered in order ({done.answered} of {done.sent} requests)"
+    return f"not taken: {done.why} ({done.sent} sent)"
 
 
 def _get(session, url: str, byte_range: str, read: bool = False) -> tuple[int, float, int]:
