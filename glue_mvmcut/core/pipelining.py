@@ -23,6 +23,7 @@ Runs on the process's I/O loop only: connections are kept per server, at most
 """
 
 import asyncio
+import functools
 import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -62,6 +63,7 @@ class _Connection:
         self.reader, self.writer = reader, writer
         self.reusable = True
         self.fresh = True  # False once kept for later: its server may have closed it meanwhile
+        self.heard = False  # whether a reply came on it since it was taken
 
     def close(self) -> None:
         self.reusable = False
@@ -77,13 +79,20 @@ async def _connect(origin: str, host: str, port: int, secure: bool, fresh: bool 
     while _idle.get(origin) and not fresh:
         connection = _idle[origin].pop()
         if not connection.reader.at_eof() and not connection.writer.is_closing():
+            connection.heard = False
             return connection
         connection.close()
-    context = ssl.create_default_context() if secure else None
+    context = _tls_context() if secure else None
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection(host, port, ssl=context, limit=_HEAD_LIMIT), float(conf.timeout)
     )
     return _Connection(reader, writer)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context for every connection (making one loads the system's certificates)."""
+    return ssl.create_default_context()
 
 
 def _head(data: bytes) -> tuple[int, str, dict[str, str]]:
@@ -138,7 +147,7 @@ async def pipelined_ranges(
     parts = urlsplit(url)
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
-    host_header = parts.hostname + (f":{parts.port}" if parts.port else "")
+    host_header = parts.netloc.rpartition("@")[2]  # as the URL writes it ([...] for IPv6)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     requests = [
         (
@@ -161,16 +170,16 @@ async def pipelined_ranges(
             sent_before = done.sent
             try:
                 done.why = await _exchange(connection, requests, spans, on_replies, server, done)
-            finally:
-                if done.why is None and connection.reusable:
+            finally:  # kept only with every reply read (not if cancelled, say, amid them)
+                if done.why is None and connection.reusable and done.answered == len(requests):
                     connection.fresh = False
                     _idle.setdefault(origin, []).append(connection)
                 else:
                     connection.close()
-            if done.why is None or done.answered or connection.fresh:
+            if done.why is None or connection.heard or connection.fresh:
                 return done
-            # A kept connection the server had closed meanwhile (its requests never reached it):
-            # once more on a new one.
+            # A kept connection that brought no reply: its server had closed it meanwhile (the
+            # requests never reached it). Once more on a new one.
             fresh, done.sent = True, sent_before
 
 
@@ -197,6 +206,7 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
                 patient = at == 1 and not proven
                 deadline.reschedule(loop.time() + (min(wait, server.patience()) if patient else wait))
                 head = await connection.reader.readuntil(b"\r\n\r\n")
+                connection.heard = True
                 status, version, headers = _head(head)
                 start, stop = spans[at]
                 if not _plain_206(status, headers, start, stop):
