@@ -2,6 +2,7 @@
 pipelined on few connections (HTTP/1.1), and every way a server may take a pipeline still
 gives the cutout."""
 
+import asyncio
 from collections import defaultdict
 
 import pytest
@@ -9,8 +10,9 @@ from sameness import same_as_local
 
 from glue_mvmcut import conf
 from glue_mvmcut.core.endpoints import file_url
+from glue_mvmcut.core.pipelining import Pipelined, pipelined_ranges
 from glue_mvmcut.core.remote import RemoteFITS
-from glue_mvmcut.core.servers import server_of
+from glue_mvmcut.core.servers import Server, server_of
 from glue_mvmcut.core.transport import TransferStats, run
 from glue_mvmcut.testing.faults import PIPELINING_KINDS
 
@@ -81,3 +83,35 @@ def test_a_pipeline_broken_amid_a_reply_is_asked_again_from_there(mast, lmc_arch
     assert {r.range for r in records if r.bytes_sent == 200} == {f"bytes={a}-{b - 1}" for a, b in ROWS}
     assert remote.stats.bytes == len(ROWS) * 200
     assert server_of(url).pipelines is True  # a break is not a refusal
+
+
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "a reply that is not HTTP"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n", "HTTP 200"),
+        (
+            b"HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 99\r\n\r\n",
+            "HTTP 206",
+        ),
+    ],
+)
+def test_a_pipeline_stops_at_a_reply_it_cannot_take_before_its_body(reply, why):
+    # A server that is not HTTP, one that sends a whole file, one that sends more than asked: the
+    # pipeline ends there, body unread, and leaves those ranges to the ordinary requests.
+    async def answer(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await reader.read()  # until the client hangs up
+        writer.close()
+        await writer.wait_closed()
+
+    async def probe():
+        listening = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = listening.sockets[0].getsockname()[1]
+        async with listening:
+            return await pipelined_ranges(
+                f"http://127.0.0.1:{port}/file", [(0, 10), (10, 20)], lambda *_: None, Server("probe")
+            )
+
+    assert run(probe()) == Pipelined(0, 2, why)

@@ -207,7 +207,11 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
                 deadline.reschedule(loop.time() + (min(wait, server.patience()) if patient else wait))
                 head = await connection.reader.readuntil(b"\r\n\r\n")
                 connection.heard = True
-                status, version, headers = _head(head)
+                try:
+                    status, version, headers = _head(head)
+                except ValueError:
+                    connection.reusable = False
+                    return "a reply that is not HTTP"
                 start, stop = spans[at]
                 if not _plain_206(status, headers, start, stop):
                     return f"HTTP {status}"
@@ -239,9 +243,6 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
     except (OSError, asyncio.LimitOverrunError) as exc:
         connection.reusable = False
         return f"{type(exc).__name__} after {done.answered + len(replies)} replies"
-    except ValueError:  # a head that is not HTTP
-        connection.reusable = False
-        return "a reply that is not HTTP"
     finally:
         if replies:  # (raises what on_replies raises, the connection then closed)
             connection.reusable = connection.reusable and done.answered + len(replies) == len(requests)

@@ -7,8 +7,9 @@ Everything in the package that talks HTTP stands on this module:
   request times out after ``conf.timeout`` s of silence and is retried by urllib3 on HTTP 5xx and
   failed connections, with the budget of `Retries`.
 - Ranged reads use aiohttp (`get_range`) on one event loop thread per process (`run`, `submit`),
-  whose kept-alive connections serve every layer and cutout; `Urgent` and `after_urgent_work`
-  order the work on it.
+  whose kept-alive connections serve every layer and cutout (and the pipelines of
+  `~glue_mvmcut.core.pipelining`, closed with them); `Urgent` and `after_urgent_work` order the
+  work on it.
 - Transfers that retry by themselves (a ranged read, a download resuming where its body broke
   off) count their failures with `Retries`; `RETRYABLE` names the errors worth another attempt.
 - `transport_errors` turns any transport failure, of requests or of aiohttp, into an
