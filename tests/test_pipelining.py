@@ -115,3 +115,22 @@ def test_a_pipeline_stops_at_a_reply_it_cannot_take_before_its_body(reply, why):
             )
 
     assert run(probe()) == Pipelined(0, 2, why)
+
+
+def test_a_pipeline_tells_what_one_more_request_costs(mast, lmc_archive):
+    # 400 rows, 50 a connection: the replies' spacing, less their bytes' time, is a request's
+    # cost from then on; until then one is assumed (a web server's: 0.2 ms).
+    url = file_url(f"mast:HST/product/{FINE}")
+    server = server_of(url)
+    server.saw_ranges("one-range")
+    server.saw_reply(0.020, 2_000)
+    server.saw_reply(0.030, 2_000_000)  # 200 MB/s beyond the round trip
+    assert server.request_worth(8, pipelined=True) == pytest.approx(2e-4 * 2e8 / 8)  # 5 KB
+    rows = [(10_000 + 20_000 * row, 10_200 + 20_000 * row) for row in range(400)]
+    remote = RemoteFITS(url)
+    with conf.set_temp("overfetch", 1):
+        run(remote.read_spans(rows))
+    assert remote.stats.requests == 400 and server.pipeline_step is not None
+    assert server.request_worth(8, pipelined=True) == pytest.approx(server.pipeline_step * 2e8 / 8)
+    server.saw_pipeline_step(0.015)  # an object store, fetching each range from its disks
+    assert server.request_worth(8, pipelined=True) == pytest.approx(375_000)  # rows 20 KB apart: joined

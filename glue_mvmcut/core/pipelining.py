@@ -192,6 +192,7 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
     # One deadline, moved on at each reply (asyncio.wait_for would make a task per read).
     loop, silence = asyncio.get_running_loop(), float(conf.timeout)
     wait = Pace.allowance(max(stop - start for start, stop in spans))
+    steps = _Steps(loop)
     try:
         async with asyncio.timeout(None) as deadline:
             while done.answered + len(replies) < len(requests):
@@ -221,6 +222,7 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
                         server.saw_pipelining(False)
                     return f"reply {at + 1} answers another request"
                 replies.append((headers, await connection.reader.readexactly(int(headers["content-length"]))))
+                steps.reply(len(replies[-1][1]))
                 if at == 1 and not proven:
                     server.saw_pipelining(True)
                 if len(replies) == GROUP:
@@ -244,10 +246,39 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
         connection.reusable = False
         return f"{type(exc).__name__} after {done.answered + len(replies)} replies"
     finally:
+        steps.tell(server)
         if replies:  # (raises what on_replies raises, the connection then closed)
             connection.reusable = connection.reusable and done.answered + len(replies) == len(requests)
             _hand_on(on_replies, replies, done)
     return None
+
+
+class _Steps:
+    """The time between the replies of a pipeline, less what their bytes took: what one more
+    request costs, for `~glue_mvmcut.core.servers.Server.request_worth`."""
+
+    #: Replies timed at the least, and the longest mean reply whose step is taken as the
+    #: server's (a longer one's is mostly its bytes).
+    LEAST, SMALL = 8, 64 * 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.first: float | None = None
+        self.last, self.replies, self.nbytes = 0.0, 0, 0
+
+    def reply(self, nbytes: int) -> None:
+        """A reply of ``nbytes`` was read whole."""
+        self.last = self.loop.time()
+        if self.first is None:
+            self.first = self.last
+        else:  # the first reply's bytes came before the steps timed
+            self.replies, self.nbytes = self.replies + 1, self.nbytes + nbytes
+
+    def tell(self, server: Server) -> None:
+        """Tell ``server`` the step measured, if enough small replies were timed."""
+        if self.replies >= self.LEAST and self.nbytes <= self.SMALL * self.replies:
+            bytes_time = self.nbytes / server.throughput if server.throughput else 0.0
+            server.saw_pipeline_step(max(self.last - self.first - bytes_time, 0.0) / self.replies)
 
 
 def _hand_on(on_replies, replies: list, done: Pipelined) -> None:

@@ -53,10 +53,11 @@ MARGIN = 4 * 2880
 #: (a modest link: 50 ms, 20 MB/s).
 LARGE_REPLY = 128 * 1024
 ASSUMED_ROUND_TRIP, ASSUMED_THROUGHPUT = 0.05, 20e6
-#: A server's time for one more pipelined request of a few kB, and the least time to wait for
-#: the second reply of a connection's first pipeline (a server that does not pipeline falls
-#: silent after its first reply instead).
-PIPELINED_REQUEST, LEAST_PATIENCE = 2e-4, 1.0
+#: The time between two replies of a pipeline, until one was measured (a server's time for a
+#: request of a few kB with a few connections busy), and the least time to wait for the second
+#: reply of a connection's first pipeline (a server that does not pipeline falls silent after
+#: its first reply instead).
+ASSUMED_PIPELINE_STEP, LEAST_PATIENCE = 2e-4, 1.0
 
 
 @dataclass
@@ -70,7 +71,10 @@ class Server:
     per second a large reply came at beyond the round trip (the quickest one seen since: a
     cutout's first reply is its largest, and only the small ones after it tell how much of its
     time was the round trip); ``pipelines``: whether the server answers requests pipelined on
-    one connection, None until replies showed it.
+    one connection, None until replies showed it; ``pipeline_step``: the time between two
+    replies of a pipeline of small replies, the latest measured (a server that fetches each
+    range from elsewhere, as object stores do, takes milliseconds; a web server serving a file,
+    microseconds).
     """
 
     origin: str
@@ -80,6 +84,7 @@ class Server:
     round_trip: float | None = None
     throughput: float | None = None
     pipelines: bool | None = None
+    pipeline_step: float | None = None
     _large: deque = field(default_factory=lambda: deque(maxlen=16), repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -108,14 +113,20 @@ class Server:
         with self._lock:
             self.pipelines = works
 
+    def saw_pipeline_step(self, seconds: float) -> None:
+        """Replies of a pipeline came ``seconds`` apart (beyond the time their bytes took)."""
+        with self._lock:
+            self.pipeline_step = seconds
+
     def request_worth(self, concurrent: int, pipelined: bool = False) -> float:
         """Bytes that cost as much time as one more request among ``concurrent`` connections:
-        a round trip's share, or ``pipelined``, the server's time for it (`PIPELINED_REQUEST`).
-        A gap narrower than this is cheaper fetched than skipped."""
+        a round trip's share, or ``pipelined``, a step of the pipeline's (`pipeline_step`, else
+        `ASSUMED_PIPELINE_STEP`). A gap narrower than this is cheaper fetched than skipped."""
         with self._lock:
             round_trip = self.round_trip if self.round_trip is not None else ASSUMED_ROUND_TRIP
+            step = self.pipeline_step if self.pipeline_step is not None else ASSUMED_PIPELINE_STEP
             throughput = self.throughput or ASSUMED_THROUGHPUT
-        return (PIPELINED_REQUEST if pipelined else round_trip) * throughput / max(concurrent, 1)
+        return (step if pipelined else round_trip) * throughput / max(concurrent, 1)
 
     def patience(self) -> float:
         """Seconds to wait for a second pipelined reply before taking the server for one that
