@@ -17,6 +17,25 @@ PIPELINING_KINDS = ("answers", "closes", "loses")
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 
 
+class _OneOf:
+    """A switch that takes one of ``choices``: another value is refused with ``ValueError``
+    (``refusal`` formatted with it, and the choices named)."""
+
+    def __init__(self, choices: tuple, refusal: str):
+        self.choices, self.refusal = choices, refusal
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.attribute = "_" + name
+
+    def __get__(self, faults, owner=None):
+        return self if faults is None else getattr(faults, self.attribute)
+
+    def __set__(self, faults, value) -> None:
+        if value not in self.choices:
+            raise ValueError(f"{self.refusal.format(value)}; one of {self.choices}")
+        setattr(faults, self.attribute, value)
+
+
 class Faults:
     """Fault switches. Each counted fault applies to the next ``count`` matching requests.
 
@@ -76,35 +95,9 @@ class Faults:
             self.most_files_at_once = 0
             self._files_changed.notify_all()  # held requests: nothing to gather any more
 
-    @property
-    def ranges(self) -> str:
-        return self._ranges
-
-    @ranges.setter
-    def ranges(self, kind: str) -> None:
-        if kind not in RANGE_KINDS:
-            raise ValueError(f"Unknown range kind {kind!r}; one of {RANGE_KINDS}")
-        self._ranges = kind
-
-    @property
-    def pipelining(self) -> str:
-        return self._pipelining
-
-    @pipelining.setter
-    def pipelining(self, kind: str) -> None:
-        if kind not in PIPELINING_KINDS:
-            raise ValueError(f"Unknown pipelining kind {kind!r}; one of {PIPELINING_KINDS}")
-        self._pipelining = kind
-
-    @property
-    def redirect_status(self) -> int:
-        return self._redirect_status
-
-    @redirect_status.setter
-    def redirect_status(self, status: int) -> None:
-        if status not in REDIRECT_STATUSES:
-            raise ValueError(f"{status} is not a redirect; one of {REDIRECT_STATUSES}")
-        self._redirect_status = status
+    ranges = _OneOf(RANGE_KINDS, "Unknown range kind {!r}")
+    pipelining = _OneOf(PIPELINING_KINDS, "Unknown pipelining kind {!r}")
+    redirect_status = _OneOf(REDIRECT_STATUSES, "{} is not a redirect")
 
     def fail(self, status: int = 503, count: int = 1, scope: str = "any") -> None:
         """Answer the next ``count`` requests with HTTP ``status``."""
