@@ -134,7 +134,6 @@ class RangedFile:
         self.target = location(url)  # where requests go: ``url``, or where it was redirected
         self.size: int | None = None
         self.last_modified: str | None = None
-        self._last_read: tuple[int, bytes] = (0, b"")
         self.name = url.rsplit("/", 1)[-1].rsplit("=", 1)[-1]
         self.server = server_of(self.target)
 

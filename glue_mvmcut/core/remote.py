@@ -40,6 +40,8 @@ class RemoteFITS(RangedFile):
     Parameters as `~glue_mvmcut.core.rangedfile.RangedFile`'s.
     """
 
+    _last_read: tuple[int, bytes] = (0, b"")  # (offset, bytes) of the last header read
+
     async def _header_at(self, offset: int, want: int = _LATER_READ) -> tuple[bytes, int]:
         """The cards of the header starting at ``offset`` (up to its END card) and its length
         in bytes (a multiple of 2880), reading ``want`` bytes first and, if its END card is not
