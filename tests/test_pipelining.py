@@ -133,4 +133,9 @@ def test_a_pipeline_tells_what_one_more_request_costs(mast, lmc_archive):
     assert remote.stats.requests == 400 and server.pipeline_step is not None
     assert server.request_worth(8, pipelined=True) == pytest.approx(server.pipeline_step * 2e8 / 8)
     server.saw_pipeline_step(0.015)  # an object store, fetching each range from its disks
-    assert server.request_worth(8, pipelined=True) == pytest.approx(375_000)  # rows 20 KB apart: joined
+    assert server.request_worth(8, pipelined=True) == pytest.approx(375_000)
+    joined = RemoteFITS(url)  # rows 20 KB apart are now cheaper fetched than asked for apart
+    got = run(joined.read_spans(rows))
+    local = (lmc_archive.directory / FINE).read_bytes()
+    assert [bytes(g) for g in got] == [local[a:b] for a, b in rows]
+    assert joined.stats.requests == 1 and joined.stats.bytes == rows[-1][1] - rows[0][0]
