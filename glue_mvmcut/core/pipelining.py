@@ -18,8 +18,11 @@ which knows what to do with it. A server that takes a connection's first request
 or falls silent) is remembered (`~glue_mvmcut.core.servers.Server.pipelines`) and asked one request
 at a time from then on.
 
-Runs on the process's I/O loop only: connections are kept per server, at most
-``conf.connections`` of them at once, and reused while their replies were read whole.
+Runs on the process's I/O loop only. Each pipeline opens a connection of its own (at most
+``conf.connections`` to a server at once) and closes it at its end: a connection kept for later
+may have been closed by its server meanwhile, which looks like a server that takes no pipeline
+(and once, in a CI run, a kept connection's pipeline reached the stand-in twice, not
+understood); a new connection costs a handshake per layer and round.
 """
 
 import asyncio
@@ -34,7 +37,7 @@ from .config import conf
 from .limits import Pace
 from .servers import Server
 
-__all__ = ["Pipelined", "pipelined_ranges", "close_idle_connections"]
+__all__ = ["Pipelined", "pipelined_ranges"]
 
 #: Requests sent ahead of the replies read: enough to fill a round trip with small replies,
 #: few enough that a server's input buffer holds them (nginx reads 8 KB of a connection at once).
@@ -56,37 +59,15 @@ class Pipelined:
     why: str | None = None
 
 
-class _Connection:
-    """An open connection to a server, its streams and whether it can take more requests."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
-        self.reusable = True
-        self.fresh = True  # False once kept for later: its server may have closed it meanwhile
-        self.heard = False  # whether a reply came on it since it was taken
-
-    def close(self) -> None:
-        self.reusable = False
-        self.writer.close()
-
-
-_idle: dict[str, list[_Connection]] = {}  # origin -> connections whose replies were all read
 _slots: dict[str, asyncio.Semaphore] = {}  # origin -> room for conf.connections pipelines
 
 
-async def _connect(origin: str, host: str, port: int, secure: bool, fresh: bool = False) -> _Connection:
-    """A kept connection to ``origin`` (unless ``fresh``), else a new one."""
-    while _idle.get(origin) and not fresh:
-        connection = _idle[origin].pop()
-        if not connection.reader.at_eof() and not connection.writer.is_closing():
-            connection.heard = False
-            return connection
-        connection.close()
+async def _connect(host: str, port: int, secure: bool) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A new connection to ``host``."""
     context = _tls_context() if secure else None
-    reader, writer = await asyncio.wait_for(
+    return await asyncio.wait_for(
         asyncio.open_connection(host, port, ssl=context, limit=_HEAD_LIMIT), float(conf.timeout)
     )
-    return _Connection(reader, writer)
 
 
 @functools.cache
@@ -160,34 +141,25 @@ async def pipelined_ranges(
     slots = _slots.setdefault(origin, asyncio.Semaphore(int(conf.connections)))
     async with slots:
         done = Pipelined(0, 0)
-        fresh = False
-        while True:
-            try:
-                connection = await _connect(origin, parts.hostname, port, secure, fresh)
-            except (OSError, TimeoutError):
-                done.why = "no connection"
-                return done
-            sent_before = done.sent
-            try:
-                done.why = await _exchange(connection, requests, spans, on_replies, server, done)
-            finally:  # kept only with every reply read (not if cancelled, say, amid them)
-                if done.why is None and connection.reusable and done.answered == len(requests):
-                    connection.fresh = False
-                    _idle.setdefault(origin, []).append(connection)
-                else:
-                    connection.close()
-            if done.why is None or connection.heard or connection.fresh:
-                return done
-            # A kept connection that brought no reply: its server had closed it meanwhile (the
-            # requests never reached it). Once more on a new one.
-            fresh, done.sent = True, sent_before
+        try:
+            reader, writer = await _connect(parts.hostname, port, secure)
+        except (OSError, TimeoutError):
+            done.why = "no connection"
+            return done
+        try:
+            done.why = await _exchange(reader, writer, requests, spans, on_replies, server, done)
+        finally:
+            writer.close()
+        return done
 
 
-async def _exchange(connection, requests, spans, on_replies, server: Server, done: Pipelined) -> str | None:
+async def _exchange(
+    reader, writer, requests, spans, on_replies, server: Server, done: Pipelined
+) -> str | None:
     """Send ``requests`` (DEPTH ahead of the replies) and hand their replies to ``on_replies``
     (GROUP at a time), counting in ``done``; returns why it stopped early, None if every reply came."""
     proven = server.pipelines
-    queued = done.answered  # requests sent on this connection so far
+    queued = 0  # requests sent so far
     replies: list[tuple[Mapping[str, str], bytes]] = []  # read, not yet handed on
     # One deadline, moved on at each reply (asyncio.wait_for would make a task per read).
     loop, silence = asyncio.get_running_loop(), float(conf.timeout)
@@ -199,29 +171,26 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
                 at = done.answered + len(replies)
                 ahead = requests[queued : at + DEPTH]
                 if ahead:
-                    connection.writer.write(b"".join(ahead))
+                    writer.write(b"".join(ahead))
                     queued += len(ahead)
                     done.sent += len(ahead)
                     deadline.reschedule(loop.time() + silence)
-                    await connection.writer.drain()
+                    await writer.drain()
                 patient = at == 1 and not proven
                 deadline.reschedule(loop.time() + (min(wait, server.patience()) if patient else wait))
-                head = await connection.reader.readuntil(b"\r\n\r\n")
-                connection.heard = True
+                head = await reader.readuntil(b"\r\n\r\n")
                 try:
                     status, version, headers = _head(head)
                 except ValueError:
-                    connection.reusable = False
                     return "a reply that is not HTTP"
                 start, stop = spans[at]
                 if not _plain_206(status, headers, start, stop):
                     return f"HTTP {status}"
                 if not _answers(headers, start):
-                    connection.reusable = False
                     if not proven:
                         server.saw_pipelining(False)
                     return f"reply {at + 1} answers another request"
-                replies.append((headers, await connection.reader.readexactly(int(headers["content-length"]))))
+                replies.append((headers, await reader.readexactly(int(headers["content-length"]))))
                 steps.reply(len(replies[-1][1]))
                 if at == 1 and not proven:
                     server.saw_pipelining(True)
@@ -229,26 +198,19 @@ async def _exchange(connection, requests, spans, on_replies, server: Server, don
                     _hand_on(on_replies, replies, done)
                 closing = headers.get("connection", "").lower()
                 if closing == "close" or (version == "HTTP/1.0" and closing != "keep-alive"):
-                    connection.reusable = False
                     if done.answered + len(replies) < len(requests):
-                        return _declined(
-                            connection, server, done, "the server closed the connection", len(replies)
-                        )
+                        return _declined(server, done, "the server closed the connection", len(replies))
     except asyncio.IncompleteReadError as exc:  # closed: between replies, or amid one (a break)
-        connection.reusable = False
         if exc.partial:
             return f"the connection broke after {done.answered + len(replies)} replies"
-        return _declined(connection, server, done, "the server closed the connection", len(replies))
+        return _declined(server, done, "the server closed the connection", len(replies))
     except TimeoutError:
-        connection.reusable = False
-        return _declined(connection, server, done, "the server fell silent", len(replies))
+        return _declined(server, done, "the server fell silent", len(replies))
     except (OSError, asyncio.LimitOverrunError) as exc:
-        connection.reusable = False
         return f"{type(exc).__name__} after {done.answered + len(replies)} replies"
     finally:
         steps.tell(server)
         if replies:  # (raises what on_replies raises, the connection then closed)
-            connection.reusable = connection.reusable and done.answered + len(replies) == len(requests)
             _hand_on(on_replies, replies, done)
     return None
 
@@ -289,27 +251,18 @@ def _hand_on(on_replies, replies: list, done: Pipelined) -> None:
     on_replies(first, handed)
 
 
-def _declined(connection: _Connection, server: Server, done: Pipelined, why: str, pending: int = 0) -> str:
+def _declined(server: Server, done: Pipelined, why: str, pending: int = 0) -> str:
     """A connection ended with requests unanswered (``pending`` replies read, not yet counted):
-    a server not known to pipeline that answered one request of several is taken for one that
-    does not (one that answered none on a kept connection had closed it before they came)."""
+    a server not known to pipeline that answered one request at most of several is taken for
+    one that does not."""
     answered = done.answered + pending
-    if (connection.fresh or answered) and answered <= 1 and done.sent > 1 and not server.pipelines:
+    if answered <= 1 and done.sent > 1 and not server.pipelines:
         server.saw_pipelining(False)
     return f"{why} after {answered} replies"
 
 
-async def close_idle_connections() -> None:
-    """Close the connections kept for later pipelines (on the I/O loop, as it closes)."""
-    for connections in _idle.values():
-        for connection in connections:
-            connection.close()
-    _idle.clear()
-
-
 def _renew_after_fork() -> None:
-    """In a forked child: none of the parent's connections, nor its loop's semaphores."""
-    _idle.clear()
+    """In a forked child: none of its parent's loop's semaphores."""
     _slots.clear()
 
 

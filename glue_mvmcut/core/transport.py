@@ -7,8 +7,8 @@ Everything in the package that talks HTTP stands on this module:
   request times out after ``conf.timeout`` s of silence and is retried by urllib3 on HTTP 5xx and
   failed connections, with the budget of `Retries`.
 - Ranged reads use aiohttp (`get_range`) on one event loop thread per process (`run`, `submit`),
-  whose kept-alive connections serve every layer and cutout (and the pipelines of
-  `~glue_mvmcut.core.pipelining`, closed with them); `Urgent` and `after_urgent_work` order the
+  whose kept-alive connections serve every layer and cutout (the pipelines of
+  `~glue_mvmcut.core.pipelining` run on it too); `Urgent` and `after_urgent_work` order the
   work on it.
 - Transfers that retry by themselves (a ranged read, a download resuming where its body broke
   off) count their failures with `Retries`; `RETRYABLE` names the errors worth another attempt.
@@ -54,7 +54,6 @@ from .config import conf
 from .endpoints import astroquery_config_file, server_url
 from .errors import ArchiveError
 from .limits import Pace, ReplyRefused, TooSlowError, check_encoding, read_body
-from .pipelining import close_idle_connections
 
 __all__ = [
     "TransferStats",
@@ -336,7 +335,6 @@ class _IO:
     def close(self) -> None:
         if self.pid == os.getpid():  # a forked child leaves its parent's alone
             self.run(self.session.close())
-            self.run(close_idle_connections())
             self.loop.call_soon_threadsafe(self.loop.stop)
 
 
