@@ -161,7 +161,7 @@ def test_search_then_cut_and_load(app, qtbot, screenshots, tmp_path):
     app.resize(1500, 950)
     app.show()
     app.current_tab.tileSubWindows()
-    qtbot.wait(300)
+    _wait_drawn(qtbot, app)
     # Drag a rectangle with the viewer's own selection tool on the fine F814W mosaic: pixels
     # 100..149 a side (2" x 2"), centred on the target.
     box = " · 84.920800 -69.146700 · 10″"
@@ -176,8 +176,20 @@ def test_search_then_cut_and_load(app, qtbot, screenshots, tmp_path):
     assert len(shown) == 1 and shown[0].enabled and shown[0].visible
     ys, xs = np.nonzero(coarse.subsets[0].to_mask())
     assert 16 * 16 <= len(xs) <= 18 * 18 and abs(xs.mean() - 41) < 1 and abs(ys.mean() - 41) < 1
-    qtbot.wait(300)
+    _wait_drawn(qtbot, app)
     assert app.grab().save(str(screenshots / "glue_linked_viewers.png"))
+
+
+def _wait_drawn(qtbot, app):
+    """Wait until every viewer that can be seen has drawn what it was last asked to (Glue's
+    canvases draw one per turn of the event loop: `pace_draws`); a mouse event's place in the
+    axes is known only once they have."""
+    canvases = [viewer.axes.figure.canvas for tab in app.viewers for viewer in tab]
+
+    def drawn():
+        return all(c._draw_count and not c._draw_pending for c in canvases if c.isVisible())
+
+    qtbot.waitUntil(drawn, timeout=10_000)
 
 
 class Heartbeat:
@@ -220,6 +232,8 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
     _cut_and_load(qtbot, dialog, "LMC", 6)
     first = list(dialog.loaded)
     _cut_and_load(qtbot, dialog, "84.9300 -69.1440", 4)
+    # The load is done when its viewers have drawn.
+    assert not any(v.axes.figure.canvas._draw_pending for v in app.viewers[1])
     qtbot.wait(100)
     heartbeat.timer.stop()
     assert heartbeat.largest_gap() < 1.5
@@ -260,6 +274,35 @@ def test_a_batch_updates_the_data_collection_tree_once_leaving_it_as_glue_would(
     assert model.rowCount(model.data_index()) == 11 and view.selected_layers() == [batch[-1]]
     app.data_collection.append(Data(label="after", x=np.zeros((2, 2))))  # the tree listens again
     assert [d.label for d in selections[-1]] == ["after"]
+
+
+def test_canvases_asked_together_draw_one_per_turn_of_the_event_loop(app, qtbot):
+    """Glue's canvases draw in turns of their own (`pace_draws`), so the window answers between
+    them: a paint event shows what a canvas drew last and draws nothing."""
+    from glue.core import Data
+    from glue_qt.viewers.image import ImageViewer
+    from qtpy import QtWidgets
+
+    from glue_mvmcut.glue.qt.viewers import pace_draws
+
+    pace_draws()
+    data = Data(x=np.arange(100.0).reshape(10, 10), label="ramp")
+    app.data_collection.append(data)
+    canvases = [app.new_data_viewer(ImageViewer, data=data).axes.figure.canvas for _ in range(3)]
+    app.show()
+    _wait_drawn(qtbot, app)
+    before = [canvas._draw_count for canvas in canvases]
+    for canvas in canvases:
+        canvas.draw_idle()
+        canvas.repaint()  # a paint event at once
+    assert [canvas._draw_count for canvas in canvases] == before
+    drawn_per_turn = []
+    while any(canvas._draw_pending for canvas in canvases):
+        drawn = sum(canvas._draw_count for canvas in canvases)
+        QtWidgets.QApplication.processEvents()
+        drawn_per_turn.append(sum(canvas._draw_count for canvas in canvases) - drawn)
+    assert sum(drawn_per_turn) == 3 and max(drawn_per_turn) == 1
+    assert [canvas._draw_count for canvas in canvases] == [n + 1 for n in before]
 
 
 def test_viewers_in_a_hidden_tab_draw_when_shown(app, qtbot, tmp_path):
@@ -337,7 +380,7 @@ def test_dragging_a_box_in_a_viewer_fills_the_dialog(app, qtbot):
     )
     viewer = app.new_data_viewer(ImageViewer, data=fine)
     app.show()
-    qtbot.wait(300)
+    _wait_drawn(qtbot, app)
     assert "mvmcut:pick" in viewer.toolbar.tools
     # Drag from pixel (74.5, 99.5) to (174.5, 149.5): 100 x 50 fine pixels = 4" x 2".
     tool = _drag(viewer, "mvmcut:pick", (74.5, 99.5), (174.5, 149.5))

@@ -6,10 +6,11 @@ import importlib
 from echo import delay_callback
 from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore
+from qtpy.shiboken import isValid  # PySide6's
 
 from ..viewers import style_image_viewer
 
-__all__ = ["open_viewers", "warm_up", "defer_hidden_draws"]
+__all__ = ["open_viewers", "warm_up", "pace_draws"]
 
 #: What Glue imports when it makes its first image viewer (~0.45 s on the GUI thread: WCSAxes,
 #: and pytest, which WCSAxes imports where it is installed).
@@ -23,29 +24,99 @@ def warm_up() -> None:
         importlib.import_module(name)
 
 
-def defer_hidden_draws() -> None:
-    """Have Glue's image and plot canvases draw only when they can be seen: one that is hidden (a
-    viewer in another tab) keeps its draw pending, and Matplotlib's paint event does it when the
-    viewer is shown. Idempotent.
+class _DrawPacer:
+    """Glue's canvases drawn one per turn of Qt's event loop, the ones that can be seen only.
 
-    Glue redraws every viewer whose Data gain links, seen or not: each load links the earlier
-    loads' Data to its own, so the n-th load redrew the 5·(n-1) viewers of the other tabs in one
-    turn of the event loop (~50 ms each; 1 s of the GUI thread at the fifth load).
+    Matplotlib's Qt canvas draws when asked (`draw_idle`) in a turn of its own, but every canvas
+    asked in one turn draws in the next, and a window's paint draws every pending canvas in one
+    pass: a load's five viewers (~50-100 ms each) drew together, 0.4-1.3 s of a frozen window.
+    Here a canvas asked to draw joins a queue, and a timer draws the first one per turn; paint
+    events show what a canvas last drew meanwhile. A hidden canvas (a viewer in another tab)
+    keeps its draw pending until it is shown: Glue redraws every viewer whose Data gain links,
+    so each load redrew all earlier loads' viewers, ~1 s at the fifth.
     """
+
+    def __init__(self, draw):
+        self._draw = draw  # Matplotlib's own draw of a pending canvas (`_draw_idle`)
+        self._queue: dict = {}  # canvases in the order they asked (an ordered set)
+        self._drawing = None
+        self._waiting: list = []  # (canvases, callback) of `when_drawn`
+        self._timer = QtCore.QTimer()
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(1)  # 0 ms would run before the timers that came due meanwhile
+        self._timer.timeout.connect(self._draw_next)
+
+    def ask(self, canvas) -> None:
+        """Have ``canvas`` draw in a later turn (or when shown, if hidden)."""
+        canvas._draw_pending = True  # Matplotlib's own flag: paint events draw it
+        if canvas.isVisible():
+            self._queue[canvas] = None
+            if not self._timer.isActive():
+                self._timer.start()
+
+    def when_drawn(self, canvases, callback) -> None:
+        """Call ``callback()`` in a later turn, once none of ``canvases`` that can be seen waits
+        to draw."""
+        self._waiting.append((list(canvases), callback))
+        if not self._timer.isActive():
+            self._timer.start()
+
+    def paint(self, canvas) -> None:
+        """What a paint event of ``canvas`` draws: nothing but the canvas whose turn it is."""
+        if canvas is self._drawing:
+            self._draw(canvas)
+        elif canvas._draw_pending:
+            self.ask(canvas)
+
+    def _draw_next(self) -> None:
+        while self._queue:
+            canvas = next(iter(self._queue))
+            del self._queue[canvas]
+            if isValid(canvas) and canvas._draw_pending and canvas.isVisible():
+                self._drawing = canvas
+                try:
+                    self._draw(canvas)
+                finally:
+                    self._drawing = None
+                break
+        if self._queue:
+            self._timer.start()
+        waiting, self._waiting = self._waiting, []
+        for canvases, callback in waiting:
+            if any(isValid(c) and c._draw_pending and c.isVisible() for c in canvases):
+                self._waiting.append((canvases, callback))
+            else:
+                callback()
+
+
+def pace_draws() -> _DrawPacer:
+    """Have Glue's image and plot canvases draw one per turn of Qt's event loop, and only when
+    they can be seen (`_DrawPacer`); mpl-scatter-density's redraw at the end of a resize, which
+    Glue's image layers use, goes the same way. Idempotent; returns the pacer."""
+    from glue.viewers.image.frb_artist import FRBArtist
     from glue_qt.viewers.matplotlib.widget import MplCanvas
 
-    if getattr(MplCanvas.draw_idle, "defers_hidden", False):
-        return
-    draw_when_seen = MplCanvas.draw_idle
+    if isinstance(getattr(MplCanvas, "pacer", None), _DrawPacer):
+        return MplCanvas.pacer
+    MplCanvas.pacer = pacer = _DrawPacer(MplCanvas._draw_idle)
 
-    def draw_idle(self):
-        if self.isVisible():
-            draw_when_seen(self)
-        else:
-            self._draw_pending = True  # what paintEvent draws (Matplotlib's own flag)
+    def draw_idle(canvas):
+        pacer.ask(canvas)
 
-    draw_idle.defers_hidden = True
-    MplCanvas.draw_idle = draw_idle
+    def _draw_idle(canvas):  # what Matplotlib's paint event calls first
+        pacer.paint(canvas)
+
+    MplCanvas.draw_idle, MplCanvas._draw_idle = draw_idle, _draw_idle
+
+    def _resize_end(self, event=None):
+        # mpl-scatter-density's own, but for its last line: it draws the canvas at once
+        # (`canvas.draw()`), so every viewer resized together (a tab's, tiled) drew in one turn.
+        self.on_release()
+        self.stale = True
+        self._ax.figure.canvas.draw_idle()
+
+    FRBArtist._resize_end = _resize_end
+    return pacer
 
 
 def _tab_for(app, title: str):
@@ -78,10 +149,11 @@ def open_viewers(app, prepared, done=None) -> list:
 
     Given ``done``, the work is spread over turns of Qt's event loop, so the window answers
     between them: the viewers are made one per turn (~60-100 ms each) and tiled, then each shows
-    its mosaic in a turn of its own (~60 ms) and draws in a later one; ``done(viewers)`` is
-    called after the last. Without it, all is done before this returns.
+    its mosaic in a turn of its own (~60 ms) and draws in a later one (`pace_draws`);
+    ``done(viewers)`` is called once the viewers that can be seen have drawn. Without it, all is
+    done before this returns but the drawing.
     """
-    defer_hidden_draws()
+    pacer = pace_draws()
     viewers = []
     mosaics = prepared.mosaics
     tab = _tab_for(app, prepared.title) if mosaics else None
@@ -105,8 +177,8 @@ def open_viewers(app, prepared, done=None) -> list:
         if steps:
             steps.pop(0)()
             QtCore.QTimer.singleShot(10, next_step)  # 0 ms would starve timers and painting
-        else:
-            done(viewers)
+        else:  # done once they are drawn: a load ends when it can be seen
+            pacer.when_drawn([v.axes.figure.canvas for v in viewers], lambda: done(viewers))
 
     QtCore.QTimer.singleShot(10, next_step)  # after the turn that added the Data
     return viewers
