@@ -1,5 +1,8 @@
 """Glue under load: the GUI thread's largest stall and the wall time of loads 1, 2 and 5 of ~20
 Data each through the dialog, in one session, then the time to draw a subset across all of them.
+For each load, the longest the GUI thread spent at once on each kind of work (timed by wrapping
+them here): adding the load's Data and links, making a viewer, showing a mosaic in it, drawing
+a canvas, and Python's garbage collection (any thread's: it holds the GIL).
 
 Run from the repository root (offscreen is fine): ``QT_QPA_PLATFORM=offscreen python
 benchmarks/bench_glue.py``. Each load is a search and a "Cut and load" of a 6″ box at a slightly
@@ -7,8 +10,11 @@ different position on the synthetic LMC field (20 layers: 5 mosaics, 20 cutouts 
 table written per load), served by the stand-in MAST on 127.0.0.1.
 """
 
+import gc
 import tempfile
+import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +24,48 @@ from glue_qt.app import GlueApplication
 from qtpy import QtCore, QtWidgets
 
 from glue_mvmcut.core.endpoints import using_server
-from glue_mvmcut.glue.qt import open_dialog
+from glue_mvmcut.glue import loader
+from glue_mvmcut.glue.qt import open_dialog, viewers
 from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 
 LOADS = 5
 LMC = (84.9208, -69.1467)
+
+
+#: The longest single call of each kind of work in the current load (seconds).
+LONGEST = defaultdict(float)
+
+
+def timed(kind: str, func):
+    """``func``, noting in LONGEST how long its longest call took."""
+
+    def call(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            LONGEST[kind] = max(LONGEST[kind], time.perf_counter() - started)
+
+    return call
+
+
+def time_the_work() -> None:
+    """Wrap the kinds of GUI-thread work a load does, and time the garbage collector."""
+    loader.add_prepared = timed("add Data", loader.add_prepared)
+    viewers._show = timed("show mosaic", viewers._show)
+    GlueApplication.new_data_viewer = timed("make viewer", GlueApplication.new_data_viewer)
+    viewers._DrawPacer._draw_next = timed("draw", viewers._DrawPacer._draw_next)
+    collecting = {}
+
+    def on_gc(phase, info):
+        if phase == "start":
+            collecting[threading.get_ident()] = time.perf_counter()
+        elif threading.get_ident() in collecting:
+            seconds = time.perf_counter() - collecting.pop(threading.get_ident())
+            LONGEST["garbage collection"] = max(LONGEST["garbage collection"], seconds)
+
+    gc.callbacks.append(on_gc)
 
 
 def wait_until(condition, timeout=300.0):
@@ -39,6 +81,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mvmcut-bench-glue-"))
     archive = build_archive(work / "archive", "lmc")
     QtCore.QSettings.setPath(QtCore.QSettings.NativeFormat, QtCore.QSettings.UserScope, str(work / "cfg"))
+    time_the_work()
     with MastServer(archive) as server, using_server(server.url):
         app = GlueApplication()
         app.resize(1400, 900)
@@ -50,13 +93,15 @@ def main() -> None:
         heartbeat.setInterval(10)
         heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
         heartbeat.start()
-        print("load  Data  seconds  largest GUI stall (s)")
+        kinds = ("add Data", "make viewer", "show mosaic", "draw", "garbage collection")
+        print("load  Data  seconds  largest GUI stall (s)  longest: " + ", ".join(kinds))
         for load in range(1, LOADS + 1):
             ra, dec = LMC[0] + 0.0005 * load, LMC[1]
             dialog.target.setText(f"{ra:.5f} {dec:.5f}")
             dialog.width_box.setValue(6)
             dialog.height_box.setValue(6)
             beats.clear()
+            LONGEST.clear()
             started = time.perf_counter()
             dialog.search_button.click()
             wait_until(dialog.cut_button.isEnabled)
@@ -64,7 +109,8 @@ def main() -> None:
             wait_until(lambda: dialog.status.text().startswith("Wrote "))
             seconds = time.perf_counter() - started
             stall = float(np.max(np.diff(beats))) if len(beats) > 1 else seconds
-            print(f"{load:4d}  {len(dialog.loaded):4d}  {seconds:7.2f}  {stall:.3f}")
+            longest = ", ".join(f"{LONGEST[kind]:.3f}" for kind in kinds)
+            print(f"{load:4d}  {len(dialog.loaded):4d}  {seconds:7.2f}  {stall:.3f}  {longest}")
         heartbeat.stop()
         fine = dialog.loaded[0]
         ny, nx = fine.shape

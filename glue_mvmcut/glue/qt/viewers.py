@@ -91,8 +91,8 @@ class _DrawPacer:
 
 def pace_draws() -> _DrawPacer:
     """Have Glue's image and plot canvases draw one per turn of Qt's event loop, and only when
-    they can be seen (`_DrawPacer`); mpl-scatter-density's redraw at the end of a resize, which
-    Glue's image layers use, goes the same way. Idempotent; returns the pacer."""
+    they can be seen (`_DrawPacer`), and once after a resize (mpl-scatter-density, which Glue's
+    image layers use, drew them a second time, at once). Idempotent; returns the pacer."""
     from glue.viewers.image.frb_artist import FRBArtist
     from glue_qt.viewers.matplotlib.widget import MplCanvas
 
@@ -108,14 +108,16 @@ def pace_draws() -> _DrawPacer:
 
     MplCanvas.draw_idle, MplCanvas._draw_idle = draw_idle, _draw_idle
 
-    def _resize_end(self, event=None):
-        # mpl-scatter-density's own, but for its last line: it draws the canvas at once
-        # (`canvas.draw()`), so every viewer resized together (a tab's, tiled) drew in one turn.
-        self.on_release()
-        self.stale = True
-        self._ax.figure.canvas.draw_idle()
+    def _resize_start(self, event=None):
+        # mpl-scatter-density's shows the old image stretched while a canvas is resized and
+        # draws the canvas at once (`canvas.draw()`) 500 ms after the last resize, with the image
+        # made anew: Glue re-tiles a tab's viewers when its layout shifts by a pixel after a
+        # load, so all of them drew again in one turn half a second later, beside whatever ran
+        # then (the next search: 0.3-0.5 s each). Here a resize draws once, in its turn, with
+        # the image made for the new size.
+        pass
 
-    FRBArtist._resize_end = _resize_end
+    FRBArtist._resize_start = _resize_start
     return pacer
 
 
