@@ -200,10 +200,17 @@ def test_link_updates_find_what_glues_own_find(written):
     from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
 
     collection = DataCollection()
-    for _ in range(3):
+    for load in range(3):
         data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
         add_prepared(collection, Prepared(data, wcs_links(data, link_roots(collection))))
+        if load == 0:
+            first = dict(collection[0]._externally_derivable_components)
     assert len(collection) == 60 and len(collection.external_links) == 59  # one per Data added
+    # What the first Data derived after the first load, it derives by the same links through
+    # the same DerivedComponents (not made anew at each update).
+    assert len(first) == 19 * 4 and all(
+        collection[0]._externally_derivable_components[cid] is component for cid, component in first.items()
+    )
     a, b, c, swapped = (Data(label=name, x=np.zeros((3, 3))) for name in "abcs")
     collection.extend([a, b, c, swapped, Data(label="1-d", y=np.zeros(4))])
     pixels = [d.pixel_component_ids for d in (a, b, c, swapped)]
