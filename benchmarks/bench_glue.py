@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from glue.core.roi import RectangularROI
 from glue.core.subset import RoiSubsetState
+from glue.main import load_plugins
 from glue_qt.app import GlueApplication
 from qtpy import QtCore, QtWidgets
 
@@ -82,6 +83,7 @@ def main() -> None:
     archive = build_archive(work / "archive", "lmc")
     QtCore.QSettings.setPath(QtCore.QSettings.NativeFormat, QtCore.QSettings.UserScope, str(work / "cfg"))
     time_the_work()
+    load_plugins(require_qt_plugins=True)  # as the glue command does, before any Data
     with MastServer(archive) as server, using_server(server.url):
         app = GlueApplication()
         app.resize(1400, 900)

@@ -1,5 +1,9 @@
 """The Qt-free Glue side: data factory, labels, load_mvm and WCS links that carry subsets."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -36,6 +40,18 @@ def test_setup_registers_one_factory_above_the_fits_reader():
     ours = [m for m in data_factory.members if m.label == MVM_FACTORY_LABEL]
     fits_reader = [m for m in data_factory.members if m.label == "FITS file"]
     assert len(ours) == 1 and ours[0].priority > fits_reader[0].priority
+
+
+def test_setup_has_the_collector_leave_what_glue_loaded_alone():
+    """Every object there when Glue loads its plugins is frozen (out of the collector's scans)."""
+    script = (
+        "import gc; import glue_qt.app; from glue_mvmcut.glue import setup; "
+        "before = len(gc.get_objects()); setup(); print(before, gc.get_freeze_count(), len(gc.get_objects()))"
+    )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    before, frozen, tracked = map(int, ran.stdout.split())
+    assert before > 100_000 and frozen >= before and tracked == 0
 
 
 def test_mosaics_and_cutouts_open_as_one_data_with_sci_wht_and_wcs(written):
