@@ -25,34 +25,43 @@ def warm_up() -> None:
 
 
 class _DrawPacer:
-    """Glue's canvases drawn one per turn of Qt's event loop, the ones that can be seen only.
+    """The GUI thread's work for viewers done one piece per turn of Qt's event loop: a canvas's
+    draw, or a step handed to `later`; canvases draw only when they can be seen.
 
     Matplotlib's Qt canvas draws when asked (`draw_idle`) in a turn of its own, but every canvas
     asked in one turn draws in the next, and a window's paint draws every pending canvas in one
-    pass: a load's five viewers (~50-100 ms each) drew together, 0.4-1.3 s of a frozen window.
-    Here a canvas asked to draw joins a queue, and a timer draws the first one per turn; paint
-    events show what a canvas last drew meanwhile. A hidden canvas (a viewer in another tab)
-    keeps its draw pending until it is shown: Glue redraws every viewer whose Data gain links,
-    so each load redrew all earlier loads' viewers, ~1 s at the fifth.
+    pass: a load's five viewers (~50-100 ms each) drew together, 0.4-1.3 s of a frozen window;
+    and a load's own steps, on a timer of their own, fell in the same turns as draws. Here both
+    join one queue, and a timer takes the first piece per turn; paint events show what a canvas
+    last drew meanwhile. A hidden canvas (a viewer in another tab) keeps its draw pending until
+    it is shown: Glue redraws every viewer whose Data gain links, so each load redrew all
+    earlier loads' viewers, ~1 s at the fifth.
     """
 
     def __init__(self, draw):
         self._draw = draw  # Matplotlib's own draw of a pending canvas (`_draw_idle`)
-        self._queue: dict = {}  # canvases in the order they asked (an ordered set)
+        self._queue: dict = {}  # canvases to draw and steps to run, in order (an ordered set)
         self._drawing = None
         self._waiting: list = []  # (canvases, callback) of `when_drawn`
         self._timer = QtCore.QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(1)  # 0 ms would run before the timers that came due meanwhile
-        self._timer.timeout.connect(self._draw_next)
+        self._timer.timeout.connect(self._next)
+
+    def _add(self, piece) -> None:
+        self._queue[piece] = None
+        if not self._timer.isActive():
+            self._timer.start()
 
     def ask(self, canvas) -> None:
         """Have ``canvas`` draw in a later turn (or when shown, if hidden)."""
         canvas._draw_pending = True  # Matplotlib's own flag: paint events draw it
         if canvas.isVisible():
-            self._queue[canvas] = None
-            if not self._timer.isActive():
-                self._timer.start()
+            self._add(canvas)
+
+    def later(self, step) -> None:
+        """Run ``step()`` in a turn of its own, after the pieces of work asked for before."""
+        self._add(step)
 
     def when_drawn(self, canvases, callback) -> None:
         """Call ``callback()`` in a later turn, once none of ``canvases`` that can be seen waits
@@ -68,14 +77,17 @@ class _DrawPacer:
         elif canvas._draw_pending:
             self.ask(canvas)
 
-    def _draw_next(self) -> None:
+    def _next(self) -> None:
         while self._queue:
-            canvas = next(iter(self._queue))
-            del self._queue[canvas]
-            if isValid(canvas) and canvas._draw_pending and canvas.isVisible():
-                self._drawing = canvas
+            piece = next(iter(self._queue))
+            del self._queue[piece]
+            if callable(piece):
+                piece()
+                break
+            if isValid(piece) and piece._draw_pending and piece.isVisible():
+                self._drawing = piece
                 try:
-                    self._draw(canvas)
+                    self._draw(piece)
                 finally:
                     self._drawing = None
                 break
@@ -149,9 +161,10 @@ def open_viewers(app, prepared, done=None) -> list:
     `~glue_mvmcut.glue.viewers.style_image_viewer`, tiled in a tab named by the load's target
     and box. Returns the list of viewers.
 
-    Given ``done``, the work is spread over turns of Qt's event loop, so the window answers
-    between them: the viewers are made one per turn (~60-100 ms each) and tiled, then each shows
-    its mosaic in a turn of its own (~60 ms) and draws in a later one (`pace_draws`);
+    Given ``done``, the work is spread over turns of Qt's event loop, one piece per turn
+    (`pace_draws`), so the window answers between them: the viewers are made one per turn
+    (~60-100 ms each) and tiled, then each shows its mosaic in a turn of its own (~60 ms) and
+    draws in a later one;
     ``done(viewers)`` is called once the viewers that can be seen have drawn. Without it, all is
     done before this returns but the drawing.
     """
@@ -178,9 +191,9 @@ def open_viewers(app, prepared, done=None) -> list:
     def next_step():
         if steps:
             steps.pop(0)()
-            QtCore.QTimer.singleShot(10, next_step)  # 0 ms would starve timers and painting
+            pacer.later(next_step)  # after the draws the step asked for
         else:  # done once they are drawn: a load ends when it can be seen
             pacer.when_drawn([v.axes.figure.canvas for v in viewers], lambda: done(viewers))
 
-    QtCore.QTimer.singleShot(10, next_step)  # after the turn that added the Data
+    pacer.later(next_step)  # after the turn that added the Data
     return viewers
