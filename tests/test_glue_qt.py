@@ -219,10 +219,11 @@ def _cut_and_load(qtbot, dialog, target, size):
 
 def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, tmp_path):
     """Everything but adding finished Data and opening viewers happens on the worker, and the
-    viewers are made and filled a step per turn of the event loop, so the GUI thread answers
-    throughout. The bound is loose (measured here: 0.44-0.71 s; a whole load on the GUI thread, as
-    before, kept it 3 s, a second load 25 s): what is left is Glue's own drawing, viewers resized
-    together redrawing in one turn (benchmarks/bench_glue.py holds the figures)."""
+    viewers are made, filled and drawn a piece per turn of the event loop, so the GUI thread
+    answers throughout. The bound is loose, twice what was measured here (0.20-0.22 s; a whole
+    load on the GUI thread, as at first, kept it 3 s, a second load 25 s): what is left is
+    single pieces of Glue's own work, a viewer made or drawn (benchmarks/bench_glue.py holds
+    the figures)."""
     app.resize(1400, 900)
     app.show()
     dialog = open_dialog(app.session)
@@ -236,7 +237,7 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
     assert not any(v.axes.figure.canvas._draw_pending for v in app.viewers[1])
     qtbot.wait(100)
     heartbeat.timer.stop()
-    assert heartbeat.largest_gap() < 1.5
+    assert heartbeat.largest_gap() < 0.5
     assert app.tab_names == ["LMC · 6″", "84.9300 -69.1440 · 4″"]
     for tab, box in zip(app.viewers, ("LMC · 6″", "84.9300 -69.1440 · 4″"), strict=True):
         titles = sorted(viewer.state.title for viewer in tab)
