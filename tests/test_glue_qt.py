@@ -279,14 +279,15 @@ def test_a_batch_updates_the_data_collection_tree_once_leaving_it_as_glue_would(
 
 def test_canvases_asked_together_draw_one_per_turn_of_the_event_loop(app, qtbot):
     """Glue's canvases draw in turns of their own (`pace_draws`), so the window answers between
-    them: a paint event shows what a canvas drew last and draws nothing."""
+    them: a paint event shows what a canvas drew last and draws nothing; a piece of work that
+    fails stops nothing after it."""
     from glue.core import Data
     from glue_qt.viewers.image import ImageViewer
     from qtpy import QtWidgets
 
     from glue_mvmcut.glue.qt.viewers import pace_draws
 
-    pace_draws()
+    pacer = pace_draws()
     data = Data(x=np.arange(100.0).reshape(10, 10), label="ramp")
     app.data_collection.append(data)
     canvases = [app.new_data_viewer(ImageViewer, data=data).axes.figure.canvas for _ in range(3)]
@@ -304,6 +305,11 @@ def test_canvases_asked_together_draw_one_per_turn_of_the_event_loop(app, qtbot)
         drawn_per_turn.append(sum(canvas._draw_count for canvas in canvases) - drawn)
     assert sum(drawn_per_turn) == 3 and max(drawn_per_turn) == 1
     assert [canvas._draw_count for canvas in canvases] == [n + 1 for n in before]
+    with qtbot.capture_exceptions() as raised:  # a piece of work that fails stops nothing after it
+        pacer.later(lambda: 1 / 0)
+        canvases[0].draw_idle()
+        qtbot.waitUntil(lambda: not canvases[0]._draw_pending, timeout=5_000)
+    assert [type(exc) for _, exc, _ in raised] == [ZeroDivisionError]
 
 
 def test_viewers_in_a_hidden_tab_draw_when_shown(app, qtbot, tmp_path):

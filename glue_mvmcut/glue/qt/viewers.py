@@ -78,27 +78,33 @@ class _DrawPacer:
             self.ask(canvas)
 
     def _next(self) -> None:
+        try:
+            self._take_first()
+        finally:  # a piece that failed stops nothing after it
+            if self._queue:
+                self._timer.start()
+            waiting, self._waiting = self._waiting, []
+            for canvases, callback in waiting:
+                if any(isValid(c) and c._draw_pending and c.isVisible() for c in canvases):
+                    self._waiting.append((canvases, callback))
+                else:
+                    callback()
+
+    def _take_first(self) -> None:
+        """Run the first step, or draw the first canvas that waits to and can be seen."""
         while self._queue:
             piece = next(iter(self._queue))
             del self._queue[piece]
             if callable(piece):
                 piece()
-                break
+                return
             if isValid(piece) and piece._draw_pending and piece.isVisible():
                 self._drawing = piece
                 try:
                     self._draw(piece)
                 finally:
                     self._drawing = None
-                break
-        if self._queue:
-            self._timer.start()
-        waiting, self._waiting = self._waiting, []
-        for canvases, callback in waiting:
-            if any(isValid(c) and c._draw_pending and c.isVisible() for c in canvases):
-                self._waiting.append((canvases, callback))
-            else:
-                callback()
+                return
 
 
 def pace_draws() -> _DrawPacer:
@@ -164,9 +170,8 @@ def open_viewers(app, prepared, done=None) -> list:
     Given ``done``, the work is spread over turns of Qt's event loop, one piece per turn
     (`pace_draws`), so the window answers between them: the viewers are made one per turn
     (~60-100 ms each) and tiled, then each shows its mosaic in a turn of its own (~60 ms) and
-    draws in a later one;
-    ``done(viewers)`` is called once the viewers that can be seen have drawn. Without it, all is
-    done before this returns but the drawing.
+    draws in a later one; ``done(viewers)`` is called once the viewers that can be seen have
+    drawn. Without it, all is done before this returns but the drawing.
     """
     pacer = pace_draws()
     viewers = []
