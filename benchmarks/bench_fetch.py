@@ -22,6 +22,7 @@ the same server.
 Reference time: one Range request for as many bytes as the cutout's pixels + headers.
 """
 
+import argparse
 import os
 import subprocess
 import sys
@@ -217,17 +218,20 @@ def _throughput(archive_dir: Path, archive, coord, size: float = 600, repeats: i
 
 
 def main() -> None:
-    if "--throughput" in sys.argv:
-        arguments = [arg for arg in sys.argv[1:] if arg != "--throughput"]
-        archive_dir = Path(arguments[0]) if arguments else Path(tempfile.gettempdir()) / "mvmcut-bench-wide"
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("archive_dir", nargs="?", type=Path, help="where the archive is built once")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--wider", action="store_true", help="one layer as wide as a real one")
+    which.add_argument("--throughput", action="store_true", help='a 600" cut against one read')
+    args = parser.parse_args()
+    field, sizes = (WIDER, (2, 20)) if args.wider else (WIDE, SIZES)
+    archive_dir = args.archive_dir or Path(tempfile.gettempdir()) / f"mvmcut-bench-{field.name}"
+    if args.throughput:
         archive = build_archive(archive_dir, WIDE)
         _throughput(archive_dir, archive, SkyCoord(WIDE.ra, WIDE.dec, unit="deg"))
         return
-    arguments = [arg for arg in sys.argv[1:] if arg != "--wider"]
-    field, sizes = (WIDER, (2, 20)) if "--wider" in sys.argv else (WIDE, SIZES)
-    archive_dir = (
-        Path(arguments[0]) if arguments else Path(tempfile.gettempdir()) / f"mvmcut-bench-{field.name}"
-    )
     os.environ["MVMCUT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mvmcut-bench-cache-")  # MAST's answers
     started = time.perf_counter()
     archive = build_archive(archive_dir, field)
