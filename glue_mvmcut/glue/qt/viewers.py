@@ -50,6 +50,9 @@ class _DrawPacer:
 
     def _add(self, piece) -> None:
         self._queue[piece] = None
+        self._wake()
+
+    def _wake(self) -> None:
         if not self._timer.isActive():
             self._timer.start()
 
@@ -67,8 +70,7 @@ class _DrawPacer:
         """Call ``callback()`` in a later turn, once none of ``canvases`` that can be seen waits
         to draw."""
         self._waiting.append((list(canvases), callback))
-        if not self._timer.isActive():
-            self._timer.start()
+        self._wake()
 
     def paint(self, canvas) -> None:
         """What a paint event of ``canvas`` draws: nothing but the canvas whose turn it is."""
