@@ -139,3 +139,30 @@ def test_a_pipeline_tells_what_one_more_request_costs(mast, lmc_archive):
     local = (lmc_archive.directory / FINE).read_bytes()
     assert [bytes(g) for g in got] == [local[a:b] for a, b in rows]
     assert joined.stats.requests == 1 and joined.stats.bytes == rows[-1][1] - rows[0][0]
+
+
+def test_replies_are_read_whatever_pieces_their_bytes_come_in():
+    # Many small replies come in one read; a reply's head and body may be split anywhere, and a
+    # read may end one reply and begin the next.
+    from glue_mvmcut.core.pipelining import _ReplyStream
+
+    bodies = [b"first body", b"", b"the third reply's body"]
+    wire = b"".join(
+        b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies
+    )
+    splits = [[wire[:cut], wire[cut:]] for cut in range(len(wire) + 1)]
+    splits += [[wire[:first]] + [wire[i : i + 7] for i in range(first, len(wire), 7)] for first in range(7)]
+    for pieces in splits:
+        stream, got, length = _ReplyStream(), [], None
+        for piece in pieces:
+            stream.feed(piece)
+            while length is not None or (head := stream.head()) is not None:
+                if length is None:
+                    assert head.startswith(b"HTTP/1.1 206 ") and head.count(b"\r\n") == 1
+                    length = int(head.rpartition(b": ")[2])
+                    stream.expect(length)
+                if (body := stream.body()) is None:
+                    break
+                got.append(body)
+                length = None
+        assert got == bodies and stream.unread == 0, pieces
