@@ -13,19 +13,16 @@ Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server 
 """
 
 import argparse
-import email.utils
-import gzip
 import itertools
 import json
 import socket
 import sys
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from .faults import PIPELINING_KINDS, RANGE_KINDS, Faults
 from .portal import (
@@ -37,13 +34,12 @@ from .portal import (
     Catalogue,
     columns_config,
 )
-from .ranges import CHUNK, FileConnection, body_pieces, parse_ranges
+from .ranges import CHUNK, FileConnection, body_pieces
+from .replies import file_reply
 from .stamps import StampedReader
 from .synth import Archive
 
 __all__ = ["MastServer", "RequestRecord"]
-
-_PRELOAD = 16 << 20  # replies up to this long are read from the file before they are due
 
 
 @dataclass
@@ -245,108 +241,33 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
             return
         file = parse_qs(parts.query).get("uri", [""])[0]
         with self.server.owner.faults.file_request(file) as self._answered:
-            self._download_file(parts)
+            self._download_file()
 
-    def _download_file(self, parts):
+    def _download_file(self):
         answered, mid_body = self._apply_faults("download")
         if answered:
             return
         garble = mid_body["garble"] if mid_body and mid_body["kind"] == "garble" else None
         mid_body = None if garble else mid_body
-        uri = unquote(parse_qs(parts.query).get("uri", [""])[0])
-        name = uri[len(URI_PREFIX) :] if uri.startswith(URI_PREFIX) else None
-        path = self.server.owner.catalogue.files.get(name)
-        if path is None:
-            self._send_bytes(404, json.dumps({"status": "ERROR", "msg": f"{uri} not found"}).encode())
-            return
-        faults = self.server.owner.faults
-        if faults.redirect_to:
-            self._redirect(faults.redirect_to.rstrip("/") + self.path, faults.redirect_status)
-            return
-        stat = path.stat()
-        size = stat.st_size
+        owner = self.server.owner
+        reply = file_reply(
+            self.command, self.path, self.headers, owner.catalogue, owner.faults, self.open_file, garble
+        )
+        self.send_response(reply.status)
+        for name, value in reply.headers:
+            self.send_header(name, value)
+        self.close_connection = self.close_connection or reply.closes
         byte_range = self.headers.get("Range")
-        if byte_range and faults.max_range_header and len(byte_range) > faults.max_range_header:
-            self._send_bytes(
-                400, b"Size of a request header field exceeds server limit.", "text/plain", "download"
-            )
-            return
-        spans = parse_ranges(byte_range, size) if byte_range and faults.ranges != "no-range" else []
-        if byte_range and faults.ranges != "no-range" and not spans:
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{size}")
-            self.send_header("Content-Length", "0")
+        if self.command != "GET":
             self.end_headers()
-            self._record("download", 416, 0, byte_range)
+            self._record(reply.service, reply.status, 0, byte_range)
             return
-        modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
-        etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
-        if self.headers.get("If-Range") not in (None, modified, etag):
-            spans = []  # the file changed since the part the client holds: all of it (RFC 9110)
-        if len(spans) > 1 and faults.ranges == "first-range":
-            spans = spans[:1]  # like servers that honour only the first range
-        elif len(spans) > 1 and faults.ranges == "one-range":
-            spans = []  # like object stores: several ranges get the whole file
-        status = 206 if spans else 200
-        spans = spans or [(0, size - 1)]
-        # The body as segments: literal bytes (multipart framing) or (offset, length) of the file.
-        if len(spans) == 1:
-            segments = [(spans[0][0], spans[0][1] - spans[0][0] + 1)]
-            content_type = "application/octet-stream"
-        else:
-            boundary = f"mvmcut{uuid.uuid4().hex}"
-            content_type = "multipart/byteranges" + (
-                "" if garble == "no-boundary" else f"; boundary={boundary}"
-            )
-            # One template for every part's head (~330 parts in a cutout's reply: the stand-in's
-            # own Python per reply delays the replies of the requests that arrive with it).
-            head = f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n".encode()
-            template = head + f"Content-Range: bytes %d-%d/{size}\r\n\r\n".encode()
-            segments = []
-            for start, end in spans:
-                segments += (template % (start, end), (start, end - start + 1))
-            if garble == "part-length":
-                segments[0] = template % (spans[0][0], spans[0][1] + 1)
-            elif garble == "no-content-range":
-                segments[0] = head + b"\r\n"
-            segments.append(f"\r\n--{boundary}--\r\n".encode())
-        if status == 206 and faults.extra_bytes:
-            segments.append(b"\0" * faults.extra_bytes)
-        length = sum(len(s) if isinstance(s, bytes) else s[1] for s in segments)
-        if self.command == "GET" and (
-            length <= _PRELOAD or faults.content_encoding
-        ):  # read while the latency runs
-            segments = [b"".join(body_pieces(self.open_file(path, stat), segments))]
-            if faults.content_encoding:
-                segments = [gzip.compress(segments[0], mtime=0)]
-                length = len(segments[0])
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        if self.command == "HEAD" and faults.announced_size is not None:
-            self.send_header("Content-Length", str(faults.announced_size))
-        elif faults.content_length:
-            self.send_header("Content-Length", str(length))
-        else:  # the body ends where the connection does
-            self.close_connection = True
-        self.send_header("Content-Disposition", f'attachment; filename="{name}"')
-        self.send_header("Last-Modified", modified)
-        self.send_header("ETag", etag)
-        if faults.content_encoding:
-            self.send_header("Content-Encoding", faults.content_encoding)
-        if faults.ranges != "no-range":
-            self.send_header("Accept-Ranges", "bytes")
-        if status == 206 and len(spans) == 1:
-            self.send_header("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}")
-        if self.command == "GET":  # the headers go out with the body's first bytes (`_stream`)
-            self._headers_buffer.append(b"\r\n")
-        else:
-            self.end_headers()
+        self._headers_buffer.append(b"\r\n")  # the headers go out with the body's first bytes
         self._sent, dropped = 0, False
         try:
-            if self.command == "GET":
-                dropped = self._stream(self.open_file(path, stat), segments, mid_body)
+            dropped = self._stream(reply.fd, reply.segments, mid_body)
         finally:  # recorded even when the client hangs up mid-body
-            self._record("download", status, self._sent, byte_range)
+            self._record(reply.service, reply.status, self._sent, byte_range)
         if dropped:  # hang up only once recorded, so a client that sees the drop sees the record
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
