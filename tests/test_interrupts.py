@@ -139,18 +139,20 @@ import os, signal, sys
 import glue_mvmcut.testing.server as server
 import glue_mvmcut.testing.synth as synth
 
-def interrupt_after(function):
+def interrupt_after(function, when=lambda *args: True):
     first = iter([True])  # next() on it is atomic: one of the server's threads gets True
     def then_ctrl_c(*args, **kwargs):
         function(*args, **kwargs)
-        if next(first, False):  # once: a second Ctrl-C ends the process at once, as it should
+        if when(*args) and next(first, False):  # once: a second Ctrl-C ends the process at once
             os.kill(os.getpid(), signal.SIGINT)  # handled by the main thread, wherever it is
     return then_ctrl_c
 
 if sys.argv[1] == "archive":
     synth._write_layer = interrupt_after(synth._write_layer)
-else:
-    server._Handler._download = interrupt_after(server._Handler._download)
+else:  # a request's record is made once it is answered
+    server.MastServer._record_request = interrupt_after(
+        server.MastServer._record_request, lambda owner, method, path, service, *rest: service == "download"
+    )
 from glue_mvmcut.cli import run
 run(sys.argv[2:])
 """

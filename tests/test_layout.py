@@ -58,6 +58,8 @@ ORDER = [
     "testing.faults",
     "testing.stamps",
     "testing.ranges",
+    "testing.replies",
+    "testing.lane",
     "testing.server",
     "testing",
     "glue.links",

@@ -351,3 +351,53 @@ def test_plain_range_lists_are_parsed_as_any_other():
         assert plain == parse_ranges("bytes=" + ", ".join(items), size)
         assert all(0 <= start <= end < size for start, end in plain)
     assert parse_ranges("bytes=1-99999999999999999999999", 100) == [(1, 99)]  # past int64
+
+
+def _read_replies(connection: socket.socket, count: int) -> list[tuple[int, bytes]]:
+    """(status, body) of the next ``count`` replies on ``connection`` (each with a Content-Length)."""
+    received, replies = b"", []
+    while len(replies) < count:
+        end = received.find(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", received[:end]).group(1)) if end >= 0 else -1
+        if end < 0 or len(received) < end + 4 + length:
+            received += connection.recv(1 << 16)
+            continue
+        replies.append((int(received.split(b" ", 2)[1]), received[end + 4 : end + 4 + length]))
+        received = received[end + 4 + length :]
+    return replies
+
+
+def test_a_connection_takes_file_requests_and_queries_pipelined_in_order(mast, lmc_archive):
+    # Plain file requests are answered by the stand-in's event loop; at a query (or a fault to
+    # apply) the connection goes to a thread of its own with what was read of it, and every
+    # reply still comes in the order asked.
+    data = (lmc_archive.directory / _layer_uri().split("/")[-1]).read_bytes()
+    target = "/api/v0.1/Download/file?uri=" + _layer_uri()
+    get = "GET {} HTTP/1.1\r\nHost: here\r\nRange: bytes={}\r\n\r\n"
+    host, port = mast.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(
+            (
+                get.format(target, "0-9")
+                + get.format(target, "100-119")
+                + get.format("/Santa-war/query?name=lmc", "0-0")
+                + get.format(target, "5-6")
+            ).encode()
+        )
+        replies = _read_replies(connection, 4)
+        assert [status for status, _ in replies] == [206, 206, 200, 206]
+        assert [replies[0][1], replies[1][1], replies[3][1]] == [data[:10], data[100:120], data[5:7]]
+        assert b'"resolvedCoordinate"' in replies[2][1]
+        mast.faults.fail(503, scope="download")  # a fault owed: the next request goes to a thread too
+        connection.sendall(get.format(target, "0-9").encode())
+        assert _read_replies(connection, 1)[0][0] == 503
+    records = mast.requests()
+    assert [(r.service, r.status, r.range) for r in records] == [
+        ("download", 206, "bytes=0-9"),
+        ("download", 206, "bytes=100-119"),
+        ("resolver", 200, None),
+        ("download", 206, "bytes=5-6"),
+        ("download", 503, None),
+    ]
+    assert len({r.connection for r in records}) == 1
+    assert [r.bytes_sent for r in records[:2]] == [10, 20]

@@ -136,19 +136,18 @@ class Faults:
         with self._files_changed:
             self._gather = files
 
-    @contextmanager
-    def file_request(self, file: str | None):
-        """Around the answer to one request for ``file``: counts the files under way, and
-        holds the request while `gather` asks for more. Yields a function to call just before
-        the reply's last bytes are sent, when the request stops counting (else at the end): a
-        client that asks for another file only once a reply is whole is never seen asking for
-        two at once, however soon after those bytes it asks."""
+    def file_started(self, file: str | None, hold: bool = True):
+        """A request for ``file`` is being answered: counts the files under way, and, if
+        ``hold``, holds the request while `gather` asks for more. Returns a function to call
+        just before the reply's last bytes are sent, when the request stops counting (calls
+        after the first do nothing): a client that asks for another file only once a reply is
+        whole is never seen asking for two at once, however soon after those bytes it asks."""
         with self._files_changed:
             under_way = self._under_way  # a reset meanwhile starts another count
             under_way[file] = under_way.get(file, 0) + 1
             self.most_files_at_once = max(self.most_files_at_once, len(under_way))
             self._files_changed.notify_all()
-            if self._gather:
+            if self._gather and hold:
                 self._files_changed.wait_for(lambda: len(self._under_way) >= self._gather, timeout=60)
                 self._gather = 0  # gathered: the rest as usual
         counted = True
@@ -163,10 +162,26 @@ class Faults:
                     else:
                         del under_way[file]
 
+        return answered
+
+    @contextmanager
+    def file_request(self, file: str | None):
+        """Around the answer to one request for ``file`` (`file_started`); yields the function
+        to call before the reply's last bytes, called at the end if not before."""
+        answered = self.file_started(file)
         try:
             yield answered
         finally:
             answered()
+
+    def plain_download(self) -> bool:
+        """Whether a file request now would be answered with no fault but the latency and the
+        switches of what a reply holds (ranges, redirects, sizes, encodings): no failure, drop,
+        stall, trickle or garbling owed, no `gather`, pipelined requests answered and every
+        reply's length announced."""
+        with self._lock:
+            owed = any(f["scope"] in ("any", "download") for f in self._pending)
+        return not owed and not self._gather and self.pipelining == "answers" and self.content_length
 
     def _add(self, kind, count, scope, **params):
         if scope not in ("any", "download", "query"):

@@ -87,8 +87,13 @@ class FileConnection:
 
     def finish(self):
         super().finish()
+        self.close_file()
+
+    def close_file(self) -> None:
+        """Close the file kept open, if any."""
         if self._file is not None:
             os.close(self._file[1])
+            self._file = None
 
     def open_file(self, path: Path, stat: os.stat_result) -> int:
         """A descriptor of ``path`` as ``stat`` found it, kept for the connection's next requests

@@ -3,6 +3,7 @@ headers and body (as pieces of the file and literal bytes), for every kind of se
 `~glue_mvmcut.testing.faults.Faults` describes."""
 
 import email.utils
+import functools
 import gzip
 import json
 import os
@@ -16,7 +17,7 @@ from .faults import Faults
 from .portal import URI_PREFIX, Catalogue
 from .ranges import body_pieces, parse_ranges
 
-__all__ = ["FileReply", "file_reply"]
+__all__ = ["FileReply", "file_reply", "target_parts"]
 
 #: Replies up to this long are read from the file before they are due (while the latency runs).
 PRELOAD = 16 << 20
@@ -41,6 +42,19 @@ class FileReply:
         return sum(len(s) if isinstance(s, bytes) else s[1] for s in self.segments)
 
 
+@functools.lru_cache(maxsize=1024)
+def target_parts(target: str) -> tuple[str, str]:
+    """The path of a request's ``target`` and the ``uri`` its query names (as parsed, "" if none);
+    kept, as a client asks for the same file again and again."""
+    parts = urlsplit(target)
+    return parts.path, parse_qs(parts.query).get("uri", [""])[0]
+
+
+@functools.lru_cache(maxsize=64)
+def _http_date(seconds: float) -> str:
+    return email.utils.formatdate(seconds, usegmt=True)
+
+
 def _plain(status: int, body: bytes, content_type: str, service: str | None = "download") -> FileReply:
     return FileReply(
         status,
@@ -63,7 +77,7 @@ def file_reply(
     with the request's ``headers``, answered as ``faults`` say (ranges, redirects, lengths,
     encodings; a multi-range reply garbled as ``garble`` says). ``open_file(path, stat)`` gives
     a descriptor of a file to read."""
-    uri = unquote(parse_qs(urlsplit(target).query).get("uri", [""])[0])
+    uri = unquote(target_parts(target)[1])
     name = uri[len(URI_PREFIX) :] if uri.startswith(URI_PREFIX) else None
     path = catalogue.files.get(name)
     if path is None:
@@ -81,7 +95,7 @@ def file_reply(
     spans = parse_ranges(byte_range, size) if ranged else []
     if ranged and not spans:
         return FileReply(416, [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")])
-    modified = email.utils.formatdate(stat.st_mtime, usegmt=True)
+    modified = _http_date(stat.st_mtime)
     etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
     if headers.get("If-Range") not in (None, modified, etag):
         spans = []  # the file changed since the part the client holds: all of it (RFC 9110)

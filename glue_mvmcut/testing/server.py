@@ -7,12 +7,17 @@ and serves the archive's files:
   several ranges give a ``multipart/byteranges`` reply, as most HTTP servers send, or whatever
   `~glue_mvmcut.testing.faults.Faults.ranges` says).
 
-It counts requests and bytes, and injects faults on demand (`~glue_mvmcut.testing.faults.Faults`).
+Plain file requests are answered by one thread's event loop (`~glue_mvmcut.testing.lane`, fast
+enough for a pipeline of a thousand one-row requests); a connection goes to a thread of its own
+(`http.server`) at its first other request: queries, and file requests while a fault is to be
+applied. It counts requests and bytes, and injects faults on demand
+(`~glue_mvmcut.testing.faults.Faults`).
 Use it as a context manager in tests, or ``python -m glue_mvmcut.testing.server ARCHIVE_DIR
 --port N``.
 """
 
 import argparse
+import asyncio
 import itertools
 import json
 import socket
@@ -25,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from .faults import PIPELINING_KINDS, RANGE_KINDS, Faults
+from .lane import FileLane
 from .portal import (
     COLUMNS_CONFIG_PATH,
     DOWNLOAD_PATH,
@@ -35,7 +41,7 @@ from .portal import (
     columns_config,
 )
 from .ranges import CHUNK, FileConnection, body_pieces
-from .replies import file_reply
+from .replies import file_reply, target_parts
 from .stamps import StampedReader
 from .synth import Archive
 
@@ -70,8 +76,9 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
 
     def setup(self):
         super().setup()
-        self._connection = self.server.owner._connected()
-        self._reader = StampedReader.attach(self)
+        # The fast lane accepted the connection and read its first bytes (`MastServer._hand_over`).
+        self._connection, pending, received = self.server.owner._handed.pop(self.connection)
+        self._reader = StampedReader.attach(self, pending, received)
 
     # The added latency runs from the request's arrival to the reply's first byte, while the
     # server works: a real archive server has its reply ready long before a network delay ends,
@@ -83,7 +90,7 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
     _trickle: float | None = None  # bytes per second of this reply's body, if it trickles
 
     def parse_request(self):
-        received = self._reader.received if self._reader is not None else None
+        received = self._reader.received
         self._arrived = time.monotonic() if received is None else received
         self._due = self._arrived + self.server.owner.faults.latency
         return super().parse_request()
@@ -101,20 +108,16 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
 
     # -- plumbing -------------------------------------------------------------------------------
     def _record(self, service, status, sent, byte_range=None):
-        file = parse_qs(urlsplit(self.path).query).get("uri", [""])[0].removeprefix(URI_PREFIX) or None
-        self.server.owner._record(
-            RequestRecord(
-                self.command,
-                urlsplit(self.path).path,
-                service,
-                byte_range,
-                status,
-                sent,
-                self._arrived,
-                file,
-                self._connection,
-                self._replied,
-            )
+        self.server.owner._record_request(
+            self.command,
+            self.path,
+            service,
+            byte_range,
+            status,
+            sent,
+            self._arrived,
+            self._connection,
+            self._replied,
         )
 
     def _send_bytes(self, status, body: bytes, content_type="application/json", service=None):
@@ -180,19 +183,27 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
 
     # -- verbs ----------------------------------------------------------------------------------
     def do_POST(self):
-        with self.server.owner._in_flight():
+        with self._in_flight():
             self._post()
 
     def do_HEAD(self):
-        with self.server.owner._in_flight():
+        with self._in_flight():
             self._download()
 
     def do_GET(self):
-        with self.server.owner._in_flight():
+        with self._in_flight():
             if urlsplit(self.path).path == RESOLVER_PATH:
                 self._resolve()
             else:
                 self._download()
+
+    @contextmanager
+    def _in_flight(self):
+        self.server.owner._started()
+        try:
+            yield
+        finally:
+            self.server.owner._finished()
 
     def _post(self):
         path = urlsplit(self.path).path
@@ -366,6 +377,9 @@ class MastServer:
         self._idle = threading.Condition()
         self._httpd = _HTTPServer(("127.0.0.1", port), _Handler)
         self._httpd.owner = self
+        self._loop = asyncio.new_event_loop()  # the fast lane's (`~glue_mvmcut.testing.lane`)
+        self._lanes: set[FileLane] = set()
+        self._handed: dict[socket.socket, tuple[int, bytes, float]] = {}  # to _Handler.setup
         self._thread: threading.Thread | None = None
 
     @property
@@ -374,9 +388,17 @@ class MastServer:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}"
 
-    def _record(self, record: RequestRecord) -> None:
+    def _record_request(
+        self, method, target, service, byte_range, status, sent, arrived, connection, replied
+    ) -> None:
+        """Record a request answered (one that came before `reset_stats` is not)."""
+        path, uri = target_parts(target)
+        file = uri.removeprefix(URI_PREFIX) or None
+        record = RequestRecord(
+            method, path, service, byte_range, status, sent, arrived, file, connection, replied
+        )
         with self._records_lock:
-            if record.arrived >= self._since:  # one that came before reset_stats is not recorded
+            if record.arrived >= self._since:
                 self.records.append(record)
 
     def _connected(self) -> int:
@@ -385,16 +407,46 @@ class MastServer:
             self.connections += 1
             return next(self._numbers)
 
-    @contextmanager
-    def _in_flight(self):
+    def _started(self) -> None:
+        """A request is being answered."""
         with self._idle:
             self._busy += 1
+
+    def _finished(self) -> None:
+        """A request was answered and recorded."""
+        with self._idle:
+            self._busy -= 1
+            self._idle.notify_all()
+
+    # -- serving --------------------------------------------------------------------------------
+    def _accept(self) -> None:
+        """Take the connections waiting (the lane's loop)."""
+        while True:
+            try:
+                sock, _ = self._httpd.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # (the server stops)
+                return
+            self._lanes.add(FileLane(self, sock, self._connected()))
+
+    def _hand_over(self, sock: socket.socket, pending: bytes, received: float, number: int) -> None:
+        """Give connection ``number`` to a thread of its own, with the bytes read of it
+        (``pending``, received at ``received``)."""
+        self._handed[sock] = (number, pending, received)
+        self._httpd.process_request(sock, sock.getpeername())
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._httpd.socket.setblocking(False)
+        self._loop.add_reader(self._httpd.socket.fileno(), self._accept)
         try:
-            yield
+            self._loop.run_forever()
         finally:
-            with self._idle:
-                self._busy -= 1
-                self._idle.notify_all()
+            self._loop.remove_reader(self._httpd.socket.fileno())
+            for lane in list(self._lanes):
+                lane.close()
+            self._loop.close()
 
     @property
     def in_flight(self) -> int:
@@ -438,16 +490,17 @@ class MastServer:
 
     def start(self) -> "MastServer":
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="mast-stand-in", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="mast-stand-in", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        """Stop serving and close the socket (connections handed to threads end with their
+        clients)."""
         if self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
+        self._httpd.server_close()
 
     def __enter__(self) -> "MastServer":
         return self.start()
@@ -487,7 +540,7 @@ def main(argv=None) -> None:
     server.faults.redirect_to = args.redirect_to
     print(server.url, flush=True)
     try:
-        server._httpd.serve_forever()
+        server._serve()
     except KeyboardInterrupt:
         pass
     finally:
