@@ -119,7 +119,7 @@ class FileLane(FileConnection):
 
     def _take_requests(self) -> None:
         faults = self.owner.faults
-        while not self.handing:
+        while not self.handing and self.sock is not None:
             end = self.received.find(b"\r\n\r\n")
             if end < 0:
                 self.handing = len(self.received) > _HEAD_LIMIT
@@ -130,7 +130,7 @@ class FileLane(FileConnection):
                 break
             del self.received[: end + 4]
             self._take(*request)
-        if self.handing:
+        if self.handing and self.sock is not None:
             self.loop.remove_reader(self.sock.fileno())
             self._hand_over_when_done()
 
@@ -139,7 +139,13 @@ class FileLane(FileConnection):
         owner = self.owner
         owner._started()
         answered = owner.faults.file_started(target_parts(target)[1], hold=False)
-        reply = file_reply(method, target, headers, owner.catalogue, owner.faults, self.open_file)
+        try:
+            reply = file_reply(method, target, headers, owner.catalogue, owner.faults, self.open_file)
+        except OSError:  # the file went away meanwhile: the connection ends, as a thread's would
+            answered()
+            owner._finished()
+            self.close()
+            return
         if method == "HEAD":
             reply.segments = []
         due = self.arrived + owner.faults.latency
