@@ -43,9 +43,10 @@ __all__ = ["Pipelined", "pipelined_ranges"]
 #: rows (~125 of a 20" box's 1000 on 8 connections) leaves in one round trip. What a server has
 #: not read yet waits in its connection's buffers (TCP holds the sender back when they fill).
 DEPTH = 256
-#: Replies handed on at once: each handing copies its rows with numpy, ~30 µs, more than the
-#: reading of a small reply.
-GROUP = 32
+#: Replies handed on at once, at most GROUP of them or GROUP_BYTES of bodies (rounded up to a
+#: reply): each handing copies its rows with numpy, ~200 µs, more than the reading of a few
+#: small replies.
+GROUP, GROUP_BYTES = 128, 8 << 20
 #: A reply's head (status line and headers) longer than this is not read as one.
 _HEAD_LIMIT = 64 * 1024
 #: Bytes read at once at most.
@@ -160,7 +161,7 @@ async def _exchange(
     reader, writer, requests, spans, on_replies, server: Server, done: Pipelined
 ) -> str | None:
     """Send ``requests`` (up to DEPTH ahead of the replies, topped up once half are answered) and
-    hand their replies to ``on_replies`` (GROUP at a time), counting in ``done``; returns why it
+    hand their replies to ``on_replies`` (a group at a time), counting in ``done``; returns why it
     stopped early, None if every reply came.
 
     Replies are parsed from what each read brings (many small replies come in one): a read and
@@ -168,6 +169,7 @@ async def _exchange(
     proven = server.pipelines
     queued = 0  # requests sent so far
     replies: list[tuple[Mapping[str, str], bytes]] = []  # read, not yet handed on
+    grouped = 0  # bytes of the replies not yet handed on
     stream = _ReplyStream()
     headers: Mapping[str, str] | None = None  # of the reply whose body is awaited
     # One deadline, moved on at each read (asyncio.wait_for would make a task per read).
@@ -198,7 +200,9 @@ async def _exchange(
                     steps.reply(len(body))
                     if at == 1 and not proven:
                         server.saw_pipelining(True)
-                    if len(replies) == GROUP:
+                    grouped += len(body)
+                    if len(replies) == GROUP or grouped >= GROUP_BYTES:
+                        grouped = 0
                         _hand_on(on_replies, replies, done)
                     closing, headers = headers.get("connection", "").lower(), None
                     if closing == "close" or (version == "HTTP/1.0" and closing != "keep-alive"):

@@ -28,6 +28,8 @@ __all__ = ["FileLane"]
 
 _READ = 256 * 1024  # bytes read at once at most
 _HEAD_LIMIT = 64 * 1024  # a request's head longer than this goes to a thread (which refuses it)
+#: Request headers that make a request one for a thread: a body, or a word on the connection.
+_NOT_PLAIN = {"content-length", "transfer-encoding", "expect", "connection"}
 _OUT_LIMIT = 1 << 20  # bytes queued for a connection at most (a whole file's reply goes by parts)
 
 
@@ -51,9 +53,7 @@ def _plain_request(head: bytes) -> tuple[str, str, _Headers] | None:
         if not sep:
             return None
         headers[name.strip().lower()] = value.strip()
-    if target_parts(words[1])[0] != DOWNLOAD_PATH or any(
-        name in headers for name in ("content-length", "transfer-encoding", "expect", "connection")
-    ):
+    if target_parts(words[1])[0] != DOWNLOAD_PATH or headers.keys() & _NOT_PLAIN:
         return None
     return words[0], words[1], headers
 
@@ -118,14 +118,14 @@ class FileLane(FileConnection):
         self._take_requests()
 
     def _take_requests(self) -> None:
-        faults = self.owner.faults
+        plain = self.owner.faults.plain_download()  # (a fault switched on meanwhile: from the next read)
         while not self.handing and self.sock is not None:
             end = self.received.find(b"\r\n\r\n")
             if end < 0:
                 self.handing = len(self.received) > _HEAD_LIMIT
                 break
             request = _plain_request(bytes(self.received[:end]))
-            if request is None or not faults.plain_download():
+            if request is None or not plain:
                 self.handing = True
                 break
             del self.received[: end + 4]

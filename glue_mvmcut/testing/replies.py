@@ -39,6 +39,9 @@ class FileReply:
     @property
     def length(self) -> int:
         """Bytes of the body."""
+        if len(self.segments) == 1:  # most replies
+            segment = self.segments[0]
+            return len(segment) if isinstance(segment, bytes) else segment[1]
         return sum(len(s) if isinstance(s, bytes) else s[1] for s in self.segments)
 
 
@@ -50,9 +53,13 @@ def target_parts(target: str) -> tuple[str, str]:
     return parts.path, parse_qs(parts.query).get("uri", [""])[0]
 
 
+_unquote = functools.lru_cache(maxsize=1024)(unquote)
+
+
 @functools.lru_cache(maxsize=64)
-def _http_date(seconds: float) -> str:
-    return email.utils.formatdate(seconds, usegmt=True)
+def _validators(size: int, mtime: float, mtime_ns: int) -> tuple[str, str]:
+    """A file's Last-Modified and ETag."""
+    return email.utils.formatdate(mtime, usegmt=True), f'"{size:x}-{mtime_ns:x}"'
 
 
 def _plain(status: int, body: bytes, content_type: str, service: str | None = "download") -> FileReply:
@@ -77,7 +84,7 @@ def file_reply(
     with the request's ``headers``, answered as ``faults`` say (ranges, redirects, lengths,
     encodings; a multi-range reply garbled as ``garble`` says). ``open_file(path, stat)`` gives
     a descriptor of a file to read."""
-    uri = unquote(target_parts(target)[1])
+    uri = _unquote(target_parts(target)[1])
     name = uri[len(URI_PREFIX) :] if uri.startswith(URI_PREFIX) else None
     path = catalogue.files.get(name)
     if path is None:
@@ -86,22 +93,21 @@ def file_reply(
     if faults.redirect_to:
         location = faults.redirect_to.rstrip("/") + target
         return FileReply(faults.redirect_status, [("Location", location), ("Content-Length", "0")])
-    stat = path.stat()
-    size = stat.st_size
+    stat = os.stat(path)
+    size, kind = stat.st_size, faults.ranges
     byte_range = headers.get("Range")
     if byte_range and faults.max_range_header and len(byte_range) > faults.max_range_header:
         return _plain(400, b"Size of a request header field exceeds server limit.", "text/plain")
-    ranged = byte_range and faults.ranges != "no-range"
+    ranged = byte_range and kind != "no-range"
     spans = parse_ranges(byte_range, size) if ranged else []
     if ranged and not spans:
         return FileReply(416, [("Content-Range", f"bytes */{size}"), ("Content-Length", "0")])
-    modified = _http_date(stat.st_mtime)
-    etag = f'"{size:x}-{stat.st_mtime_ns:x}"'
+    modified, etag = _validators(size, stat.st_mtime, stat.st_mtime_ns)
     if headers.get("If-Range") not in (None, modified, etag):
         spans = []  # the file changed since the part the client holds: all of it (RFC 9110)
-    if len(spans) > 1 and faults.ranges == "first-range":
+    if len(spans) > 1 and kind == "first-range":
         spans = spans[:1]  # like servers that honour only the first range
-    elif len(spans) > 1 and faults.ranges == "one-range":
+    elif len(spans) > 1 and kind == "one-range":
         spans = []  # like object stores: several ranges get the whole file
     reply = FileReply(206 if spans else 200, fd=open_file(path, stat))
     spans = spans or [(0, size - 1)]
@@ -112,15 +118,17 @@ def file_reply(
         reply.segments, content_type = _multipart(spans, size, garble)
     if reply.status == 206 and faults.extra_bytes:
         reply.segments.append(b"\0" * faults.extra_bytes)
-    if method == "GET" and (reply.length <= PRELOAD or faults.content_encoding):  # read it now
+    length = reply.length
+    if method == "GET" and (length <= PRELOAD or faults.content_encoding):  # read it now
         reply.segments = [b"".join(body_pieces(reply.fd, reply.segments))]
         if faults.content_encoding:
             reply.segments = [gzip.compress(reply.segments[0], mtime=0)]
+            length = len(reply.segments[0])
     reply.headers.append(("Content-Type", content_type))
     if method == "HEAD" and faults.announced_size is not None:
         reply.headers.append(("Content-Length", str(faults.announced_size)))
     elif faults.content_length:
-        reply.headers.append(("Content-Length", str(reply.length)))
+        reply.headers.append(("Content-Length", str(length)))
     else:  # the body ends where the connection does
         reply.closes = True
     reply.headers += [
@@ -130,7 +138,7 @@ def file_reply(
     ]
     if faults.content_encoding:
         reply.headers.append(("Content-Encoding", faults.content_encoding))
-    if faults.ranges != "no-range":
+    if kind != "no-range":
         reply.headers.append(("Accept-Ranges", "bytes"))
     if reply.status == 206 and len(spans) == 1:
         reply.headers.append(("Content-Range", f"bytes {spans[0][0]}-{spans[0][1]}/{size}"))
