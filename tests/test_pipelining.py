@@ -166,3 +166,56 @@ def test_replies_are_read_whatever_pieces_their_bytes_come_in():
                 got.append(body)
                 length = None
         assert got == bodies and stream.unread == 0, pieces
+
+
+def test_pipelines_go_over_tls(tmp_path, monkeypatch):
+    # An https server (as MAST and cloud storage are) that answers only once every request of
+    # the pipeline has come: a client waiting for each reply before its next request would
+    # never be answered.
+    import re
+    import ssl
+
+    import trustme
+
+    from glue_mvmcut.core import pipelining
+
+    authority = trustme.CA()
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_side)
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))  # trusted by the client's context
+    data = bytes(range(256)) * 40
+    spans = [(100 * k, 100 * k + 37) for k in range(60)]
+
+    async def answer(reader, writer):
+        heads = [await reader.readuntil(b"\r\n\r\n") for _ in spans]
+        for head in heads:
+            first, last = map(int, re.search(rb"Range: bytes=(\d+)-(\d+)", head).groups())
+            body = data[first : last + 1]
+            content_range = b"bytes %d-%d/%d" % (first, last, len(data))
+            writer.write(b"HTTP/1.1 206 Partial Content\r\nContent-Range: %s\r\n" % content_range)
+            writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    async def fetch():
+        listening = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_side)
+        port = listening.sockets[0].getsockname()[1]
+        got = []
+        async with listening:
+            done = await pipelined_ranges(
+                f"https://127.0.0.1:{port}/file",
+                spans,
+                lambda first, replies: got.extend(body for _, body in replies),
+                Server("tls"),
+            )
+        return done, got
+
+    pipelining._tls_context.cache_clear()
+    try:
+        done, got = run(fetch())
+    finally:
+        pipelining._tls_context.cache_clear()
+    assert done == Pipelined(len(spans), len(spans))
+    assert got == [data[start:stop] for start, stop in spans]

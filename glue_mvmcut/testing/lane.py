@@ -215,9 +215,7 @@ class FileLane(FileConnection):
                     return
                 del self.out[:sent]
                 self.sent += sent
-                while (
-                    self.going and self.going[0].body_end is not None and self.going[0].body_end <= self.sent
-                ):
+                while self.going and self.going[0].sent_by(self.sent):
                     self._finish(self.going.popleft())
                 if self.out:
                     self.loop.add_writer(self.sock.fileno(), self._writable)

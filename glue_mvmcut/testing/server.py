@@ -499,7 +499,9 @@ class MastServer:
         clients)."""
         if self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
+            self._thread.join()  # (the loop closes as it ends)
+        elif not self._loop.is_closed():  # never started
+            self._loop.close()
         self._httpd.server_close()
 
     def __enter__(self) -> "MastServer":
