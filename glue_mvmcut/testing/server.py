@@ -144,13 +144,6 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
             self._sent += len(body[at : at + step])
             time.sleep(step / rate)
 
-    def _redirect(self, location: str, status: int) -> None:
-        self.send_response(status)
-        self.send_header("Location", location)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-        self._record("download", status, 0, self.headers.get("Range"))
-
     def _send_json(self, obj, service=None):
         self._send_bytes(200, json.dumps(obj).encode(), service=service)
 
