@@ -1,5 +1,5 @@
-"""Glue under load: the GUI thread's largest stall and the wall time of loads 1, 2 and 5 of ~20
-Data each through the dialog, in one session, then the time to draw a subset across all of them.
+"""Glue under load: the GUI thread's largest stall and the wall time of each of five loads of 25
+Data through the dialog, in one session, then the time to draw a subset across all of them.
 For each load, the longest the GUI thread spent at once on each kind of work (timed by wrapping
 them here): adding the load's Data and links, making a viewer, showing a mosaic in it, drawing
 a canvas, and Python's garbage collection (any thread's: it holds the GIL).
