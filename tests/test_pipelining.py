@@ -3,14 +3,18 @@ pipelined on few connections (HTTP/1.1), and every way a server may take a pipel
 gives the cutout."""
 
 import asyncio
+import re
+import ssl
 from collections import defaultdict
 
 import pytest
+import trustme
 from sameness import same_as_local
 
 from glue_mvmcut import conf
+from glue_mvmcut.core import pipelining
 from glue_mvmcut.core.endpoints import file_url
-from glue_mvmcut.core.pipelining import Pipelined, pipelined_ranges
+from glue_mvmcut.core.pipelining import Pipelined, _ReplyStream, pipelined_ranges
 from glue_mvmcut.core.remote import RemoteFITS
 from glue_mvmcut.core.servers import Server, server_of
 from glue_mvmcut.core.transport import TransferStats, run
@@ -144,8 +148,6 @@ def test_a_pipeline_tells_what_one_more_request_costs(mast, lmc_archive):
 def test_replies_are_read_whatever_pieces_their_bytes_come_in():
     # Many small replies come in one read; a reply's head and body may be split anywhere, and a
     # read may end one reply and begin the next.
-    from glue_mvmcut.core.pipelining import _ReplyStream
-
     bodies = [b"first body", b"", b"the third reply's body"]
     wire = b"".join(
         b"HTTP/1.1 206 Partial Content\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body) for body in bodies
@@ -172,13 +174,6 @@ def test_pipelines_go_over_tls(tmp_path, monkeypatch):
     # An https server (as MAST and cloud storage are) that answers only once every request of
     # the pipeline has come: a client waiting for each reply before its next request would
     # never be answered.
-    import re
-    import ssl
-
-    import trustme
-
-    from glue_mvmcut.core import pipelining
-
     authority = trustme.CA()
     server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     authority.issue_cert("127.0.0.1").configure_cert(server_side)

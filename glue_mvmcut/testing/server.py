@@ -239,11 +239,10 @@ class _Handler(FileConnection, BaseHTTPRequestHandler):
         self._send_json(self.server.owner.catalogue.resolve(name), service="resolver")
 
     def _download(self):
-        parts = urlsplit(self.path)
-        if parts.path != DOWNLOAD_PATH:
+        path, file = target_parts(self.path)
+        if path != DOWNLOAD_PATH:
             self._send_bytes(404, b'{"status": "ERROR", "msg": "not found"}')
             return
-        file = parse_qs(parts.query).get("uri", [""])[0]
         with self.server.owner.faults.file_request(file) as self._answered:
             self._download_file()
 
@@ -417,9 +416,7 @@ class MastServer:
         while True:
             try:
                 sock, _ = self._httpd.socket.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # (the server stops)
+            except OSError:  # none waiting (BlockingIOError), or the server stops
                 return
             self._lanes.add(FileLane(self, sock, self._connected()))
 
