@@ -7,6 +7,7 @@ every other test off the internet).
 """
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import queue
@@ -27,6 +28,25 @@ from glue_mvmcut.testing.server import MastServer
 from glue_mvmcut.testing.synth import build_archive
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+@pytest.fixture(autouse=True)
+def _qt_objects_freed_on_the_gui_thread(request):
+    """In a test with Qt widgets, Python's cyclic garbage collector runs only on the GUI thread,
+    between tests: left to itself it runs on whichever thread allocates when a threshold is
+    crossed (a worker's, the stand-in's, the I/O loop's), and a Qt object it frees there (a
+    closed Glue window of an earlier test, a viewer) is destroyed off the GUI thread, which Qt
+    does not allow: a crash, or a deadlock, now and then, more often under load."""
+    if "qtbot" not in request.fixturenames:
+        yield
+        return
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,7 +1,8 @@
 """What the plugin's dialogs share: work on a `glue_qt.utils.threading.Worker` thread, a progress
-bar fed through a Qt signal, a Cancel button backed by a `threading.Event`, and errors shown as
-one readable line."""
+bar fed through a Qt signal, a Cancel button backed by a `threading.Event`, errors shown as one
+readable line, and Python's garbage collector kept on the GUI thread while a worker runs."""
 
+import gc
 import threading
 from pathlib import Path
 
@@ -58,6 +59,61 @@ def add_combiner_row(form: QtWidgets.QFormLayout) -> QtWidgets.QComboBox:
     return combiner
 
 
+class _CollectorOnTheGuiThread:
+    """Python's cyclic garbage collector run by a GUI-thread timer while workers run.
+
+    Left to itself the collector runs on whichever thread allocates as a threshold is crossed:
+    during a load, mostly the worker's or the I/O loop's; a Qt object it frees there (a viewer
+    the user closed, a dialog) is destroyed off the GUI thread, which Qt does not allow (a crash
+    or a deadlock, now and then). While any worker runs, automatic collection is off and a timer
+    collects the generations whose thresholds are crossed, as pyqtgraph's ``GarbageCollector``
+    does (Glue has none, and pyqtgraph is not ours to depend on). A process that had turned the
+    collector off keeps it off.
+    """
+
+    def __init__(self):
+        self._holds = 0
+        self._enabled = False  # whether the collector was on before the first hold
+        self._timer = QtCore.QTimer()  # made on the GUI thread: its timeouts run there
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(self.collect)
+
+    def hold(self) -> None:
+        """A worker starts."""
+        if not self._holds:
+            self._enabled = gc.isenabled()
+            if self._enabled:
+                gc.disable()
+                self._timer.start()
+        self._holds += 1
+
+    def release(self) -> None:
+        """A worker ended."""
+        self._holds -= 1
+        if not self._holds and self._enabled:
+            self._timer.stop()
+            gc.enable()
+
+    @staticmethod
+    def collect() -> None:
+        """Collect the oldest generation whose threshold is crossed, as the collector would."""
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        for generation in (2, 1, 0):
+            if thresholds[generation] and counts[generation] > thresholds[generation]:
+                gc.collect(generation)
+                return
+
+
+_collector: _CollectorOnTheGuiThread | None = None
+
+
+def _the_collector() -> _CollectorOnTheGuiThread:
+    global _collector
+    if _collector is None:
+        _collector = _CollectorOnTheGuiThread()
+    return _collector
+
+
 class WorkerDialog(QtWidgets.QDialog):
     """A dialog that runs long steps off the GUI thread.
 
@@ -76,7 +132,7 @@ class WorkerDialog(QtWidgets.QDialog):
         self.progress = QtWidgets.QProgressBar()
         self.status = QtWidgets.QLabel()
         self.status.setWordWrap(True)
-        self._worker = None
+        self._workers = []  # running, or not long finished: a QThread dropped while it runs aborts
         self._cancel = threading.Event()
         self._progress = _Progress()
         self._progress.changed.connect(self._on_progress)
@@ -96,10 +152,15 @@ class WorkerDialog(QtWidgets.QDialog):
             self._cancel.clear()
             kwargs.update(progress=self._progress.changed.emit, cancel=self._cancel.is_set)
         self.cancel_button.setEnabled(cancellable)
-        self._worker = Worker(func, *args, **kwargs)
-        self._worker.result.connect(on_result)
-        self._worker.error.connect(self._on_error)
-        self._worker.start()
+        self._workers = [w for w in self._workers if not w.isFinished()]
+        worker = Worker(func, *args, **kwargs)
+        worker.result.connect(self._ended)
+        worker.error.connect(self._ended)
+        worker.result.connect(on_result)
+        worker.error.connect(self._on_error)
+        self._workers.append(worker)
+        _the_collector().hold()
+        worker.start()
 
     def finish(self, message: str, *, error: bool = False, done: bool = True) -> None:
         """Show ``message`` (in red for an error) and make the dialog ready for the next step; the
@@ -132,6 +193,9 @@ class WorkerDialog(QtWidgets.QDialog):
         self.progress.setRange(0, total)
         self.progress.setValue(done)
         self.status.setText(message)
+
+    def _ended(self, _) -> None:
+        _the_collector().release()
 
     def _on_error(self, exc_info) -> None:
         self.show_error(exc_info[1])
