@@ -154,8 +154,7 @@ class WorkerDialog(QtWidgets.QDialog):
         self.cancel_button.setEnabled(cancellable)
         self._workers = [w for w in self._workers if not w.isFinished()]
         worker = Worker(func, *args, **kwargs)
-        worker.result.connect(self._ended)
-        worker.error.connect(self._ended)
+        worker.finished.connect(self._ended)  # however the thread ends (queued to the GUI thread)
         worker.result.connect(on_result)
         worker.error.connect(self._on_error)
         self._workers.append(worker)
@@ -194,7 +193,7 @@ class WorkerDialog(QtWidgets.QDialog):
         self.progress.setValue(done)
         self.status.setText(message)
 
-    def _ended(self, _) -> None:
+    def _ended(self) -> None:
         _the_collector().release()
 
     def _on_error(self, exc_info) -> None:
