@@ -163,6 +163,22 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument(
         "--workers", type=int, metavar="N", help="threads on this machine (default: 4 per core, at most 16)"
     )
+    where = batch.add_mutually_exclusive_group()
+    where.add_argument(
+        "--processes",
+        action="store_const",
+        const=True,
+        dest="processes",
+        help="run on a process per core (the default for batches of more than 32 targets to run)",
+    )
+    where.add_argument(
+        "--threads",
+        action="store_const",
+        const=False,
+        dest="processes",
+        help="run on threads in this process only (the default for smaller batches: processes take "
+        "seconds to start)",
+    )
     batch.add_argument(
         "--scheduler", metavar="ADDRESS", help="run on an existing Dask cluster, e.g. tcp://host:8786"
     )
@@ -378,6 +394,7 @@ def _batch(args) -> int:
             filters=_split(args.filters),
             scheduler=args.scheduler,
             workers=args.workers,
+            processes=args.processes,
             retry_failed=args.retry_failed,
             combine=args.combine,
             resample=args.resample,

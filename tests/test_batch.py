@@ -14,7 +14,7 @@ from together import at_once
 
 from glue_mvmcut import Cancelled, InvalidTargetsError, MVMCutError
 from glue_mvmcut.cli import main
-from glue_mvmcut.core.batch import MANIFEST, cutout_batch, read_targets
+from glue_mvmcut.core.batch import MANIFEST, PROCESSES_ABOVE, cutout_batch, local_cluster, read_targets
 from glue_mvmcut.core.endpoints import using_server
 from glue_mvmcut.core.files import fits_problem
 from glue_mvmcut.core.fitsheaders import LAYER_HEADERS
@@ -323,6 +323,41 @@ def test_mvmcut_batch_prints_a_summary_and_fails_when_a_target_failed(mast, cach
     )
     report = json_line(capsys.readouterr().out)
     assert (report["targets"], report["done"], report["run_now"], report["bytes_fetched"]) == (3, 1, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("cores", "targets", "workers", "processes", "expected"),
+    [
+        (2, PROCESSES_ABOVE, None, None, (1, 8, False)),  # a small batch: threads start at once
+        (2, PROCESSES_ABOVE + 1, None, None, (2, 4, True)),  # a process per core, 8 threads in all
+        (1, 1000, None, None, (1, 4, False)),  # one core: nothing to win
+        (2, 3, 3, True, (2, 1, True)),
+        (8, 1000, 4, None, (4, 1, True)),  # no more processes than threads asked for
+        (2, 1000, None, False, (1, 8, False)),
+    ],
+)
+def test_the_local_cluster_runs_processes_for_large_batches(
+    monkeypatch, cores, targets, workers, processes, expected
+):
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    options = local_cluster(targets, workers, processes)
+    assert (options["n_workers"], options["threads_per_worker"], options["processes"]) == expected
+
+
+def test_mvmcut_batch_on_processes_writes_what_it_writes_on_threads(mast, cache, tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("id,ra,dec\na,84.9208,-69.1467\nb,84.9215,-69.1460\n")
+    for where in ("--threads", "--processes"):
+        args = ["batch", str(tmp_path / "t.csv"), "--size", "2", "--filters", "f658n", "--workers", "2"]
+        assert main([*args, "--out", str(tmp_path / where.strip("-")), where]) == 0
+    assert capsys.readouterr().out.startswith("2 targets: 2 done")
+    for target in ("a", "b"):
+        names = sorted(p.name for p in (tmp_path / "threads" / target).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "processes" / target).iterdir())
+        assert sum(name.endswith(".fits") for name in names) >= 2
+        match, mismatch, errors = filecmp.cmpfiles(
+            tmp_path / "threads" / target, tmp_path / "processes" / target, names, shallow=False
+        )
+        assert (mismatch, errors) == ([], [])
 
 
 def json_line(text: str) -> dict:

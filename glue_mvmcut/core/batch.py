@@ -1,7 +1,7 @@
 """Many targets: the cutouts and mosaics of every row of a table, run on Dask.
 
 `cutout_batch` reads a target table (`~glue_mvmcut.core.targets`), plans the work and runs it
-on a ``dask.distributed`` cluster (an in-process one by default, or an existing one), in three
+on a ``dask.distributed`` cluster (a local one by default, or an existing one), in three
 rounds of tasks:
 
 1. one MAST query per group of nearby targets (`~glue_mvmcut.core.mast.query_layers_near`),
@@ -41,7 +41,16 @@ from .pipeline import checked_combiner, cutout_mosaic
 from .targets import Target, read_targets
 from .transport import TransferStats
 
-__all__ = ["MANIFEST", "STATUSES", "Target", "read_targets", "cutout_batch", "default_workers"]
+__all__ = [
+    "MANIFEST",
+    "PROCESSES_ABOVE",
+    "STATUSES",
+    "Target",
+    "read_targets",
+    "cutout_batch",
+    "default_workers",
+    "local_cluster",
+]
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +176,37 @@ def _reason(exc: BaseException) -> str:
 
 
 # -- the driver -----------------------------------------------------------------------------------
+#: Batches of more targets than this run on a process per core by default. Threads in one process
+#: share its GIL: 5.4-5.5 targets/s of 20" here (2 cores, stand-in at 20 ms), against 7.8-8.9
+#: on two processes of four threads, which take ~2.7 s to start (benchmarks/README.md): the
+#: processes are quicker from ~35 targets on.
+PROCESSES_ABOVE = 32
+
+
 def default_workers() -> int:
-    """Threads of the default in-process cluster: the work mostly waits on the network."""
+    """Threads of the default local cluster, all processes together: the work mostly waits on
+    the network."""
     return min(16, 4 * (os.cpu_count() or 1))
 
 
-def _client(scheduler, workers: int | None, dashboard: bool = False):
-    """(client, cluster): a client of ``scheduler``, or of a new in-process cluster (with a
-    dashboard on a free port if asked), and the cluster this function started (None for an
-    existing one)."""
+def local_cluster(targets: int, workers: int | None = None, processes: bool | None = None) -> dict:
+    """`distributed.LocalCluster`'s arguments for a batch of ``targets`` targets: ``workers``
+    threads in all (default `default_workers`), on a process per core if ``processes`` (default:
+    with more than one core, for more than `PROCESSES_ABOVE` targets), else in this process."""
+    cores = os.cpu_count() or 1
+    threads = workers or default_workers()
+    if processes is None:
+        processes = cores > 1 and targets > PROCESSES_ABOVE
+    if not processes:
+        return {"n_workers": 1, "threads_per_worker": threads, "processes": False}
+    n_workers = min(cores, threads)
+    return {"n_workers": n_workers, "threads_per_worker": max(1, threads // n_workers), "processes": True}
+
+
+def _client(scheduler, cluster_options: dict, dashboard: bool = False):
+    """(client, cluster): a client of ``scheduler``, or of a new local cluster of
+    ``cluster_options`` (`local_cluster`; with a dashboard on a free port if asked), and the
+    cluster this function started (None for an existing one)."""
     import dask
     from distributed import Client, LocalCluster
 
@@ -195,9 +226,7 @@ def _client(scheduler, workers: int | None, dashboard: bool = False):
         # (seen in a test run: every thread waiting for the GIL). Nothing here reads its profiles.
         with dask.config.set({"distributed.worker.profile.enabled": False}):
             cluster = LocalCluster(
-                n_workers=1,
-                threads_per_worker=workers or default_workers(),
-                processes=False,
+                **cluster_options,
                 # The scheduler serves HTTP (health, metrics) even without a dashboard, on 8787
                 # unless told otherwise, and fails to start if that port is taken: a free one.
                 dashboard_address=":0",
@@ -257,6 +286,7 @@ def cutout_batch(
     filters: Sequence[str] | None = None,
     scheduler=None,
     workers: int | None = None,
+    processes: bool | None = None,
     retry_failed: bool = False,
     combine: bool = True,
     resample: str = "exact",
@@ -282,10 +312,13 @@ def cutout_batch(
         Defaults for rows without their own.
     scheduler : str or `distributed.Client`, optional
         An existing Dask cluster (``"tcp://host:8786"`` or a client). Its workers must be able
-        to reach the archive and write to ``out_dir`` (a shared file system). Default: an
-        in-process cluster of ``workers`` threads.
+        to reach the archive and write to ``out_dir`` (a shared file system). Default: a local
+        cluster (`local_cluster`) of ``workers`` threads.
     workers : int, optional
-        Threads of the default cluster (default `default_workers`).
+        Threads of the default cluster, all its processes together (default `default_workers`).
+    processes : bool, optional
+        Whether the default cluster runs a process per core (True) or threads in this process
+        only (False); default: processes for more than `PROCESSES_ABOVE` targets to run.
     retry_failed : bool, optional
         Run the targets that failed before again. Targets whose folder is complete and verifies
         never run again unless they now ask for another box, instruments or filters; targets
@@ -334,7 +367,7 @@ def cutout_batch(
             return Table.read(write_manifest(out, records, meta), format="ascii.ecsv")
         from distributed import Client, Event
 
-        client, cluster = _client(scheduler, workers, dashboard)
+        client, cluster = _client(scheduler, local_cluster(len(todo), workers, processes), dashboard)
         stop = Event(f"mvmcut-cancel-{uuid.uuid4().hex}", client=client)
         options = {
             "combine": combine,
