@@ -177,10 +177,10 @@ def _reason(exc: BaseException) -> str:
 
 # -- the driver -----------------------------------------------------------------------------------
 #: Batches of more targets than this run on a process per core by default. Threads in one process
-#: share its GIL: 5.4-5.5 targets/s of 20" here (2 cores, stand-in at 20 ms), against 7.8-8.9
-#: on two processes of four threads, which take ~2.7 s to start (benchmarks/README.md): the
-#: processes are quicker from ~35 targets on.
-PROCESSES_ABOVE = 32
+#: share its GIL: 5.4-6.4 targets/s of 20" here (2 cores, stand-in at 20 ms), against 8.5-8.9 on
+#: two processes of four threads once started, which takes them ~2.7-3 s (benchmarks/README.md):
+#: the processes are quicker from 40-75 targets on.
+PROCESSES_ABOVE = 64
 
 
 def default_workers() -> int:
