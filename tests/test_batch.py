@@ -344,11 +344,23 @@ def test_the_local_cluster_runs_processes_for_large_batches(
     assert (options["n_workers"], options["threads_per_worker"], options["processes"]) == expected
 
 
-def test_mvmcut_batch_on_processes_writes_what_it_writes_on_threads(mast, cache, tmp_path, capsys):
+def test_mvmcut_batch_on_processes_writes_what_it_writes_on_threads(
+    mast, cache, tmp_path, capsys, monkeypatch
+):
+    from glue_mvmcut.core import batch
+
+    clusters = []
+
+    def chosen(*args):
+        clusters.append(local_cluster(*args))
+        return clusters[-1]
+
+    monkeypatch.setattr(batch, "local_cluster", chosen)
     (tmp_path / "t.csv").write_text("id,ra,dec\na,84.9208,-69.1467\nb,84.9215,-69.1460\n")
     for where in ("--threads", "--processes"):
         args = ["batch", str(tmp_path / "t.csv"), "--size", "2", "--filters", "f658n", "--workers", "2"]
         assert main([*args, "--out", str(tmp_path / where.strip("-")), where]) == 0
+    assert [c["processes"] for c in clusters] == [False, True]
     assert capsys.readouterr().out.startswith("2 targets: 2 done")
     for target in ("a", "b"):
         names = sorted(p.name for p in (tmp_path / "threads" / target).iterdir())

@@ -255,8 +255,10 @@ class ThreadWork:
         if watcher is None:
             return
         on_gui = threading.current_thread() is threading.main_thread()
-        if event == "open" and isinstance(args[0], str) and args[0].startswith(watcher.folder):
-            watcher.opened.append((on_gui, Path(args[0]).name))
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):  # not a descriptor
+            path = os.fsdecode(args[0])
+            if path.startswith(watcher.folder):
+                watcher.opened.append((on_gui, Path(path).name))
         elif event == "socket.connect":
             watcher.connected.append((on_gui, args[1]))
 
