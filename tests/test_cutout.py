@@ -1,5 +1,7 @@
 """cut_layer: pixel-exact SCI+WHT cutouts from local MVM layers."""
 
+import warnings
+
 import astropy.units as u
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from astropy.wcs import WCS
 
 from glue_mvmcut import NotMVMFileError, OutsideFootprintError
 from glue_mvmcut.core.cutout import cut_layer
-from glue_mvmcut.core.fitsheaders import celestial_wcs, edited_header, plain_wcs
+from glue_mvmcut.core.fitsheaders import HDUInfo, celestial_wcs, edited_header, hdu_with_header, plain_wcs
 
 LMC = SkyCoord(84.9208, -69.1467, unit="deg")
 F814W = "hst_skycell-p0081x14y15_acs_wfc_f814w_all_drc.fits"
@@ -223,6 +225,30 @@ def test_cutout_headers_are_edited_as_astropy_sets_keywords():
         assert edited.tostring() == expected.tostring()
         assert [type(edited[keyword]) for keyword, *_ in settings] == [type(v) for _, v, *_ in settings]
     assert edited.comments["NAXIS1"] == "length of data axis 1" and len(edited) == len(header)
+
+
+def test_cutout_headers_hold_a_layers_cards_fixed_as_astropy_writes_them_verified_once(tmp_path):
+    # A remote layer's header text is verified once (astropy re-verified every card of every
+    # cutout as it wrote it): cards astropy fixes when writing come out fixed all the same.
+    cards = [f"{keyword:8}= {value:>20}" for keyword, value in (("SIMPLE", "T"), ("BITPIX", 8), ("NAXIS", 0))]
+    cards += ["EXPTIME =             1.5e-193", "date-obs= '2020-01-01'", "END"]
+    text = "".join(card.ljust(80) for card in cards).ljust(2880).encode("ascii")
+    expected = fits.Header.fromstring(text.decode("ascii"))
+    expected["NEW"] = 1
+    with warnings.catch_warnings(record=True) as astropys:
+        warnings.simplefilter("always")
+        expected_text = expected.tostring()
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
+        edited = edited_header(HDUInfo.read(text, 0, len(text)), [("NEW", 1)])
+    assert edited.tostring() == expected_text
+    assert [str(w.message) for w in ours] == [str(w.message) for w in astropys]
+    assert "EXPTIME =             1.5E-193" in expected_text and "DATE-OBS= '2020-01-01'" in expected_text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same layer's next cutout: its cards verified already
+        again = edited_header(HDUInfo.read(text, 0, len(text)), [("NEW", 2)])
+        hdu_with_header(fits.PrimaryHDU, again).writeto(tmp_path / "again.fits", output_verify="ignore")
+    assert fits.getheader(tmp_path / "again.fits")["DATE-OBS"] == "2020-01-01"
 
 
 TWO = SkyCoord(182.2, 26.0, unit="deg")
