@@ -27,6 +27,7 @@ ORDER = [
     "core.fitsheaders",
     "core.files",
     "core.fitsfile",
+    "core.ecsvfile",
     "core.layers",
     "core.servers",
     "core.endpoints",

@@ -27,6 +27,7 @@ from .combiners import Combiner, combiner_name
 from .coords import box_radius, parse_size
 from .cutout import cut_local, cut_remote, has_data
 from .download import download_layer
+from .ecsvfile import write_ecsv
 from .errors import Cancelled, CompressedLayerError, OutsideFootprintError
 from .files import PART, folder_lock, remove_stale_parts, writable_folder, write_atomically
 from .fitsfile import file_of, write_fits
@@ -136,9 +137,9 @@ def query_table_name(coord: SkyCoord, size: u.Quantity) -> str:
 
 
 def write_query_table(table: Table, coord: SkyCoord, size: u.Quantity, out_dir) -> Path:
-    """Write the query table under `query_table_name`, atomically."""
+    """Write the query table under `query_table_name` (as astropy writes ECSV), atomically."""
     target = Path(out_dir) / query_table_name(coord, size)
-    return write_atomically(target, lambda path: table.write(path, format="ascii.ecsv", overwrite=True))
+    return write_atomically(target, lambda path: write_ecsv(table, path))
 
 
 def _check_cancel(cancel: Callable[[], bool] | None) -> None:
