@@ -115,6 +115,33 @@ def test_load_mvm_adds_linked_data_and_subsets_cross_grids(mast, cache):
     assert cutout.subsets[0].to_mask().sum() == 50 * 50
 
 
+@pytest.mark.parametrize("block_mb", [None, 0.05], ids=["held", "memory-mapped"])
+def test_a_band_of_one_cutout_loads_once_as_its_mosaic(mast, tmp_path, block_mb):
+    """One skycell's two F814W layers (two bands): each band's single cutout stands for its
+    mosaic on disk, and in the result when memory-mapped (else the mosaic is made when asked
+    for): a mosaic Data each, of the file's pixels; the cutouts' own Data only when held."""
+    from glue_mvmcut.core.config import conf
+    from glue_mvmcut.core.mast import query_layers
+
+    table = query_layers(LMC, 20, filters=["f814w"])
+    one = table[["p0081x15y15" in name for name in table["productFilename"]]]
+    collection = DataCollection()
+    with conf.set_temp("block_mb", block_mb or conf.block_mb):
+        new = load_mvm(collection, LMC, 20, layers=one, out_dir=tmp_path)
+    mosaics = ["ACS/WFC F814W jbp505jg mosaic", "ACS/WFC F814W mosaic"]
+    cutouts = ["ACS/WFC F814W jbp505jg p0081x15y15", "ACS/WFC F814W p0081x15y15"]
+    assert [d.label for d in new] == (mosaics if block_mb else mosaics + cutouts)
+    files = sorted(p.name for p in tmp_path.glob("*.fits"))
+    assert len(files) == 2 and all(name.startswith("hst_cutout_skycell-p0081x15y15-") for name in files)
+    for data in new[2:]:  # held: the cutouts' Data, each of its file
+        with fits.open(tmp_path / data.meta["FILENAME"]) as written:
+            np.testing.assert_array_equal(data["SCI"], written["SCI"].data)
+    standing = new[2:] if not block_mb else new  # the Data whose file stands for each mosaic
+    assert sorted(d.meta["FILENAME"] for d in standing) == files
+    for mosaic, cutout in zip(new[:2], standing, strict=True):
+        np.testing.assert_array_equal(mosaic["SCI"], cutout["SCI"])
+
+
 def test_box_from_pixels_on_a_mosaic(written):
     from astropy.wcs import WCS
 

@@ -166,9 +166,15 @@ def test_a_band_of_one_cutout_written_by_blocks_is_its_own_mosaic(mast, tmp_path
         blocks = cutout_mosaic(LMC, 20, layers=one_skycell, out_dir=tmp_path / "blocks")
     assert len(blocks.cutouts) == len(blocks.mosaics) == 5
     assert [blocks.mosaics[band] for band in blocks.mosaics] == blocks.cutouts  # the very cutouts
-    assert all(
-        mosaic is not cutout for mosaic, cutout in zip(held.mosaics.values(), held.cutouts, strict=True)
-    )
+    # Held in memory: each band's mosaic is made when first asked for (no file), once.
+    assert len(held.mosaics) == 5 and held.paths["mosaics"] == held.paths["cutouts"]
+    made = list(held.mosaics.values())
+    assert all(mosaic is not cutout for mosaic, cutout in zip(made, held.cutouts, strict=True))
+    assert all(m[0].header["FILENAME"].startswith("hst_combined_skycells-") for m in made)
+    assert all(again is first for again, first in zip(held.mosaics.values(), made, strict=True))
+    assert len(list((tmp_path / "held").iterdir())) == 6  # the table, 5 cutouts
+    for mosaic, cutout in zip(made, held.cutouts, strict=True):
+        np.testing.assert_array_equal(mosaic["SCI"].data, cutout["SCI"].data)
     assert blocks.paths["mosaics"] == blocks.paths["cutouts"]
     assert [p.name for p in blocks.files()] == [p.name for p in held.files()]  # the table, 5 cutouts
     assert len(list((tmp_path / "blocks").iterdir())) == 6

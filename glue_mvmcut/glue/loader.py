@@ -72,10 +72,11 @@ def is_mvm_fits(filename, **kwargs) -> bool:
         return False
 
 
-def label_for(hdul: fits.HDUList, filename: str | None = None) -> str:
-    """ "ACS/WFC F814W mosaic" for a mosaic, "ACS/WFC F814W p0081x14y15" for a layer or cutout."""
+def label_for(hdul: fits.HDUList, filename: str | None = None, *, mosaic: bool = False) -> str:
+    """ "ACS/WFC F814W mosaic" for a mosaic (or a cutout standing for its band's mosaic, if
+    ``mosaic``), "ACS/WFC F814W p0081x14y15" for a layer or cutout."""
     name = parse_product_name(filename or str(hdul[0].header.get("FILENAME", "")))
-    where = "mosaic" if isinstance(name, CombinedName) else name.skycell.name
+    where = "mosaic" if mosaic or isinstance(name, CombinedName) else name.skycell.name
     return f"{name.label()} {where}"
 
 
@@ -180,9 +181,13 @@ def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -
     """Glue Data for a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) and the
     links tying them to each other and to ``roots`` (`link_roots` of the data collection they
     will join). Builds Data and links only: safe on a worker thread; add with `add_prepared`."""
-    new = [mvm_data(hdul) for hdul in result.mosaics.values()]
+    mosaics = list(result.mosaics.values())
+    # A band's single cutout may stand for its mosaic (memory-mapped, products="both"): one
+    # Data, a mosaic's.
+    standing = {id(hdul) for hdul in mosaics} & {id(hdul) for hdul in result.cutouts}
+    new = [mvm_data(hdul, label_for(hdul, mosaic=id(hdul) in standing)) for hdul in mosaics]
     if cutouts:
-        new += [mvm_data(hdul) for hdul in result.cutouts]
+        new += [mvm_data(hdul) for hdul in result.cutouts if id(hdul) not in standing]
     return Prepared(new, wcs_links(new, roots), title or box_title(result.coord, result.size))
 
 
