@@ -169,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_const",
         const=True,
         dest="processes",
-        help="run on a process per core (the default for batches of more than 64 targets to run)",
+        help="run on a process per core (the default for batches of more than 128 targets to run)",
     )
     where.add_argument(
         "--threads",

@@ -177,10 +177,10 @@ def _reason(exc: BaseException) -> str:
 
 # -- the driver -----------------------------------------------------------------------------------
 #: Batches of more targets than this run on a process per core by default. Threads in one process
-#: share its GIL: 5.4-6.4 targets/s of 20" here (2 cores, stand-in at 20 ms), against 8.5-8.9 on
-#: two processes of four threads once started, which takes them ~2.7-3 s (benchmarks/README.md):
-#: the processes are quicker from 40-75 targets on.
-PROCESSES_ABOVE = 64
+#: share its GIL; two processes take ~2.5-3 s to start. Targets of 20" per second here (2 cores,
+#: stand-in at 20 ms, start counted; benchmarks/README.md): 100 targets, threads 9.9-10.6 and
+#: processes 8.8-9.2; 200 targets, threads 9.0-9.8 and processes 12.3-12.8.
+PROCESSES_ABOVE = 128
 
 
 def default_workers() -> int:
