@@ -17,13 +17,15 @@ skycell p1889x07y13), as wide as real MVM layers: rows of a box lie 84 KB apart 
 
 ``--throughput``: a 600" box cut into files (``cutout_mosaic(out_dir=..., products="cutouts")``,
 by blocks of rows) from the multipart server, against one sequential read of as many bytes from
-the same server.
+the same server written to a file; and the same cut held in memory against the read held in
+memory (the first pair's time includes the disk's, the second's does not).
 
 Reference time: one Range request for as many bytes as the cutout's pixels + headers.
 """
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -181,40 +183,54 @@ def _run(layers, coord, size, mode: str, cache: Path, repeats: int = 10):
     return stats, min(cold), min(warm), peak
 
 
-def _sequential_seconds(url: str, nbytes: int) -> float:
-    """One Range request for ``nbytes`` from the file's start, read as it comes (16 MB at a time)."""
-    with http_session() as session:
+def _sequential_seconds(url: str, nbytes: int, into: Path | None = None) -> float:
+    """One Range request for ``nbytes`` from the file's start, read as it comes (16 MB at a
+    time), into memory or written to the file ``into``."""
+    with http_session() as session, open(into or os.devnull, "wb") as file:
         start = time.perf_counter()
         with session.get(url, headers={"Range": f"bytes=0-{nbytes - 1}"}, stream=True) as reply:
-            for _ in reply.iter_content(16 << 20):
-                pass
+            for chunk in reply.iter_content(16 << 20):
+                if into is not None:
+                    file.write(chunk)
         return time.perf_counter() - start
 
 
 def _throughput(archive_dir: Path, archive, coord, size: float = 600, repeats: int = 3) -> None:
-    """A ``size`` box cut into files, and one sequential read of as many bytes (best of
-    ``repeats`` each, in turns)."""
-    print(f'\n{size:g}" box cut into files against one sequential read of as many bytes\n')
-    print("| box | cut: bytes | cut: seconds | cut: MB/s | one read: seconds | one read: MB/s | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    """A ``size`` box cut into files and held in memory, against one sequential read of as many
+    bytes written to a file and held in memory (best of ``repeats`` each, in turns; what was
+    written is synced to disk before each is timed)."""
+    print(f'\n{size:g}" box cut against one sequential read of as many bytes, into files and in memory\n')
+    print("| box | bytes | into | cut: seconds | cut: MB/s | one read: seconds | one read: MB/s | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    times = {"files": ([], []), "memory": ([], [])}
     with served(archive_dir), tempfile.TemporaryDirectory() as work:
         layers = query_layers(coord, size)
         url = file_url(f"mast:HST/product/{archive.layers[0].filename}")
-        cut, read, moved = [], [], 0
+        moved = 0
         for k in range(repeats):
-            forget_headers()
-            start = time.perf_counter()
-            result = cutout_mosaic(
-                coord, size, layers=layers, out_dir=Path(work) / str(k), products="cutouts"
-            )
-            cut.append(time.perf_counter() - start)
-            moved = result.stats.bytes
-            read.append(_sequential_seconds(url, min(moved, archive.layers[0].size)))
-    rate, sequential = moved / min(cut) / 1e6, moved / min(read) / 1e6
-    print(
-        f'| {size:g}" | {moved / 1e6:.0f} MB | {min(cut):.2f} | {rate:.0f} | {min(read):.2f} | '
-        f"{sequential:.0f} | {rate / sequential:.2f} |"
-    )
+            for into in times:
+                out = Path(work) / f"{into}{k}"
+                forget_headers()
+                os.sync()
+                start = time.perf_counter()
+                result = cutout_mosaic(
+                    coord, size, layers=layers, out_dir=out if into == "files" else None, products="cutouts"
+                )
+                times[into][0].append(time.perf_counter() - start)
+                moved = result.stats.bytes
+                del result
+                shutil.rmtree(out, ignore_errors=True)
+                os.sync()
+                read_into = Path(work) / "read.bin" if into == "files" else None
+                times[into][1].append(_sequential_seconds(url, min(moved, archive.layers[0].size), read_into))
+                if read_into is not None:
+                    read_into.unlink()
+    for into, (cut, read) in times.items():
+        rate, sequential = moved / min(cut) / 1e6, moved / min(read) / 1e6
+        print(
+            f'| {size:g}" | {moved / 1e6:.0f} MB | {into} | {min(cut):.2f} | {rate:.0f} | {min(read):.2f} | '
+            f"{sequential:.0f} | {rate / sequential:.2f} |"
+        )
 
 
 def main() -> None:
