@@ -325,7 +325,8 @@ class Mosaics(Mapping):
 
     def __getitem__(self, band: Band) -> fits.HDUList:
         if band in self._later:
-            self._made[band] = self._later.pop(band)()
+            self._made[band] = self._later[band]()
+            del self._later[band]
         return self._made[band]
 
     def __iter__(self) -> Iterator[Band]:
