@@ -51,8 +51,8 @@ def _layout(table: Table) -> tuple | None:
         if isinstance(column, MaskedColumn) and column.info.serialize_method["ecsv"] != "null_value":
             return None
         info = column.info
-        columns.append((info.name, column.dtype.str, type(column), info.unit, info.format, info.description))
-        columns.append(repr(info.meta))
+        attributes = (info.unit, info.format, info.description, repr(info.meta))
+        columns.append((info.name, column.dtype.str, type(column), *attributes))
     return tuple(columns), repr(table.meta)
 
 
