@@ -248,7 +248,13 @@ def main() -> None:
         archive = build_archive(archive_dir, WIDE)
         _throughput(archive_dir, archive, SkyCoord(WIDE.ra, WIDE.dec, unit="deg"))
         return
-    os.environ["MVMCUT_CACHE_DIR"] = tempfile.mkdtemp(prefix="mvmcut-bench-cache-")  # MAST's answers
+    with tempfile.TemporaryDirectory(prefix="mvmcut-bench-cache-") as answers:
+        os.environ["MVMCUT_CACHE_DIR"] = answers  # MAST's answers, and nothing left behind
+        _table(archive_dir, field, sizes)
+
+
+def _table(archive_dir: Path, field, sizes) -> None:
+    """The table of bytes, requests and seconds for every box, server kind and mode."""
     started = time.perf_counter()
     archive = build_archive(archive_dir, field)
     built = time.perf_counter() - started

@@ -80,7 +80,12 @@ def wait_until(condition, timeout=300.0):
 
 
 def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="mvmcut-bench-glue-"))
+    with tempfile.TemporaryDirectory(prefix="mvmcut-bench-glue-") as folder:
+        _loads(Path(folder))
+
+
+def _loads(work: Path) -> None:
+    """Five loads through the dialog and a subset across them, with everything under ``work``."""
     archive = build_archive(work / "archive", "lmc")
     QtCore.QSettings.setPath(QtCore.QSettings.NativeFormat, QtCore.QSettings.UserScope, str(work / "cfg"))
     time_the_work()
