@@ -1,5 +1,6 @@
 """The Qt-free Glue side: data factory, labels, load_mvm and WCS links that carry subsets."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -285,6 +286,88 @@ def test_link_updates_find_what_glues_own_find(written):
     assert ours[collection.index(c)][1] == {id(a): [0, 1], id(b): [0, 1], id(swapped): [1, 0]}
     assert sum(len(aligned) for _, aligned in ours) == 12  # a, b, c and s with each other only
     assert min(len(derived) for derived, _ in ours[:60]) > 200  # the WCS-linked images: everything
+
+
+def test_link_updates_go_on_from_the_last_and_start_over_when_links_go(monkeypatch):
+    """After every update each Data derives what Glue's own link discovery finds at that point,
+    each component by as few links, and is pixel-aligned with the same Data. While links and
+    Data are only added (loads, one bridging two groups, a shortcut), only new Data are searched
+    from scratch; once a link or a Data goes away, all are."""
+    from glue.core.link_helpers import LinkSame, LinkTwoWay
+    from glue.core.link_manager import discover_links, equivalent_pixel_cids
+
+    from glue_mvmcut.glue.links import LinkIndex, fast_link_updates
+
+    fast_link_updates()
+    searched = []
+    derivable = LinkIndex.derivable
+    monkeypatch.setattr(
+        LinkIndex, "derivable", lambda index, data: searched.append(data.label) or derivable(index, data)
+    )
+
+    def tie(one, other):  # both pixel axes, each a factor of 2 (not an identity)
+        return [
+            LinkTwoWay(p, q, functools.partial(np.multiply, 2), functools.partial(np.multiply, 0.5))
+            for p, q in zip(one.pixel_component_ids, other.pixel_component_ids, strict=True)
+        ]
+
+    def depths(data, found):
+        def depth(cid):
+            if cid in data.main_components + data.coordinate_components:
+                return 0
+            return 1 + max(depth(c) for c in found[cid].get_from_ids())
+
+        return {cid: depth(cid) for cid in found}
+
+    def state():
+        """Ours, checked against Glue's own: Data -> (derived component -> steps, aligned Data)."""
+        manager = collection._link_manager
+        links = manager._links | manager._inverse_links
+        outcome = {}
+        for data in collection:
+            ours = depths(data, {cid: c.link for cid, c in data._externally_derivable_components.items()})
+            assert ours == depths(data, discover_links(data, links)), data.label
+            aligned = {o.label: order for o, order in data._pixel_aligned_data.items()}
+            glues = {o.label: equivalent_pixel_cids(o, data) for o in collection if o is not data}
+            assert aligned == {label: order for label, order in glues.items() if order is not None}
+            outcome[data.label] = (sorted((c.parent.label, n) for c, n in ours.items()), aligned)
+        searched.clear()
+        return outcome
+
+    a, b, c, d, e = (Data(label=name, x=np.zeros((2, 3))) for name in "abcde")
+    collection = DataCollection([a, b, c, d])
+    with collection.delay_link_manager_update():
+        collection.add_link(tie(a, b) + tie(c, d))  # two groups
+    assert sorted(searched) == ["a", "b", "c", "d"]
+    assert state()["a"] == ([("b", 1), ("b", 1)], {})
+    kept = dict(a._externally_derivable_components)
+
+    with collection.delay_link_manager_update():  # a load bridging them
+        collection.append(e)
+        collection.add_link(tie(b, e) + tie(e, c))
+    assert searched == ["e"]
+    assert state()["a"] == ([("b", 1)] * 2 + [("c", 3)] * 2 + [("d", 4)] * 2 + [("e", 2)] * 2, {})
+    assert all(a._externally_derivable_components[cid] is component for cid, component in kept.items())
+
+    shortcut = [LinkSame(p, q) for p, q in zip(a.pixel_component_ids, c.pixel_component_ids, strict=True)]
+    collection.add_link(shortcut)  # identity links: c and d come closer to a, a and c align
+    assert searched == []
+    assert state()["a"] == ([("b", 1)] * 2 + [("c", 1)] * 2 + [("d", 2)] * 2 + [("e", 2)] * 2, {"c": [0, 1]})
+
+    with collection.delay_link_manager_update():
+        for link in shortcut:
+            collection.remove_link(link)
+    assert sorted(searched) == ["a", "b", "c", "d", "e"]
+    assert state()["a"] == ([("b", 1)] * 2 + [("c", 3)] * 2 + [("d", 4)] * 2 + [("e", 2)] * 2, {})
+
+    collection.remove(e)  # and its links (Glue updates after each): the groups part again
+    assert set(searched) == {"a", "b", "c", "d"}
+    assert state() == {
+        "a": ([("b", 1)] * 2, {}),
+        "b": ([("a", 1)] * 2, {}),
+        "c": ([("d", 1)] * 2, {}),
+        "d": ([("c", 1)] * 2, {}),
+    }
 
 
 def test_load_mvm_without_an_application_opens_no_viewer(mast, cache):
