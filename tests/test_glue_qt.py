@@ -7,6 +7,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import astropy.units as u
 import numpy as np
 import pytest
 
@@ -585,6 +586,15 @@ def test_load_mvm_opens_the_viewers_of_an_application(app, qtbot):
         "ACS/WFC F814W jbp505jg mosaic · 84.92080 -69.14670 · 4″",
         "ACS/WFC F814W mosaic · 84.92080 -69.14670 · 4″",
     ]
+    # Right ascensions in the font's letters, not mathtext; also once Glue resets the WCS.
+    viewer = app.viewers[0][0]
+    other = next(d for d in new if d is not viewer.state.reference_data)
+    viewer.add_data(other)
+    for reference in (viewer.state.reference_data, other):
+        viewer.state.reference_data = reference
+        ra, dec = viewer.axes.coords
+        assert ra.formatter(u.Quantity([84.92], u.deg), spacing=1.5 * u.arcsec) == ["5ʰ39ᵐ40.8ˢ"]
+        assert dec.formatter(u.Quantity([-69.14], u.deg), spacing=1 * u.arcsec) == ["\u221269°08'24\""]
 
 
 def test_mvm_files_opened_in_glue_are_linked_without_a_pop_up(app, qtbot, tmp_path, monkeypatch):

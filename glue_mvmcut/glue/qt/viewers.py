@@ -3,6 +3,7 @@ own named by the target and box, tiled inside the canvas."""
 
 import importlib
 
+import astropy.units as u
 from echo import delay_callback
 from glue_qt.viewers.image import ImageViewer
 from qtpy import QtCore
@@ -151,6 +152,32 @@ def _tab_for(app, title: str):
     return app.current_tab
 
 
+#: Hour-angle tick labels' separators: the font's own modifier letters (DejaVu Sans has them),
+#: where WCSAxes writes Matplotlib mathtext (``$\mathregular{^h}$``), which Matplotlib parses
+#: (pyparsing, ~10 ms) for each label it has not met: every box's right ascensions are new, and
+#: parsing took a third of a viewer's draw. They look the same.
+HOUR_SEPARATORS = ("ʰ", "ᵐ", "ˢ")
+
+
+def _plain_hour_labels(axes) -> None:
+    """Have the WCS ``axes`` of an image viewer label hour angles with `HOUR_SEPARATORS`, also
+    after Glue resets its WCS (a new reference Data)."""
+
+    def separate():
+        for coord in getattr(axes, "coords", ()):
+            if coord.coord_type == "longitude" and coord.get_format_unit() == u.hourangle:
+                coord.set_separator(HOUR_SEPARATORS)
+
+    reset_wcs = axes.reset_wcs
+
+    def reset_then_separate(*args, **kwargs):
+        reset_wcs(*args, **kwargs)
+        separate()
+
+    axes.reset_wcs = reset_then_separate
+    separate()
+
+
 def _show(viewer, data, title: str) -> None:
     """Show ``data`` in the empty image ``viewer``, styled.
 
@@ -158,6 +185,7 @@ def _show(viewer, data, title: str) -> None:
     recomputes every tick whenever an axis label is set: 15 times, ~190 ms. With the label
     callbacks delayed, they run once each (~60 ms in all).
     """
+    _plain_hour_labels(viewer.axes)
     with delay_callback(viewer.state, "x_axislabel", "y_axislabel"):
         viewer.add_data(data)
     style_image_viewer(viewer, data, title)
