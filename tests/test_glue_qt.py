@@ -331,26 +331,38 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
     assert all(cid in later.externally_derivable_components for cid in mosaic.pixel_component_ids)
 
 
-def test_a_batch_updates_the_data_collection_tree_once_leaving_it_as_glue_would(app, qtbot):
+def test_the_data_collection_tree_reacts_once_per_turn_leaving_it_as_glue_would(app, qtbot):
+    """Data added one by one, a load's batch, and a subset drawn across all of them (a subset
+    per Data): the tree is rebuilt and selects once per turn of the event loop (Glue's own:
+    once per Data and per subset), ending as Glue's own leaves it, the last thing added
+    selected."""
     from glue.core import Data
     from glue_qt.core.data_collection_model import DataCollectionView
 
     from glue_mvmcut.glue.loader import Prepared, add_prepared
 
     (view,) = app.findChildren(DataCollectionView)
-    selections = []
+    model = view.model()
+    selections, rebuilds = [], []
     view.selectionModel().selectionChanged.connect(lambda *_: selections.append(view.selected_layers()))
+    model.layoutChanged.connect(lambda: rebuilds.append(len(app.data_collection)))
     first = Data(label="first", x=np.zeros((2, 2)))
-    app.data_collection.append(first)  # Glue's own way: the tree selects what is added
-    assert selections == [[first]]
+    app.data_collection.append(first)
+    qtbot.waitUntil(lambda: selections == [[first]], timeout=5_000)
     batch = [Data(label=f"d{i}", x=np.zeros((2, 2))) for i in range(10)]
     add_prepared(app, Prepared(batch, []))
-    # Cleared and set once (Glue's own: 10 times each), to the last Data, as Glue leaves it.
-    assert selections[1:] == [[], [batch[-1]]]
-    model = view.model()
+    qtbot.waitUntil(lambda: len(selections) == 3, timeout=5_000)
+    assert selections[1:] == [[], [batch[-1]]] and rebuilds == [1, 11]
     assert model.rowCount(model.data_index()) == 11 and view.selected_layers() == [batch[-1]]
-    app.data_collection.append(Data(label="after", x=np.zeros((2, 2))))  # the tree listens again
-    assert [d.label for d in selections[-1]] == ["after"]
+    group = app.data_collection.new_subset_group(label="drawn", subset_state=first.id["x"] < 1)
+    assert len(group.subsets) == 11
+    qtbot.waitUntil(lambda: len(selections) == 5, timeout=5_000)
+    assert selections[3:] == [[], [group]] and rebuilds == [1, 11, 11]
+    assert model.rowCount(model.subsets_index()) == 1
+    # A Data added now gets a subset of the group too: the group ends selected, as in Glue's own.
+    app.data_collection.append(Data(label="after", x=np.zeros((2, 2))))
+    qtbot.waitUntil(lambda: rebuilds == [1, 11, 11, 12, 12], timeout=5_000)
+    assert model.rowCount(model.data_index()) == 12 and view.selected_layers() == [group]
 
 
 def test_canvases_asked_together_draw_one_per_turn_of_the_event_loop(app, qtbot):

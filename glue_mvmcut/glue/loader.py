@@ -14,7 +14,6 @@
 """
 
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,14 +190,13 @@ def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -
     return Prepared(new, wcs_links(new, roots), title or box_title(result.coord, result.size))
 
 
-def _tree_held(target):
+def _tree_once_per_turn(target) -> None:
     """For glue-qt's application, its data collection tree reacting once to a batch
-    (`glue_mvmcut.glue.qt.collection.one_tree_update`); nothing to hold elsewhere."""
+    (`glue_mvmcut.glue.qt.collection.tree_reacts_once_per_turn`); nothing to do elsewhere."""
     if type(target).__module__.startswith("glue_qt"):
-        from .qt.collection import one_tree_update  # Qt only for glue-qt's application
+        from .qt.collection import tree_reacts_once_per_turn  # Qt only for glue-qt's application
 
-        return one_tree_update(target)
-    return nullcontext()
+        tree_reacts_once_per_turn(target)
 
 
 def add_prepared(app_or_session, prepared: Prepared) -> list[Data]:
@@ -207,7 +205,8 @@ def add_prepared(app_or_session, prepared: Prepared) -> list[Data]:
     are dropped. Returns the new Data."""
     collection = _data_collection(app_or_session)
     fast_link_updates()
-    with _tree_held(app_or_session), collection.delay_link_manager_update():
+    _tree_once_per_turn(app_or_session)
+    with collection.delay_link_manager_update():
         collection.extend(prepared.data)
         collection.add_link(
             [link for link in prepared.links if link.data1 in collection and link.data2 in collection]

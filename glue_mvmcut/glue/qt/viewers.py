@@ -73,6 +73,10 @@ class _DrawPacer:
         self._waiting.append((list(canvases), callback))
         self._wake()
 
+    def idle(self) -> bool:
+        """Whether no piece of work waits (hidden canvases aside)."""
+        return not self._queue and not self._waiting
+
     def paint(self, canvas) -> None:
         """What a paint event of ``canvas`` draws: nothing but the canvas whose turn it is."""
         if canvas is self._drawing:
