@@ -191,7 +191,7 @@ def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -
 
 
 def _tree_once_per_turn(target) -> None:
-    """For glue-qt's application, its data collection tree reacting once to a batch
+    """For glue-qt's application, its data collection tree reacting once per turn to a batch
     (`glue_mvmcut.glue.qt.collection.tree_reacts_once_per_turn`); nothing to do elsewhere."""
     if type(target).__module__.startswith("glue_qt"):
         from .qt.collection import tree_reacts_once_per_turn  # Qt only for glue-qt's application

@@ -160,17 +160,17 @@ def _tab_for(app, title: str):
 #: where WCSAxes writes Matplotlib mathtext (``$\mathregular{^h}$``), which Matplotlib parses
 #: (pyparsing, ~10 ms) for each label it has not met: every box's right ascensions are new, and
 #: parsing took a third of a viewer's draw. They look the same.
-HOUR_SEPARATORS = ("ʰ", "ᵐ", "ˢ")
+_HOUR_SEPARATORS = ("ʰ", "ᵐ", "ˢ")
 
 
 def _plain_hour_labels(axes) -> None:
-    """Have the WCS ``axes`` of an image viewer label hour angles with `HOUR_SEPARATORS`, also
+    """Have the WCS ``axes`` of an image viewer label hour angles with ``_HOUR_SEPARATORS``, also
     after Glue resets its WCS (a new reference Data)."""
 
     def separate():
         for coord in getattr(axes, "coords", ()):
             if coord.coord_type == "longitude" and coord.get_format_unit() == u.hourangle:
-                coord.set_separator(HOUR_SEPARATORS)
+                coord.set_separator(_HOUR_SEPARATORS)
 
     reset_wcs = axes.reset_wcs
 
