@@ -312,7 +312,9 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
     assert len(mosaics) == 10 and mosaics <= {name for _, name in work.opened}  # seen: written
     assert [name for on_gui, name in work.opened if on_gui] == []
     assert work.connected and [address for on_gui, address in work.connected if on_gui] == []
-    # The load is done when its viewers have drawn.
+    # The load is done when its viewers have drawn: each once, with its mosaic (not empty when
+    # made, nor when the tab was tiled).
+    assert [v.axes.figure.canvas._draw_count for v in app.viewers[1]] == [1] * len(app.viewers[1])
     assert not any(v.axes.figure.canvas._draw_pending for v in app.viewers[1])
     assert app.tab_names == ["LMC · 6″", "84.9300 -69.1440 · 4″"]
     for tab, box in zip(app.viewers, ("LMC · 6″", "84.9300 -69.1440 · 4″"), strict=True):

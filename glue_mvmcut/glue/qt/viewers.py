@@ -2,6 +2,7 @@
 own named by the target and box, tiled inside the canvas."""
 
 import importlib
+import weakref
 
 import astropy.units as u
 from echo import delay_callback
@@ -36,7 +37,10 @@ class _DrawPacer:
     join one queue, and a timer takes the first piece per turn; paint events show what a canvas
     last drew meanwhile. A hidden canvas (a viewer in another tab) keeps its draw pending until
     it is shown: Glue redraws every viewer whose Data gain links, so each load redrew all
-    earlier loads' viewers, ~1 s at the fifth.
+    earlier loads' viewers, ~1 s at the fifth. A canvas held (`hold`) keeps its draw pending
+    until `release`: a new viewer drew empty when made and when the tab was tiled, then with its
+    mosaic, and again once Glue's side panel had widened (~2.7 draws of ~0.1 s per viewer of a
+    load, where one is seen).
     """
 
     def __init__(self, draw):
@@ -44,6 +48,7 @@ class _DrawPacer:
         self._queue: dict = {}  # canvases to draw and steps to run, in order (an ordered set)
         self._drawing = None
         self._waiting: list = []  # (canvases, callback) of `when_drawn`
+        self._held = weakref.WeakSet()  # canvases that draw once released
         self._timer = QtCore.QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(1)  # 0 ms would run before the timers that came due meanwhile
@@ -60,8 +65,18 @@ class _DrawPacer:
     def ask(self, canvas) -> None:
         """Have ``canvas`` draw in a later turn (or when shown, if hidden)."""
         canvas._draw_pending = True  # Matplotlib's own flag: paint events draw it
-        if canvas.isVisible():
+        if canvas.isVisible() and canvas not in self._held:
             self._add(canvas)
+
+    def hold(self, canvas) -> None:
+        """Keep ``canvas`` from drawing until `release` (a viewer made empty, to be filled)."""
+        self._held.add(canvas)
+
+    def release(self, canvas) -> None:
+        """Let ``canvas`` draw again, now if its draw is pending."""
+        self._held.discard(canvas)
+        if canvas._draw_pending:
+            self.ask(canvas)
 
     def later(self, step) -> None:
         """Run ``step()`` in a turn of its own, after the pieces of work asked for before."""
@@ -105,7 +120,7 @@ class _DrawPacer:
             if callable(piece):
                 piece()
                 return
-            if isValid(piece) and piece._draw_pending and piece.isVisible():
+            if isValid(piece) and piece._draw_pending and piece.isVisible() and piece not in self._held:
                 self._drawing = piece
                 try:
                     self._draw(piece)
@@ -203,9 +218,10 @@ def open_viewers(app, prepared, done=None) -> list:
 
     Given ``done``, the work is spread over turns of Qt's event loop, one piece per turn
     (`pace_draws`), so the window answers between them: the viewers are made one per turn
-    (~60-100 ms each) and tiled, then each shows its mosaic in a turn of its own (~60 ms) and
-    draws in a later one; ``done(viewers)`` is called once the viewers that can be seen have
-    drawn. Without it, all is done before this returns but the drawing.
+    (~60-100 ms each) and tiled, then each shows its mosaic in a turn of its own (~60 ms), and
+    once all are filled and tiled anew each draws in a turn of its own, once (until then they
+    are held: `_DrawPacer.hold`); ``done(viewers)`` is called once the viewers that can be seen
+    have drawn. Without it, all is done before this returns but the drawing.
     """
     pacer = pace_draws()
     viewers = []
@@ -215,13 +231,23 @@ def open_viewers(app, prepared, done=None) -> list:
     def make():
         app.tab_widget.setCurrentWidget(tab)  # the user may have switched tabs meanwhile
         viewers.append(app.new_data_viewer(ImageViewer))
-        if len(viewers) == len(mosaics):  # tiled once: each tiling redraws every viewer
+        pacer.hold(viewers[-1].axes.figure.canvas)  # drawn once filled and tiled (`release`)
+        if len(viewers) == len(mosaics):
             tab.tileSubWindows()
 
     def show(data, index):
         return lambda: _show(viewers[index], data, prepared.title)
 
+    def release():
+        # Filling the viewer in focus widens Glue's side panel a little (its options list the
+        # Data), which narrows the tab: tiled again before the viewers draw, each once (they
+        # drew again at the size of the new tiling).
+        tab.tileSubWindows()
+        for viewer in viewers:
+            pacer.release(viewer.axes.figure.canvas)
+
     steps = [make] * len(mosaics) + [show(data, index) for index, data in enumerate(mosaics)]
+    steps += [release] if mosaics else []
     if done is None:
         for step in steps:
             step()
