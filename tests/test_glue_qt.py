@@ -367,6 +367,25 @@ def test_the_data_collection_tree_reacts_once_per_turn_leaving_it_as_glue_would(
     assert model.rowCount(model.data_index()) == 12 and view.selected_layers() == [group]
 
 
+def test_colormap_menus_reuse_their_pixmaps(app):
+    """glue-qt paints a colormap's pixmap pixel by pixel for every layer's menu: once per
+    colormap and size now, the same colours."""
+    from glue.config import colormaps
+    from glue_qt.utils import colors
+
+    gray, viridis = (dict(colormaps.members)[name] for name in ("Gray", "Viridis"))
+    first = colors.cmap2pixmap(gray, steps=200, size=(120, 15))
+    assert colors.cmap2pixmap(gray, steps=200, size=(120, 15)) is first
+    wider, other = (
+        colors.cmap2pixmap(gray, steps=200, size=(121, 15)),
+        colors.cmap2pixmap(viridis, steps=200, size=(120, 15)),
+    )
+    assert wider is not first and other is not first and (wider.width(), other.width()) == (121, 120)
+    image = first.toImage()
+    for x, value in ((0, 0.0), (119, 1.0)):
+        assert image.pixelColor(x, 7).getRgb() == tuple(round(255 * c) for c in gray(value))
+
+
 def test_canvases_asked_together_draw_one_per_turn_of_the_event_loop(app, qtbot):
     """Glue's canvases draw in turns of their own (`pace_draws`), so the window answers between
     them: a paint event shows what a canvas drew last and draws nothing; a piece of work that

@@ -82,18 +82,20 @@ def open_in_glue(paths, title: str = ""):
 def register() -> None:
     """Add the menu action under Plugins and File → Import data, the layer action for catalogues,
     and the pick tool to image viewers made from now on; have Glue's canvases draw one per turn
-    of the event loop, hidden ones when shown (`~.viewers.pace_draws`), and its data collection
-    tree react once per turn to what is added (`~.collection.tree_reacts_once_per_turn`) (once)."""
+    of the event loop, hidden ones when shown (`~.viewers.pace_draws`), its data collection tree
+    react once per turn to what is added (`~.collection.tree_reacts_once_per_turn`) and its
+    colormap menus reuse their pixmaps (`~.viewers.reuse_colormap_pixmaps`) (once)."""
     from glue.config import importer, viewer_tool
     from glue_qt.config import layer_action, menubar_plugin
     from glue_qt.viewers.image import ImageViewer
 
     from .collection import tree_reacts_once_per_turn
     from .pick import MVMPickTool
-    from .viewers import pace_draws
+    from .viewers import pace_draws, reuse_colormap_pixmaps
 
     pace_draws()
     tree_reacts_once_per_turn()
+    reuse_colormap_pixmaps()
 
     if not any(label == MENU_LABEL for label, _ in menubar_plugin.members):
         menubar_plugin(MENU_LABEL)(open_dialog)

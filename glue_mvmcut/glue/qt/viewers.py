@@ -3,6 +3,7 @@ own named by the target and box, tiled inside the canvas."""
 
 import importlib
 import weakref
+from collections import OrderedDict
 
 import astropy.units as u
 from echo import delay_callback
@@ -12,7 +13,7 @@ from qtpy.shiboken import isValid  # PySide6's
 
 from ..viewers import style_image_viewer
 
-__all__ = ["open_viewers", "warm_up", "pace_draws"]
+__all__ = ["open_viewers", "warm_up", "pace_draws", "reuse_colormap_pixmaps"]
 
 #: What Glue imports when it makes its first image viewer (~0.45 s on the GUI thread: WCSAxes,
 #: and pytest, which WCSAxes imports where it is installed).
@@ -159,6 +160,39 @@ def pace_draws() -> _DrawPacer:
 
     FRBArtist._resize_start = _resize_start
     return pacer
+
+
+#: Colormap pixmaps kept by `reuse_colormap_pixmaps` (a few MB at most).
+_KEPT_PIXMAPS = 256
+
+
+def reuse_colormap_pixmaps() -> None:
+    """Have glue-qt's colormap menus reuse the pixmap of a colormap painted at a size
+    (idempotent), the last `_KEPT_PIXMAPS` of them.
+
+    Each image layer's style editor has a menu of Glue's colormaps, and glue-qt paints each one
+    pixel by pixel (``glue_qt.utils.colors.cmap2pixmap``: 200 ``setPixel`` calls and colour
+    conversions in Python) when the menu is made and again when it is resized: ~60 ms of each
+    mosaic shown, painting the same pixmaps every time.
+    """
+    from glue_qt.utils import colors
+
+    if getattr(colors.cmap2pixmap, "reused", False):
+        return
+    paint, kept = colors.cmap2pixmap, OrderedDict()
+
+    def cmap2pixmap(cmap, steps=50, size=(100, 100)):
+        key = (id(cmap), steps, tuple(size))
+        if key in kept and kept[key][0] is cmap:  # (an id is reused only once its object is gone)
+            kept.move_to_end(key)
+        else:
+            kept[key] = (cmap, paint(cmap, steps=steps, size=size))
+            if len(kept) > _KEPT_PIXMAPS:
+                kept.popitem(last=False)
+        return kept[key][1]
+
+    cmap2pixmap.reused = True
+    colors.cmap2pixmap = cmap2pixmap
 
 
 def _tab_for(app, title: str):
