@@ -162,13 +162,13 @@ def pace_draws() -> _DrawPacer:
     return pacer
 
 
-#: Colormap pixmaps kept by `reuse_colormap_pixmaps` (a few MB at most).
+#: Colormap pixmaps kept by `reuse_colormap_pixmaps` (~12 kB each).
 _KEPT_PIXMAPS = 256
 
 
 def reuse_colormap_pixmaps() -> None:
     """Have glue-qt's colormap menus reuse the pixmap of a colormap painted at a size
-    (idempotent), the last `_KEPT_PIXMAPS` of them.
+    (idempotent), the last 256 used.
 
     Each image layer's style editor has a menu of Glue's colormaps, and glue-qt paints each one
     pixel by pixel (``glue_qt.utils.colors.cmap2pixmap``: 200 ``setPixel`` calls and colour
@@ -182,8 +182,8 @@ def reuse_colormap_pixmaps() -> None:
     paint, kept = colors.cmap2pixmap, OrderedDict()
 
     def cmap2pixmap(cmap, steps=50, size=(100, 100)):
-        key = (id(cmap), steps, tuple(size))
-        if key in kept and kept[key][0] is cmap:  # (an id is reused only once its object is gone)
+        key = (id(cmap), steps, tuple(size))  # (the colormap is kept too: its id stays its own)
+        if key in kept:
             kept.move_to_end(key)
         else:
             kept[key] = (cmap, paint(cmap, steps=steps, size=size))
