@@ -188,13 +188,11 @@ class LinkIndex:
     def __init__(self, links):
         self._links = list(links)
         self._targets = [link.get_to_id() for link in self._links]
-        self._inputs = []  # link -> the different components it takes
-        self._needs = []  # link -> how many
+        self._inputs = [
+            set(link.get_from_ids()) for link in self._links
+        ]  # the different components each takes
         self._users = defaultdict(list)  # component -> the links that take it
-        for number, link in enumerate(self._links):
-            inputs = set(link.get_from_ids())
-            self._inputs.append(inputs)
-            self._needs.append(len(inputs))
+        for number, inputs in enumerate(self._inputs):
             for cid in inputs:
                 self._users[cid].append(number)
 
@@ -212,7 +210,7 @@ class LinkIndex:
         own = set(data.main_components + data.coordinate_components)
         depth = dict.fromkeys(own, 0)
         missing = {}  # link -> what it takes that is not found yet, for links reached
-        ready = [(1, number) for number, needs in enumerate(self._needs) if not needs]
+        ready = [(1, number) for number, inputs in enumerate(self._inputs) if not inputs]
         for cid in own:
             ready += self._reached(cid, missing, 1)
         heapq.heapify(ready)  # (cost, link): ties go to the link listed first
@@ -233,7 +231,7 @@ class LinkIndex:
         link's last input is its deepest."""
         ready = []
         for number in self._users.get(cid, ()):
-            missing[number] = missing.get(number, self._needs[number]) - 1
+            missing[number] = missing.get(number, len(self._inputs[number])) - 1
             if not missing[number]:
                 ready.append((cost, number))
         return ready
@@ -376,16 +374,16 @@ def _pixel_alignments(collection: list, links) -> dict:
     components include its pixel components (as Glue's `equivalent_pixel_cids` finds): only
     those are tried."""
     own = {d: set(d.main_components + d.coordinate_components + d.derived_components) for d in collection}
+    identity = any(link.identity for link in links)
     owners = defaultdict(list)  # component -> the Data it is one of
-    if not any(link.identity for link in links):
-        for reference in collection:
-            for cid in own[reference]:
-                owners[cid].append(reference)
+    for reference in () if identity else collection:
+        for cid in own[reference]:
+            owners[cid].append(reference)
     alignments = {}
     for target in collection:
         pixels = target.pixel_component_ids
         aligned = alignments[target] = {}
-        for reference in owners[pixels[0]] if owners and pixels else collection:
+        for reference in owners[pixels[0]] if pixels and not identity else collection:
             order = _pixel_order(reference, target, own[reference]) if reference is not target else None
             if order is not None:
                 aligned[reference] = order
