@@ -188,9 +188,8 @@ class LinkIndex:
     def __init__(self, links):
         self._links = list(links)
         self._targets = [link.get_to_id() for link in self._links]
-        self._inputs = [
-            set(link.get_from_ids()) for link in self._links
-        ]  # the different components each takes
+        # link -> the different components it takes
+        self._inputs = [set(link.get_from_ids()) for link in self._links]
         self._users = defaultdict(list)  # component -> the links that take it
         for number, inputs in enumerate(self._inputs):
             for cid in inputs:
