@@ -5,6 +5,10 @@ import io
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.transport import TransferStats
 
+#: The Range of a layer's first read on a first contact: its headers (128 KB) and one byte as
+#: far beyond, which asks how the server answers several ranges.
+FIRST_CONTACT = "bytes=0-131071,262144-262144"
+
 
 def hdul_bytes(hdul) -> bytes:
     """The bytes ``hdul`` writes as a FITS file."""

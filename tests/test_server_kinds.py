@@ -2,17 +2,21 @@
 follow redirects (a few, to http(s) only) and keep going where they were sent."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
-from sameness import same_as_local
+from astropy.io import fits
+from sameness import FIRST_CONTACT, same_as_local
 
 from glue_mvmcut import ArchiveError, check_server
 from glue_mvmcut.cli import main as mvmcut
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.download import download_layer
-from glue_mvmcut.core.remote import RangeNotSupported
+from glue_mvmcut.core.endpoints import file_url
+from glue_mvmcut.core.remote import RangeNotSupported, RemoteFITS
 from glue_mvmcut.core.servers import location, server_of
-from glue_mvmcut.core.transport import RedirectError, TransferStats
+from glue_mvmcut.core.transport import RedirectError, TransferStats, run
 from glue_mvmcut.testing.server import MastServer
 
 LMC = (84.9208, -69.1467)
@@ -28,15 +32,18 @@ def test_every_server_that_serves_ranges_gives_the_local_cutout(mast, lmc_archiv
         same_as_local(lmc_archive.directory, name, LMC, 6, stats=stats)
     assert server_of(mast.url).ranges == kind
     replies = [(r.status, "," in r.range) for r in mast.requests("download")]
-    # Each layer's header read (one range), then its rows and WHT's header (several). Counted,
-    # not ordered: requests in flight together may be stamped in either order.
+    # Each layer's header read (one range, and on the first contact a byte more, which asks
+    # how several are answered), then its rows and WHT's header (several). Counted, not
+    # ordered: requests in flight together may be stamped in either order.
     if kind == "multipart":  # headers, then every row in one multipart reply: per layer
-        assert sorted(replies) == [(206, False), (206, False), (206, True), (206, True)]
-    elif kind == "first-range":  # the first span came; the rest, asked for one per request
+        assert sorted(replies) == [(206, False), (206, True), (206, True), (206, True)]
+    elif kind == "first-range":  # the headers came, not the byte: one range per request from then on
         assert replies.count((206, True)) == 1 and replies.count((206, False)) == len(replies) - 1
-    else:  # the whole file to several ranges, never read: one range per request from then on
+    else:  # the whole file to the two ranges, its headers read of it: one range per request
         assert replies.count((200, True)) == 1 and replies.count((206, False)) == len(replies) - 1
-    # Never the whole files (for one-range, not the whole file it was sent, unread).
+    if kind != "multipart":  # learned from the first request, the headers' read, alone
+        assert mast.requests("download")[0].range == FIRST_CONTACT
+    # Never the whole files (for one-range, not the whole file it was sent: its first 128 KB).
     assert stats.bytes < 0.5 * sum(lmc_archive.layer(name).size for name in (FINE, SECOND))
 
 
@@ -48,7 +55,58 @@ def test_a_server_without_range_is_learned_and_not_asked_again(mast):
         cut_layer(f"mast:HST/product/{FINE}", LMC, 4)
     with pytest.raises(RangeNotSupported):
         cut_layer(f"mast:HST/product/{SECOND}", LMC, 4)
-    assert len(mast.requests("download")) == 1 and server_of(mast.url).ranges == "no-range"
+    # The first contact's two ranges, then one, got the whole file; nothing was asked again.
+    assert len(mast.requests("download")) == 2 and server_of(mast.url).ranges == "no-range"
+
+
+@pytest.mark.parametrize(
+    "kind, replies",
+    [
+        ("multipart", [(FIRST_CONTACT, 206)]),
+        ("first-range", [(FIRST_CONTACT, 206)]),  # the headers, not the byte
+        ("one-range", [(FIRST_CONTACT, 200)]),  # the whole file: its first 128 KB read, the rest left
+        ("no-range", [(FIRST_CONTACT, 200), ("bytes=0-131071", 200)]),  # no "Accept-Ranges": one range tells
+    ],
+)
+def test_the_first_read_of_a_server_learns_how_it_answers_several_ranges(mast, lmc_archive, kind, replies):
+    mast.faults.ranges = kind
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    if kind == "no-range":
+        with pytest.raises(RangeNotSupported):
+            run(remote.read_headers(("SCI",)))
+    else:
+        sci = run(remote.read_headers(("SCI",)))["SCI"]
+        with fits.open(lmc_archive.directory / FINE) as hdul:
+            assert (sci.data_offset, sci["NAXIS1"]) == (hdul.fileinfo(1)["datLoc"], hdul[1].header["NAXIS1"])
+        # Of the whole file (one-range), only the headers' bytes were read.
+        read = mast.bytes_sent if kind == "multipart" else 131072  # (multipart: the framing too)
+        assert (remote.size, remote.stats.bytes) == (lmc_archive.layer(FINE).size, read)
+    assert [(r.range, r.status) for r in mast.requests("download")] == replies
+    assert server_of(mast.url).ranges == kind
+
+
+def test_a_first_read_that_cannot_tell_learns_nothing(mast, lmc_archive, tmp_path):
+    # A file shorter than where the byte asked lies: the server sends the one range it can.
+    archive_dir = tmp_path / "archive"
+    shutil.copytree(lmc_archive.directory, archive_dir)
+    pixels = np.arange(100, dtype=np.float32).reshape(10, 10)
+    small = [fits.PrimaryHDU(), fits.ImageHDU(pixels, name="SCI"), fits.ImageHDU(pixels, name="WHT")]
+    fits.HDUList(small).writeto(archive_dir / FINE, overwrite=True)
+    with MastServer(archive_dir) as server:
+        server.faults.ranges = "first-range"
+        remote = RemoteFITS(f"{server.url}/api/v0.1/Download/file?uri=mast:HST/product/{FINE}")
+        assert run(remote.read_headers())["WHT"].data_offset == 4 * 2880
+        assert [r.range for r in server.requests("download")] == [FIRST_CONTACT]
+        assert server_of(server.url).ranges is None
+    # A server that refuses two ranges (here: a Range header longer than 20 characters).
+    mast.faults.max_range_header = 20
+    remote = RemoteFITS(file_url(f"mast:HST/product/{FINE}"))
+    assert run(remote.read_headers(("SCI",)))["SCI"].name == "SCI"
+    assert [(r.range, r.status) for r in mast.requests("download")] == [
+        (FIRST_CONTACT, 400),
+        ("bytes=0-131071", 206),
+    ]
+    assert server_of(mast.url).ranges is None
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ long as its header and its reply stay within bounds, and runs those requests con
 the kept-alive connections of the process's I/O loop (`~glue_mvmcut.core.transport`). Each
 reply is written straight into the places its spans go (`~glue_mvmcut.core.byteranges`).
 
-What a server does with ``Range`` is learned, not assumed (`~glue_mvmcut.core.servers`): one
+What a server does with ``Range`` is learned, not assumed (`~glue_mvmcut.core.servers`), from
+the first read of a server (a file's headers, asked with one byte more in a second range): one
 that answers one range per request (the first of several only, or the whole file to several, as
 object stores do) is asked for one span per request, spans joined only where a gap costs less
 than a request, the requests pipelined on each connection where the server takes that
@@ -138,9 +139,9 @@ class RangedFile:
         self.server = server_of(self.target)
 
     # -- requests ------------------------------------------------------------------------------
-    async def _request(self, spans: np.ndarray) -> Parts:
+    async def _request(self, spans: np.ndarray, prefix: int = 0) -> Parts:
         """One GET for ``spans`` (an (n, 2) array of start, stop) → the parts of the reply (the
-        server may have merged or left out some spans).
+        server may have merged or left out some spans); ``prefix``: see `_request_once`.
 
         HTTP 5xx, failed connections, silences longer than ``conf.timeout`` and replies cut off
         mid-body are asked for again, as `~glue_mvmcut.core.transport.Retries` allows.
@@ -150,22 +151,24 @@ class RangedFile:
         with transport_errors(what):
             while True:
                 try:
-                    return await self._request_once(spans)
+                    return await self._request_once(spans, prefix=prefix)
                 except RETRYABLE as exc:
                     wait = retries.failed(exc)
                     if wait is None:
                         raise
                 await asyncio.sleep(wait)
 
-    async def _request_once(self, spans: np.ndarray, again: bool = False) -> Parts:
+    async def _request_once(self, spans: np.ndarray, again: bool = False, prefix: int = 0) -> Parts:
         """One GET for ``spans``; ``again``: the second, after the address the file's requests
-        were redirected to failed."""
+        were redirected to failed; ``prefix``: if the whole file comes (to several spans, from a
+        server that says it takes ``Range``), its first ``prefix`` bytes are the reply's part."""
         self._check_cancel()
         if self.server.ranges == "no-range":
             raise self._range_not_supported()
         ranges = ",".join([f"{start}-{stop - 1}" for start, stop in spans.tolist()])
         sent = time.monotonic()
-        reply = await get_range(self.target, "bytes=" + ranges, int((spans[:, 1] - spans[:, 0]).sum()))
+        asked = int((spans[:, 1] - spans[:, 0]).sum())
+        reply = await get_range(self.target, "bytes=" + ranges, asked, prefix)
         self.stats.add(requests=1)
         if reply.url != self.target:
             self._redirected(reply.url)
@@ -174,15 +177,20 @@ class RangedFile:
         if reply.status in _HEADER_TOO_LONG and len(spans) > 1:
             raise _RangeHeaderTooLong(reply.status)
         if reply.status == 200 and len(spans) > 1:
+            if prefix and "bytes" not in reply.headers.get("Accept-Ranges", "").lower():
+                raise _SeveralRangesRefused()  # Range may be ignored altogether: one range tells
             self._learned("one-range", "answers several ranges with the whole file")
-            raise _SeveralRangesRefused()
+            if not prefix or not reply.body:
+                raise _SeveralRangesRefused()
+            self._note(reply.headers, reply.headers.get("Content-Length", "*").encode(), len(reply.body))
+            return Parts(reply.body, [0], [0], [len(reply.body)])
         if reply.status == 200:
             self.server.saw_ranges("no-range")
             raise self._range_not_supported()
         if reply.status in _GONE and self.target != self.url and not again:  # a signed address expired?
             log.info("%s: %s answered %d; asking %s again.", self.name, self.target, reply.status, self.url)
             self._redirected(self.url)
-            return await self._request_once(spans, again=True)
+            return await self._request_once(spans, again=True, prefix=prefix)
         if reply.status >= 400:
             error = ServerError if reply.status >= 500 else HTTPStatusError
             raise error(reply.status, reply.reason, self.url)
@@ -422,10 +430,34 @@ class RangedFile:
             log.debug("%s: a pipeline of %d requests ended: %s.", self.name, done.sent, done.why)
         return done.answered
 
+    async def _first_read(self, start: int, length: int) -> memoryview | None:
+        """The bytes of the first read of a file (``length`` from ``start``), whose reply tells its
+        size.
+
+        Read from a file's start on a server whose ways with ``Range`` are not known yet (a
+        first contact), a second range of one byte, as far beyond the first as it is long (no
+        server joins such a gap), asks how the server answers several: in one multipart reply,
+        with the first range only, or, as object stores, with the whole file, whose first bytes
+        are the ones asked. A cutout's rows are then planned for the server at once, not after
+        a round trip of their own to learn it. A server that refuses the two ranges, or sends
+        the whole file without saying it takes ``Range`` (it may not), is asked for the one.
+        """
+        span = [start, start + length]
+        if start or self.server.ranges is not None:
+            return (await self._request(np.array([span]))).starting_at(start)
+        probe = np.array([[2 * length, 2 * length + 1]])
+        try:
+            parts = await self._request(np.concatenate([[span], probe]), prefix=length)
+        except (_SeveralRangesRefused, _RangeHeaderTooLong):
+            return (await self._request(np.array([span]))).starting_at(start)
+        if self.server.ranges is None and (self.size or 0) > probe[0, 0] and parts.locate(probe)[0] < 0:
+            self._learned("first-range", "answers only the first of several ranges")
+        return parts.starting_at(start)
+
     async def read(self, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the file)."""
         if self.size is None:  # the reply tells the file's size, and ends early at its end
-            data = (await self._request(np.array([[start, start + length]]))).starting_at(start)
+            data = await self._first_read(start, length)
             if data is not None and (len(data) == length or start + len(data) == self.size):
                 return bytes(data)
         if self.size is not None:

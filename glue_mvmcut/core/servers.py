@@ -5,7 +5,8 @@ than assumed:
 
 - how a server answers ``Range`` (`RANGE_KINDS`): several ranges in one reply, or one range
   per request only (the first of several, or the whole file to several, as object stores do),
-  or no ``Range`` at all, when only whole-file downloads work;
+  or no ``Range`` at all, when only whole-file downloads work (the first read of a server
+  asks, `~glue_mvmcut.core.rangedfile.RangedFile`);
 - how long the headers of its layers are: a cold cutout's first read then holds the primary and
   SCI headers whole, and the WHT header fetched with the pixels is guessed right (two round
   trips, where a wrong length costs one or two more);

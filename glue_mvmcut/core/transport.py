@@ -472,10 +472,22 @@ async def _capped_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
     raise ReplyRefused(f"{response.url} sent more than the {limit} bytes the ranges asked may take: refused")
 
 
+async def _body_prefix(response: aiohttp.ClientResponse, length: int) -> bytes:
+    """The first ``length`` bytes of a 200 ``response``'s body (fewer if it is shorter); none if
+    it is encoded."""
+    if response.headers.get("Content-Encoding", "identity").lower() != "identity":
+        return b""
+    body = bytearray()
+    while len(body) < length and (block := await response.content.read(length - len(body))):
+        body += block
+    return bytes(body)
+
+
 @dataclass(frozen=True)
 class Reply:
-    """What `get_range` got: status, reason, headers, body (of a 206 only) and the URL that
-    answered (another than the one asked if the request was redirected)."""
+    """What `get_range` got: status, reason, headers, body (of a 206, or the first bytes of a
+    200 where asked) and the URL that answered (another than the one asked if the request was
+    redirected)."""
 
     status: int
     reason: str
@@ -484,11 +496,11 @@ class Reply:
     url: str
 
 
-async def get_range(url: str, byte_range: str, asked: int) -> Reply:
+async def get_range(url: str, byte_range: str, asked: int, prefix: int = 0) -> Reply:
     """A GET of ``byte_range`` (a Range header value, for ``asked`` bytes in all) of ``url`` on
     the I/O loop's session, following redirects (`MAX_REDIRECTS`, http(s) only, the Range
-    header kept); the body of a 206 reply only (a server that ignores Range would send the
-    whole file).
+    header kept); the body of a 206 reply, and of a 200 (the whole file) its first ``prefix``
+    bytes only, if it is not encoded (the connection then closes, the rest unread).
 
     The body may take as long as `Pace` allows for what was asked (counted from the reply's
     headers: a request waiting for one of the connections, or for the server, waits within
@@ -511,6 +523,8 @@ async def get_range(url: str, byte_range: str, asked: int) -> Reply:
             body = b""
             if response.status == 206:
                 body = await asyncio.wait_for(_capped_body(response, limit), allowed)
+            elif response.status == 200 and prefix:
+                body = await asyncio.wait_for(_body_prefix(response, prefix), Pace.allowance(prefix))
             return Reply(response.status, response.reason or "", response.headers, body, str(response.url))
     except aiohttp.ServerTimeoutError:  # a silence, or no connection, for ``conf.timeout``
         raise
