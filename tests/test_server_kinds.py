@@ -128,6 +128,12 @@ def test_ranged_reads_follow_redirects_and_keep_going_there(mast, storage, lmc_a
     # What was learned is the storage's: its header lengths, its way with ranges.
     assert server_of(storage.url).header_lengths["WHT"] == 2 * 2880
     assert server_of(storage.url).ranges == "multipart" and server_of(mast.url).ranges is None
+    # Another file, redirected there too: its first read does not ask again how several ranges
+    # are answered (the first file's did).
+    same_as_local(lmc_archive.directory, SECOND, LMC, 6)
+    replies = storage.requests("download")
+    firsts = [next(r.range for r in replies if r.file == name) for name in (FINE, SECOND)]
+    assert firsts[0] == FIRST_CONTACT and "," not in firsts[1]
 
 
 def test_a_redirected_address_that_fails_is_left_for_the_files_own(mast, storage, lmc_archive):

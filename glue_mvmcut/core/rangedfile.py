@@ -232,6 +232,8 @@ class RangedFile:
 
     def _redirected(self, to: str) -> None:
         """Requests for the file go to ``to`` from now on (this process's later reads of it too)."""
+        if to != self.url:
+            self.server.redirects_to = server_of(to)
         self.target = to
         self.server = server_of(to)
         relocate(self.url, to)
@@ -435,15 +437,16 @@ class RangedFile:
         size.
 
         Read from a file's start on a server whose ways with ``Range`` are not known yet (a
-        first contact), a second range of one byte, as far beyond the first as it is long (no
-        server joins such a gap), asks how the server answers several: in one multipart reply,
-        with the first range only, or, as object stores, with the whole file, whose first bytes
-        are the ones asked. A cutout's rows are then planned for the server at once, not after
-        a round trip of their own to learn it. A server that refuses the two ranges, or sends
-        the whole file without saying it takes ``Range`` (it may not), is asked for the one.
+        first contact; for a server that redirects, those of where it sent files last), a
+        second range of one byte, as far beyond the first as it is long (no server joins such
+        a gap), asks how the server answers several: in one multipart reply, with the first
+        range only, or, as object stores, with the whole file, whose first bytes are the ones
+        asked. A cutout's rows are then planned for the server at once, not after a round trip
+        of their own to learn it. A server that refuses the two ranges, or sends the whole file
+        without saying it takes ``Range`` (it may not), is asked for the one.
         """
         span = [start, start + length]
-        if start or self.server.ranges is not None:
+        if start or self.server.known_ranges is not None:
             return (await self._request(np.array([span]))).starting_at(start)
         probe = np.array([[2 * length, 2 * length + 1]])
         try:

@@ -75,7 +75,7 @@ class Server:
     one connection, None until replies showed it; ``pipeline_step``: the time between two
     replies of a pipeline of small replies, the latest measured (a server that fetches each
     range from elsewhere, as object stores do, takes milliseconds; a web server serving a file,
-    microseconds).
+    microseconds); ``redirects_to``: the server its files were last redirected to, if any.
     """
 
     origin: str
@@ -86,8 +86,15 @@ class Server:
     throughput: float | None = None
     pipelines: bool | None = None
     pipeline_step: float | None = None
+    redirects_to: "Server | None" = None
     _large: deque = field(default_factory=lambda: deque(maxlen=16), repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def known_ranges(self) -> str | None:
+        """How the server answers ``Range``, or, if it sends its files elsewhere, how the
+        server it sent them to last does (None if unknown)."""
+        return self.ranges or (self.redirects_to.ranges if self.redirects_to is not None else None)
 
     @property
     def several_ranges(self) -> bool:
