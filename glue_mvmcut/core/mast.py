@@ -348,24 +348,32 @@ def query_layers_near(boxes, *, instruments=None, filters=None, refresh=False, c
     covering = [skycells_covering(coord, size) for coord, size in boxes]
     layers = _skycell_layers(sorted({cell for cells in covering for cell in cells}), refresh, cache)
     wanted_instruments = {name.lower() for name in instruments or _INSTRUMENTS}
+    # The layers of each set of skycells, stacked and sorted once (the boxes of a batch's group
+    # mostly share one set: ~5 ms a box when each stacked, sorted and walked row by row its own),
+    # with those of the instruments and filters wanted and their footprints.
+    stacked: dict[tuple[str, ...], tuple[Table, list]] = {}
     tables = []
     for (coord, size), cells in zip(boxes, covering, strict=True):
-        found = [layers[cell.name] for cell in cells if len(layers[cell.name])]
-        if not found:
+        names = tuple(cell.name for cell in cells if len(layers[cell.name]))
+        if not names:
             tables.append(_layer_table())
             continue
-        table = vstack(found, metadata_conflicts="silent")
+        if names not in stacked:
+            table = vstack([layers[name] for name in names], metadata_conflicts="silent")
+            table.meta.clear()
+            table.sort("productFilename")
+            footprints = [
+                _footprint(row["s_region"])
+                if row["instrument"] in wanted_instruments
+                and (not wanted_filters or row["filter"] in wanted_filters)
+                else None
+                for row in table
+            ]
+            stacked[names] = table, footprints
+        table, footprints = stacked[names]
         ra, dec, radius = coord.ra.deg, coord.dec.deg, math.ceil(box_radius(size).value) / 3600
-        keep = [
-            row["instrument"] in wanted_instruments
-            and (not wanted_filters or row["filter"] in wanted_filters)
-            and _footprint(row["s_region"]).hits_cone(ra, dec, radius)
-            for row in table
-        ]
-        table = table[keep]  # a table of its own: those kept in memory stay as they are
-        table.meta.clear()
-        table.sort("productFilename")
-        tables.append(table)
+        keep = [footprint is not None and footprint.hits_cone(ra, dec, radius) for footprint in footprints]
+        tables.append(table[keep])  # a table of its own: those kept in memory stay as they are
     return tables
 
 
