@@ -110,10 +110,10 @@ _CANCEL_CHECKS: weakref.WeakValueDictionary[str, _Throttled] = weakref.WeakValue
 
 
 def _cancel_check(name: str) -> _Throttled:
-    """The cancel check of the batch whose event is ``name``, shared by this process's tasks (the
-    worker's client, found in a task's own thread: the check is also called from the threads
-    that fetch layers, where distributed cannot find it). Each task asking at its start, the
-    scheduler answered a round trip per target."""
+    """The cancel check of the batch whose event is ``name``, shared by this process's tasks (a
+    check of each task's own asked the scheduler at the task's start: a round trip per target).
+    Made with the worker's client, found in a task's own thread: the check is also called from
+    the threads that fetch layers, where distributed cannot find it."""
     from distributed import Event, get_client
 
     check = _CANCEL_CHECKS.get(name)
