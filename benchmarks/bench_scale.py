@@ -1,6 +1,6 @@
 """From a 5" box to a 3600" one: bytes fetched and written, peak memory, wall time and each
-step's seconds of ``mvmcut cut``; then 30 consecutive 20" boxes in one process with MAST's
-answers cold and kept (the query cache).
+step's seconds of ``mvmcut cut``; ``mvmcut --help`` and a 5" cut's time importing; then 30
+consecutive 20" boxes in one process with MAST's answers cold and kept (the query cache).
 
 The archive is bench_fetch's (two F814W layers of about 10300 x 20000 px, trimmed to a 400"
 disc); the stand-in MAST runs in its own process with 20 ms added to every request. Each box is
@@ -77,6 +77,37 @@ def _boxes(url: str, work: Path) -> None:
         shutil.rmtree(work / f"box{size}")  # the next box's room
 
 
+def _start_up(url: str, work: Path, repeats: int = 5) -> None:
+    """Issue #23 part 5: ``mvmcut --help``, and a 5" cut's time importing against its wall time,
+    best of ``repeats`` fresh processes each (the console script run by this Python, not
+    through a shim). Importing: the top-level imports' cumulative times of ``-X importtime``
+    (every module the cut loads, whenever it loads it)."""
+    script = str(Path(sys.executable).parent / "mvmcut")
+    config = work / "config" / "astropy"
+    config.mkdir(parents=True)
+    (config / "astroquery.cfg").write_text(f"[mast]\nserver = {url}\n")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(work / "config"), "MVMCUT_CACHE_DIR": str(work / "cache")}
+    cut = [script, "cut", str(WIDE.ra), str(WIDE.dec), "--size", "5", "--out", str(work / "files")]
+
+    def run(*command: str) -> tuple[float, str]:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, *command], env=env, capture_output=True, text=True, check=True)
+        return time.perf_counter() - started, done.stderr
+
+    help_seconds = min(run(script, "--help")[0] for _ in range(repeats))
+    cut_seconds = min(run(*cut)[0] for _ in range(repeats))
+    importing = []
+    for _ in range(repeats):
+        # "import time: <self µs> | <cumulative µs> | <name>", the name indented by its depth.
+        rows = [line.split("|") for line in run("-X", "importtime", *cut)[1].splitlines()]
+        top = [row for row in rows if len(row) == 3 and row[1].strip().isdigit() and row[2][:2] != "  "]
+        importing.append(sum(int(row[1]) for row in top) / 1e6)
+    print("\n| start-up | seconds |\n|---|---|")
+    print(f"| `mvmcut --help` | {help_seconds:.2f} |")
+    print(f'| `mvmcut cut` of a 5" box, wall | {cut_seconds:.2f} |')
+    print(f"| of which importing | {min(importing):.2f} ({min(importing) / cut_seconds:.0%}) |")
+
+
 def _consecutive(archive, work: Path) -> None:
     """30 boxes of 20" stepping 10" east, in this process: MAST's answers cold, then kept. The
     stand-in runs in this process here (20 ms added per request), to count what it is asked."""
@@ -111,6 +142,7 @@ def main() -> None:
         print(f"layer {rec.filename}: {rec.shape[1]} x {rec.shape[0]} px")
     with tempfile.TemporaryDirectory(prefix="mvmcut-bench-scale-") as work, served(archive_dir) as url:
         _boxes(url, Path(work))
+        _start_up(url, Path(work) / "start-up")
     with tempfile.TemporaryDirectory(prefix="mvmcut-bench-scale-") as work:
         _consecutive(archive, Path(work))
 
