@@ -445,17 +445,19 @@ class RangedFile:
         of their own to learn it. A server that refuses the two ranges, or sends the whole file
         without saying it takes ``Range`` (it may not), is asked for the one.
         """
-        span = [start, start + length]
-        if start or self.server.known_ranges is not None:
-            return (await self._request(np.array([span]))).starting_at(start)
-        probe = np.array([[2 * length, 2 * length + 1]])
-        try:
-            parts = await self._request(np.concatenate([[span], probe]), prefix=length)
-        except (_SeveralRangesRefused, _RangeHeaderTooLong):
-            return (await self._request(np.array([span]))).starting_at(start)
-        if self.server.ranges is None and (self.size or 0) > probe[0, 0] and parts.locate(probe)[0] < 0:
-            self._learned("first-range", "answers only the first of several ranges")
-        return parts.starting_at(start)
+        span = np.array([[start, start + length]])
+        if not start and self.server.known_ranges is None:
+            probe = np.array([[2 * length, 2 * length + 1]])
+            try:
+                parts = await self._request(np.concatenate([span, probe]), prefix=length)
+            except (_SeveralRangesRefused, _RangeHeaderTooLong):
+                pass  # the one range, below
+            else:
+                told = (self.size or 0) > probe[0, 0]  # (a shorter file: the byte could not come)
+                if self.server.ranges is None and told and parts.locate(probe)[0] < 0:
+                    self._learned("first-range", "answers only the first of several ranges")
+                return parts.starting_at(start)
+        return (await self._request(span)).starting_at(start)
 
     async def read(self, start: int, length: int) -> bytes:
         """``length`` bytes from ``start`` (fewer at the end of the file)."""
