@@ -450,6 +450,60 @@ def test_what_a_load_holds_is_freed_when_it_ends_without_the_garbage_collector(a
     assert not gc.isenabled()
 
 
+def test_while_a_load_makes_its_viewers_the_garbage_collector_runs_between_its_steps(
+    app, qtbot, monkeypatch
+):
+    """Python's collector, left to itself, ran inside whichever step crossed a threshold (a full
+    collection inside a viewer's making: two pieces of work in one turn). While a load's viewers
+    are made, filled and drawn, it collects in turns of its own, and is on again at the end."""
+    from glue.core import Data
+
+    from glue_mvmcut.glue.loader import Prepared, add_prepared
+    from glue_mvmcut.glue.qt import viewers
+
+    in_step, inside, between = [False], [], []
+
+    def stepping(func):
+        def step(*args, **kwargs):
+            in_step[0] = True
+            try:
+                return func(*args, **kwargs)
+            finally:
+                in_step[0] = False
+
+        return step
+
+    def collected(phase, info):
+        if phase == "start":
+            (inside if in_step[0] else between).append(info["generation"])
+
+    monkeypatch.setattr(viewers, "_show", stepping(viewers._show))
+    monkeypatch.setattr(app, "new_data_viewer", stepping(app.new_data_viewer))
+    images = [
+        Data(SCI=np.full((4, 4), float(n)), WHT=np.ones((4, 4)), label=f"ACS/WFC F{n}W mosaic")
+        for n in (435, 606, 814)
+    ]
+    prepared = Prepared(images, [], "ramp · 4″")
+    app.show()
+    ended = []
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50, 2, 2)  # the steps cross these many times over
+    gc.callbacks.append(collected)
+    gc.enable()  # as in Glue (the tests' own fixture turns it off)
+    try:
+        viewers.open_viewers(app, prepared, done=ended.append)
+        add_prepared(app, prepared)
+        assert not gc.isenabled()
+        qtbot.waitUntil(lambda: bool(ended), timeout=10_000)
+        assert gc.isenabled()
+    finally:
+        gc.disable()
+        gc.callbacks.remove(collected)
+        gc.set_threshold(*thresholds)
+    assert inside == [] and between  # collections there were, none inside a step
+    assert len(ended[0]) == 3
+
+
 def test_viewers_in_a_hidden_tab_draw_when_shown(app, qtbot, tmp_path):
     """Glue redraws a viewer whose Data gain links; hidden in another tab, it draws when shown."""
     app.resize(1400, 900)

@@ -1,6 +1,7 @@
 """Viewers for a load in the Qt Glue application: one image viewer per mosaic, in a tab of their
 own named by the target and box, tiled inside the canvas."""
 
+import gc
 import importlib
 import weakref
 from collections import OrderedDict
@@ -13,7 +14,7 @@ from qtpy.shiboken import isValid  # PySide6's
 
 from ..viewers import style_image_viewer
 
-__all__ = ["open_viewers", "warm_up", "pace_draws", "reuse_colormap_pixmaps"]
+__all__ = ["open_viewers", "warm_up", "pace_draws", "collector", "reuse_colormap_pixmaps"]
 
 #: What Glue imports when it makes its first image viewer (~0.45 s on the GUI thread: WCSAxes,
 #: and pytest, which WCSAxes imports where it is installed).
@@ -128,6 +129,66 @@ class _DrawPacer:
                 finally:
                     self._drawing = None
                 return
+
+
+class _CollectorInTurns:
+    """Python's cyclic garbage collector run on the GUI thread, in turns of its own, while held
+    (`hold`): while workers run, and while a load's viewers are made, filled and drawn.
+
+    Left to itself the collector runs on whichever thread allocates as a threshold is crossed:
+    during a load, mostly the worker's or the I/O loop's; a Qt object it frees there (a viewer
+    the user closed, a dialog) is destroyed off the GUI thread, which Qt does not allow (a crash
+    or a deadlock, now and then). On the GUI thread it ran inside the piece of work that crossed
+    the threshold: a full collection (~50 ms at the fifth load) inside a viewer's making (~60 ms).
+    While held, automatic collection is off and a timer has the pacer (`pace_draws`) collect the
+    generations whose thresholds are crossed as a piece of work of its own, as pyqtgraph's
+    ``GarbageCollector`` collects on a timer (Glue has none, and pyqtgraph is not ours to depend
+    on). A process that had turned the collector off keeps it off.
+    """
+
+    def __init__(self):
+        self._holds = 0
+        self._enabled = False  # whether the collector was on before the first hold
+        self._timer = QtCore.QTimer()  # made on the GUI thread: its timeouts run there
+        self._timer.setInterval(100)
+        self._timer.timeout.connect(lambda: pace_draws().later(self.collect))
+
+    def hold(self) -> None:
+        """Work that must not be interrupted by the collector starts."""
+        if not self._holds:
+            self._enabled = gc.isenabled()
+            if self._enabled:
+                gc.disable()
+                self._timer.start()
+        self._holds += 1
+
+    def release(self) -> None:
+        """Work that `hold` announced ended."""
+        self._holds -= 1
+        if not self._holds and self._enabled:
+            self._timer.stop()
+            gc.enable()
+
+    @staticmethod
+    def collect() -> None:
+        """Collect the oldest generation whose threshold is crossed, as the collector would."""
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        for generation in (2, 1, 0):
+            if thresholds[generation] and counts[generation] > thresholds[generation]:
+                gc.collect(generation)
+                return
+
+
+_collector: _CollectorInTurns | None = None
+
+
+def collector() -> _CollectorInTurns:
+    """The GUI thread's garbage collector (`_CollectorInTurns`; made on first use, on the GUI
+    thread)."""
+    global _collector
+    if _collector is None:
+        _collector = _CollectorInTurns()
+    return _collector
 
 
 def pace_draws() -> _DrawPacer:
@@ -255,7 +316,7 @@ def open_viewers(app, prepared, done=None) -> list:
     (~60-100 ms each) and tiled, then each shows its mosaic in a turn of its own (~60 ms), and
     once all are filled and tiled anew each draws in a turn of its own, once (until then they
     are held: `_DrawPacer.hold`); ``done(viewers)`` is called once the viewers that can be seen
-    have drawn. Without it, all is done before this returns but the drawing.
+    have drawn. Meanwhile Python's garbage collector runs in turns of its own (`collector`). Without it, all is done before this returns but the drawing.
     """
     pacer = pace_draws()
     viewers = []
@@ -287,9 +348,14 @@ def open_viewers(app, prepared, done=None) -> list:
             step()
         return viewers
 
-    def when_drawn():  # a load ends when it can be seen
-        pacer.when_drawn([v.axes.figure.canvas for v in viewers], lambda: done(viewers))
+    def end():
+        collector().release()
+        done(viewers)
 
+    def when_drawn():  # a load ends when it can be seen
+        pacer.when_drawn([v.axes.figure.canvas for v in viewers], end)
+
+    collector().hold()  # collections between the steps and draws, not inside them
     pacer.later(_InTurns(pacer, [*steps, when_drawn]))  # after the turn that added the Data
     return viewers
 
@@ -308,6 +374,9 @@ class _InTurns:
         self._steps = steps
 
     def __call__(self) -> None:
-        self._steps.pop(0)()
-        if self._steps:
-            self._pacer.later(self)
+        step = self._steps.pop(0)
+        try:
+            step()
+        finally:  # a step that failed stops nothing after it
+            if self._steps:
+                self._pacer.later(self)

@@ -1,8 +1,8 @@
 """What the plugin's dialogs share: work on a `glue_qt.utils.threading.Worker` thread, a progress
 bar fed through a Qt signal, a Cancel button backed by a `threading.Event`, errors shown as one
-readable line, and Python's garbage collector kept on the GUI thread while a worker runs."""
+readable line, and Python's garbage collector kept on the GUI thread while a worker runs
+(`~glue_mvmcut.glue.qt.viewers.collector`)."""
 
-import gc
 import threading
 from pathlib import Path
 
@@ -11,6 +11,7 @@ from qtpy import QtCore, QtWidgets
 
 from ...core.combiners import COMBINERS
 from ...core.errors import Cancelled, MVMCutError
+from .viewers import collector
 
 __all__ = ["WorkerDialog", "add_box_row", "add_combiner_row", "data_dir"]
 
@@ -59,61 +60,6 @@ def add_combiner_row(form: QtWidgets.QFormLayout) -> QtWidgets.QComboBox:
     return combiner
 
 
-class _CollectorOnTheGuiThread:
-    """Python's cyclic garbage collector run by a GUI-thread timer while workers run.
-
-    Left to itself the collector runs on whichever thread allocates as a threshold is crossed:
-    during a load, mostly the worker's or the I/O loop's; a Qt object it frees there (a viewer
-    the user closed, a dialog) is destroyed off the GUI thread, which Qt does not allow (a crash
-    or a deadlock, now and then). While any worker runs, automatic collection is off and a timer
-    collects the generations whose thresholds are crossed, as pyqtgraph's ``GarbageCollector``
-    does (Glue has none, and pyqtgraph is not ours to depend on). A process that had turned the
-    collector off keeps it off.
-    """
-
-    def __init__(self):
-        self._holds = 0
-        self._enabled = False  # whether the collector was on before the first hold
-        self._timer = QtCore.QTimer()  # made on the GUI thread: its timeouts run there
-        self._timer.setInterval(100)
-        self._timer.timeout.connect(self.collect)
-
-    def hold(self) -> None:
-        """A worker starts."""
-        if not self._holds:
-            self._enabled = gc.isenabled()
-            if self._enabled:
-                gc.disable()
-                self._timer.start()
-        self._holds += 1
-
-    def release(self) -> None:
-        """A worker ended."""
-        self._holds -= 1
-        if not self._holds and self._enabled:
-            self._timer.stop()
-            gc.enable()
-
-    @staticmethod
-    def collect() -> None:
-        """Collect the oldest generation whose threshold is crossed, as the collector would."""
-        counts, thresholds = gc.get_count(), gc.get_threshold()
-        for generation in (2, 1, 0):
-            if thresholds[generation] and counts[generation] > thresholds[generation]:
-                gc.collect(generation)
-                return
-
-
-_collector: _CollectorOnTheGuiThread | None = None
-
-
-def _the_collector() -> _CollectorOnTheGuiThread:
-    global _collector
-    if _collector is None:
-        _collector = _CollectorOnTheGuiThread()
-    return _collector
-
-
 class WorkerDialog(QtWidgets.QDialog):
     """A dialog that runs long steps off the GUI thread.
 
@@ -158,7 +104,7 @@ class WorkerDialog(QtWidgets.QDialog):
         worker.result.connect(on_result)
         worker.error.connect(self._on_error)
         self._workers.append(worker)
-        _the_collector().hold()
+        collector().hold()
         worker.start()
 
     def finish(self, message: str, *, error: bool = False, done: bool = True) -> None:
@@ -194,7 +140,7 @@ class WorkerDialog(QtWidgets.QDialog):
         self.status.setText(message)
 
     def _ended(self) -> None:
-        _the_collector().release()
+        collector().release()
 
     def _on_error(self, exc_info) -> None:
         self.show_error(exc_info[1])
