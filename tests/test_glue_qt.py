@@ -450,9 +450,7 @@ def test_what_a_load_holds_is_freed_when_it_ends_without_the_garbage_collector(a
     assert not gc.isenabled()
 
 
-def test_while_a_load_makes_its_viewers_the_garbage_collector_runs_between_its_steps(
-    app, qtbot, monkeypatch
-):
+def test_while_a_load_makes_its_viewers_the_garbage_collector_runs_between_its_steps(app, qtbot, monkeypatch):
     """Python's collector, left to itself, ran inside whichever step crossed a threshold (a full
     collection inside a viewer's making: two pieces of work in one turn). While a load's viewers
     are made, filled and drawn, it collects in turns of its own, and is on again at the end."""

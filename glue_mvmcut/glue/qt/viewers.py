@@ -316,7 +316,8 @@ def open_viewers(app, prepared, done=None) -> list:
     (~60-100 ms each) and tiled, then each shows its mosaic in a turn of its own (~60 ms), and
     once all are filled and tiled anew each draws in a turn of its own, once (until then they
     are held: `_DrawPacer.hold`); ``done(viewers)`` is called once the viewers that can be seen
-    have drawn. Meanwhile Python's garbage collector runs in turns of its own (`collector`). Without it, all is done before this returns but the drawing.
+    have drawn. Meanwhile Python's garbage collector runs in turns of its own (`collector`).
+    Without ``done``, all is done before this returns but the drawing.
     """
     pacer = pace_draws()
     viewers = []
