@@ -239,7 +239,8 @@ def test_link_updates_find_what_glues_own_find(written):
     from glue.core.link_helpers import LinkSame
     from glue.core.link_manager import LinkManager
 
-    from glue_mvmcut.glue.links import GLUES_OWN, link_roots, update_externally_derivable_components
+    from glue_mvmcut.glue.derivable import GLUES_OWN, update_externally_derivable_components
+    from glue_mvmcut.glue.links import link_roots
     from glue_mvmcut.glue.loader import Prepared, add_prepared, wcs_links
 
     collection = DataCollection()
@@ -296,7 +297,7 @@ def test_link_updates_go_on_from_the_last_and_start_over_when_links_go(monkeypat
     from glue.core.link_helpers import LinkSame, LinkTwoWay
     from glue.core.link_manager import discover_links, equivalent_pixel_cids
 
-    from glue_mvmcut.glue.links import LinkIndex, fast_link_updates
+    from glue_mvmcut.glue.derivable import LinkIndex, fast_link_updates
 
     fast_link_updates()
     searched = []

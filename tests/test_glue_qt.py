@@ -285,20 +285,26 @@ def _cut_and_load(qtbot, dialog, target, size):
 
 def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, tmp_path, monkeypatch):
     """Everything but adding finished Data and opening viewers happens on the worker: the GUI
-    thread opens none of the files a load reads or writes, makes no connection and computes no
-    WCS link; the viewers are made, filled and drawn a piece per turn of the event loop
+    thread opens none of the files a load reads or writes, makes no connection, computes no
+    WCS link and does not search what each Data derives through the links (the worker planned
+    it); the viewers are made, filled and drawn a piece per turn of the event loop
     (`test_canvases_asked_together_draw_one_per_turn_of_the_event_loop`). How long the GUI
     thread is kept at most is a figure of benchmarks/bench_glue.py, not a test's."""
-    from glue_mvmcut.glue import loader
+    from glue_mvmcut.glue import links
+    from glue_mvmcut.glue.derivable import LinkIndex
 
-    linked_on = []
+    linked_on, searched_on = [], []
 
-    def wcs_links(*args, **kwargs):
-        linked_on.append(threading.current_thread() is threading.main_thread())
-        return links_of(*args, **kwargs)
+    def on_gui(record, func):
+        def call(*args, **kwargs):
+            record.append(threading.current_thread() is threading.main_thread())
+            return func(*args, **kwargs)
 
-    links_of = loader.wcs_links
-    monkeypatch.setattr(loader, "wcs_links", wcs_links)
+        return call
+
+    monkeypatch.setattr(links, "wcs_links", on_gui(linked_on, links.wcs_links))
+    monkeypatch.setattr(LinkIndex, "derivable", on_gui(searched_on, LinkIndex.derivable))
+    monkeypatch.setattr(LinkIndex, "extend", on_gui(searched_on, LinkIndex.extend))
     app.resize(1400, 900)
     app.show()
     dialog = open_dialog(app.session)
@@ -309,6 +315,9 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
         first = list(dialog.loaded)
         _cut_and_load(qtbot, dialog, "84.9300 -69.1440", 4)
     assert linked_on == [False, False]  # two loads' links, both computed on the worker
+    # On the worker: each Data of the first load searched, then extended by the second's links,
+    # and each of the second's searched.
+    assert len(searched_on) == 2 * len(first) + len(dialog.loaded) and not any(searched_on)
     mosaics = {p.name for p in (tmp_path / "out").glob("hst_combined_skycells-*.fits")}
     assert len(mosaics) == 10 and mosaics <= {name for _, name in work.opened}  # seen: written
     assert [name for on_gui, name in work.opened if on_gui] == []

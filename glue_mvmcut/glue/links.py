@@ -4,32 +4,30 @@
   one image selects the same sky in all: exactly and cheaply (`TangentPlaneLink`, an affine map)
   between images on one projection cell's tangent plane, by Glue's `WCSLink` otherwise; a star,
   and to one Data per group already linked (`link_roots`), so each load adds as many links as
-  it brings Data.
+  it brings Data. `linked_so_far` reads on the GUI thread what a worker needs to make a load's
+  links and plan Glue's update of what each Data derives through them
+  (`~glue_mvmcut.glue.derivable`).
 - `mvm_autolink` is Glue's auto-linker for MVM files opened from File → Open or the ``glue``
   command: they are linked as the dialog links them, at once, and `register_autolinker` keeps
   Glue's WCS auto-linker (and its pop-up) away from them.
-- `fast_link_updates` replaces Glue's update of what each Data can derive through the links,
-  whose cost grows with the cube of the number of linked Data, by an equivalent one that grows
-  with the number of Data times links, and, while links are only added, with what they bring.
 """
 
-import heapq
 import logging
-from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from astropy.wcs import WCS
 from glue.core.link_helpers import MultiLink
+
+from .derivable import LinkPlan, LinkState, fast_link_updates, link_state, plan_links
 
 __all__ = [
     "TangentPlaneLink",
     "tangent_plane_link",
     "wcs_links",
     "link_roots",
-    "LinkIndex",
-    "update_externally_derivable_components",
-    "GLUES_OWN",
-    "fast_link_updates",
+    "LinkedSoFar",
+    "linked_so_far",
     "AUTOLINK_LABEL",
     "is_mvm_data",
     "mvm_autolink",
@@ -176,231 +174,24 @@ def link_roots(data_collection) -> list:
     return roots
 
 
-class LinkIndex:
-    """Links indexed by the components they take: what one Data can derive through them is then
-    found without looking at the links it cannot use (`derivable`).
+@dataclass(frozen=True)
+class LinkedSoFar:
+    """A data collection's links as a load begins, read on the GUI thread (`linked_so_far`) for
+    the worker that prepares the load."""
 
-    Parameters
-    ----------
-    links : iterable of Glue links
-    """
+    roots: list  # one Data per group linked together (`link_roots`)
+    state: LinkState  # the last link update's outcome (`~glue_mvmcut.glue.derivable.link_state`)
 
-    def __init__(self, links):
-        self._links = list(links)
-        self._targets = [link.get_to_id() for link in self._links]
-        # link -> the different components it takes
-        self._inputs = [set(link.get_from_ids()) for link in self._links]
-        self._users = defaultdict(list)  # component -> the links that take it
-        for number, inputs in enumerate(self._inputs):
-            for cid in inputs:
-                self._users[cid].append(number)
-
-    def derivable(self, data) -> tuple[dict, dict]:
-        """What `glue.core.link_manager.discover_links` finds: for each component ``data`` can
-        derive, the link that derives it in the fewest steps; and the steps to each component
-        it has (0) or derives (for `extend`).
-
-        Glue's own rescans every link after each component it finds (its code says so in a TODO):
-        with N linked Data, ~N² link checks per Data and ~N³ per update, 25 s for the fifth load
-        of 25 Data. Here, a shortest-path search over the components: a link is ready once all it
-        takes is found, and costs one step more than the deepest of its inputs. Among equally
-        short ways to derive a component, either may be chosen, as in Glue's.
-        """
-        own = set(data.main_components + data.coordinate_components)
-        depth = dict.fromkeys(own, 0)
-        missing = {}  # link -> what it takes that is not found yet, for links reached
-        ready = [(1, number) for number, inputs in enumerate(self._inputs) if not inputs]
-        for cid in own:
-            ready += self._reached(cid, missing, 1)
-        heapq.heapify(ready)  # (cost, link): ties go to the link listed first
-        derived = {}
-        while ready:
-            cost, number = heapq.heappop(ready)
-            target = self._targets[number]
-            if target in depth:  # found already, by a way at least as short
-                continue
-            depth[target] = cost
-            derived[target] = self._links[number]
-            for ready_link in self._reached(target, missing, cost + 1):
-                heapq.heappush(ready, ready_link)
-        return derived, depth
-
-    def _reached(self, cid, missing, cost):
-        """The links ``cid``, once found, makes ready: (cost, link). Found in order of cost, a
-        link's last input is its deepest."""
-        ready = []
-        for number in self._users.get(cid, ()):
-            missing[number] = missing.get(number, len(self._inputs[number])) - 1
-            if not missing[number]:
-                ready.append((cost, number))
-        return ready
-
-    def numbers(self, links) -> list[int]:
-        """Where ``links`` (all in this index) are in it, for `extend`."""
-        number = {id(link): n for n, link in enumerate(self._links)}
-        return [number[id(link)] for link in links]
-
-    def extend(self, derived: dict, depth: dict, added: list[int]) -> dict:
-        """`derivable` of a Data once the links ``added`` (their `numbers`) joined those it was
-        found with, continued from what was found then (``derived`` and ``depth``, updated in
-        place): a component found anew, or by fewer steps, may make links ready or cheaper
-        in turn. Returns the components whose link changed, with their new link.
-
-        Links only added, ways only get shorter: the search need not start over, and a load
-        costs each Data already linked the components the load brings, not all it derives.
-        """
-        ready = []
-        for number in added:
-            inputs = self._inputs[number]
-            if all(cid in depth for cid in inputs):
-                heapq.heappush(ready, (1 + max((depth[cid] for cid in inputs), default=0), number))
-        changed = {}
-        while ready:
-            cost, number = heapq.heappop(ready)
-            target = self._targets[number]
-            if depth.get(target, cost + 1) <= cost:  # found already, by a way at least as short
-                continue
-            depth[target] = cost
-            derived[target] = changed[target] = self._links[number]
-            for user in self._users.get(target, ()):
-                # Through ``target`` a link costs at least cost + 1: no shorter than a way found.
-                if depth.get(self._targets[user], cost + 2) > cost + 1:
-                    inputs = self._inputs[user]
-                    if all(cid in depth for cid in inputs):
-                        heapq.heappush(ready, (1 + max(depth[cid] for cid in inputs), user))
-        return changed
+    def links_for(self, new_data: list) -> "tuple[list, LinkPlan | None]":
+        """The links of ``new_data`` (`wcs_links`), and what every Data will derive once they
+        are added (`~glue_mvmcut.glue.derivable.plan_links`). Safe off the GUI thread."""
+        links = wcs_links(new_data, self.roots)
+        return links, plan_links(self.state, new_data, links)
 
 
-class _Found:
-    """What `update_externally_derivable_components` found last for one link manager: the
-    links then, and for each Data its own components, its `LinkIndex.derivable` outcome and the
-    components set on it. The next update, if links were only added, extends each Data's search
-    (`LinkIndex.extend`) rather than starting over."""
-
-    def __init__(self):
-        self.links: frozenset = frozenset()
-        self.of: dict = {}  # Data -> (own components, derived, depth, components set)
-
-
-def _traced(data, own, cid):
-    """What ``cid`` is in ``data`` through identity links: one of ``own`` (its own components), or
-    None (as `glue.core.link_manager._find_identical_reference_cid`)."""
-    while cid not in own:
-        link = data._get_external_link(cid)
-        if link is None or not link.identity:
-            return None
-        cid = link.get_from_ids()[0]
-    return cid
-
-
-def _pixel_order(reference, target, own):
-    """What `glue.core.link_manager.equivalent_pixel_cids` tells: the order of ``reference``'s
-    pixel components that ``target``'s are identical to, or None (``own``: ``reference``'s own
-    components)."""
-    if target.ndim > reference.ndim:
-        return None
-    if target is reference:
-        return list(range(reference.ndim))
-    pixels = reference.pixel_component_ids
-    order = []
-    for cid in target.pixel_component_ids:
-        traced = _traced(reference, own, cid)  # a pixel component of ``reference`` traces to itself
-        index = next((i for i, pixel in enumerate(pixels) if pixel is traced), None)
-        if index is None:
-            return None
-        order.append(index)
-    return order
-
-
-def update_externally_derivable_components(self, data=None):
-    """What Glue's `glue.core.link_manager.LinkManager.update_externally_derivable_components`
-    does — each Data's components derivable through the links, and the Data pixel-aligned with
-    it — in time that grows with what changed, not with the cube of the Data.
-
-    Glue's gathers every link twice per Data and scans them for each component found
-    (`LinkIndex.derivable`), makes every derived component anew, and for each of the N² pairs
-    of Data reads each Data's list of components four times over. Here, where links were only
-    added since the last update (a load), each Data's search goes on from where it ended
-    (`LinkIndex.extend`), a component derived by the same link as before keeps its
-    `DerivedComponent`, and only Data sharing a pixel component can be pixel-aligned unless
-    identity links join them (`_pixel_alignments`).
-    """
-    from glue.core.component import DerivedComponent
-    from glue.core.data import BaseCartesianData
-
-    if self.data_collection is None:
-        if data is None:
-            return
-        collection = [data]
-    else:
-        collection = self.data_collection
-    collection = [d for d in collection if isinstance(d, BaseCartesianData)]
-    links = self._links | self._inverse_links
-    index = LinkIndex(links)
-    found = self.__dict__.setdefault("_mvmcut_found", _Found())
-    added = index.numbers(links - found.links) if found.links <= links else None  # None: links went
-    was, found.links, found.of = found.of, frozenset(links), {}
-    for one in collection:
-        own = set(one.main_components + one.coordinate_components)
-        before = one._externally_derivable_components
-        kept = was.get(one)
-        if added is not None and kept is not None and kept[0] == own and kept[3] is before:
-            _, derived, depth, _ = kept
-            changed = index.extend(derived, depth, added)
-            if not changed:
-                found.of[one] = kept
-                continue
-            components = {**before, **{cid: DerivedComponent(one, link) for cid, link in changed.items()}}
-        else:
-            derived, depth = index.derivable(one)
-            # A component derived by the same link as before keeps its DerivedComponent (Glue
-            # makes them all anew: each load re-made N² of them, 62000 at 125 Data).
-            components = {
-                cid: before[cid]
-                if cid in before and before[cid].link is link
-                else DerivedComponent(one, link)
-                for cid, link in derived.items()
-            }
-        one._set_externally_derivable_components(components)  # (kept as it was if unchanged)
-        found.of[one] = (own, derived, depth, one._externally_derivable_components)
-    for target, aligned in _pixel_alignments(collection, links).items():
-        target._set_pixel_aligned_data(aligned)
-
-
-def _pixel_alignments(collection: list, links) -> dict:
-    """For each Data, the Data pixel-aligned with it and the order of their pixel components
-    (`_pixel_order`). Without identity links, a Data can only be aligned with Data whose own
-    components include its pixel components (as Glue's `equivalent_pixel_cids` finds): only
-    those are tried."""
-    own = {d: set(d.main_components + d.coordinate_components + d.derived_components) for d in collection}
-    identity = any(link.identity for link in links)
-    owners = defaultdict(list)  # component -> the Data it is one of
-    for reference in () if identity else collection:
-        for cid in own[reference]:
-            owners[cid].append(reference)
-    alignments = {}
-    for target in collection:
-        pixels = target.pixel_component_ids
-        aligned = alignments[target] = {}
-        for reference in owners[pixels[0]] if pixels and not identity else collection:
-            order = _pixel_order(reference, target, own[reference]) if reference is not target else None
-            if order is not None:
-                aligned[reference] = order
-    return alignments
-
-
-#: Glue's own methods that `fast_link_updates` replaced, by name.
-GLUES_OWN: dict = {}
-
-
-def fast_link_updates() -> None:
-    """Make Glue's link manager use `update_externally_derivable_components` (once per process;
-    idempotent)."""
-    from glue.core.link_manager import LinkManager
-
-    name = update_externally_derivable_components.__name__
-    GLUES_OWN.setdefault(name, getattr(LinkManager, name))
-    setattr(LinkManager, name, update_externally_derivable_components)
+def linked_so_far(data_collection) -> LinkedSoFar:
+    """What a load's worker needs of ``data_collection``'s links (call it on the GUI thread)."""
+    return LinkedSoFar(link_roots(data_collection), link_state(data_collection))
 
 
 def is_mvm_data(data) -> bool:

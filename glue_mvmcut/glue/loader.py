@@ -28,7 +28,8 @@ from glue.core.data_collection import DataCollection
 from ..core.errors import InvalidNameError
 from ..core.files import checked_fits, structure_problem
 from ..core.names import CombinedName, mosaic_files, parse_product_name
-from .links import fast_link_updates, link_roots, wcs_links
+from .derivable import LinkPlan, expect_plan, fast_link_updates
+from .links import LinkedSoFar, linked_so_far, wcs_links
 from .viewers import open_jupyter_viewers
 
 __all__ = [
@@ -164,11 +165,15 @@ class Prepared:
         Links between them and to Data already loaded (`wcs_links`).
     title : str
         What the load shows: target and box, e.g. "NGC 1850 · 30″" (`box_title`).
+    plan : `~glue_mvmcut.glue.derivable.LinkPlan` or None
+        What every Data will derive once these are added (`LinkedSoFar.links_for`), set by
+        Glue's link update if nothing changed meanwhile.
     """
 
     data: list = field(default_factory=list)
     links: list = field(default_factory=list)
     title: str = ""
+    plan: LinkPlan | None = None
 
     @property
     def mosaics(self) -> list:
@@ -186,10 +191,17 @@ def box_title(target, size) -> str:
     return f"{target} · {box}"
 
 
-def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -> Prepared:
-    """Glue Data for a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts) and the
-    links tying them to each other and to ``roots`` (`link_roots` of the data collection they
-    will join). Builds Data and links only: safe on a worker thread; add with `add_prepared`."""
+def _linked(new: list, linked: LinkedSoFar | None) -> tuple[list, LinkPlan | None]:
+    return linked.links_for(new) if linked is not None else (wcs_links(new), None)
+
+
+def prepare_result(
+    result, *, cutouts: bool = True, linked: LinkedSoFar | None = None, title: str = ""
+) -> Prepared:
+    """Glue Data for a `~glue_mvmcut.core.pipeline.CutoutResult`'s mosaics (and cutouts), the
+    links tying them to each other and to the Data of the collection they will join (its
+    `linked_so_far`, read before), and what every Data will then derive. Builds Data and links
+    only: safe on a worker thread; add with `add_prepared`."""
     mosaics = list(result.mosaics.values())
     # A band's single cutout may stand for its mosaic (memory-mapped, products="both"): one
     # Data, a mosaic's.
@@ -197,7 +209,8 @@ def prepare_result(result, *, cutouts: bool = True, roots=(), title: str = "") -
     new = [mvm_data(hdul, label_for(hdul, mosaic=id(hdul) in standing)) for hdul in mosaics]
     if cutouts:
         new += [mvm_data(hdul) for hdul in result.cutouts if id(hdul) not in standing]
-    return Prepared(new, wcs_links(new, roots), title or box_title(result.coord, result.size))
+    links, plan = _linked(new, linked)
+    return Prepared(new, links, title or box_title(result.coord, result.size), plan)
 
 
 def _tree_once_per_turn(target) -> None:
@@ -211,10 +224,12 @@ def _tree_once_per_turn(target) -> None:
 
 def add_prepared(app_or_session, prepared: Prepared) -> list[Data]:
     """Add prepared Data and links to Glue in one batch: Glue updates its links once, not once
-    per Data and link, and glue-qt's data collection tree once. Links to Data removed meanwhile
-    are dropped. Returns the new Data."""
+    per Data and link, setting what the preparing worker planned (`Prepared.plan`) unless the
+    collection changed meanwhile, and glue-qt's data collection tree reacts once. Links to Data
+    removed meanwhile are dropped. Returns the new Data."""
     collection = _data_collection(app_or_session)
     fast_link_updates()
+    expect_plan(collection, prepared.plan)
     _tree_once_per_turn(app_or_session)
     with collection.delay_link_manager_update():
         collection.extend(prepared.data)
@@ -284,9 +299,9 @@ def load_mvm(
     elif viewers and not _is_application(app_or_session):
         raise TypeError("viewers=True needs a Glue application (glue-qt's or glue-jupyter's).")
     result = cutout_mosaic(coord, size, filters=filters, layers=layers, **kwargs)
-    roots = link_roots(_data_collection(app_or_session))
+    linked = linked_so_far(_data_collection(app_or_session))
     title = box_title(coord if isinstance(coord, str) else result.coord, result.size)
-    prepared = prepare_result(result, cutouts=cutouts, roots=roots, title=title)
+    prepared = prepare_result(result, cutouts=cutouts, linked=linked, title=title)
     add_prepared(app_or_session, prepared)
     if viewers:
         open_viewers(app_or_session, prepared)
@@ -349,10 +364,10 @@ def targets_from_layer(layer) -> Table:
     )
 
 
-def prepare_batch(manifest: Table, out_dir, *, roots=()) -> Prepared:
+def prepare_batch(manifest: Table, out_dir, *, linked: LinkedSoFar | None = None) -> Prepared:
     """The mosaics of every finished target of a batch as Glue Data, labelled with the target id
-    ("0001 ACS/WFC F814W mosaic"), and their links (`wcs_links` to ``roots``). Reads files and
-    builds links only: safe on a worker thread; add with `add_prepared`."""
+    ("0001 ACS/WFC F814W mosaic"), and their links, as `prepare_result` makes them. Reads files
+    and builds links only: safe on a worker thread; add with `add_prepared`."""
     new = []
     done = manifest[manifest["status"] == "done"]
     for row in done:
@@ -360,4 +375,5 @@ def prepare_batch(manifest: Table, out_dir, *, roots=()) -> Prepared:
             data = read_mvm(Path(out_dir) / str(row["id"]) / name)
             data.label = f"{row['id']} {data.label}"
             new.append(data)
-    return Prepared(new, wcs_links(new, roots), f"{len(done)} targets")
+    links, plan = _linked(new, linked)
+    return Prepared(new, links, f"{len(done)} targets", plan)

@@ -7,7 +7,8 @@ from qtpy import QtWidgets
 
 from ...core.batch import STATUSES, cutout_batch
 from ...core.names import safe_filename
-from ..loader import add_prepared, link_roots, prepare_batch, targets_from_layer
+from ..links import linked_so_far
+from ..loader import add_prepared, prepare_batch, targets_from_layer
 from .worker import WorkerDialog, add_box_row, add_combiner_row, data_dir
 
 __all__ = ["BatchDialog", "default_out_dir"]
@@ -22,11 +23,11 @@ def default_out_dir(label: str) -> Path:
     return data_dir() / "batches" / safe_filename(safe)
 
 
-def _batch_and_prepare(targets, *, out_dir, roots, **kwargs):
+def _batch_and_prepare(targets, *, out_dir, linked, **kwargs):
     """Worker step: run the batch, then read every finished target's mosaics into Glue Data and
     link them (`~glue_mvmcut.glue.loader.prepare_batch`); the GUI thread only adds them."""
     manifest = cutout_batch(targets, out_dir=out_dir, **kwargs)
-    return manifest, prepare_batch(manifest, out_dir, roots=roots)
+    return manifest, prepare_batch(manifest, out_dir, linked=linked)
 
 
 class BatchDialog(WorkerDialog):
@@ -90,7 +91,7 @@ class BatchDialog(WorkerDialog):
             f"Cutting around {len(self.targets)} targets…",
             self.targets,
             out_dir=self.out_dir.text().strip(),
-            roots=link_roots(self.app.data_collection),  # read here: Glue's state is the GUI's
+            linked=linked_so_far(self.app.data_collection),  # read here: Glue's state is the GUI's
             size=self.width_box.value(),
             size_y=self.height_box.value(),
             filters=filters or None,

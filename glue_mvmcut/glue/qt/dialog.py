@@ -44,7 +44,7 @@ def _find_layers(target: str, size):
     return coord, query_layers(coord, size)
 
 
-def _cut_and_prepare(coord, size, *, products: str, roots, title: str, **kwargs):
+def _cut_and_prepare(coord, size, *, products: str, linked, title: str, **kwargs):
     """Worker step: cut, combine and write ``products`` (`~glue_mvmcut.core.pipeline.cutout_mosaic`),
     then build the Glue Data of the same products and their links
     (`~glue_mvmcut.glue.loader.prepare_result`): everything but adding them, which the GUI
@@ -53,7 +53,7 @@ def _cut_and_prepare(coord, size, *, products: str, roots, title: str, **kwargs)
     from ..loader import prepare_result
 
     result = cutout_mosaic(coord, size, products=products, **kwargs)
-    prepared = prepare_result(result, cutouts=products == "both", roots=roots, title=title)
+    prepared = prepare_result(result, cutouts=products == "both", linked=linked, title=title)
     warm_up()
     return result, prepared
 
@@ -136,7 +136,8 @@ class MVMCutDialog(WorkerDialog):
     def cut_and_load(self) -> None:
         """Cut the ticked layers, combine them, write them to the output folder and make Glue Data
         and links of them, all off the GUI thread; then add them to Glue in one batch."""
-        from ..loader import box_title, link_roots
+        from ..links import linked_so_far
+        from ..loader import box_title
 
         ticked = self._ticked()
         chosen = self._table[[name in ticked for name in self._table["productFilename"]]]
@@ -158,7 +159,7 @@ class MVMCutDialog(WorkerDialog):
             combine=self.combiner.currentData(),
             out_dir=Path(out_dir).expanduser(),
             products=self.products.currentData(),
-            roots=link_roots(self.app.data_collection),  # read here: Glue's state is the GUI's
+            linked=linked_so_far(self.app.data_collection),  # read here: Glue's state is the GUI's
             title=box_title(self._target_text, self._size()),
             cancellable=True,
         )
