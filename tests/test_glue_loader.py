@@ -371,6 +371,74 @@ def test_link_updates_go_on_from_the_last_and_start_over_when_links_go(monkeypat
     }
 
 
+def test_a_load_planned_off_the_gui_thread_is_set_as_planned_unless_the_collection_changed(
+    written, monkeypatch
+):
+    """A load's links, and what every Data will derive through them, are planned from the
+    collection's `linked_so_far` (on a worker, in the dialog); adding the load sets the plan
+    with no search, and each Data derives what Glue's own link discovery finds, by as few
+    links, as after an update without a plan. A plan the collection no longer fits (a Data
+    added meanwhile) is left aside: the update searches, and finds the same."""
+    from glue.core.link_manager import discover_links
+
+    from glue_mvmcut.glue.derivable import LinkIndex
+    from glue_mvmcut.glue.links import linked_so_far
+    from glue_mvmcut.glue.loader import Prepared, add_prepared
+
+    searches = []
+
+    def counted(search):
+        return lambda *args: searches.append(1) or search(*args)
+
+    for name in ("derivable", "extend"):
+        monkeypatch.setattr(LinkIndex, name, counted(getattr(LinkIndex, name)))
+
+    def load(collection, planned=True):
+        data = [read_mvm(str(p)) for p in written.paths["mosaics"] + written.paths["cutouts"]]
+        links, plan = linked_so_far(collection).links_for(data)
+        return Prepared(data, links, "", plan if planned else None)
+
+    def outcome(collection):
+        """For each Data, what it derives: (which Data's component, its label, steps), checked
+        against Glue's own discovery."""
+        manager = collection._link_manager
+        links = manager._links | manager._inverse_links
+        found = []
+        for data in collection:
+
+            def depth(cid, data=data):
+                if cid in data.main_components + data.coordinate_components:
+                    return 0
+                return 1 + max((depth(c) for c in data._get_external_link(cid).get_from_ids()), default=0)
+
+            ours = sorted(
+                (collection.index(cid.parent), cid.label, depth(cid))
+                for cid in data.externally_derivable_components
+            )
+            glues = discover_links(data, links)
+            assert set(glues) == set(data.externally_derivable_components), data.label
+            found.append(ours)
+        return found
+
+    planned, unplanned = DataCollection(), DataCollection()
+    for _ in range(3):
+        prepared = load(planned)
+        searches.clear()
+        add_prepared(planned, prepared)
+        assert searches == []  # set as planned
+        add_prepared(unplanned, load(unplanned, planned=False))
+    assert outcome(planned) == outcome(unplanned)
+    assert len(planned) == 60 and len(outcome(planned)[0]) == 59 * 4
+
+    prepared = load(planned)
+    planned.append(read_mvm(str(written.paths["mosaics"][0])))  # the collection changed meanwhile
+    searches.clear()
+    add_prepared(planned, prepared)
+    assert len(searches) == len(planned)  # each Data's search extended, or made for the new
+    outcome(planned)
+    assert len(planned.external_links) == 59 + 20  # the load's 20 links; the Data added alone none
+
+
 def test_load_mvm_without_an_application_opens_no_viewer(mast, cache):
     collection = DataCollection()
     with pytest.raises(TypeError, match="viewers=True needs a Glue application"):
