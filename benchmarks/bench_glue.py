@@ -3,8 +3,8 @@ Data through the dialog, in one session, then the time to draw a subset across a
 (until the data collection tree and every viewer that can be seen show it) and the largest
 stall meanwhile.
 For each load, the longest the GUI thread spent at once on each kind of work (timed by wrapping
-them here): adding the load's Data and links, making a viewer, showing a mosaic in it, drawing
-a canvas, and Python's garbage collection (any thread's: it holds the GIL).
+them here): adding the load's Data and links, making a viewer, placing it in its tab, showing a
+mosaic in it, drawing a canvas, and Python's garbage collection (any thread's: it holds the GIL).
 
 Run from the repository root (offscreen is fine): ``QT_QPA_PLATFORM=offscreen python
 benchmarks/bench_glue.py``. Each load is a search and a "Cut and load" of a 6″ box at a slightly
@@ -58,7 +58,8 @@ def time_the_work() -> None:
     """Wrap the kinds of GUI-thread work a load does, and time the garbage collector."""
     loader.add_prepared = timed("add Data", loader.add_prepared)
     viewers._show = timed("show mosaic", viewers._show)
-    GlueApplication.new_data_viewer = timed("make viewer", GlueApplication.new_data_viewer)
+    viewers.ImageViewer = timed("make viewer", viewers.ImageViewer)
+    GlueApplication.add_widget = timed("place viewer", GlueApplication.add_widget)
     FigureCanvasQT._draw_idle = timed("draw", FigureCanvasQT._draw_idle)  # before pace_draws takes it
     collecting = {}
 
@@ -103,7 +104,7 @@ def _loads(work: Path) -> None:
         heartbeat.setInterval(10)
         heartbeat.timeout.connect(lambda: beats.append(time.perf_counter()))
         heartbeat.start()
-        kinds = ("add Data", "make viewer", "show mosaic", "draw", "garbage collection")
+        kinds = ("add Data", "make viewer", "place viewer", "show mosaic", "draw", "garbage collection")
         print("load  Data  seconds  largest GUI stall (s)  longest: " + ", ".join(kinds))
         for load in range(1, LOADS + 1):
             ra, dec = LMC[0] + 0.0005 * load, LMC[1]
