@@ -497,7 +497,8 @@ def test_while_a_load_makes_its_viewers_the_garbage_collector_runs_between_its_s
             (inside if in_step[0] else between).append(info["generation"])
 
     monkeypatch.setattr(viewers, "_show", stepping(viewers._show))
-    monkeypatch.setattr(app, "new_data_viewer", stepping(app.new_data_viewer))
+    monkeypatch.setattr(viewers, "ImageViewer", stepping(viewers.ImageViewer))
+    monkeypatch.setattr(app, "add_widget", stepping(app.add_widget))
     images = [
         Data(SCI=np.full((4, 4), float(n)), WHT=np.ones((4, 4)), label=f"ACS/WFC F{n}W mosaic")
         for n in (435, 606, 814)
