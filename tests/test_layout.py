@@ -63,6 +63,7 @@ ORDER = [
     "testing.lane",
     "testing.server",
     "testing",
+    "glue.derivable",
     "glue.links",
     "glue.viewers",
     "glue.qt.viewers",
