@@ -65,6 +65,59 @@ def test_a_file_laid_out_then_filled_by_blocks_is_what_astropy_writes(tmp_path):
         np.testing.assert_array_equal(read_rows(hdul["WHT"], slice(40, 50), slice(7, 9)), wht[40:50, 7:9])
 
 
+def test_rows_written_whole_are_written_once_each_and_only_when_complete(tmp_path, monkeypatch):
+    """Windows whose every pixel in the columns filled the caller writes (a cutout's rows, read
+    from its layer) are filled in memory, its buffer used again for the next, and written with
+    one ``pwrite`` each when the block ends (one per row where some columns only are filled,
+    the others left a hole): the file is what astropy writes. A block that fails writes
+    nothing: its rows stay a hole."""
+    rng = np.random.default_rng(6)
+    sci, wht = (rng.random((301, 123)).astype(">f4") for _ in range(2))
+    fits.HDUList(_hdus(sci, wht)).writeto(tmp_path / "astropy.fits", output_verify="ignore")
+    file = LaidOutFITS.create(tmp_path / "whole.fits", _hdus(placeholder(sci.shape), placeholder(wht.shape)))
+    writes = []
+    pwrite = os.pwrite
+    monkeypatch.setattr(
+        os, "pwrite", lambda fd, data, at: writes.append((len(data), at)) or pwrite(fd, data, at)
+    )
+    with conf.set_temp("block_mb", 0.01):  # 21 rows a block
+        blocks = list(row_blocks(0, 301, 123))
+        for index, data in ((1, sci), (2, wht)):
+            for rows in blocks:
+                with file.rows(index, rows, slice(None), overwritten=True) as window:
+                    window[...] = data[rows]
+    assert filecmp.cmp(tmp_path / "astropy.fits", tmp_path / "whole.fits", shallow=False)
+    row_bytes = 123 * 4
+    assert writes == [
+        ((rows.stop - rows.start) * row_bytes, file.offsets[index] + rows.start * row_bytes)
+        for index in (1, 2)
+        for rows in blocks
+    ]
+    # Some columns only (a layer covering part of the box): each row's span of them, once.
+    part = LaidOutFITS.create(tmp_path / "part.fits", _hdus(placeholder(sci.shape), placeholder(wht.shape)))
+    writes.clear()
+    with part.rows(1, slice(100, 121), slice(10, 50), overwritten=True) as window:
+        window[:, 10:50] = sci[100:121, 10:50]
+    assert writes == [(40 * 4, part.offsets[1] + y * row_bytes + 10 * 4) for y in range(100, 121)]
+    with fits.open(tmp_path / "part.fits") as hdul:
+        expected = np.zeros(sci.shape, np.float32)
+        expected[100:121, 10:50] = sci[100:121, 10:50]
+        np.testing.assert_array_equal(hdul["SCI"].data, expected)
+    failed = LaidOutFITS.create(
+        tmp_path / "failed.fits", _hdus(placeholder(sci.shape), placeholder(wht.shape))
+    )
+    writes.clear()
+    with (
+        pytest.raises(OSError),
+        failed.rows(1, slice(0, 21), slice(None), overwritten=True) as window,
+    ):
+        window[...] = 5.0
+        raise OSError("the layer's connection broke")
+    assert writes == []
+    with fits.open(tmp_path / "failed.fits") as hdul:
+        assert not hdul["SCI"].data.any()
+
+
 def test_rows_never_written_are_known_without_reading_them(tmp_path):
     """A laid-out file's rows written in the middle only: the rows around them are holes, which
     `stored_rows` finds (so no one reads them), as it finds an array never written (its first

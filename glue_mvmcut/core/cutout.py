@@ -249,7 +249,10 @@ async def _cut_remote_streamed(remote: RemoteFITS, coord, size, hdus, out_dir) -
     with cutout.writing(out_dir, hdus) as file:
         for rows in row_blocks(window.large[0].start, window.large[0].stop, window.shape[1]):
             written = cutout.rows_of(rows)
-            with file.rows(1, written, columns) as sci, file.rows(2, written, columns) as wht:
+            with (
+                file.rows(1, written, columns, overwritten=True) as sci,
+                file.rows(2, written, columns, overwritten=True) as wht,
+            ):
                 into = [(block, (slice(None), columns)) for block in (sci, wht)]
                 pieces = await remote.read_windows(
                     [(hdus[ext], rows, window.large[1]) for ext in EXTENSIONS], into=into
@@ -451,7 +454,8 @@ class _Cutout:
         """Write ``piece``, the box's columns of the layer's rows ``rows`` of ``ext``, into the
         cutout's ``file``; rows of zeros (no data) are left unwritten, holes that take no disk."""
         if piece.any():
-            with file.rows(1 + EXTENSIONS.index(ext), self.rows_of(rows), self.window.small[1]) as block:
+            ext_index, columns = 1 + EXTENSIONS.index(ext), self.window.small[1]
+            with file.rows(ext_index, self.rows_of(rows), columns, overwritten=True) as block:
                 block[:, self.window.small[1]] = piece
 
     def opened(self, out_dir) -> fits.HDUList:
