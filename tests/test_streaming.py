@@ -2,6 +2,7 @@
 block of rows at a time, and are byte for byte what the same products held in memory are."""
 
 import filecmp
+import gc
 import os
 
 import numpy as np
@@ -116,6 +117,23 @@ def test_rows_written_whole_are_written_once_each_and_only_when_complete(tmp_pat
     assert writes == []
     with fits.open(tmp_path / "failed.fits") as hdul:
         assert not hdul["SCI"].data.any()
+
+
+def test_window_buffers_are_let_go_once_no_file_is_being_written(tmp_path):
+    """The memory of windows written whole is kept for the next windows while a file is being
+    written, and let go when none is (a Glue session holds none between loads)."""
+    from glue_mvmcut.core import fitsfile
+
+    gc.collect()  # files of earlier tests left in reference cycles
+    file = LaidOutFITS.create(tmp_path / "one.fits", _hdus(placeholder((20, 30)), placeholder((20, 30))))
+    for index in (1, 2):
+        with file.rows(index, slice(0, 20), slice(None), overwritten=True) as window:
+            window[...] = index
+    assert [len(buffer) for buffer in fitsfile._BUFFERS._free] == [20 * 30 * 4]  # one, used twice
+    del file, window
+    assert fitsfile._BUFFERS._free == []
+    with fits.open(tmp_path / "one.fits") as hdul:
+        assert (hdul["SCI"].data == 1).all() and (hdul["WHT"].data == 2).all()
 
 
 def test_rows_never_written_are_known_without_reading_them(tmp_path):
