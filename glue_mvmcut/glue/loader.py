@@ -84,12 +84,12 @@ def label_for(hdul: fits.HDUList, filename: str | None = None, *, mosaic: bool =
 def mvm_data(hdul: fits.HDUList, label: str | None = None) -> Data:
     """One Glue Data with SCI and WHT components and the celestial WCS of ``hdul``.
 
-    A worker making Data one after another gives way first to a thread waiting for the GIL
-    (the GUI's). CPython makes the thread holding the GIL hand it over only when the waiting one
-    saw no switch for a whole switch interval (5 ms); but making a Data lets go of the GIL
-    briefly and often (file reads, ``os.urandom`` for the UUIDs of ``WCS.celestial``) and takes
-    it straight back, each time a switch: Glue's window waited through all of a load's Data
-    (~0.1 s for 25, no heartbeat). A sleep of no time lets it in (largest gap then ~10 ms).
+    Each Data gives way first to a thread waiting for the GIL (the GUI's). CPython has the
+    thread holding the GIL hand it over only when the waiting one saw no switch for a whole
+    switch interval (5 ms); making a Data lets go of the GIL briefly and often (file reads,
+    ``os.urandom`` for the UUIDs of ``WCS.celestial``) and takes it straight back, and each such
+    release counts as a switch, so the waiting thread never asks: Glue's window waited through
+    all of a load's Data (~0.1 s for 25). A sleep of no time lets it in (gaps then ~10 ms).
     """
     time.sleep(0)
     data = Data(
