@@ -291,7 +291,7 @@ def test_two_loads_keep_the_gui_responsive_each_in_a_tab_of_its_own(app, qtbot, 
     it); the viewers are made, filled and drawn a piece per turn of the event loop
     (`test_canvases_asked_together_draw_one_per_turn_of_the_event_loop`). A heartbeat timer
     beats throughout both searches and loads with no gap of 0.25 s: a loose bound, for slower
-    machines; benchmarks/bench_glue.py holds the real figure (0.05-0.08 s in 2026-12)."""
+    machines; benchmarks/bench_glue.py holds the real figure (0.05-0.1 s in 2026-12)."""
     from glue_mvmcut.glue import links
     from glue_mvmcut.glue.derivable import LinkIndex
 
