@@ -1,6 +1,7 @@
 """Folders others can write to: planted links never redirect a write, runs sharing a folder
 take turns, and what killed runs left is cleared."""
 
+import errno
 import logging
 import os
 import threading
@@ -9,7 +10,7 @@ import pytest
 from together import at_once
 
 from glue_mvmcut.core.download import download_layer
-from glue_mvmcut.core.errors import UnsafePathError
+from glue_mvmcut.core.errors import OutputFolderError, UnsafePathError
 from glue_mvmcut.core.files import folder_lock, folder_lock_path, open_regular, write_atomically
 from glue_mvmcut.core.pipeline import cutout_mosaic
 
@@ -61,12 +62,22 @@ def test_a_folder_written_atomically_replaces_a_planted_link_to_a_folder(tmp_pat
     assert sorted(p.name for p in victim.parent.iterdir()) == ["precious.txt"]
 
 
-def test_a_failed_write_leaves_nothing(tmp_path):
+@pytest.mark.parametrize(
+    "failure, raised, message",
+    [
+        (RuntimeError("a bug"), RuntimeError, "^a bug$"),
+        (OSError(errno.EIO, "Input/output error"), OSError, "Input/output error"),
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), OutputFolderError, None),
+        (OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)), OutputFolderError, None),
+    ],
+)
+def test_a_failed_write_leaves_nothing_and_a_full_disk_is_said(tmp_path, failure, raised, message):
     def write(path):
         path.write_text("half")
-        raise RuntimeError("disk full")
+        raise failure
 
-    with pytest.raises(RuntimeError, match="disk full"):
+    message = message or f"^Cannot write x.fits in {tmp_path}: {failure.strerror}.$"
+    with pytest.raises(raised, match=message):
         write_atomically(tmp_path / "x.fits", write)
     assert list(tmp_path.iterdir()) == []
 

@@ -1,6 +1,7 @@
 """Cutouts and mosaics larger than a block (``conf.block_mb``) are written into their files a
 block of rows at a time, and are byte for byte what the same products held in memory are."""
 
+import errno
 import filecmp
 import gc
 import os
@@ -12,7 +13,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from sameness import hdul_bytes
 
-from glue_mvmcut import Cancelled, conf, cutout_mosaic
+from glue_mvmcut import Cancelled, OutputFolderError, conf, cutout_mosaic
 from glue_mvmcut.core.combine import combine_cutouts
 from glue_mvmcut.core.cutout import cut_layer
 from glue_mvmcut.core.fitsfile import (
@@ -266,6 +267,30 @@ def test_a_cancelled_run_by_blocks_leaves_no_file_that_looks_finished(mast, tmp_
         with fits.open(path) as hdul:
             assert [hdu.name for hdu in hdul] == ["PRIMARY", "SCI", "WHT"]
             assert hdul["WHT"].data.shape == (500, 500) and hdul["WHT"].data.any()
+
+
+def test_a_disk_that_fills_up_mid_cut_is_said_and_leaves_no_file_that_looks_finished(
+    mast, tmp_path, monkeypatch
+):
+    """A cutout's rows written from memory (`written_rows`): a full disk is an error that names
+    the file, the folder and the cause (through a memory map it would have been a SIGBUS), and
+    no file that looks finished is left."""
+    out = tmp_path / "out"
+    pwrite, writes = os.pwrite, []
+
+    def filling_up(fd, data, position):
+        writes.append(len(data))
+        if len(writes) > 40:  # headers and some rows go in, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return pwrite(fd, data, position)
+
+    monkeypatch.setattr(os, "pwrite", filling_up)
+    with conf.set_temp("block_mb", SMALL_BLOCKS), pytest.raises(OutputFolderError) as raised:
+        cutout_mosaic(LMC, 20, out_dir=out)
+    message = str(raised.value)
+    assert message.startswith("Cannot write hst_cutout_skycell-p0081x")
+    assert message.endswith(f".fits in {out}: No space left on device.")
+    assert not [p for p in out.rglob("*") if p.suffix == ".fits"]
 
 
 def test_the_seed_functions_write_by_blocks(lmc_archive, tmp_path):

@@ -6,6 +6,7 @@ under a known name across runs are opened without following links (`open_regular
 folder is written by one run at a time (`folder_lock`).
 """
 
+import errno
 import glob
 import hashlib
 import logging
@@ -84,6 +85,10 @@ def write_atomically(target, write: Callable[[Path], None]) -> Path:
     return Path(target)
 
 
+#: The errors of a disk that has no room left for what is written.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
 @contextmanager
 def atomic_target(target) -> Iterator[Path]:
     """The temporary path to write ``target`` at, renamed into place when the block ends
@@ -94,6 +99,12 @@ def atomic_target(target) -> Iterator[Path]:
     the block writes, and two runs writing one name never meet. The block may make a file or a
     folder there. The private folder goes, whatever happens; one left by a killed run is removed
     by `remove_stale_parts`.
+
+    Raises
+    ------
+    OutputFolderError
+        If the disk is full or the user's quota spent while the block writes, naming the file
+        and its folder.
     """
     target = Path(target)
     private = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=PART, dir=target.parent))
@@ -103,6 +114,10 @@ def atomic_target(target) -> Iterator[Path]:
         if partial.is_dir():  # a folder replaces only an empty one: whatever is there goes
             remove_path(target)
         os.replace(partial, target)  # a link planted at ``target`` is replaced, not followed
+    except OSError as exc:
+        if exc.errno not in _NO_ROOM:
+            raise
+        raise OutputFolderError(f"Cannot write {target.name} in {target.parent}: {exc.strerror}.") from exc
     finally:
         shutil.rmtree(private, ignore_errors=True)
 

@@ -192,6 +192,8 @@ def written_rows(
     pixels are written to the file with ``pwrite`` (once for whole rows, else once per row)
     when the block ends without an error. The window's contents are undefined until written,
     and it is not to be kept after the block (its memory serves the next window: `_Buffers`).
+    A write that fails (a full disk) raises its ``OSError``, where a memory map's would have
+    been a SIGBUS.
 
     This spares what a memory map costs (`mapped_rows`): the system zero-filling each page of
     the file as it is faulted in, only to be overwritten. A 600" cut into files spent ~44 % of
