@@ -231,6 +231,23 @@ def test_links_survive_a_saved_session(written, tmp_path):
         np.testing.assert_array_equal(link.matrix, original[link.data1.label, link.data2.label])
 
 
+def _steps(data, links: dict) -> dict:
+    """How many links deep ``data`` derives each component of ``links`` (component -> the link
+    that derives it)."""
+
+    def steps(cid):
+        if cid in data.main_components + data.coordinate_components:
+            return 0
+        return 1 + max((steps(c) for c in links[cid].get_from_ids()), default=0)
+
+    return {cid: steps(cid) for cid in links}
+
+
+def _derived_steps(data) -> dict:
+    """`_steps` of what the last link update set on ``data``."""
+    return _steps(data, {cid: c.link for cid, c in data._externally_derivable_components.items()})
+
+
 def test_link_updates_find_what_glues_own_find(written):
     """Three loads of the same 20 Data, and images linked by identity links (pixel-aligned: a
     chain of two, one with its axes swapped): after an update, every Data derives the same
@@ -267,15 +284,10 @@ def test_link_updates_find_what_glues_own_find(written):
     glues_own = GLUES_OWN["update_externally_derivable_components"]
     assert glues_own.__module__ == "glue.core.link_manager"
 
-    def depth(data, cid):
-        if cid in data.main_components + data.coordinate_components:
-            return 0
-        return 1 + max((depth(data, c) for c in data._get_external_link(cid).get_from_ids()), default=0)
-
     def outcome():
         return [
             (
-                {cid: depth(data, cid) for cid in data.externally_derivable_components},
+                _derived_steps(data),
                 {id(other): order for other, order in data._pixel_aligned_data.items()},
             )
             for data in collection
@@ -312,22 +324,14 @@ def test_link_updates_go_on_from_the_last_and_start_over_when_links_go(monkeypat
             for p, q in zip(one.pixel_component_ids, other.pixel_component_ids, strict=True)
         ]
 
-    def depths(data, found):
-        def depth(cid):
-            if cid in data.main_components + data.coordinate_components:
-                return 0
-            return 1 + max(depth(c) for c in found[cid].get_from_ids())
-
-        return {cid: depth(cid) for cid in found}
-
     def state():
         """Ours, checked against Glue's own: Data -> (derived component -> steps, aligned Data)."""
         manager = collection._link_manager
         links = manager._links | manager._inverse_links
         outcome = {}
         for data in collection:
-            ours = depths(data, {cid: c.link for cid, c in data._externally_derivable_components.items()})
-            assert ours == depths(data, discover_links(data, links)), data.label
+            ours = _steps(data, {cid: c.link for cid, c in data._externally_derivable_components.items()})
+            assert ours == _steps(data, discover_links(data, links)), data.label
             aligned = {o.label: order for o, order in data._pixel_aligned_data.items()}
             glues = {o.label: equivalent_pixel_cids(o, data) for o in collection if o is not data}
             assert aligned == {label: order for label, order in glues.items() if order is not None}
@@ -405,15 +409,9 @@ def test_a_load_planned_off_the_gui_thread_is_set_as_planned_unless_the_collecti
         links = manager._links | manager._inverse_links
         found = []
         for data in collection:
-
-            def depth(cid, data=data):
-                if cid in data.main_components + data.coordinate_components:
-                    return 0
-                return 1 + max((depth(c) for c in data._get_external_link(cid).get_from_ids()), default=0)
-
             ours = sorted(
-                (collection.index(cid.parent), cid.label, depth(cid))
-                for cid in data.externally_derivable_components
+                (collection.index(cid.parent), cid.label, steps)
+                for cid, steps in _derived_steps(data).items()
             )
             glues = discover_links(data, links)
             assert set(glues) == set(data.externally_derivable_components), data.label

@@ -191,7 +191,8 @@ def box_title(target, size) -> str:
     return f"{target} · {box}"
 
 
-def _linked(new: list, linked: LinkedSoFar | None) -> tuple[list, LinkPlan | None]:
+def _links_and_plan(new: list, linked: LinkedSoFar | None) -> tuple[list, LinkPlan | None]:
+    """The links of ``new`` and the plan of the update adding them (none without ``linked``)."""
     return linked.links_for(new) if linked is not None else (wcs_links(new), None)
 
 
@@ -209,7 +210,7 @@ def prepare_result(
     new = [mvm_data(hdul, label_for(hdul, mosaic=id(hdul) in standing)) for hdul in mosaics]
     if cutouts:
         new += [mvm_data(hdul) for hdul in result.cutouts if id(hdul) not in standing]
-    links, plan = _linked(new, linked)
+    links, plan = _links_and_plan(new, linked)
     return Prepared(new, links, title or box_title(result.coord, result.size), plan)
 
 
@@ -375,5 +376,5 @@ def prepare_batch(manifest: Table, out_dir, *, linked: LinkedSoFar | None = None
             data = read_mvm(Path(out_dir) / str(row["id"]) / name)
             data.label = f"{row['id']} {data.label}"
             new.append(data)
-    links, plan = _linked(new, linked)
+    links, plan = _links_and_plan(new, linked)
     return Prepared(new, links, f"{len(done)} targets", plan)
